@@ -1,0 +1,19 @@
+"""`python -m safedreamer_sweep [-m] config=... seed=...`: the Hydra app.
+
+With -m, the sds launcher plans the matrix against the store, skips finished cells, and runs the
+rest; without -m, one cell runs in this process.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from safedreamer_sweep.run import run_cell
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+def main(cfg: DictConfig):
+    return run_cell(cfg)
+
+
+if __name__ == "__main__":
+    main()

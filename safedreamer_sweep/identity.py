@@ -1,0 +1,185 @@
+"""Run identity: which cell a composed Hydra config is, independent of time and job numbers.
+
+A cell's identity is (config name, seed, hash8) where hash8 is a short hash of the normalized
+resolved *run config*: the composed config minus the keys that do not change what is trained
+(where the store is, sweep and report settings, logging and checkpoint cadences, Hydra itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Top-level keys and dotted keys that never enter the identity hash.
+IDENTITY_EXCLUDE: tuple[str, ...] = (
+    "hydra",
+    "store",
+    "sweep",
+    "report",
+    "cost",
+    "trainer.log_every_steps",
+    "trainer.checkpoint_every_steps",
+    "trainer.keep_checkpoints",
+    "trainer.heartbeat_every_s",
+)
+
+PACKAGES = ("safedreamer-sweep", "jax", "jaxlib", "numpy", "safety-gymnasium", "gymnasium", "mujoco",
+            "hydra-core", "omegaconf", "submitit", "pandas")
+
+
+def _normalize(x: Any) -> Any:
+    """Make equal configs hash equal: integral floats become ints, mappings are sorted on dump."""
+    if isinstance(x, dict):
+        return {str(k): _normalize(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_normalize(v) for v in x]
+    if isinstance(x, float) and math.isfinite(x) and x.is_integer():
+        return int(x)
+    return x
+
+
+def _drop(d: dict, dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return
+    d.pop(last, None)
+
+
+def run_config(cfg: DictConfig | dict) -> dict:
+    """The resolved config that defines what a cell trains (identity-relevant keys only)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+        container = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        container = json.loads(json.dumps(cfg))
+    assert isinstance(container, dict)
+    for key in IDENTITY_EXCLUDE:
+        _drop(container, key)
+    return _normalize(container)
+
+
+def config_hash(run_cfg: dict) -> str:
+    blob = json.dumps(run_cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def diff_keys(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two (nested) configs, with both values."""
+    fa, fb = flatten(a), flatten(b)
+    missing = object()
+    out = {}
+    for k in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(k, missing), fb.get(k, missing)
+        if va != vb:
+            out[k] = (None if va is missing else va, None if vb is missing else vb)
+    return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the matrix: its identity and the resolved config it trains."""
+
+    config: str
+    seed: int
+    hash: str
+    run_config: dict = field(repr=False, compare=False)
+    overrides: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.config} seed {self.seed}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.config}/seed_{self.seed}/{self.hash}"
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig, config_name: str | None = None, overrides: tuple[str, ...] = ()) -> RunSpec:
+        """Build the spec of a composed config. The config name is the exact option chosen in the
+        `config` group (never a substring match on a path or a label)."""
+        if config_name is None:
+            config_name = config_choice(cfg)
+        rc = run_config(cfg)
+        if "seed" not in rc:
+            raise ValueError("the composed config has no top-level `seed`; add `seed: 0` to conf/sweep.yaml")
+        return cls(config=config_name, seed=int(rc["seed"]), hash=config_hash(rc), run_config=rc,
+                   overrides=tuple(overrides))
+
+    def spec_document(self) -> dict:
+        """What spec.json holds."""
+        return {
+            "config": self.config,
+            "seed": self.seed,
+            "hash": self.hash,
+            "run_config": self.run_config,
+            "overrides": list(self.overrides),
+            "code_version": code_version(),
+            "packages": package_versions(),
+            "python": platform.python_version(),
+        }
+
+
+def config_choice(cfg: DictConfig) -> str:
+    """The option selected in the `config` group, from Hydra's runtime choices."""
+    try:
+        choice = cfg.hydra.runtime.choices.get("config")  # type: ignore[union-attr]
+    except Exception:
+        choice = None
+    if choice is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            choice = HydraConfig.get().runtime.choices.get("config")
+        except Exception:
+            choice = None
+    if not choice:
+        raise ValueError("cannot tell which `config` was chosen: compose through Hydra with a `config` group")
+    return str(choice)
+
+
+def code_version() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("SDS_CODE_VERSION")
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -1,0 +1,58 @@
+"""The task of one cell: train (resuming from the newest checkpoint), evaluate ID and OOD, and
+record every step of it in the cell's run directory. Writes nowhere else."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from omegaconf import DictConfig
+
+from safedreamer_sweep.identity import RunSpec
+from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store
+
+
+def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec, RunDir]:
+    spec = spec or RunSpec.from_cfg(cfg)
+    return spec, Store(cfg.store.root).run_dir(spec.config, spec.seed, spec.hash)
+
+
+def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
+    """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
+    from safedreamer_sweep.evaluate import evaluate
+    from safedreamer_sweep.trainer import train
+
+    spec, rd = cell_run_dir(cfg, spec)
+    rd.ensure_spec(spec.spec_document())
+    if cfg.get("task", {}).get("kind", "builtin") == "external":
+        from safedreamer_sweep.external import train, evaluate  # noqa: F811  (any script as a cell)
+    rd.begin_attempt()
+    try:
+        if not rd.trained:
+            final_step = train(cfg, rd)
+            rd.update_state(lambda s: s.update(trained=True, trained_steps=int(final_step)))
+        for kind in EVAL_KINDS:
+            if rd.read_eval(kind) is None:
+                rd.set_phase(f"eval-{kind}")
+                rd.write_eval(kind, evaluate(cfg, rd, kind))
+    except KeyboardInterrupt:
+        rd.end_attempt("interrupted", cause="interrupted", evidence="KeyboardInterrupt / SIGINT")
+        rd.set_phase("interrupted")
+        raise
+    except BaseException as e:
+        tail = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
+        rd.end_attempt("failed", cause="error", evidence=f"{type(e).__name__}: {e}", traceback_tail=tail)
+        rd.set_phase("failed")
+        raise
+    rd.end_attempt("done")
+    rd.set_phase("done")
+    return cell_result(spec, rd)
+
+
+def cell_result(spec: RunSpec, rd: RunDir) -> dict[str, Any]:
+    """What a finished cell returns to Hydra (and what a skipped cell returns from the store)."""
+    out: dict[str, Any] = {"config": spec.config, "seed": spec.seed, "hash": spec.hash, "run_dir": str(rd.path)}
+    for kind in EVAL_KINDS:
+        ev = rd.read_eval(kind)
+        out[kind] = ev.get("summary") if ev else None
+    return out

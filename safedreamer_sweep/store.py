@@ -1,0 +1,425 @@
+"""The run store: one directory per run identity, the single source of truth.
+
+    <root>/runs/<config>/seed_<seed>/<hash8>/
+      spec.json        identity, resolved run config, overrides, code and package versions
+      state.json       phase + attempts (each with its outcome, cause and evidence)
+      progress.json    heartbeat: env_step, total_steps, steps_per_s, updated_at, host, pid, ...
+      metrics.jsonl    training curve, one line per `log_every_steps` env steps
+      eval_curve.jsonl periodic evaluation during training
+      checkpoints/     ckpt_<env_step>.pkl, written atomically, newest valid one wins
+      eval/id.json     final evaluation in-distribution
+      eval/ood.json    final evaluation out-of-distribution
+      logs/            stdout/stderr of every attempt, never overwritten
+      claim.json       which sweep / job holds the cell right now
+
+Every JSON document is replaced atomically (write a temp file, fsync, rename), so a kill -9 at
+any instant leaves either the old or the new version, never half of one. Read-modify-write of
+state.json and claim.json happens under a per-run file lock (`filelock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+CHECKPOINT_RE = re.compile(r"^ckpt_(\d{12})\.pkl$")
+EVAL_KINDS = ("id", "ood")
+
+
+class StoreError(Exception):
+    """A store file is missing, corrupt or inconsistent. The message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers see the old or the new content, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed document, or None when the file does not exist. A corrupt file is a StoreError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StoreError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt. "
+            f"Fix: restore it from a backup or move it aside; nothing was overwritten."
+        ) from e
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line of a JSON-lines file. A torn last line (killed mid-append) is skipped."""
+    rows: list[dict] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def now() -> float:
+    return time.time()
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+# ----------------------------------------------------------------------------- a run directory
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run identity's directory and every read or write the rest of the code does in it."""
+
+    path: Path
+
+    # --- paths
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.json"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / "progress.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def eval_curve_path(self) -> Path:
+        return self.path / "eval_curve.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def claim_path(self) -> Path:
+        return self.path / "claim.json"
+
+    def eval_path(self, kind: str) -> Path:
+        if kind not in EVAL_KINDS:
+            raise ValueError(f"eval kind must be one of {EVAL_KINDS}, got {kind!r}")
+        return self.eval_dir / f"{kind}.json"
+
+    # --- identity
+    def lock(self, timeout: float = 60.0) -> filelock.FileLock:
+        """Exclusive lock for read-modify-write of state.json / claim.json (works across hosts on NFS
+        only as far as the filesystem's locks do; the store is meant for one shared filesystem)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(self.path / ".lock"), timeout=timeout)
+
+    def read_spec(self) -> dict | None:
+        return read_json(self.spec_path)
+
+    def ensure_spec(self, spec: dict) -> None:
+        """Write spec.json once. A run directory never changes identity."""
+        with self.lock():
+            old = self.read_spec()
+            if old is None:
+                atomic_write_json(self.spec_path, spec)
+            elif old.get("hash") != spec.get("hash"):
+                raise StoreError(
+                    f"{self.spec_path}: holds identity {old.get('hash')} but {spec.get('hash')} was "
+                    f"requested; a run directory never changes identity. Fix: use a clean store "
+                    f"or move the directory aside."
+                )
+
+    # --- state
+    def read_state(self) -> dict:
+        state = read_json(self.state_path)
+        return state if state is not None else {"phase": "new", "attempts": []}
+
+    def update_state(self, change: Callable[[dict], None]) -> dict:
+        """Apply `change` to state.json under the run lock and replace the file atomically."""
+        with self.lock():
+            state = self.read_state()
+            change(state)
+            state["updated_at"] = now()
+            atomic_write_json(self.state_path, state)
+            return state
+
+    def set_phase(self, phase: str, **fields: Any) -> dict:
+        def change(s: dict) -> None:
+            s["phase"] = phase
+            s.update(fields)
+
+        return self.update_state(change)
+
+    def begin_attempt(self, **fields: Any) -> int:
+        """Record the start of an attempt (by the process that trains). Returns its number (1-based)."""
+        record = {"started_at": now(), "host": host(), "pid": os.getpid(), "outcome": "running"}
+        record.update(fields)
+        number = 0
+
+        def change(s: dict) -> None:
+            nonlocal number
+            attempts = s.setdefault("attempts", [])
+            # A launcher may have pre-registered this attempt (with its job id): fill it in.
+            if attempts and attempts[-1].get("outcome") == "submitted":
+                attempts[-1].update(record)
+            else:
+                attempts.append({"n": len(attempts) + 1, **record})
+            number = attempts[-1]["n"]
+            s["phase"] = "running"
+
+        self.update_state(change)
+        return number
+
+    def end_attempt(self, outcome: str, **fields: Any) -> None:
+        """Close the newest attempt: outcome is `done`, `failed` or `interrupted`."""
+
+        def change(s: dict) -> None:
+            attempts = s.setdefault("attempts", [])
+            if not attempts:
+                attempts.append({"n": 1, "host": host(), "pid": os.getpid()})
+            attempts[-1].update({"outcome": outcome, "ended_at": now(), **fields})
+
+        self.update_state(change)
+
+    # --- heartbeat and curves
+    def heartbeat(self, env_step: int, total_steps: int, **fields: Any) -> None:
+        """Replace progress.json: the evidence `status` shows. `env_step` is the only clock."""
+        prev = read_json(self.progress_path) or {}
+        moved_at = now() if prev.get("env_step") != env_step else prev.get("env_step_moved_at", now())
+        doc = {
+            "env_step": int(env_step),
+            "total_steps": int(total_steps),
+            "updated_at": now(),
+            "env_step_moved_at": moved_at,
+            "host": host(),
+            "pid": os.getpid(),
+            "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SDS_JOB_ID"),
+        }
+        doc.update(fields)
+        atomic_write_json(self.progress_path, doc)
+
+    def read_progress(self) -> dict | None:
+        return read_json(self.progress_path)
+
+    def append_metrics(self, row: dict, path: Path | None = None) -> None:
+        """Append one JSON line (each row carries `env_step`)."""
+        path = path or self.metrics_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def read_eval_curve(self) -> list[dict]:
+        return read_jsonl(self.eval_curve_path)
+
+    def truncate_curves_after(self, env_step: int) -> None:
+        """On resume from a checkpoint at `env_step`: drop curve rows past it (they will be logged
+        again), so the curves have no gap and no duplicated step. Replaced atomically."""
+        for path in (self.metrics_path, self.eval_curve_path):
+            if not path.exists():
+                continue
+            rows = [r for r in read_jsonl(path) if int(r.get("env_step", 0)) <= env_step]
+            data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+            atomic_write_bytes(path, data.encode())
+
+    # --- checkpoints
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(env_step, path) of every checkpoint file, oldest first."""
+        out = []
+        if self.checkpoints_dir.is_dir():
+            for p in self.checkpoints_dir.iterdir():
+                m = CHECKPOINT_RE.match(p.name)
+                if m:
+                    out.append((int(m.group(1)), p))
+        return sorted(out)
+
+    def save_checkpoint(self, env_step: int, payload: Any, keep: int = 3) -> Path:
+        """Write checkpoint `env_step` atomically (pickle + sha256 trailer) and keep the newest `keep`."""
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        path = self.checkpoints_dir / f"ckpt_{int(env_step):012d}.pkl"
+        atomic_write_bytes(path, data + hashlib.sha256(data).digest())
+        for _, old in self.checkpoints()[:-keep] if keep > 0 else []:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        return path
+
+    @staticmethod
+    def read_checkpoint(path: Path) -> Any:
+        """Load one checkpoint file; StoreError if it is truncated or corrupt."""
+        blob = Path(path).read_bytes()
+        data, digest = blob[:-32], blob[-32:]
+        if len(blob) < 33 or hashlib.sha256(data).digest() != digest:
+            raise StoreError(f"{path}: checkpoint is unreadable (truncated or corrupt file, {len(blob)} bytes)")
+        return pickle.loads(data)
+
+    def latest_checkpoint(self, log: Callable[[str], None] | None = None) -> tuple[int, Any] | None:
+        """The newest checkpoint that verifies, as (env_step, payload); older ones are tried in turn."""
+        ckpts = self.checkpoints()
+        for i, (step, path) in enumerate(reversed(ckpts)):
+            try:
+                return step, self.read_checkpoint(path)
+            except (StoreError, pickle.UnpicklingError, EOFError, OSError) as e:
+                older = ckpts[-2 - i][0] if len(ckpts) >= 2 + i else None
+                if log:
+                    log(f"{e}; {'resuming from step %d instead' % older if older is not None else 'starting from scratch'}")
+        return None
+
+    # --- evaluation
+    def write_eval(self, kind: str, result: dict) -> None:
+        atomic_write_json(self.eval_path(kind), result)
+
+    def read_eval(self, kind: str) -> dict | None:
+        return read_json(self.eval_path(kind))
+
+    # --- logs
+    def attempt_log_paths(self, attempt: int) -> tuple[Path, Path]:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        return self.logs_dir / f"attempt_{attempt:02d}.out", self.logs_dir / f"attempt_{attempt:02d}.err"
+
+    # --- derived facts
+    @property
+    def trained(self) -> bool:
+        return bool(self.read_state().get("trained"))
+
+    @property
+    def evaluated(self) -> dict[str, bool]:
+        return {k: self.eval_path(k).exists() for k in EVAL_KINDS}
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class Store:
+    """A fixed root holding run directories; independent of Hydra's timestamped sweep dirs."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, config: str, seed: int, hash8: str) -> RunDir:
+        return RunDir(self.runs_dir / config / f"seed_{int(seed)}" / hash8)
+
+    def find(self, config: str, seed: int) -> list[RunDir]:
+        """Every run directory for (config, seed), whatever its identity hash."""
+        d = self.runs_dir / config / f"seed_{int(seed)}"
+        if not d.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(d.iterdir()) if p.is_dir() and (p / "spec.json").exists()]
+
+    def iter_runs(self) -> Iterator[RunDir]:
+        if not self.runs_dir.is_dir():
+            return
+        for spec in sorted(self.runs_dir.glob("*/seed_*/*/spec.json")):
+            yield RunDir(spec.parent)
+
+    def manifests_dir(self) -> Path:
+        d = self.root / "manifests"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # --- sweep manifests: which cells were asked for (so holes are visible even with no run dir)
+    @property
+    def sweeps_dir(self) -> Path:
+        return self.root / "sweeps"
+
+    def write_sweep_manifest(self, sweep_id: str, doc: dict) -> Path:
+        """`doc` holds at least `cells`: [{config, seed, hash, overrides}], plus launcher settings."""
+        path = self.sweeps_dir / f"{sweep_id}.json"
+        atomic_write_json(path, {"id": sweep_id, **doc})
+        return path
+
+    def read_sweep_manifests(self) -> list[dict]:
+        """Every sweep manifest, oldest first."""
+        if not self.sweeps_dir.is_dir():
+            return []
+        docs = [read_json(p) for p in sorted(self.sweeps_dir.glob("*.json"))]
+        return sorted((d for d in docs if d), key=lambda d: d.get("created_at", 0))
+
+    def expected_cells(self) -> list[dict]:
+        """The matrix: every (config, seed) any sweep on this store asked for, newest hash winning,
+        plus any run directory found on disk. Sorted by config then seed."""
+        cells: dict[tuple[str, int], dict] = {}
+        for doc in self.read_sweep_manifests():
+            for c in doc.get("cells", []):
+                cells[(c["config"], int(c["seed"]))] = {"config": c["config"], "seed": int(c["seed"]),
+                                                         "hash": c.get("hash")}
+        for rd in self.iter_runs():
+            spec = rd.read_spec() or {}
+            key = (spec.get("config"), int(spec.get("seed", -1)))
+            if key[0] is not None and key not in cells:
+                cells[key] = {"config": key[0], "seed": key[1], "hash": spec.get("hash")}
+        return [cells[k] for k in sorted(cells)]
