@@ -16,4 +16,9 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    # Reject unparseable overrides (e.g. a value with `=` or parentheses) with the quoted form to
+    # type, before Hydra runs and before anything touches the store.
+    from safedreamer_sweep.overrides import exit_on_bad_overrides
+
+    exit_on_bad_overrides()
     main()

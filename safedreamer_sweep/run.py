@@ -3,6 +3,7 @@ record every step of it in the cell's run directory. Writes nowhere else."""
 
 from __future__ import annotations
 
+import os
 import traceback
 from typing import Any
 
@@ -26,8 +27,9 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
         from safedreamer_sweep.external import train, evaluate  # noqa: F811  (any script as a cell)
-    rd.begin_attempt()
+    attempt = rd.begin_attempt()
     try:
+        _inject_fault(attempt)
         if not rd.trained:
             final_step = train(cfg, rd)
             rd.update_state(lambda s: s.update(trained=True, trained_steps=int(final_step)))
@@ -35,8 +37,11 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
             if rd.read_eval(kind) is None:
                 rd.set_phase(f"eval-{kind}")
                 rd.write_eval(kind, evaluate(cfg, rd, kind))
-    except KeyboardInterrupt:
-        rd.end_attempt("interrupted", cause="interrupted", evidence="KeyboardInterrupt / SIGINT")
+    except (KeyboardInterrupt, SystemExit) as e:
+        # The launcher's requeue handler (submit.CellTask.checkpoint) says why it stops the cell.
+        cause = os.environ.get("SDS_INTERRUPT_CAUSE", "interrupted")
+        evidence = os.environ.get("SDS_INTERRUPT_EVIDENCE", f"{type(e).__name__} / SIGINT")
+        rd.end_attempt("interrupted", cause=cause, evidence=evidence)
         rd.set_phase("interrupted")
         raise
     except BaseException as e:
@@ -47,6 +52,14 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     rd.end_attempt("done")
     rd.set_phase("done")
     return cell_result(spec, rd)
+
+
+def _inject_fault(attempt: int) -> None:
+    """Test hook (documented in tests/test_launcher_slurm.py): SDS_INJECT_FAULT=node_fault:N makes
+    attempt N fail the way a faulty GPU node does, so node-fault handling can be exercised."""
+    spec = os.environ.get("SDS_INJECT_FAULT", "")
+    if spec.startswith("node_fault:") and str(attempt) in spec.split(":", 1)[1].split(","):
+        raise RuntimeError("CUDA error: busy (injected by SDS_INJECT_FAULT for a test)")
 
 
 def cell_result(spec: RunSpec, rd: RunDir) -> dict[str, Any]:

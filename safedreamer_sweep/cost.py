@@ -1,0 +1,217 @@
+"""What the compute bought: device-hours per attempt, cell, config and sweep, split into useful and
+wasted work, and money when `cost.per_gpu_hour` is set.
+
+Every attempt in state.json records `started_at`, `ended_at` and the `resources` it held
+({gpus, cpus, mem_gb}). An attempt's device-hours are its wall hours times the devices it held:
+GPU-hours if it held GPUs, else CPU-core-hours (the two are never added together).
+
+Useful work is the chain of attempts that led to a finished cell: the final successful attempt and,
+walking back, the attempts whose checkpoints it resumed from. Everything else is wasted: failed work
+nobody resumed from, attempts that ran at the same time as the chain (duplicates), attempts after
+the cell was already done, and work redone because an attempt restarted from scratch or from an
+older checkpoint. Work on a cell that has not finished yet is `pending`: its fate is still open.
+
+When attempts carry `start_step` (the env step they resumed from, 0 = from scratch) and `end_step`
+(the last env step they reached), the split is exact down to the redone steps; without them every
+earlier attempt that ended before the next one started is assumed resumed from (the cell task
+always resumes from the newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Attempts that never started (queued, cancelled before start) held nothing.
+_NOT_STARTED = ("submitted",)
+# Slack when deciding whether one attempt ended before the next began (clock granularity, NFS).
+_OVERLAP_SLACK_S = 1.0
+
+
+def attempt_device(attempt: Mapping[str, Any]) -> tuple[str, int]:
+    """('gpu', n) if the attempt held GPUs, else ('cpu', cores); 1 CPU core when nothing was recorded."""
+    res = attempt.get("resources") or {}
+    gpus = int(res.get("gpus") or 0)
+    if gpus > 0:
+        return "gpu", gpus
+    return "cpu", max(1, int(res.get("cpus") or 1))
+
+
+def _interval(attempt: Mapping[str, Any], now: float) -> tuple[float, float] | None:
+    start = attempt.get("started_at")
+    if start is None or attempt.get("outcome") in _NOT_STARTED:
+        return None
+    end = attempt.get("ended_at")
+    if end is None:  # still open: it holds its resources until now
+        end = now
+    return float(start), max(float(start), float(end))
+
+
+def attempt_hours(attempt: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+    """{'device': 'gpu'|'cpu', 'units': n, 'wall_h': h, 'hours': device-hours, 'open': bool}."""
+    now = time.time() if now is None else now
+    device, units = attempt_device(attempt)
+    iv = _interval(attempt, now)
+    wall = (iv[1] - iv[0]) / 3600.0 if iv else 0.0
+    return {"device": device, "units": units, "wall_h": wall, "hours": wall * units,
+            "open": iv is not None and attempt.get("ended_at") is None}
+
+
+def _finished(state: Mapping[str, Any]) -> bool:
+    return state.get("phase") == "done"
+
+
+def _useful_fractions(attempts: list[Mapping[str, Any]], now: float) -> dict[int, float]:
+    """Index -> fraction of that attempt's hours that the finished cell used (missing index = 0)."""
+    final = max((i for i, a in enumerate(attempts) if a.get("outcome") == "done"), default=None)
+    if final is None:
+        return {}
+    useful = {final: 1.0}
+    cur = final
+    while True:
+        cur_iv = _interval(attempts[cur], now)
+        need = attempts[cur].get("start_step")
+        if cur_iv is None or (need is not None and int(need) <= 0):
+            break  # started from scratch: nothing earlier was used
+        # The predecessor: the latest attempt that had ended before this one started.
+        prev = None
+        for j in range(cur - 1, -1, -1):
+            iv = _interval(attempts[j], now)
+            if iv is not None and iv[1] <= cur_iv[0] + _OVERLAP_SLACK_S:
+                prev = j
+                break
+        if prev is None:
+            break
+        a = attempts[prev]
+        frac = 1.0
+        s0, s1 = a.get("start_step"), a.get("end_step")
+        if need is not None and s0 is not None and s1 is not None and int(s1) > int(s0):
+            # Only the steps the next attempt resumed from were used; the rest was redone.
+            frac = min(1.0, max(0.0, (int(need) - int(s0)) / (int(s1) - int(s0))))
+        useful[prev] = frac
+        cur = prev
+    return useful
+
+
+def _empty() -> dict[str, float]:
+    return {"useful_h": 0.0, "wasted_h": 0.0, "pending_h": 0.0}
+
+
+def cell_cost(state: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
+    """Device-hours of one cell from its state.json.
+
+    Returns {'useful_h', 'wasted_h', 'pending_h', 'total_h', 'device', 'by_device': {dev: {...}},
+    'attempts': [{'n', 'device', 'hours', 'class'}]} where the top-level hours are in the cell's
+    main device (GPU if any attempt held a GPU) and `by_device` keeps GPU- and CPU-hours apart.
+    """
+    now = time.time() if now is None else now
+    attempts = list(state.get("attempts") or [])
+    finished = _finished(state)
+    fractions = _useful_fractions(attempts, now) if finished else {}
+    by_device: dict[str, dict[str, float]] = {}
+    rows = []
+    for i, a in enumerate(attempts):
+        h = attempt_hours(a, now)
+        bucket = by_device.setdefault(h["device"], _empty())
+        if finished:
+            f = fractions.get(i, 0.0)
+            bucket["useful_h"] += h["hours"] * f
+            bucket["wasted_h"] += h["hours"] * (1.0 - f)
+            cls = "useful" if f >= 1.0 else "wasted" if f <= 0.0 else f"useful {f:.0%}"
+        elif state.get("phase") == "failed" and not h["open"]:
+            bucket["wasted_h"] += h["hours"]  # a terminally failed cell bought nothing (yet)
+            cls = "wasted"
+        else:
+            bucket["pending_h"] += h["hours"]
+            cls = "pending"
+        rows.append({"n": a.get("n", i + 1), "device": h["device"], "hours": h["hours"], "class": cls,
+                     "outcome": a.get("outcome"), "cause": a.get("cause")})
+    device = "gpu" if "gpu" in by_device else "cpu"
+    main = by_device.get(device, _empty())
+    for b in by_device.values():
+        b["total_h"] = b["useful_h"] + b["wasted_h"] + b["pending_h"]
+    return {"device": device, "useful_h": main["useful_h"], "wasted_h": main["wasted_h"],
+            "pending_h": main["pending_h"], "total_h": main["useful_h"] + main["wasted_h"] + main["pending_h"],
+            "by_device": by_device, "attempts": rows}
+
+
+def _add(into: dict[str, dict[str, float]], by_device: Mapping[str, Mapping[str, float]]) -> None:
+    for dev, b in by_device.items():
+        tgt = into.setdefault(dev, {**_empty(), "total_h": 0.0})
+        for k in ("useful_h", "wasted_h", "pending_h", "total_h"):
+            tgt[k] += float(b.get(k, 0.0))
+
+
+def _cells(states: Mapping[tuple[str, int], Mapping] | Iterable) -> Iterable[tuple[str, int, Mapping]]:
+    if isinstance(states, Mapping):
+        for (config, seed), st in states.items():
+            yield str(config), int(seed), st
+        return
+    for item in states:
+        if isinstance(item, Mapping):
+            yield str(item["config"]), int(item["seed"]), item["state"]
+        else:
+            config, seed, st = item
+            yield str(config), int(seed), st
+
+
+def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None = None,
+               now: float | None = None) -> dict[str, Any]:
+    """Cost of a sweep. `states`: {(config, seed): state} or an iterable of (config, seed, state) or
+    of {'config', 'seed', 'state'}.
+
+    Returns {'cells': {'<config>/seed_<seed>': cell_cost}, 'configs': {config: {dev: hours}},
+    'total': {dev: {'useful_h', 'wasted_h', 'pending_h', 'total_h'}}, 'money': None or
+    {'per_gpu_hour', 'currency', 'useful', 'wasted', 'pending', 'total'}}. Money prices GPU-hours
+    only: CPU-core-hours are reported, never priced.
+    """
+    now = time.time() if now is None else now
+    cells: dict[str, dict] = {}
+    configs: dict[str, dict[str, dict[str, float]]] = {}
+    total: dict[str, dict[str, float]] = {}
+    for config, seed, st in _cells(states):
+        c = cell_cost(st, now)
+        cells[f"{config}/seed_{seed}"] = c
+        _add(configs.setdefault(config, {}), c["by_device"])
+        _add(total, c["by_device"])
+    money = None
+    if per_gpu_hour is not None:
+        gpu = total.get("gpu", {})
+        money = {"per_gpu_hour": float(per_gpu_hour), "currency": currency,
+                 **{k: float(per_gpu_hour) * gpu.get(f"{k}_h", 0.0) for k in ("useful", "wasted", "pending", "total")}}
+    return {"cells": cells, "configs": configs, "total": total, "money": money}
+
+
+def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = None,
+               now: float | None = None) -> dict[str, Any]:
+    """`sweep_cost` over every run directory of a `Store` (all identities of a cell are counted:
+    an abandoned identity's hours were spent too)."""
+    items = []
+    for rd in store.iter_runs():
+        spec = rd.read_spec() or {}
+        items.append((spec.get("config", rd.path.parent.parent.name), int(spec.get("seed", -1)), rd.read_state()))
+    # Several identities of one (config, seed) are merged by summing their attempts' hours.
+    merged: dict[tuple[str, int], dict] = {}
+    for config, seed, st in items:
+        key = (config, seed)
+        if key not in merged:
+            merged[key] = st
+        else:  # keep the done identity's classification, add the other's attempts as wasted
+            a, b = merged[key], st
+            done, other = (a, b) if a.get("phase") == "done" else (b, a)
+            extra = [{**x, "outcome": x.get("outcome") if x.get("outcome") != "done" else "superseded"}
+                     for x in other.get("attempts", [])]
+            merged[key] = {**done, "attempts": list(done.get("attempts", [])) + extra}
+    return sweep_cost(merged, per_gpu_hour=per_gpu_hour, currency=currency, now=now)
+
+
+def format_hours(h: float) -> str:
+    """1.234 -> '1.23'; small values with four decimals so a short run does not read as 0.00."""
+    if h == 0:
+        return "0"
+    if h < 0.0001:
+        return "<0.0001"
+    if h < 0.1:
+        return f"{h:.4f}"
+    return f"{h:.2f}"

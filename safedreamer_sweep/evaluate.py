@@ -1,0 +1,86 @@
+"""Evaluation of a trained cell: the deterministic policy (mean action) of the final checkpoint,
+`eval.episodes` episodes in-distribution (eval.id_env, kind "id") or out-of-distribution
+(eval.ood_env, kind "ood"). The episode seeds derive from the cell seed but never coincide with
+the training env seeds (different SeedSequence entropy), and are recorded in the result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from omegaconf import DictConfig
+
+from safedreamer_sweep.envs import make_env
+from safedreamer_sweep.store import EVAL_KINDS, RunDir, StoreError
+
+_KIND_SALT = {"id": 11, "ood": 12}
+
+
+def run_episodes(env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int]) -> list[dict]:
+    """One full episode per seed with `act(obs batch) -> action batch`: [{return, cost, length}]."""
+    out = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=int(seed))
+        ret = cost = 0.0
+        length = 0
+        done = False
+        while not done:
+            action = act(np.asarray(obs, np.float32)[None])[0]
+            obs, r, c, term, trunc, _ = env.step(action)
+            ret, cost, length = ret + float(r), cost + float(c), length + 1
+            done = bool(term or trunc)
+        out.append({"return": ret, "cost": cost, "length": length})
+    return out
+
+
+def eval_seed(cell_seed: int, kind: str) -> int:
+    """First episode seed of the final evaluation of `kind` (episode i uses seed + i)."""
+    return int(np.random.SeedSequence([int(cell_seed), 3, _KIND_SALT[kind]]).generate_state(1)[0] % 2**31)
+
+
+def summarize(episodes: list[dict], cost_limit: float) -> dict:
+    ret = np.array([e["return"] for e in episodes], float)
+    cost = np.array([e["cost"] for e in episodes], float)
+    length = np.array([e["length"] for e in episodes], float)
+    return {"return_mean": float(ret.mean()), "return_std": float(ret.std()), "cost_mean": float(cost.mean()),
+            "cost_std": float(cost.std()), "length_mean": float(length.mean()),
+            "violation_rate": float((cost > cost_limit).mean()), "episodes": len(episodes)}
+
+
+def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
+    """Evaluate the newest valid checkpoint of `run` on the `kind` env ("id" or "ood"); the result
+    document of docs/CONTRACTS.md (the caller writes it to eval/<kind>.json)."""
+    from safedreamer_sweep.trainer import NumpyPolicy, RunningNorm
+
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"eval kind must be one of {EVAL_KINDS}, got {kind!r}")
+    found = run.latest_checkpoint(log=lambda m: print(f"[eval] {m}", flush=True))
+    if found is None:
+        raise StoreError(f"{run.checkpoints_dir}: no readable checkpoint to evaluate. Fix: train the cell "
+                         f"first (run it again; it resumes or starts training).")
+    step, ck = found
+    env_id = str(cfg.eval.id_env if kind == "id" else cfg.eval.ood_env)
+    norm = RunningNorm.from_state(ck["normalizer"]) if cfg.agent.obs_norm else None
+    policy = NumpyPolicy(ck["params"], norm)
+    seed0 = eval_seed(int(cfg.seed), kind)
+    n = int(cfg.eval.episodes)
+    if n < 1:
+        raise ValueError(f"eval.episodes must be >= 1, got {n}. Fix: eval.episodes=2")
+    env = make_env(env_id, fast_reset=bool(cfg.env.fast_reset))
+    if env.observation_space.shape != (ck["obs_dim"],):
+        raise ValueError(f"{env_id}: observation shape {env.observation_space.shape} differs from the trained "
+                         f"policy's ({ck['obs_dim']},). Fix: choose an eval.{kind}_env with the same "
+                         f"observation space as {cfg.env.id}.")
+    try:
+        episodes = run_episodes(env, policy.act, [seed0 + i for i in range(n)])
+    finally:
+        env.close()
+    cost_limit = float(cfg.agent.lagrangian.cost_limit)
+    result = {"kind": kind, "env_id": env_id, "checkpoint_step": int(step), "seed": seed0,
+              "cost_limit": cost_limit, "episodes": episodes, "summary": summarize(episodes, cost_limit)}
+    if kind == "ood":
+        result["ood_proxy"] = str(cfg.eval.ood_proxy)
+    s = result["summary"]
+    print(f"[eval] {kind} {env_id}: return {s['return_mean']:.2f} cost {s['cost_mean']:.2f} over {n} episodes "
+          f"(checkpoint step {step})", flush=True)
+    return result

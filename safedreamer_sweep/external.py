@@ -1,0 +1,681 @@
+"""Any training script as a cell (`task=external`): the external-command adapter.
+
+`run.py` calls `train(cfg, run)` and `evaluate(cfg, run, kind)` from here instead of the built-in
+trainer when `cfg.task.kind == "external"`, so planning, claiming, submission, supervision and
+retries are the same for both. What the script is and how to read it is declared in `cfg.task`
+(conf/task/external.yaml documents every field; conf/task/safedreamer.yaml is a worked example):
+
+- `command`: a template rendered with the cell's values (`{seed}`, `{run_dir}`, `{config}`,
+  `{resume_flag}`, any config key by dotted path such as `{agent.lr}`), run as a subprocess in its
+  own process group with `env` and `cwd`, stdout/stderr teed to `logs/attempt_NN.{out,err}`.
+- `probes`: read the script's own files every `probe_every_s` seconds and turn them into env
+  steps for `progress.json`, so a run whose metrics file is stale but whose replay grows is seen
+  moving, and a run whose probes stop is seen stalled.
+- `checkpoint` and `resume_args`: where the script's checkpoint is, and the arguments that make it
+  resume from it (added when one exists).
+- `eval`: a command per kind (id / ood) and where its results are, mapped onto the eval schema.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from omegaconf import DictConfig, OmegaConf
+
+from safedreamer_sweep import probes as P
+from safedreamer_sweep.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
+
+# Values every template may use besides config keys. `checkpoint` and the eval-only names are
+# filled in when they apply; validation uses placeholders for them.
+CELL_VALUES = ("seed", "run_dir", "config", "config_file", "attempt", "total_steps", "python", "checkpoint",
+               "resume_flag")
+EVAL_VALUES = ("kind", "env_id", "episodes", "eval_dir")
+_PLACEHOLDER = "<placeholder>"
+
+
+class ExternalTaskError(RuntimeError):
+    """The task config is wrong (caught before anything runs) or the script failed."""
+
+
+class ExternalCommandFailed(ExternalTaskError):
+    """The script exited nonzero; the message carries its exit code and stderr tail."""
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def template_fields(template: str) -> list[str]:
+    """Names referenced by `{...}` in a template (`{{` and `}}` are literal braces)."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ExternalTaskError(f"template {template!r}: {e}. Fix: balance the braces; write {{{{ and "
+                                f"}}}} for literal braces.") from e
+
+
+_MISSING = object()
+
+
+def _config_value(cfg: DictConfig, key: str) -> Any:
+    """The config value at dotted path `key`, or _MISSING."""
+    try:
+        v = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
+    except (ValueError, KeyError, TypeError, AttributeError):  # a malformed key such as `a..b`
+        return _MISSING
+    return _MISSING if v is None and not _has_key(cfg, key) else v
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    *parents, last = key.split(".")
+    node: Any = cfg
+    for p in parents:
+        if not isinstance(node, DictConfig) or p not in node:
+            return False
+        node = node[p]
+    return isinstance(node, DictConfig) and last in node
+
+
+def render(template: str, values: Mapping[str, Any], cfg: DictConfig, what: str) -> str:
+    """Fill `template` from `values`, then from config keys by dotted path. An unknown name is an
+    ExternalTaskError naming it, the template, and the names available."""
+    out = []
+    for literal, field_name, spec, conv in string.Formatter().parse(template):
+        out.append(literal)
+        if field_name is None:
+            continue
+        if field_name == "":
+            raise ExternalTaskError(f"{what}: empty placeholder {{}} in {template!r}; name a value, e.g. {{seed}}")
+        if field_name in values:
+            v = values[field_name]
+        elif field_name.startswith("environ[") and field_name.endswith("]"):
+            # {environ[NAME]}: the cell process's environment, e.g. the GPU the launcher assigned.
+            var = field_name[len("environ["):-1]
+            if var not in os.environ and not values.get("_validating"):
+                raise ExternalTaskError(f"{what}: {{{field_name}}} in {template!r}: environment variable {var} is "
+                                        f"not set in the cell process. Fix: set it (task.env cannot, it is "
+                                        f"applied to the script only) or drop it from the template")
+            v = os.environ.get(var, "")
+        else:
+            v = _config_value(cfg, field_name)
+            if v is _MISSING:
+                raise ExternalTaskError(
+                    f"{what}: {{{field_name}}} in {template!r} is neither a cell value "
+                    f"({', '.join(sorted(k for k in values if not k.startswith('_')))}), {{environ[NAME]}}, "
+                    f"nor a config key. Fix: correct the name, or add the key to the config "
+                    f"(e.g. +{field_name}=...).")
+            if isinstance(v, DictConfig) or OmegaConf.is_list(v):
+                raise ExternalTaskError(f"{what}: {{{field_name}}} in {template!r} is a config group, not a "
+                                        f"single value; name a leaf key such as {{{field_name}.<key>}}")
+        if conv == "r":
+            v = repr(v)
+        out.append(format(v, spec) if spec else str(v))
+    return "".join(out)
+
+
+def render_command(command: Any, values: Mapping[str, Any], cfg: DictConfig, what: str,
+                   resume: list[str] | None = None) -> list[str]:
+    """The argv of a command template. A string is split like a shell would (no shell runs), a
+    list is taken token by token; each token is rendered, so a value with spaces stays one
+    argument. A token that is exactly `{resume_flag}` becomes the resume arguments (or nothing);
+    without such a token, resume arguments go at the end."""
+    if isinstance(command, str):
+        tokens = shlex.split(command)
+    elif OmegaConf.is_list(command) or isinstance(command, (list, tuple)):
+        tokens = [str(t) for t in command]
+    else:
+        raise ExternalTaskError(f"{what}: must be a string or a list of strings, got {command!r}. Fix: set "
+                                f"task.command, e.g. \"python train.py --seed {{seed}} --logdir {{run_dir}}/out\"")
+    if not tokens:
+        raise ExternalTaskError(f"{what}: is empty. Fix: set the command that trains one cell")
+    argv: list[str] = []
+    placed = False
+    for tok in tokens:
+        if tok == "{resume_flag}":
+            argv.extend(resume or [])
+            placed = True
+            continue
+        if "resume_flag" in template_fields(tok):
+            raise ExternalTaskError(f"{what}: {{resume_flag}} must be a whole argument (got {tok!r}); it expands "
+                                    f"to the task.resume_args tokens")
+        argv.append(render(tok, values, cfg, what))
+    if resume and not placed:
+        argv.extend(resume)
+    return argv
+
+
+# ----------------------------------------------------------------------------- the task config
+
+
+@dataclass
+class ExternalTask:
+    """`cfg.task` as plain values (validated by `load_task`)."""
+
+    command: Any
+    cwd: str | None
+    env: dict[str, str]
+    total_steps: int
+    probe_every_s: float
+    probes: list[dict]
+    checkpoint_glob: str | None
+    checkpoint_step: dict[str, Any]  # how to read the step (one of pickle_key/json_key/name_regex) + scale
+    resume_args: list[str]
+    done_marker: str | None
+    stop_grace_s: float
+    stderr_tail_lines: int
+    eval: dict
+    curves: dict
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> ExternalTask:
+        t = cfg.get("task")
+        if t is None or t.get("kind") != "external":
+            raise ExternalTaskError("cfg.task.kind is not 'external'; select it with task=external (or a "
+                                    "file in conf/task/ with `kind: external`)")
+        c = OmegaConf.to_container(t, resolve=True)
+        assert isinstance(c, dict)
+        known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
+                 "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
+                 "curves"}
+        unknown = sorted(set(c) - known)
+        if unknown:
+            raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
+                                    f"(conf/task/external.yaml documents each)")
+        ck = c.get("checkpoint") or {}
+        step: dict[str, Any] = {k: v for k, v in (ck.get("step") or {}).items() if v}
+        if len(step) > 1:
+            raise ExternalTaskError(f"task.checkpoint.step: give one way to read the step, got {sorted(step)}")
+        if set(step) - {"pickle_key", "json_key", "name_regex"}:
+            raise ExternalTaskError(f"task.checkpoint.step: {sorted(step)} not in pickle_key, json_key, name_regex")
+        if set(ck) - {"glob", "step", "scale"}:
+            raise ExternalTaskError(f"task.checkpoint: unknown field(s) {sorted(set(ck) - {'glob', 'step', 'scale'})};"
+                                    f" the fields are glob, step, scale")
+        step["scale"] = float(ck.get("scale") or 1.0)
+        if c.get("total_steps") is None or int(c["total_steps"]) <= 0:
+            raise ExternalTaskError("task.total_steps must be a positive number of env steps")
+        return cls(
+            command=c.get("command"),
+            cwd=c.get("cwd"),
+            env={str(k): str(v) for k, v in (c.get("env") or {}).items()},
+            total_steps=int(c["total_steps"]),
+            probe_every_s=float(c.get("probe_every_s") or 2.0),
+            probes=list(c.get("probes") or []),
+            checkpoint_glob=ck.get("glob"),
+            checkpoint_step=step,
+            resume_args=[str(a) for a in (c.get("resume_args") or [])],
+            done_marker=c.get("done_marker"),
+            stop_grace_s=float(c.get("stop_grace_s") or 10.0),
+            stderr_tail_lines=int(c.get("stderr_tail_lines") or 40),
+            eval=dict(c.get("eval") or {}),
+            curves=dict(c.get("curves") or {}),
+        )
+
+
+def _attempt_number(run: RunDir) -> int:
+    attempts = run.read_state().get("attempts") or []
+    return int(attempts[-1].get("n", len(attempts))) if attempts else 1
+
+
+def cell_values(cfg: DictConfig, run: RunDir, task: ExternalTask, **extra: Any) -> dict[str, Any]:
+    """The values a template can name besides config keys."""
+    spec = run.read_spec() or {}
+    values = {
+        "seed": cfg.get("seed", spec.get("seed")),
+        "run_dir": str(run.path),
+        "config": spec.get("config", ""),
+        "config_file": str(run.path / "external" / "config.yaml"),
+        "attempt": _attempt_number(run),
+        "total_steps": task.total_steps,
+        "python": sys.executable,
+        "checkpoint": _PLACEHOLDER,
+        "resume_flag": "",
+    }
+    values.update(extra)
+    return values
+
+
+def _render_glob(pattern: str, values: Mapping[str, Any], cfg: DictConfig, what: str, base: Path) -> str:
+    g = render(pattern, values, cfg, what)
+    return g if os.path.isabs(g) else str(base / g)
+
+
+def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
+    """Check every template and probe of the external task before anything runs (the launcher may
+    call this at plan time). Raises ExternalTaskError naming the field, the cause and the fix."""
+    task = ExternalTask.from_cfg(cfg)
+    run = run or RunDir(Path("/nonexistent/run_dir"))
+    values = cell_values(cfg, run, task) if run.path.exists() else {
+        "seed": cfg.get("seed"), "run_dir": str(run.path), "config": "", "config_file": "", "attempt": 1,
+        "total_steps": task.total_steps, "python": sys.executable, "checkpoint": _PLACEHOLDER, "resume_flag": ""}
+    values["_validating"] = True
+    render_command(task.command, values, cfg, "task.command", resume=None)
+    for i, a in enumerate(task.resume_args):
+        render(a, values, cfg, f"task.resume_args[{i}]")
+    if task.resume_args and not task.checkpoint_glob:
+        raise ExternalTaskError("task.resume_args is set but task.checkpoint.glob is not: the adapter cannot "
+                                "tell when to resume. Fix: declare where the script writes its checkpoint")
+    for k, v in task.env.items():
+        render(v, values, cfg, f"task.env.{k}")
+    if task.cwd:
+        render(task.cwd, values, cfg, "task.cwd")
+    if task.checkpoint_glob:
+        render(task.checkpoint_glob, values, cfg, "task.checkpoint.glob")
+    if task.done_marker:
+        render(task.done_marker, values, cfg, "task.done_marker")
+    rendered = []
+    for i, d in enumerate(task.probes):
+        d = dict(d)
+        if "glob" in d:
+            d["glob"] = render(str(d["glob"]), values, cfg, f"task.probes[{i}].glob")
+        rendered.append(d)
+    P.build_probes(rendered, base_dir=run.path)
+    if task.curves and not (task.curves.get("glob") and task.curves.get("step_key") and task.curves.get("keys")):
+        raise ExternalTaskError("task.curves needs glob, step_key and keys (ours -> the script's, e.g. "
+                                "episode_return: episode/score), or set it to null")
+    if task.curves:
+        render(str(task.curves["glob"]), values, cfg, "task.curves.glob")
+    if not task.probes:
+        raise ExternalTaskError("task.probes is empty: without a probe the run's progress is unknown and every "
+                                "run would look stalled. Fix: declare at least one (jsonl, files or stdout)")
+    ev = task.eval
+    if ev.get("command") is not None:
+        for kind in EVAL_KINDS:
+            evalues = {**values, "kind": kind, "env_id": (ev.get("env_id") or {}).get(kind, ""),
+                       "episodes": ev.get("episodes", ""), "eval_dir": str(run.path / "external_eval" / kind)}
+            render_command(ev["command"], evalues, cfg, f"task.eval.command ({kind})")
+            res = ev.get("results") or {}
+            if not res.get("glob"):
+                raise ExternalTaskError("task.eval.results.glob is not set: where does the eval command write "
+                                        "its episodes? Fix: e.g. glob: '**/metrics.jsonl'")
+            render(str(res["glob"]), evalues, cfg, "task.eval.results.glob")
+            if "return" not in (res.get("keys") or {}):
+                raise ExternalTaskError("task.eval.results.keys must map at least `return` "
+                                        "(e.g. return: episode/score)")
+    return task
+
+
+# ----------------------------------------------------------------------------- running a command
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux/glibc: no parent-death signal
+        return None
+
+
+# Loaded once in the parent: the child only calls it between fork and exec (no import, no lock).
+_PRCTL = _load_prctl()
+
+
+def _set_parent_death_signal() -> None:
+    """In the child before exec: get SIGTERM when the cell process dies (a kill -9 of the cell must
+    not leave the script training on its own). 1 = PR_SET_PDEATHSIG."""
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGTERM))
+
+
+def _tee(stream, log_path: Path, sink, on_line: Callable[[str], None] | None, tail: collections.deque | None):
+    with open(log_path, "ab") as log:
+        for raw in iter(stream.readline, b""):
+            log.write(raw)
+            log.flush()
+            line = raw.decode("utf-8", errors="replace")
+            with contextlib.suppress(Exception):
+                sink.write(line)
+                sink.flush()
+            if on_line is not None:
+                on_line(line)
+            if tail is not None:
+                tail.append(line.rstrip("\n"))
+    stream.close()
+
+
+def _tree_rss_mb(pid: int) -> float | None:
+    """Resident memory of the script and its children (evidence for an OOM kill)."""
+    try:
+        p = psutil.Process(pid)
+        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
+    except psutil.Error:  # the tree changed while we looked
+        return None
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the script's process group, SIGKILL it after `grace_s`."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_command(argv: list[str], *, cwd: str | None, env: Mapping[str, str], out_path: Path, err_path: Path,
+                on_stdout: Callable[[str], None] | None = None, on_tick: Callable[[int], None] | None = None,
+                tick_s: float = 2.0, stop_grace_s: float = 10.0, tail_lines: int = 40,
+                header: str = "") -> tuple[int, str]:
+    """Run `argv` in its own process group, tee its output to the log files (appending, never
+    overwriting), call `on_tick(pid)` every `tick_s` seconds while it runs and once after it exits.
+    Returns (exit code, stderr tail). Any exception here (Ctrl-C, a kill of the cell) stops the
+    whole process group first."""
+    for p in (out_path, err_path):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "ab") as f:
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}$ {shlex.join(argv)}\n".encode())
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_set_parent_death_signal)  # noqa: PLW1509  see _PRCTL
+    except FileNotFoundError as e:
+        raise ExternalTaskError(f"{header or 'command'}: cannot start {argv[0]!r} ({e.strerror}) in cwd "
+                                f"{cwd or os.getcwd()}. Fix: use an absolute path or set task.cwd") from e
+    tail: collections.deque = collections.deque(maxlen=tail_lines)
+    threads = [
+        threading.Thread(target=_tee, args=(proc.stdout, out_path, sys.stdout, on_stdout, None), daemon=True),
+        threading.Thread(target=_tee, args=(proc.stderr, err_path, sys.stderr, None, tail), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            try:
+                proc.wait(timeout=tick_s)
+                break
+            except subprocess.TimeoutExpired:
+                if on_tick is not None:
+                    on_tick(proc.pid)
+        for t in threads:
+            t.join(timeout=10)
+        if on_tick is not None:
+            on_tick(proc.pid)
+    except BaseException:
+        _stop_group(proc, stop_grace_s)
+        raise
+    finally:
+        if proc.poll() is None:
+            _stop_group(proc, stop_grace_s)
+    return proc.returncode, "\n".join(tail)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# ----------------------------------------------------------------------------- train
+
+
+class _Progress:
+    """Probes -> heartbeats; checkpoint file -> a pointer checkpoint in the store."""
+
+    def __init__(self, cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mapping[str, Any], base: int,
+                 phase: str = "train"):
+        self.cfg, self.run, self.task, self.phase = cfg, run, task, phase
+        decls = []
+        for i, d in enumerate(task.probes):
+            d = dict(d)
+            if "glob" in d:
+                d["glob"] = render(str(d["glob"]), values, cfg, f"task.probes[{i}].glob")
+            decls.append(d)
+        self.probes = P.build_probes(decls, base_dir=run.path)
+        for p in self.probes:
+            if isinstance(p, P.FilesProbe):
+                p.start(base)
+        self.stdout_probes = [p for p in self.probes if isinstance(p, P.StdoutProbe)]
+        self.ckpt_glob = (_render_glob(task.checkpoint_glob, values, cfg, "task.checkpoint.glob", run.path)
+                          if task.checkpoint_glob else None)
+        self.env_step, self.source = int(base), "checkpoint" if base else "start"
+        self.curves = None
+        if task.curves and phase == "train":
+            self.curves = P.CurveMirror(_render_glob(str(task.curves["glob"]), values, cfg, "task.curves.glob",
+                                                     run.path), step_key=str(task.curves["step_key"]),
+                                        keys=dict(task.curves["keys"]), scale=float(task.curves.get("scale", 1)),
+                                        last_step=int(base))
+            self.curves.skip_existing()
+        self.history: collections.deque = collections.deque(maxlen=64)
+        self.last_ckpt: tuple | None = None
+        self.lock = threading.Lock()
+
+    def feed(self, line: str) -> None:
+        for p in self.stdout_probes:
+            p.feed(line)
+
+    def read(self) -> dict[str, int | None]:
+        return {p.name: p.read() for p in self.probes}
+
+    def tick(self, pid: int | None = None) -> None:
+        with self.lock:
+            readings = self.read()
+            for name, v in readings.items():
+                # The most advanced probe is the truth; a probe that lags (a metrics file on a
+                # wall-clock timer) never pulls the step back.
+                if v is not None and v > self.env_step:
+                    self.env_step, self.source = v, name
+            t = time.monotonic()
+            self.history.append((t, self.env_step))
+            while len(self.history) > 2 and t - self.history[0][0] > 60:
+                self.history.popleft()
+            t0, s0 = self.history[0]
+            rate = (self.env_step - s0) / (t - t0) if t > t0 else None
+            fields: dict[str, Any] = {"probe": self.source, "probes": readings, "phase": self.phase}
+            if rate is not None:
+                fields["steps_per_s"] = round(rate, 3)
+            if pid is not None:
+                fields["child_pid"] = pid
+                rss = _tree_rss_mb(pid)
+                if rss is not None:
+                    fields["rss_mb"] = round(rss, 1)
+            self.run.heartbeat(self.env_step, self.task.total_steps, **fields)
+            if self.phase == "train":
+                self.mirror_checkpoint()
+            if self.curves is not None:
+                for row in self.curves.new_rows():
+                    self.run.append_metrics(row)
+
+    def mirror_checkpoint(self) -> None:
+        """Record the script's newest checkpoint in the store (checkpoints/ckpt_<step>.pkl holding a
+        pointer, not a copy), so `plan` sees `resume` and resume knows the step it restarts from."""
+        if not self.ckpt_glob:
+            return
+        found = P.find_checkpoint(self.ckpt_glob, **self.task.checkpoint_step)
+        if found is None:
+            return
+        key = (str(found.path), found.mtime, found.size)
+        if key == self.last_ckpt:
+            return
+        self.last_ckpt = key
+        step = found.step if found.step is not None else self.env_step
+        self.run.save_checkpoint(step, {"external": True, "path": str(found.path), "mtime": found.mtime,
+                                        "size": found.size, "step": step,
+                                        "step_from": "file" if found.step is not None else "probe"}, keep=3)
+
+
+def resume_point(cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mapping[str, Any]
+                 ) -> tuple[Path, int] | None:
+    """The script's checkpoint to resume from and its env step, or None to start from scratch.
+    The step comes from the file when `task.checkpoint.step` says how to read it, else from the
+    store pointer recorded when the file was written (the probed step then)."""
+    if not task.checkpoint_glob:
+        return None
+    found = P.find_checkpoint(_render_glob(task.checkpoint_glob, values, cfg, "task.checkpoint.glob", run.path),
+                              **task.checkpoint_step)
+    if found is None:
+        return None
+    if found.step is not None:
+        return found.path, found.step
+    for step, path in reversed(run.checkpoints()):
+        with contextlib.suppress(Exception):
+            ptr = RunDir.read_checkpoint(path)
+            if isinstance(ptr, dict) and ptr.get("path") == str(found.path) and ptr.get("mtime") == found.mtime:
+                return found.path, int(ptr["step"])
+    return found.path, 0
+
+
+def _write_config_file(cfg: DictConfig, run: RunDir) -> None:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    c.pop("hydra", None)
+    atomic_write_bytes(run.path / "external" / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(c)).encode())
+
+
+def _cwd(task: ExternalTask, values: Mapping[str, Any], cfg: DictConfig) -> str | None:
+    return render(task.cwd, values, cfg, "task.cwd") if task.cwd else None
+
+
+def train(cfg: DictConfig, run: RunDir) -> int:
+    """Run the script until it exits; return the env step it reached. Resumes from the script's
+    checkpoint (adding `task.resume_args`) when there is one. Raises ExternalCommandFailed on a
+    nonzero exit (with the stderr tail), and ExternalTaskError when it exits 0 short of
+    `task.total_steps` without its done marker."""
+    task = validate_task(cfg, run)
+    values = cell_values(cfg, run, task)
+    if "config_file" in str(task.command):
+        _write_config_file(cfg, run)
+    resume = resume_point(cfg, run, task, values)
+    resume_argv: list[str] = []
+    base = 0
+    if resume is not None:
+        ckpt, base = resume
+        values = {**values, "checkpoint": str(ckpt)}
+        resume_argv = [render(a, values, cfg, f"task.resume_args[{i}]") for i, a in enumerate(task.resume_args)]
+        values["resume_flag"] = shlex.join(resume_argv)
+        run.truncate_curves_after(base)
+    argv = render_command(task.command, values, cfg, "task.command", resume=resume_argv)
+    env = {k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}
+    out_path, err_path = run.attempt_log_paths(int(values["attempt"]))
+
+    progress = _Progress(cfg, run, task, values, base)
+    run.heartbeat(base, task.total_steps, probe=progress.source, phase="train",
+                  resumed_from=str(resume[0]) if resume else None)
+    code, tail = run_command(argv, cwd=_cwd(task, values, cfg), env=env, out_path=out_path, err_path=err_path,
+                             on_stdout=progress.feed, on_tick=progress.tick, tick_s=task.probe_every_s,
+                             stop_grace_s=task.stop_grace_s, tail_lines=task.stderr_tail_lines,
+                             header=f"train attempt {values['attempt']}")
+    if code != 0:
+        raise ExternalCommandFailed(
+            f"{run.path}: the training command {_exit_text(code)} at env step {progress.env_step} "
+            f"(probe {progress.source}); full output in {err_path}. Command: {shlex.join(argv)}\n"
+            f"--- stderr tail ---\n{tail}")
+    marker = render(task.done_marker, values, cfg, "task.done_marker") if task.done_marker else None
+    if marker and not os.path.isabs(marker):
+        marker = str(run.path / marker)
+    if progress.env_step < task.total_steps and not (marker and P.expand_glob(marker)):
+        raise ExternalTaskError(
+            f"{run.path}: the training command exited 0 but its probes show env step {progress.env_step} "
+            f"< task.total_steps {task.total_steps} (readings {progress.read()}), and no done marker"
+            f"{' matches ' + marker if marker else ' is declared'}. The cell is not marked trained. Fix: make "
+            f"task.total_steps match the script's step budget, fix the probes, or declare task.done_marker.")
+    return max(progress.env_step, task.total_steps) if marker and progress.env_step < task.total_steps \
+        else progress.env_step
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def summarize(episodes: list[dict], cost_limit: float | None) -> dict:
+    """The store's eval summary of a list of {return, cost, length} episodes."""
+    import numpy as np
+
+    def stats(key: str) -> tuple[float | None, float | None]:
+        xs = [e[key] for e in episodes if e.get(key) is not None]
+        return (float(np.mean(xs)), float(np.std(xs))) if xs else (None, None)
+
+    rm, rs = stats("return")
+    cm, cs = stats("cost")
+    lm, _ = stats("length")
+    costs = [e["cost"] for e in episodes if e.get("cost") is not None]
+    vr = (float(np.mean([c > cost_limit for c in costs])) if costs and cost_limit is not None else None)
+    return {"return_mean": rm, "return_std": rs, "cost_mean": cm, "cost_std": cs, "length_mean": lm,
+            "violation_rate": vr, "episodes": len(episodes)}
+
+
+def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
+    """Run `task.eval.command` for `kind` (id or ood), read its episodes from `task.eval.results`,
+    and return them in the store's eval schema (docs/CONTRACTS.md)."""
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"eval kind must be one of {EVAL_KINDS}, got {kind!r}")
+    task = validate_task(cfg, run)
+    ev = task.eval
+    if ev.get("command") is None:
+        raise ExternalTaskError("task.eval.command is not set: the cell cannot be evaluated. Fix: declare the "
+                                "command that evaluates a checkpoint (see conf/task/safedreamer.yaml)")
+    values = cell_values(cfg, run, task)
+    found = None
+    if task.checkpoint_glob:
+        found = P.find_checkpoint(_render_glob(task.checkpoint_glob, values, cfg, "task.checkpoint.glob", run.path),
+                                  **task.checkpoint_step)
+    attempt = int(values["attempt"])
+    eval_dir = run.path / "external_eval" / kind / f"attempt_{attempt:02d}"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    env_id = (ev.get("env_id") or {}).get(kind, "")
+    values.update(kind=kind, env_id=env_id, episodes=ev.get("episodes", ""), eval_dir=str(eval_dir))
+    if found is not None:
+        values["checkpoint"] = str(found.path)
+    elif "checkpoint" in str(ev["command"]):
+        raise ExternalTaskError(f"{run.path}: task.eval.command needs {{checkpoint}} but no file matches "
+                                f"task.checkpoint.glob {task.checkpoint_glob!r}. Fix: check the glob against "
+                                f"where the script writes its checkpoint")
+    argv = render_command(ev["command"], values, cfg, f"task.eval.command ({kind})")
+    env = {k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}
+    out_path, err_path = run.attempt_log_paths(attempt)
+    prog = run.read_progress() or {}
+    step = int(prog.get("env_step", 0))
+
+    def tick(pid: int) -> None:
+        run.heartbeat(step, task.total_steps, phase=f"eval-{kind}", child_pid=pid, probe=prog.get("probe"))
+
+    started = now() - 1.0
+    code, tail = run_command(argv, cwd=_cwd(task, values, cfg), env=env, out_path=out_path, err_path=err_path,
+                             on_tick=tick, tick_s=task.probe_every_s, stop_grace_s=task.stop_grace_s,
+                             tail_lines=task.stderr_tail_lines, header=f"eval {kind} attempt {attempt}")
+    if code != 0:
+        raise ExternalCommandFailed(f"{run.path}: the {kind} evaluation command {_exit_text(code)}; full output "
+                                    f"in {err_path}. Command: {shlex.join(argv)}\n--- stderr tail ---\n{tail}")
+    res = ev.get("results") or {}
+    pattern = _render_glob(str(res["glob"]), values, cfg, "task.eval.results.glob", eval_dir)
+    files = []
+    for p in sorted(P.expand_glob(pattern)):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mtime >= started:  # results of this evaluation only, never a stale file
+                files.append(p)
+    episodes = P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
+                               records=res.get("records"))
+    if not episodes:
+        raise ExternalTaskError(
+            f"{run.path}: the {kind} evaluation exited 0 but no episode was found: {len(files)} file(s) written "
+            f"since it started match {pattern!r}, none with a row holding {dict(res.get('keys') or {})!r}. Fix: "
+            f"point task.eval.results.glob/keys at what the script writes (see {out_path})")
+    cost_limit = ev.get("cost_limit")
+    out = {
+        "kind": kind,
+        "env_id": env_id,
+        "checkpoint_step": (found.step if found is not None and found.step is not None else
+                            (run.checkpoints()[-1][0] if run.checkpoints() else step)),
+        "seed": int(cfg.get("seed", values["seed"])),
+        "cost_limit": None if cost_limit is None else float(cost_limit),
+        "episodes": episodes,
+        "summary": summarize(episodes, None if cost_limit is None else float(cost_limit)),
+        "source": {"command": argv, "files": [str(f) for f in files]},
+    }
+    if kind == "ood":
+        out["ood_proxy"] = ev.get("ood_proxy")
+    return out

@@ -1,0 +1,200 @@
+"""What a cell is doing right now, derived only from its run directory and the scheduler.
+
+`observe_run` turns the store files of one run directory (state.json, progress.json, claim.json)
+plus process liveness (psutil, same host only) and an optional scheduler job-state callback into a
+`CellView`. Truth comes from files the cell writes and from the scheduler, never from a log line's
+timestamp: "stalled" means env_step did not move for `stall_after` seconds while the process or job
+is alive; "lost" means the process or job is gone and the attempt has no end marker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store, StoreError, host, read_json
+
+PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
+# Scheduler states of a job that still holds (or will hold) resources.
+SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+               "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING", "PREEMPTED_REQUEUE"}
+SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"}
+
+JobState = Callable[[str], "str | None"]
+
+
+@dataclass
+class CellView:
+    """One cell as `status` shows it. `phase` is one of PHASES; every other field is evidence."""
+
+    config: str
+    seed: int
+    hash: str | None
+    run_dir: str | None
+    phase: str
+    env_step: int | None = None
+    total_steps: int | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+    progress_age_s: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    pid_alive: bool | None = None
+    job_id: str | None = None
+    job_state: str | None = None
+    attempts: int = 0
+    cause: str | None = None
+    evidence: str | None = None
+    trained: bool = False
+    eval_id: dict | None = None
+    eval_ood: dict | None = None
+    state_phase: str | None = None
+    detail: str | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pid_alive(pid: int | None, started_at: float | None = None) -> bool | None:
+    """True/False for a pid on this host; a pid reused by a newer process counts as dead. None when
+    there is no pid."""
+    if not pid:
+        return None
+    import psutil
+
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # A process created after the attempt started cannot be the one that wrote the record.
+        if started_at is not None and p.create_time() > float(started_at) + 2.0:
+            return False
+        return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def _last_attempt(state: dict) -> dict:
+    attempts = state.get("attempts") or []
+    return attempts[-1] if attempts else {}
+
+
+def _last_cause(state: dict) -> tuple[str | None, str | None]:
+    for a in reversed(state.get("attempts") or []):
+        if a.get("cause"):
+            return a.get("cause"), a.get("evidence")
+    return None, None
+
+
+def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
+                job_state: JobState | None = None, spec: dict | None = None) -> CellView:
+    """The CellView of one run directory (see module doc). Never writes anything."""
+    t = time.time() if now is None else now
+    spec = spec if spec is not None else (rd.read_spec() or {})
+    try:
+        state = rd.read_state()
+        progress = rd.read_progress() or {}
+        claim = read_json(rd.claim_path) or {}
+    except StoreError as e:  # a corrupt file is evidence, not a crash of `status`
+        return CellView(config=spec.get("config", "?"), seed=int(spec.get("seed", -1)), hash=spec.get("hash"),
+                        run_dir=str(rd.path), phase="failed", cause="corrupt", evidence=str(e))
+    last = _last_attempt(state)
+    evals = {k: (rd.read_eval(k) or {}).get("summary") if rd.eval_path(k).exists() else None for k in EVAL_KINDS}
+    cause, evidence = _last_cause(state)
+    v = CellView(config=spec.get("config", rd.path.parent.parent.name), seed=int(spec.get("seed", -1)),
+                 hash=spec.get("hash", rd.path.name), run_dir=str(rd.path), phase="pending",
+                 attempts=len(state.get("attempts") or []), cause=cause, evidence=evidence,
+                 trained=bool(state.get("trained")), eval_id=evals["id"], eval_ood=evals["ood"],
+                 state_phase=state.get("phase"))
+    v.env_step = progress.get("env_step", state.get("trained_steps"))
+    v.total_steps = progress.get("total_steps") or (spec.get("run_config") or {}).get("trainer", {}).get("total_steps")
+    v.steps_per_s = progress.get("steps_per_s")
+    v.host = last.get("host") or progress.get("host")
+    v.pid = last.get("pid") or progress.get("pid")
+    v.job_id = str(last.get("job_id") or progress.get("job_id") or claim.get("job_id") or "") or None
+    if v.steps_per_s and v.total_steps and v.env_step is not None and v.steps_per_s > 0:
+        v.eta_s = max(0.0, (v.total_steps - v.env_step) / v.steps_per_s)
+
+    # Progress age: since env_step last moved, but never before this attempt (or eval phase) began,
+    # so a resumed run or a cell evaluating is not called stalled by the previous attempt's heartbeat.
+    marks = [x for x in (progress.get("env_step_moved_at"), last.get("started_at")) if x]
+    if str(state.get("phase", "")).startswith("eval") and state.get("updated_at"):
+        marks.append(state["updated_at"])
+    if marks:
+        v.progress_age_s = max(0.0, t - max(marks))
+
+    if state.get("phase") == "done" and all(evals[k] is not None or rd.eval_path(k).exists() for k in EVAL_KINDS):
+        v.phase = "done"
+        return v
+
+    outcome = last.get("outcome")
+    if v.job_id and job_state is not None:
+        try:
+            v.job_state = job_state(v.job_id)
+        except Exception as e:  # the scheduler being unreachable is evidence too
+            v.detail = f"scheduler query failed: {e}"
+    same_host = v.host is not None and v.host == host()
+    if same_host and v.pid:
+        v.pid_alive = pid_alive(v.pid, last.get("started_at"))
+
+    if outcome in ("running", "submitted"):
+        job_alive = None if v.job_state is None else v.job_state.split()[0] in SLURM_ALIVE
+        if outcome == "submitted":
+            # Pre-registered by the launcher: queued until the cell process fills it in.
+            if job_alive is False:
+                v.phase, v.detail = "lost", f"job {v.job_id} is {v.job_state} and never started the cell"
+            else:
+                v.phase = "pending"
+            return v
+        alive = v.pid_alive if v.pid_alive is not None else job_alive
+        if alive is None:
+            # Another host and no scheduler answer: the heartbeat is the only evidence left.
+            hb_age = t - progress["updated_at"] if progress.get("updated_at") else None
+            alive = hb_age is not None and hb_age <= stall_after
+            v.detail = (f"liveness from heartbeat only (host {v.host}, updated {hb_age:.0f}s ago)"
+                        if hb_age is not None else f"no heartbeat and no way to check host {v.host}")
+        if not alive:
+            v.phase = "lost"
+            if not v.detail:
+                who = f"pid {v.pid} on {v.host}" if v.pid_alive is False else f"job {v.job_id} ({v.job_state})"
+                v.detail = f"{who} is gone and attempt {last.get('n')} has no end marker"
+        elif v.progress_age_s is not None and v.progress_age_s > stall_after:
+            v.phase = "stalled"
+        else:
+            v.phase = "running"
+        return v
+
+    if state.get("phase") == "failed" or outcome == "failed":
+        v.phase = "failed"
+        return v
+    # new, interrupted (resumable), trained-without-eval: nothing runs it now.
+    v.phase = "pending"
+    return v
+
+
+def observe_store(store: Store, *, stall_after: float, now: float | None = None,
+                  job_state: JobState | None = None) -> list[CellView]:
+    """One CellView per expected cell of the store (sweep manifests + run dirs on disk); a cell with
+    no run directory yet is `pending`. Sorted by config then seed."""
+    out = []
+    for cell in store.expected_cells():
+        rd = None
+        if cell.get("hash"):
+            cand = store.run_dir(cell["config"], cell["seed"], cell["hash"])
+            rd = cand if cand.spec_path.exists() else None
+        if rd is None:
+            found = store.find(cell["config"], cell["seed"])
+            rd = next((r for r in found if r.path.name == cell.get("hash")), None)
+        if rd is None:
+            out.append(CellView(config=cell["config"], seed=int(cell["seed"]), hash=cell.get("hash"),
+                                run_dir=None, phase="pending", detail="no run directory yet"))
+        else:
+            out.append(observe_run(rd, stall_after=stall_after, now=now, job_state=job_state))
+    return out
+
+
+def run_dir_of(path: str | Path) -> RunDir:
+    return RunDir(Path(path))

@@ -1,0 +1,265 @@
+"""Tidy pandas frames read from the run store (never from Hydra's JobReturns, which miss skipped
+cells): one row per expected cell, per evaluation episode, per seed, and per curve point.
+
+The matrix is `Store.expected_cells()`: every (config, seed) any sweep manifest asked for plus
+every run directory on disk, so a cell that never started is still a row (a hole), not an absence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store, StoreError
+
+# Per-seed metrics the tables report: name -> (label, higher is better).
+METRICS: dict[str, tuple[str, bool]] = {
+    "id_return": ("ID return", True),
+    "id_cost": ("ID cost", False),
+    "ood_return": ("OOD return", True),
+    "ood_cost": ("OOD cost", False),
+    "id_violation_rate": ("ID violation rate", False),
+    "ood_violation_rate": ("OOD violation rate", False),
+    "risk_penalty": ("risk penalty", False),
+}
+
+CELL_COLUMNS = ["config", "seed", "hash", "run_dir", "phase", "train_status", "trained", "trained_steps",
+                "attempts", "last_cause", "last_evidence", "device", "useful_h", "wasted_h", "pending_h", "device_hours"]
+EVAL_STATUS_COLUMNS = ["config", "seed", "hash", "kind", "status", "env_id", "checkpoint_step", "episodes",
+                       "return_mean", "cost_mean", "violation_rate", "cost_limit", "path"]
+EVAL_COLUMNS = ["config", "seed", "hash", "kind", "env_id", "checkpoint_step", "episode", "return", "cost",
+                "length", "cost_limit", "violation"]
+SEED_COLUMNS = ["config", "seed", "hash", *METRICS, "final_train_return", "final_train_cost", "final_env_step"]
+
+
+class NotAStoreError(StoreError):
+    """The path given to the report is not a run store."""
+
+
+@dataclass
+class Frames:
+    """Everything the report knows, as tidy frames (all read from the store)."""
+
+    store_root: Path
+    cells: pd.DataFrame        # one row per expected cell
+    eval_status: pd.DataFrame  # one row per expected evaluation (cell x {id, ood})
+    evals: pd.DataFrame        # one row per evaluation episode
+    seeds: pd.DataFrame        # one row per expected cell: its final metrics (NaN where missing)
+    curves: pd.DataFrame       # one row per curve point; `source` is "train" or "eval"
+    specs: dict                # (config, seed) -> spec.json document
+    states: dict               # (config, seed) -> state.json document (missing cells: phase "missing")
+    ood_proxy: list[str]       # distinct OOD proxy statements found in eval/ood.json
+    cost_limits: list[float]   # distinct cost limits found in eval JSONs (or specs)
+    extra_run_dirs: list[str]  # run dirs on disk that are not the matrix's chosen identity
+    cost_available: bool       # safedreamer_sweep.cost exists and priced every cell
+
+
+def open_store(store_root: str | Path) -> Store:
+    """The Store at `store_root`, or NotAStoreError naming the path and the fix."""
+    root = Path(store_root).expanduser()
+    if not root.exists():
+        raise NotAStoreError(f"{root}: no such directory; give the store root (the directory holding "
+                             f"runs/ and sweeps/, i.e. store.root of the sweep).")
+    if not root.is_dir():
+        raise NotAStoreError(f"{root}: is a file, not a run store; give the store root directory.")
+    if not (root / "runs").is_dir() and not (root / "sweeps").is_dir():
+        raise NotAStoreError(f"{root}: not a run store (it has neither runs/ nor sweeps/); give the "
+                             f"store root, i.e. store.root of the sweep (e.g. `experiments`).")
+    return Store(root)
+
+
+def _cost_module():
+    try:
+        return importlib.import_module("safedreamer_sweep.cost")
+    except ImportError:
+        return None
+
+
+def _choose_run_dir(store: Store, cell: dict) -> tuple[RunDir | None, list[RunDir]]:
+    """The run dir of the matrix's identity for a cell, and any other identities found for it."""
+    found = store.find(cell["config"], cell["seed"])
+    chosen = None
+    if cell.get("hash"):
+        chosen = next((rd for rd in found if rd.path.name == cell["hash"]), None)
+    elif found:
+        chosen = found[-1]
+    return chosen, [rd for rd in found if rd is not chosen and rd != chosen]
+
+
+def _train_status(rd: RunDir | None, state: dict) -> str:
+    if rd is None:
+        return "missing"
+    if state.get("trained"):
+        return "done"
+    phase = state.get("phase", "new")
+    if phase in ("failed", "interrupted"):
+        return phase
+    if phase in ("running", "eval-id", "eval-ood"):
+        return "running"
+    return "pending"
+
+
+def _eval_status(rd: RunDir | None, state: dict, doc: dict | None, kind: str) -> str:
+    if doc is not None:
+        return "done"
+    if rd is None:
+        return "missing"
+    phase = state.get("phase", "new")
+    if phase == f"eval-{kind}":
+        return "running"
+    if phase in ("failed", "interrupted"):
+        return phase
+    return "pending"
+
+
+def _episode_rows(base: dict, doc: dict, cost_limit: float) -> list[dict]:
+    rows = []
+    for i, ep in enumerate(doc.get("episodes") or []):
+        cost = float(ep.get("cost", math.nan))
+        rows.append({**base, "episode": i, "return": float(ep.get("return", math.nan)), "cost": cost,
+                     "length": float(ep.get("length", math.nan)), "cost_limit": cost_limit,
+                     "violation": bool(cost > cost_limit) if math.isfinite(cost_limit) else None})
+    return rows
+
+
+def _eval_summary(doc: dict, cost_limit: float) -> dict:
+    """return/cost/violation means, from the episodes when present (the truth), else the summary."""
+    eps = doc.get("episodes") or []
+    if eps:
+        r = np.array([float(e.get("return", np.nan)) for e in eps])
+        c = np.array([float(e.get("cost", np.nan)) for e in eps])
+        viol = float(np.mean(c > cost_limit)) if math.isfinite(cost_limit) else math.nan
+        return {"return_mean": float(np.mean(r)), "cost_mean": float(np.mean(c)), "violation_rate": viol,
+                "episodes": len(eps)}
+    s = doc.get("summary") or {}
+    return {"return_mean": float(s.get("return_mean", math.nan)), "cost_mean": float(s.get("cost_mean", math.nan)),
+            "violation_rate": float(s.get("violation_rate", math.nan)), "episodes": int(s.get("episodes", 0))}
+
+
+def _spec_cost_limit(spec: dict) -> float:
+    try:
+        return float(spec["run_config"]["agent"]["lagrangian"]["cost_limit"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def load_frames(store_root: str | Path) -> Frames:
+    """Read every expected cell of the store into tidy frames. Holes become rows with NaN values
+    and a `missing`/`failed`/... status; nothing here raises on a hole. A corrupt JSON file is a
+    StoreError naming the file (the report cannot silently drop evidence)."""
+    store = open_store(store_root)
+    cost_mod = _cost_module()
+    cells, eval_status, evals, seeds, curves = [], [], [], [], []
+    specs: dict = {}
+    states: dict = {}
+    proxies: list[str] = []
+    limits: list[float] = []
+    spec_limits: list[float] = []
+    extra: list[str] = []
+    priced = cost_mod is not None
+
+    for cell in store.expected_cells():
+        config, seed = cell["config"], int(cell["seed"])
+        rd, others = _choose_run_dir(store, cell)
+        extra.extend(str(o.path) for o in others)
+        spec = (rd.read_spec() if rd else None) or {}
+        state = rd.read_state() if rd else {"phase": "missing", "attempts": []}
+        h = spec.get("hash") or cell.get("hash")
+        specs[(config, seed)] = spec
+        attempts = state.get("attempts") or []
+        last = attempts[-1] if attempts else {}
+        states[(config, seed)] = state
+        cost = {"device": None, "useful_h": math.nan, "wasted_h": math.nan, "pending_h": math.nan,
+                "device_hours": math.nan}
+        if cost_mod is not None and rd is not None:
+            try:
+                c = cost_mod.cell_cost(state)
+                cost = {"device": c.get("device"), "useful_h": float(c["useful_h"]), "wasted_h": float(c["wasted_h"]),
+                        "pending_h": float(c.get("pending_h", 0.0)), "device_hours": float(c["total_h"])}
+            except Exception:  # a cost we cannot compute is shown as unavailable, never guessed
+                priced = False
+        cells.append({
+            "config": config, "seed": seed, "hash": h, "run_dir": str(rd.path) if rd else None,
+            "phase": state.get("phase", "new"), "train_status": _train_status(rd, state),
+            "trained": bool(state.get("trained", False)), "trained_steps": state.get("trained_steps"),
+            "attempts": len(attempts), "last_cause": last.get("cause"), "last_evidence": last.get("evidence"),
+            **cost,
+        })
+
+        spec_limit = _spec_cost_limit(spec)
+        seed_row: dict = {"config": config, "seed": seed, "hash": h}
+        for kind in EVAL_KINDS:
+            doc = rd.read_eval(kind) if rd else None
+            limit = float(doc.get("cost_limit", spec_limit)) if doc else spec_limit
+            if doc is not None and math.isfinite(limit):
+                limits.append(limit)
+            if doc is not None and kind == "ood" and doc.get("ood_proxy"):
+                proxies.append(" ".join(str(doc["ood_proxy"]).split()))
+            summ = _eval_summary(doc, limit) if doc else {"return_mean": math.nan, "cost_mean": math.nan,
+                                                         "violation_rate": math.nan, "episodes": 0}
+            base = {"config": config, "seed": seed, "hash": h, "kind": kind,
+                    "env_id": doc.get("env_id") if doc else None,
+                    "checkpoint_step": doc.get("checkpoint_step") if doc else None}
+            eval_status.append({**base, "status": _eval_status(rd, state, doc, kind), **summ, "cost_limit": limit,
+                                "path": str(rd.eval_path(kind)) if rd else None})
+            if doc:
+                evals.extend(_episode_rows(base, doc, limit))
+            seed_row[f"{kind}_return"] = summ["return_mean"]
+            seed_row[f"{kind}_cost"] = summ["cost_mean"]
+            seed_row[f"{kind}_violation_rate"] = summ["violation_rate"]
+
+        metrics = rd.read_metrics() if rd else []
+        final = metrics[-1] if metrics else {}
+        seed_row["risk_penalty"] = float(final.get("risk_penalty", math.nan)) if final else math.nan
+        seed_row["final_train_return"] = float(final.get("episode_return", math.nan)) if final else math.nan
+        seed_row["final_train_cost"] = float(final.get("episode_cost", math.nan)) if final else math.nan
+        seed_row["final_env_step"] = final.get("env_step") if final else None
+        seeds.append(seed_row)
+        for source, rows in (("train", metrics), ("eval", rd.read_eval_curve() if rd else [])):
+            for r in rows:
+                curves.append({"config": config, "seed": seed, "hash": h, "source": source, **r})
+        if math.isfinite(spec_limit):
+            spec_limits.append(spec_limit)
+
+    curves_df = pd.DataFrame.from_records(curves) if curves else pd.DataFrame(
+        columns=["config", "seed", "hash", "source", "env_step"])
+    for col in ("config", "seed", "hash", "source", "env_step"):
+        if col not in curves_df:
+            curves_df[col] = pd.Series(dtype=object)
+    return Frames(
+        store_root=store.root,
+        cells=pd.DataFrame(cells, columns=CELL_COLUMNS),
+        eval_status=pd.DataFrame(eval_status, columns=EVAL_STATUS_COLUMNS),
+        evals=pd.DataFrame(evals, columns=EVAL_COLUMNS),
+        seeds=pd.DataFrame(seeds, columns=SEED_COLUMNS),
+        curves=curves_df,
+        specs=specs,
+        states=states,
+        ood_proxy=sorted(set(proxies)),
+        cost_limits=sorted(set(limits or spec_limits)),
+        extra_run_dirs=extra,
+        cost_available=priced and bool(cells),
+    )
+
+
+def parquet_ready(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy Parquet can store: object columns with mixed types (e.g. None and ints) become strings
+    or numbers, so pyarrow never guesses a type from the first row."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            non_null = out[col].dropna()
+            if len(non_null) and all(isinstance(v, (bool, np.bool_)) for v in non_null):
+                out[col] = out[col].astype("boolean")
+            elif len(non_null) and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                       for v in non_null):
+                out[col] = pd.to_numeric(out[col], errors="coerce")
+            else:
+                out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                                        else str(v)).astype("string")
+    return out

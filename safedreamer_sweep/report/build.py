@@ -1,0 +1,223 @@
+"""Compose the report: read the store, compute tables, decision and figures in memory, render the
+templates, then write every artifact (each atomically). A template error stops before any write."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from safedreamer_sweep.report import figures, tables
+from safedreamer_sweep.report.aggregate import METRICS, Frames, load_frames, parquet_ready
+from safedreamer_sweep.report.decision import Decision, Warning_, collect_warnings, decide
+from safedreamer_sweep.report.document import decision_markdown
+from safedreamer_sweep.report.settings import ReportSettings
+from safedreamer_sweep.report.templates import Difference, Namespace, Number, render_all
+from safedreamer_sweep.store import atomic_write_bytes
+
+# Every artifact a report writes (templates add their own outputs).
+ARTIFACTS = (
+    "decision.md", "report.json",
+    "cells.parquet", "evals.parquet", "seeds.parquet", "curves.parquet",
+    "train_status.tsv", "eval_status.tsv", "coverage.md", "coverage.png",
+    "main.csv", "main.md", "main.tex", "ablation.csv", "ablation.md", "ablation.tex",
+    "learning_curves.png", "id_ood.png", "per_seed.png",
+)
+
+
+@dataclass
+class Report:
+    """Everything the report computed; the notebook and the templates read it too."""
+
+    settings: ReportSettings
+    frames: Frames
+    coverage: pd.DataFrame
+    main: pd.DataFrame
+    ablation: pd.DataFrame
+    warnings: list[Warning_]
+    decision: Decision
+    cost: dict
+    documents: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cost_limit(self) -> float:
+        return self.decision.cost_limit
+
+
+def cost_summary(frames: Frames, settings: ReportSettings) -> dict:
+    """Device-hours per config and in total, and money when cost.per_gpu_hour is set, from
+    safedreamer_sweep.cost (GPU-hours are priced, CPU-core-hours only reported)."""
+    try:
+        from safedreamer_sweep import cost as cost_mod
+    except ImportError:
+        return {"available": False, "why": "safedreamer_sweep.cost is not installed"}
+    if not frames.cost_available:
+        return {"available": False, "why": "the cost module could not price every cell"}
+    states = {k: v for k, v in frames.states.items() if v.get("phase") != "missing"}
+    sc = cost_mod.sweep_cost(states, per_gpu_hour=settings.per_gpu_hour, currency=settings.currency)
+    rows = []
+    for config, by_dev in sorted(sc["configs"].items()):
+        for dev, h in sorted(by_dev.items()):
+            rows.append({"config": config, "device": dev, **{k: round(float(h.get(k, 0.0)), 3) for k in
+                                                              ("useful_h", "wasted_h", "pending_h", "total_h")}})
+    total = sc["total"]
+    main_dev = "gpu" if "gpu" in total else ("cpu" if "cpu" in total else "gpu")
+    t = total.get(main_dev, {})
+    money = sc.get("money")
+    return {"available": True, "device": main_dev, "device_hours": float(t.get("total_h", 0.0)),
+            "useful_h": float(t.get("useful_h", 0.0)), "wasted_h": float(t.get("wasted_h", 0.0)),
+            "pending_h": float(t.get("pending_h", 0.0)),
+            "by_device": {d: {k: float(v) for k, v in h.items()} for d, h in total.items()},
+            "money": float(money["total"]) if money else None, "per_gpu_hour": settings.per_gpu_hour,
+            "currency": settings.currency, "per_config": rows}
+
+
+def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
+    """Read the store and compute every table and the decision (no figures, no writes)."""
+    settings = ReportSettings.from_cfg(cfg)
+    unknown = [m for m in (settings.rule.cost_metric, settings.rule.return_metric) if m not in METRICS]
+    if unknown:
+        raise ValueError(f"report.rule: unknown metric(s) {unknown}; choose from {sorted(METRICS)}.")
+    frames = load_frames(store_root)
+    cov = tables.coverage_long(frames.cells, frames.eval_status)
+    main = tables.main_table(frames.seeds, settings)
+    ablation = tables.ablation_table(frames.seeds, settings)
+    warns = collect_warnings(frames, cov, settings)
+    decision = decide(frames, cov, main, ablation, settings)
+    return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
+                  decision=decision, cost=cost_summary(frames, settings))
+
+
+def template_context(r: Report) -> dict[str, Any]:
+    """What templates can use: main, ablation, decision, coverage, cost, warnings, configs, ..."""
+    main: dict[str, Namespace] = {}
+    for config, g in r.main.groupby("config", sort=True):
+        main[config] = Namespace(f"main[{config!r}]", {
+            row.metric: Number(row.mean, row.std, row.iqm, row.ci_low, row.ci_high, int(row.n))
+            for row in g.itertuples()})
+    ablation: dict[str, Namespace] = {}
+    for config, g in r.ablation.groupby("config", sort=True):
+        ablation[config] = Namespace(f"ablation[{config!r}]", {
+            row.metric: Difference(row.diff, row.ci_low, row.ci_high, row.prob_improvement, int(row.n),
+                                   int(row.n_baseline)) for row in g.itertuples()})
+    cov = r.coverage
+    hole_rows = tables.holes(cov)
+    return {
+        "main": main,
+        "ablation": ablation,
+        "configs": sorted(main),
+        "baseline": r.settings.baseline,
+        "cost_limit": r.cost_limit,
+        "min_seeds": r.settings.min_seeds,
+        "decision": Namespace("decision", {
+            "headline": r.decision.headline, "summary": r.decision.summary,
+            "verdicts": {v.config: v.verdict for v in r.decision.verdicts}}),
+        "coverage": Namespace("coverage", {
+            "done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov),
+            "holes": [f"{x.config} seed {x.seed} {x.part} ({x.status})" for x in hole_rows.itertuples()],
+            "matrix": tables.to_markdown(tables.coverage_matrix(cov))}),
+        "cost": Namespace("cost", {k: v for k, v in r.cost.items() if k != "per_config"}),
+        "warnings": [f"{w.kind}: {w.text}" for w in r.warnings],
+        "ood_proxy": "; ".join(r.frames.ood_proxy) or "not declared",
+        "tables": Namespace("tables", {"main": tables.to_markdown(tables.main_wide(r.main)),
+                                       "ablation": tables.to_markdown(tables.ablation_wide(r.ablation))}),
+    }
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    parquet_ready(df).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if hasattr(x, "item"):
+        return _json_safe(x.item())
+    return x
+
+
+def render_artifacts(r: Report) -> dict[str, bytes]:
+    """Every output file's bytes, in memory. Templates are rendered first: an unknown placeholder
+    raises TemplateRenderError before anything else is computed or written."""
+    docs = render_all(r.settings.templates, template_context(r))
+    r.documents = docs
+    s = r.settings
+    cov = r.coverage
+    train_tsv = r.frames.cells.drop(columns=["run_dir"]).assign(run_dir=r.frames.cells["run_dir"])
+    files: dict[str, bytes] = {
+        "cells.parquet": _parquet(r.frames.cells),
+        "evals.parquet": _parquet(r.frames.evals),
+        "seeds.parquet": _parquet(r.frames.seeds),
+        "curves.parquet": _parquet(r.frames.curves),
+        "train_status.tsv": train_tsv.to_csv(sep="\t", index=False).encode(),
+        "eval_status.tsv": r.frames.eval_status.to_csv(sep="\t", index=False).encode(),
+        "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, · missing or pending, "
+                        "✗ failed\n\n" + tables.to_markdown(tables.coverage_matrix(cov))).encode(),
+        "main.csv": r.main.to_csv(index=False).encode(),
+        "main.md": tables.to_markdown(tables.main_wide(r.main)).encode(),
+        "main.tex": tables.to_latex(r.main.drop(columns=["metric"]), "Main results per config (mean, std, IQM, "
+                                    f"{int(s.confidence * 100)}\\% bootstrap CI, n seeds)", "tab:main").encode(),
+        "ablation.csv": r.ablation.to_csv(index=False).encode(),
+        "ablation.md": tables.to_markdown(tables.ablation_wide(r.ablation)).encode(),
+        "ablation.tex": tables.to_latex(r.ablation.drop(columns=["metric"]), f"Each config minus {s.baseline} "
+                                        f"(difference, {int(s.confidence * 100)}\\% CI, probability of improvement)",
+                                        "tab:ablation").encode(),
+        "decision.md": decision_markdown(r).encode(),
+    }
+    if s.figures:
+        files["coverage.png"] = figures.figure_png(figures.coverage_heatmap(cov))
+        files["learning_curves.png"] = figures.figure_png(figures.learning_curves(
+            r.frames.curves, r.cost_limit, confidence=s.confidence, seed=s.bootstrap_seed))
+        files["id_ood.png"] = figures.figure_png(figures.id_ood_bars(r.frames.seeds, r.cost_limit))
+        files["per_seed.png"] = figures.figure_png(figures.per_seed(r.frames.curves, r.frames.seeds))
+    for name, text in docs.items():
+        if name in files or name == "report.json":
+            raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
+                             f"rename the template.")
+        files[name] = text.encode()
+    summary = {
+        "store": str(r.frames.store_root),
+        "decision": {"headline": r.decision.headline, "summary": r.decision.summary,
+                     "verdicts": [{"config": v.config, "verdict": v.verdict, "reasons": v.reasons,
+                                   "seeds_needed": v.seeds_needed} for v in r.decision.verdicts]},
+        "coverage": {"done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov)},
+        "warnings": [{"kind": w.kind, "text": w.text} for w in r.warnings],
+        "main": r.main.to_dict(orient="records"),
+        "ablation": r.ablation.to_dict(orient="records"),
+        "cost": r.cost,
+        "artifacts": sorted([*files, "report.json"]),
+    }
+    files["report.json"] = (json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n").encode()
+    return files
+
+
+def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any = None) -> Path:
+    """Write the report of the store at `store_root` into `out` (default: report.out, else
+    <store>/report) and return that directory.
+
+    Idempotent: the same store gives byte-identical text artifacts (the bootstrap is seeded).
+    Holes never raise: they are the first thing the report says. A path that is not a store
+    raises NotAStoreError; an unknown template placeholder raises TemplateRenderError before any
+    file is written. Each file is replaced atomically; files the report does not write are left
+    alone.
+    """
+    r = compute_report(store_root, cfg)
+    files = render_artifacts(r)
+    out_dir = Path(out or r.settings.out or (r.frames.store_root / "report")).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: report output path is a file; give a directory (--out DIR).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    return out_dir.resolve()

@@ -1,0 +1,295 @@
+"""Warnings and the recommendation: an explicit, configurable rule applied to the tables.
+
+The rule (report.rule in conf/sweep.yaml), for every config other than the baseline:
+
+  recommended      the evidence is complete (every expected cell of the config and of the baseline
+                   trained and evaluated, at least report.min_seeds seeds), AND its
+                   `cost_metric` `cost_bound` (default: the upper 95% CI bound of the OOD cost) is
+                   below the cost limit, AND the CI of its `return_metric` difference to the
+                   baseline lies above `min_return_gain` (default 0: the CI excludes 0).
+  not recommended  the evidence is complete and either the cost is above the limit beyond doubt
+                   (CI lower bound >= limit; with cost_bound=mean, the mean >= limit) or the return
+                   difference's CI lies entirely below `min_return_gain`.
+  inconclusive     anything else: holes, too few seeds, or a CI that straddles the threshold.
+                   The report then estimates how many seeds the observed variance needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from safedreamer_sweep.identity import RunSpec, diff_keys
+from safedreamer_sweep.report import stats
+from safedreamer_sweep.report.aggregate import METRICS, Frames
+from safedreamer_sweep.report.settings import ReportSettings
+
+RECOMMENDED, NOT_RECOMMENDED, INCONCLUSIVE = "recommended", "not recommended", "inconclusive"
+
+
+@dataclass
+class Warning_:
+    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit
+    text: str
+
+
+@dataclass
+class Verdict:
+    """The rule's answer for one config, with every number it used."""
+
+    config: str
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    complete: bool = False
+    n: int = 0
+    cost_value: float = math.nan       # the cost statistic the rule compared with the limit
+    cost_ci: tuple[float, float] = (math.nan, math.nan)
+    cost_mean: float = math.nan
+    cost_std: float = math.nan
+    return_diff: float = math.nan
+    return_ci: tuple[float, float] = (math.nan, math.nan)
+    return_std: float = math.nan
+    baseline_std: float = math.nan
+    prob_improvement: float = math.nan
+    seeds_needed: float = math.nan     # per config, to settle the rule (nan when settled)
+
+
+@dataclass
+class Decision:
+    headline: str                      # recommended: X | inconclusive | not recommended (keep baseline)
+    summary: str
+    verdicts: list[Verdict]
+    cost_limit: float
+    flips: pd.DataFrame                # which numbers would change a decision, nearest first
+
+
+def _row(table: pd.DataFrame, config: str, metric: str) -> dict:
+    r = table[(table["config"] == config) & (table["metric"] == metric)]
+    return r.iloc[0].to_dict() if len(r) else {}
+
+
+def complete_seeds(cov: pd.DataFrame) -> pd.Series:
+    """Per config: how many seeds have train, ID eval and OOD eval all done."""
+    if cov.empty:
+        return pd.Series(dtype=int)
+    done = cov.assign(ok=cov["status"] == "done").groupby(["config", "seed"], observed=True)["ok"].all()
+    return done.groupby(level="config").sum().astype(int)
+
+
+def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings) -> list[Warning_]:
+    """Every caveat, in the order the report shows them (before any result)."""
+    out: list[Warning_] = []
+    bad = cov[cov["status"] != "done"]
+    if not len(frames.cells):
+        out.append(Warning_("holes", "the store has no expected cells and no run directories: nothing to report."))
+    if len(bad):
+        by_status = bad.groupby("status").size().to_dict()
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+        cells = sorted({f"{r.config} seed {r.seed}" for r in bad.itertuples()})
+        out.append(Warning_("holes", f"{len(bad)} of {len(cov)} expected parts (train / ID eval / OOD eval) are "
+                                     f"not done ({summary}): {', '.join(cells)}."))
+    n_ok = complete_seeds(cov)
+    for config in sorted(frames.cells["config"].unique()):
+        n = int(n_ok.get(config, 0))
+        if n < settings.min_seeds:
+            out.append(Warning_("seeds", f"{config}: {n} complete seed(s), fewer than report.min_seeds="
+                                         f"{settings.min_seeds}; its numbers cannot support a decision."))
+    if len(frames.cells) and settings.baseline not in set(frames.cells["config"]):
+        out.append(Warning_("baseline", f"the baseline {settings.baseline!r} (report.baseline) is not in the "
+                                        f"matrix; no ablation comparison is possible. Fix: set report.baseline "
+                                        f"to one of {sorted(frames.cells['config'].unique())}."))
+    for text in find_config_confounds(frames, settings):
+        out.append(Warning_("confound", text))
+    for metric in settings.bimodal_metrics:
+        if metric not in frames.seeds:
+            continue
+        for config, g in frames.seeds.groupby("config", sort=True):
+            split = stats.bimodal_split(g[metric].to_numpy(dtype=float), settings.bimodal_gap_ratio)
+            if split:
+                lo_seeds = sorted(int(s) for s, v in zip(g["seed"], g[metric]) if v <= split[0])
+                hi_seeds = sorted(int(s) for s, v in zip(g["seed"], g[metric]) if v >= split[1])
+                out.append(Warning_("bimodal", f"{config}: {metric} splits into two groups of seeds, "
+                                               f"{lo_seeds} (<= {split[0]:.2f}) and {hi_seeds} (>= {split[1]:.2f}); "
+                                               f"a mean over bifurcating seeds describes neither group "
+                                               f"(see per_seed.png)."))
+    for proxy in frames.ood_proxy:
+        out.append(Warning_("ood_proxy", f"OOD is a proxy: {proxy}"))
+    if len(frames.cells) and not frames.ood_proxy:
+        out.append(Warning_("ood_proxy", "no OOD evaluation declared what its OOD proxy is (eval/ood.json has no "
+                                         "ood_proxy); read OOD numbers as 'a different environment', no more."))
+    if frames.extra_run_dirs:
+        out.append(Warning_("identity", f"{len(frames.extra_run_dirs)} run dir(s) hold other identities of matrix "
+                                        f"cells (an older resolved config) and are not in the tables: "
+                                        f"{', '.join(frames.extra_run_dirs[:5])}"
+                                        f"{' ...' if len(frames.extra_run_dirs) > 5 else ''}"))
+    if len(frames.cost_limits) > 1:
+        out.append(Warning_("cost_limit", f"evaluations used different cost limits {frames.cost_limits}; "
+                                          f"violation rates are not comparable across them."))
+    return out
+
+
+def find_config_confounds(frames: Frames, settings: ReportSettings) -> list[str]:
+    """Keys of the resolved run configs (spec.json) that differ between configs beyond the
+    declared ablation knobs (sweep.ablation_knobs): safedreamer_sweep.confounds.find_confounds
+    when that module exists, else a key-by-key comparison with the baseline (identity.diff_keys)."""
+    specs = [(config, seed, spec) for (config, seed), spec in sorted(frames.specs.items()) if spec.get("run_config")]
+    if len({c for c, _, _ in specs}) < 2:
+        return []
+    knobs = list(settings.ablation_knobs)
+    knob_text = ("declared ablation knobs: " + ", ".join(knobs)) if knobs else "no ablation knobs declared"
+    try:
+        from safedreamer_sweep.confounds import find_confounds, format_confounds
+    except ImportError:
+        find_confounds = None
+    if find_confounds is not None:
+        found = find_confounds([RunSpec(config=c, seed=s, hash=str(sp.get("hash")), run_config=sp["run_config"])
+                                for c, s, sp in specs], knobs)
+        return [f"{f.key} differs between configs beyond the ablation knobs ({knob_text}):"
+                f"{format_confounds([f]).split(':', 1)[1]}" for f in found]
+    per_config: dict[str, dict] = {}
+    for c, _, sp in specs:
+        per_config.setdefault(c, sp["run_config"])
+    ref_name = settings.baseline if settings.baseline in per_config else sorted(per_config)[0]
+    out = []
+    for config, rc in sorted(per_config.items()):
+        if config == ref_name:
+            continue
+        diff = {k: v for k, v in diff_keys(per_config[ref_name], rc).items()
+                if k != "seed" and not any(k == kn or k.startswith(kn + ".") for kn in knobs)}
+        for k, (a, b) in diff.items():
+            out.append(f"{k} differs beyond the ablation knobs ({knob_text}): {ref_name}={a!r} {config}={b!r}")
+    return out
+
+
+def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
+           settings: ReportSettings) -> Decision:
+    """Apply the rule (module docstring) to every non-baseline config."""
+    rule = settings.rule
+    limit = frames.cost_limits[0] if len(frames.cost_limits) == 1 else (
+        max(frames.cost_limits) if frames.cost_limits else math.nan)
+    n_ok = complete_seeds(cov)
+    configs = sorted(frames.cells["config"].unique()) if len(frames.cells) else []
+    incomplete = set(cov.loc[cov["status"] != "done", "config"]) if len(cov) else set()
+    verdicts: list[Verdict] = []
+    for config in configs:
+        if config == settings.baseline:
+            continue
+        v = Verdict(config=config, verdict=INCONCLUSIVE)
+        v.n = int(n_ok.get(config, 0))
+        cost = _row(main, config, rule.cost_metric)
+        ret = _row(ablation, config, rule.return_metric)
+        ret_main = _row(main, config, rule.return_metric)
+        base_main = _row(main, settings.baseline, rule.return_metric)
+        v.cost_mean, v.cost_std = cost.get("mean", math.nan), cost.get("std", math.nan)
+        v.cost_ci = (cost.get("ci_low", math.nan), cost.get("ci_high", math.nan))
+        v.cost_value = v.cost_mean if rule.cost_bound == "mean" else v.cost_ci[1]
+        v.return_diff = ret.get("diff", math.nan)
+        v.return_ci = (ret.get("ci_low", math.nan), ret.get("ci_high", math.nan))
+        v.prob_improvement = ret.get("prob_improvement", math.nan)
+        v.return_std, v.baseline_std = ret_main.get("std", math.nan), base_main.get("std", math.nan)
+        n_base = int(n_ok.get(settings.baseline, 0))
+        v.complete = (config not in incomplete and settings.baseline not in incomplete
+                      and v.n >= settings.min_seeds and n_base >= settings.min_seeds)
+
+        fails, unsure = [], []
+        if settings.baseline not in configs:
+            unsure.append(f"no baseline {settings.baseline!r} to compare with")
+        if config in incomplete:
+            unsure.append(f"{config} has holes in the matrix")
+        if settings.baseline in incomplete:
+            unsure.append(f"the baseline {settings.baseline} has holes in the matrix")
+        if v.n < settings.min_seeds or n_base < settings.min_seeds:
+            unsure.append(f"{v.n} complete seed(s) for {config} and {n_base} for the baseline, "
+                          f"report.min_seeds={settings.min_seeds}")
+        # Cost against the limit.
+        cost_name = f"{METRICS[rule.cost_metric][0]} {'mean' if rule.cost_bound == 'mean' else 'CI upper bound'}"
+        if not math.isfinite(limit) or not math.isfinite(v.cost_value):
+            unsure.append(f"{cost_name} or the cost limit is unknown")
+        elif v.cost_value < limit:
+            v.reasons.append(f"{cost_name} {v.cost_value:.2f} < cost limit {limit:g}")
+        elif rule.cost_bound == "mean" or v.cost_ci[0] >= limit:
+            fails.append(f"{cost_name} {v.cost_value:.2f} >= cost limit {limit:g}")
+        else:
+            unsure.append(f"{METRICS[rule.cost_metric][0]} CI [{v.cost_ci[0]:.2f}, {v.cost_ci[1]:.2f}] "
+                          f"straddles the cost limit {limit:g}")
+        # Return against the baseline.
+        ret_name = f"{METRICS[rule.return_metric][0]} difference to {settings.baseline}"
+        lo, hi = v.return_ci
+        if not math.isfinite(lo):
+            unsure.append(f"{ret_name} is unknown")
+        elif lo > rule.min_return_gain:
+            v.reasons.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] above {rule.min_return_gain:g}")
+        elif hi < rule.min_return_gain:
+            fails.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] below {rule.min_return_gain:g}")
+        else:
+            unsure.append(f"{ret_name} {v.return_diff:+.2f} has a CI [{lo:.2f}, {hi:.2f}] that includes "
+                          f"{rule.min_return_gain:g}")
+
+        if v.complete and fails:
+            v.verdict = NOT_RECOMMENDED
+            v.reasons = fails + v.reasons
+        elif v.complete and not unsure:
+            v.verdict = RECOMMENDED
+        else:
+            v.verdict = INCONCLUSIVE
+            v.reasons = unsure + [f"(points to: {f})" for f in fails] + v.reasons
+            v.seeds_needed = _seeds_needed(v, limit, settings)
+        verdicts.append(v)
+
+    holes = int((cov["status"] != "done").sum()) if len(cov) else 0
+    rec = [v for v in verdicts if v.verdict == RECOMMENDED]
+    if holes:
+        headline = INCONCLUSIVE
+        summary = (f"the matrix has {holes} hole(s); no config is recommended until every "
+                   f"expected cell is trained and evaluated.")
+    elif rec:
+        best = max(rec, key=lambda v: v.return_diff)
+        headline = f"{RECOMMENDED}: {best.config}"
+        summary = (f"{best.config} is recommended over {settings.baseline}: " + "; ".join(best.reasons) + ".")
+    elif verdicts and all(v.verdict == NOT_RECOMMENDED for v in verdicts):
+        headline = f"{NOT_RECOMMENDED} (keep {settings.baseline})"
+        summary = f"no config passes the rule against {settings.baseline}; keep the baseline."
+    else:
+        headline = INCONCLUSIVE
+        summary = ("no config other than the baseline to compare." if not verdicts else
+                                      "the evidence does not settle the rule for " +
+                                      ", ".join(v.config for v in verdicts if v.verdict == INCONCLUSIVE) + ".")
+    return Decision(headline=headline, summary=summary, verdicts=verdicts, cost_limit=limit,
+                    flips=decision_flips(verdicts, limit, settings))
+
+
+def _seeds_needed(v: Verdict, limit: float, settings: ReportSettings) -> float:
+    """Seeds per config for the rule's two tests to resolve at the observed effect and variance
+    (stats.seeds_needed: n = (z_{1-a/2} + z_power)^2 (s^2 + s_b^2) / effect^2)."""
+    alpha = 1.0 - settings.confidence
+    need = []
+    if math.isfinite(v.return_diff):
+        need.append(stats.seeds_needed(v.return_std, v.return_diff - settings.rule.min_return_gain,
+                                       std_baseline=v.baseline_std, alpha=alpha, power=settings.power))
+    if math.isfinite(v.cost_mean) and math.isfinite(limit) and settings.rule.cost_bound == "ci_high":
+        need.append(stats.seeds_needed(v.cost_std, limit - v.cost_mean, alpha=alpha, power=settings.power))
+    need = [n for n in need if not math.isnan(n)]
+    return max(need) if need else math.inf
+
+
+def decision_flips(verdicts: list[Verdict], limit: float, settings: ReportSettings) -> pd.DataFrame:
+    """For every config, the rule's two thresholds and how far the deciding bound is from them:
+    the smallest distances are the numbers that would change a decision."""
+    rule = settings.rule
+    rows = []
+    for v in verdicts:
+        if math.isfinite(v.cost_value) and math.isfinite(limit):
+            bound = "mean" if rule.cost_bound == "mean" else "CI upper bound"
+            rows.append({"config": v.config, "number": f"{METRICS[rule.cost_metric][0]} {bound}",
+                         "value": v.cost_value, "threshold": limit, "margin": limit - v.cost_value,
+                         "verdict": v.verdict})
+        if math.isfinite(v.return_ci[0]):
+            rows.append({"config": v.config, "number": f"{METRICS[rule.return_metric][0]} diff CI lower bound",
+                         "value": v.return_ci[0], "threshold": rule.min_return_gain,
+                         "margin": v.return_ci[0] - rule.min_return_gain, "verdict": v.verdict})
+    df = pd.DataFrame(rows, columns=["config", "number", "value", "threshold", "margin", "verdict"])
+    if len(df):
+        df = df.assign(_abs=df["margin"].abs()).sort_values(["_abs", "config"]).drop(columns="_abs")
+    return df.reset_index(drop=True)

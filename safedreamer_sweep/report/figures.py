@@ -1,0 +1,193 @@
+"""Figures: functions from tidy frames to a matplotlib Figure (seaborn styling, slide-sized fonts).
+
+Each function returns the Figure and writes nothing; `figure_png` turns one into PNG bytes so the
+report can write every artifact atomically at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # never needs a display; the report runs on cluster nodes and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from safedreamer_sweep.report import stats  # noqa: E402
+from safedreamer_sweep.report.tables import PARTS, SYMBOLS  # noqa: E402
+
+# "talk" context: fonts readable when the PNG fills a slide.
+THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
+STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4}
+STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b"]
+
+
+def _theme() -> None:
+    sns.set_theme(**THEME)
+
+
+def _palette(configs: list[str]) -> dict[str, tuple]:
+    return dict(zip(configs, sns.color_palette("colorblind", max(len(configs), 1))))
+
+
+def _empty(fig: Figure, text: str) -> Figure:
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=16)
+    return fig
+
+
+def learning_curves(curves: pd.DataFrame, cost_limit: float = math.nan, *, source: str = "train",
+                    confidence: float = 0.95, reps: int = 500, seed: int = 0) -> Figure:
+    """Return and cost vs env steps, one line per config (mean over seeds) with a bootstrap CI
+    band (seeds resampled), and the cost limit drawn on the cost panel."""
+    _theme()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), constrained_layout=True)
+    ycols = ("episode_return", "episode_cost") if source == "train" else ("return_mean", "cost_mean")
+    data = curves[curves["source"] == source] if len(curves) else curves
+    if not len(data) or not all(c in data for c in ycols):
+        plt.close(fig)
+        return _empty(plt.figure(figsize=(14, 5.5)), "no training curves in the store yet")
+    configs = sorted(data["config"].unique())
+    pal = _palette(configs)
+    for ax, col, title in zip(axes, ycols, ("return", "cost")):
+        for config in configs:
+            g = data[data["config"] == config]
+            wide = g.pivot_table(index="seed", columns="env_step", values=col, aggfunc="last")
+            n = wide.shape[0]
+            m, lo, hi = stats.curve_bands(wide.to_numpy(), reps=reps, confidence=confidence, seed=seed)
+            x = wide.columns.to_numpy(dtype=float)
+            ax.plot(x, m, color=pal[config], label=f"{config} (n={n})", lw=2)
+            ax.fill_between(x, lo, hi, color=pal[config], alpha=0.2, lw=0)
+        if title == "cost" and math.isfinite(cost_limit):
+            ax.axhline(cost_limit, color="black", ls="--", lw=1.5, label=f"cost limit {cost_limit:g}")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"episode {title}")
+        ax.set_title(f"{'training' if source == 'train' else 'eval'} {title}, mean and {int(confidence * 100)}% CI")
+    axes[1].legend(fontsize="x-small", loc="best")
+    return fig
+
+
+def id_ood_bars(seeds: pd.DataFrame, cost_limit: float = math.nan) -> Figure:
+    """ID vs OOD return and cost per config: bars are means, every seed is a point."""
+    _theme()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), constrained_layout=True)
+    rows = []
+    for kind in ("id", "ood"):
+        for what in ("return", "cost"):
+            col = f"{kind}_{what}"
+            if col in seeds:
+                part = seeds[["config", "seed", col]].rename(columns={col: "value"})
+                rows.append(part.assign(kind=kind.upper(), what=what))
+    long = pd.concat(rows, ignore_index=True).dropna(subset=["value"]) if rows else pd.DataFrame()
+    if long.empty:
+        plt.close(fig)
+        return _empty(plt.figure(figsize=(14, 5.5)), "no ID/OOD evaluations in the store yet")
+    order = sorted(long["config"].unique())
+    for ax, what in zip(axes, ("return", "cost")):
+        d = long[long["what"] == what]
+        sns.barplot(data=d, x="config", y="value", hue="kind", order=order, hue_order=["ID", "OOD"],
+                    errorbar=None, alpha=0.6, ax=ax)
+        # seaborn jitters with numpy's global generator: seed it for this call only, so the same
+        # store gives the same PNG, and restore the caller's state.
+        state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            sns.stripplot(data=d, x="config", y="value", hue="kind", order=order, hue_order=["ID", "OOD"],
+                          dodge=True, palette="dark:black", size=7, jitter=0.15, ax=ax, legend=False)
+        finally:
+            np.random.set_state(state)
+        if what == "cost" and math.isfinite(cost_limit):
+            ax.axhline(cost_limit, color="black", ls="--", lw=1.5, label=f"cost limit {cost_limit:g}")
+        ax.set_xlabel("")
+        ax.set_ylabel(f"episode {what}")
+        ax.set_title(f"final {what}: ID vs OOD (bar = mean, dot = seed)")
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def per_seed(curves: pd.DataFrame, seeds: pd.DataFrame, *, metric: str = "episode_return") -> Figure:
+    """One panel per config, one line per seed, labelled at its end: seeds that bifurcate (some
+    collapse, some succeed) show up as separate bundles instead of hiding in a mean."""
+    _theme()
+    data = curves[curves["source"] == "train"] if len(curves) else curves
+    if not len(data) or metric not in data:
+        return _empty(plt.figure(figsize=(14, 5)), "no training curves in the store yet")
+    configs = sorted(data["config"].unique())
+    ncol = min(len(configs), 4)
+    nrow = math.ceil(len(configs) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1, 4.2 * nrow), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    for ax, config in zip(axes.flat, configs):
+        g = data[data["config"] == config]
+        wide = g.pivot_table(index="env_step", columns="seed", values=metric, aggfunc="last")
+        final = wide.ffill().iloc[-1] if len(wide) else pd.Series(dtype=float)
+        # Colour by final value so the two bundles of a bifurcation get different colours.
+        lo, hi = (np.nanmin(final), np.nanmax(final)) if len(final) and np.isfinite(final).any() else (0, 1)
+        cmap = plt.get_cmap("viridis")
+        x = wide.index.to_numpy(dtype=float)
+        label_each = wide.shape[1] <= 12
+        colours = [cmap(0.5 if hi == lo or not np.isfinite(final[s]) else (final[s] - lo) / (hi - lo))
+                   for s in wide.columns]
+        # One LineCollection for all seeds: a thousand separate plot() calls cost seconds.
+        segs = [np.column_stack([x, wide[s].to_numpy(dtype=float)]) for s in wide.columns]
+        ax.add_collection(LineCollection(segs, colors=colours, linewidths=1.8 if label_each else 0.6,
+                                         alpha=0.9 if label_each else 0.4))
+        ax.autoscale_view()
+        for s, seg in zip(wide.columns, segs) if label_each else ():
+            ok = np.flatnonzero(np.isfinite(seg[:, 1]))
+            if len(ok):
+                ax.annotate(f"s{s}", tuple(seg[ok[-1]]), xytext=(3, 0), textcoords="offset points",
+                            fontsize="xx-small", va="center")
+        ax.set_title(f"{config} ({wide.shape[1]} seeds)")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(metric.replace("_", " "))
+    for ax in list(axes.flat)[len(configs):]:
+        ax.set_visible(False)
+    return fig
+
+
+def coverage_heatmap(cov: pd.DataFrame) -> Figure:
+    """Rows (config, part), columns seeds: green done, yellow running, grey missing/pending, red
+    failed; small matrices carry the status symbol in every square."""
+    _theme()
+    if cov.empty:
+        return _empty(plt.figure(figsize=(8, 3)), "the store has no expected cells")
+    labels = {"train": "train", "id": "ID eval", "ood": "OOD eval"}
+    codes = cov.assign(code=cov["status"].map(lambda s: STATUS_CODES.get(s, 3)),
+                       sym=cov["status"].map(lambda s: SYMBOLS.get(s, "?")),
+                       row=cov["config"].astype(str) + " · " + cov["part"].map(labels).astype(str))
+    row_order = [f"{c} · {labels[p]}" for c in sorted(cov["config"].unique()) for p in PARTS]
+    grid = codes.pivot(index="row", columns="seed", values="code").reindex(index=row_order)
+    annotate = grid.shape[1] <= 30  # beyond that the colours carry it; symbols would be illegible
+    annot = codes.pivot(index="row", columns="seed", values="sym").reindex(index=row_order).fillna("")
+    fig, ax = plt.subplots(figsize=(min(22, max(8, 0.6 * grid.shape[1] + 5)), 1.2 + 0.42 * len(grid)),
+                           constrained_layout=True)
+    sns.heatmap(grid, ax=ax, cmap=ListedColormap(STATUS_COLORS), vmin=-0.5, vmax=len(STATUS_COLORS) - 0.5,
+                annot=annot.to_numpy() if annotate else False, fmt="", cbar=False,
+                linewidths=1 if annotate else 0, linecolor="white", annot_kws={"fontsize": "small"},
+                xticklabels="auto")
+    for k in range(1, len(row_order) // len(PARTS)):  # a rule between configs
+        ax.axhline(k * len(PARTS), color="black", lw=2)
+    ax.set_xlabel("seed")
+    ax.set_ylabel("")
+    ax.tick_params(axis="y", labelsize="x-small")
+    n_done = int((cov["status"] == "done").sum())
+    ax.set_title(f"coverage: {n_done} of {len(cov)} parts done (green done, yellow running, grey missing, red failed)",
+                 fontsize="small")
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """PNG bytes of a figure (the figure is closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,407 @@
+"""`safedreamer-sweep status STORE`: where the sweep stands, with the evidence for every cell.
+
+The answer is built from the run directories and the scheduler only (observe.observe_store), never
+from a log line's timestamp. On top sits one verdict line, in one of these shapes:
+
+    DONE 20/20
+    RUNNING 12/20 (ETA 14 min; 8 running)
+    STALLED 1: v2_full seed 3, no progress for 14 min (pid 1234 alive, stopped, 0% CPU)
+    INCOMPLETE: 3 cells never run: v2_full seeds 2 3, v2_u_only seed 1
+
+`collect` gathers it (a plain dict, also the `--json` document, see docs/status-json.md);
+`render` turns it into rich tables for a human at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from safedreamer_sweep.cost import format_hours, store_cost
+from safedreamer_sweep.store import Store, host
+
+SCHEMA = "safedreamer-sweep/status/1"
+DEFAULT_STALL_AFTER_S = 600.0
+# Fields every cell of the JSON document carries (docs/status-json.md); tests check them.
+CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
+               "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
+               "cause", "evidence", "detail", "last_outcome", "trained", "eval_id", "eval_ood", "proc_status", "cpu_percent",
+               "cost")
+
+
+class StatusError(Exception):
+    """The store cannot be read (missing, not a store). The message names the path and the fix."""
+
+
+# ----------------------------------------------------------------------------- evidence
+
+
+def duration(seconds: float | None) -> str:
+    """14 min, 45 s, 2.1 h, 3.0 d: what a human reads at a glance."""
+    if seconds is None:
+        return "?"
+    s = float(seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def _slurm_backend(store: Store) -> bool:
+    """Does anything in the store say its jobs are Slurm jobs (manifest launcher or a claim)?"""
+    for doc in store.read_sweep_manifests():
+        if "slurm" in str(doc.get("launcher", "")).lower():
+            return True
+    for claim in store.runs_dir.glob("*/seed_*/*/claim.json") if store.runs_dir.is_dir() else []:
+        if '"slurm"' in claim.read_text(errors="replace"):
+            return True
+    return False
+
+
+def slurm_job_state() -> Callable[[str], str | None]:
+    """`job_id -> Slurm state` (squeue, then sacct; cached): the supervisor's own lookup, so status
+    and supervision read the scheduler the same way."""
+    from safedreamer_sweep.supervise import slurm_state_lookup
+
+    return slurm_state_lookup()
+
+
+def _process_evidence(cells: list[dict], sample_s: float = 0.3) -> None:
+    """Add `proc_status` and `cpu_percent` to running/stalled cells whose pid lives on this host:
+    a stalled pid at 0% CPU and `stopped` is a different story from one spinning at 100%."""
+    import psutil
+
+    procs = []
+    for c in cells:
+        c.setdefault("proc_status", None)
+        c.setdefault("cpu_percent", None)
+        if c["phase"] in ("running", "stalled") and c.get("pid_alive") and c.get("host") == host():
+            try:
+                p = psutil.Process(int(c["pid"]))
+                p.cpu_percent(None)
+                procs.append((c, p))
+            except (psutil.Error, ValueError):
+                pass
+    if not procs:
+        return
+    time.sleep(sample_s)
+    for c, p in procs:
+        try:
+            c["cpu_percent"] = round(p.cpu_percent(None), 1)
+            c["proc_status"] = p.status()
+        except psutil.Error:
+            pass
+
+
+def _last_outcome(run_dir: str | None) -> str | None:
+    """The newest attempt's outcome (`submitted` = queued by a launcher, not started yet)."""
+    if not run_dir:
+        return None
+    from safedreamer_sweep.store import RunDir, StoreError
+
+    try:
+        attempts = RunDir(Path(run_dir)).read_state().get("attempts") or []
+    except StoreError:
+        return None
+    return attempts[-1].get("outcome") if attempts else None
+
+
+def _stall_after_from(store: Store) -> float:
+    """The newest sweep manifest's `launcher.stall_after`, else the default."""
+    for doc in reversed(store.read_sweep_manifests()):
+        v = (doc.get("launcher") or {}).get("stall_after") if isinstance(doc.get("launcher"), dict) else None
+        if v:
+            return float(v)
+    return DEFAULT_STALL_AFTER_S
+
+
+def _cost_settings(store: Store) -> tuple[float | None, str | None]:
+    for doc in reversed(store.read_sweep_manifests()):
+        c = doc.get("cost")
+        if isinstance(c, dict) and c.get("per_gpu_hour") is not None:
+            return float(c["per_gpu_hour"]), c.get("currency")
+    return None, None
+
+
+# ----------------------------------------------------------------------------- verdict
+
+
+def _labels(cells: Iterable[dict]) -> str:
+    """`v2_full seeds 2 3, v2_u_only seed 1`: one group per exact config name."""
+    groups: dict[str, list[int]] = {}
+    for c in cells:
+        groups.setdefault(c["config"], []).append(int(c["seed"]))
+    return ", ".join(f"{cfg} seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}"
+                     for cfg, s in groups.items())
+
+
+def _alive_text(c: dict) -> str:
+    if c.get("pid") and c.get("pid_alive") is not None:
+        bits = [f"pid {c['pid']} {'alive' if c['pid_alive'] else 'gone'}"]
+        if c.get("proc_status") == "stopped":
+            bits.append("stopped (SIGSTOP)")
+        if c.get("cpu_percent") is not None:
+            bits.append(f"{c['cpu_percent']:.0f}% CPU")
+        return ", ".join(bits)
+    if c.get("job_id"):
+        return f"job {c['job_id']} {c.get('job_state') or 'state unknown'}"
+    if c.get("pid"):
+        return f"pid {c['pid']} on {c.get('host')}, not checkable from {host()}"
+    return "no process recorded"
+
+
+def _never_run(c: dict) -> bool:
+    return c["phase"] == "pending" and not c.get("attempts")
+
+
+def _queued(c: dict) -> bool:
+    """Submitted by a launcher and waiting for the scheduler (pre-registered attempt not started)."""
+    return c["phase"] == "pending" and c.get("last_outcome") == "submitted"
+
+
+def verdict(cells: list[dict]) -> str:
+    """The one line on top (see module doc). Pure over the cell dicts of `collect`."""
+    n = len(cells)
+    if n == 0:
+        return "EMPTY: no cells in this store (no sweep manifest, no run directory)"
+    done = sum(c["phase"] == "done" for c in cells)
+    if done == n:
+        return f"DONE {n}/{n}"
+    by = {p: [c for c in cells if c["phase"] == p] for p in ("running", "stalled", "failed", "lost")}
+    queued = [c for c in cells if _queued(c)]
+    never = [c for c in cells if _never_run(c)]
+    unfinished = [c for c in cells if c["phase"] == "pending" and c not in never and c not in queued]
+    if by["stalled"]:
+        first = by["stalled"][0]
+        line = (f"STALLED {len(by['stalled'])}: {first['config']} seed {first['seed']}, no progress for "
+                f"{duration(first.get('progress_age_s'))} ({_alive_text(first)})")
+        if len(by["stalled"]) > 1:
+            line += f"; also {_labels(by['stalled'][1:])}"
+        return line
+    extras = []
+    for name, group in (("failed", by["failed"]), ("lost", by["lost"]), ("not started", never),
+                        ("unfinished", unfinished)):
+        if group:
+            extras.append(f"{len(group)} {name}")
+    if by["running"] or queued:
+        etas = [c["eta_s"] for c in by["running"] if c.get("eta_s") is not None]
+        eta = f"ETA {duration(max(etas))}" if etas else "ETA unknown"
+        parts = [eta, f"{len(by['running'])} running"] + ([f"{len(queued)} queued"] if queued else []) + extras
+        return f"RUNNING {done}/{n} ({'; '.join(parts)})"
+    parts = []
+    if never:
+        parts.append(f"{len(never)} cell{'s' if len(never) > 1 else ''} never run: {_labels(never)}")
+    for name, group in (("failed", by["failed"]), ("lost", by["lost"]), ("unfinished", unfinished)):
+        if group:
+            why = "; ".join(f"{c['config']} seed {c['seed']} ({c.get('cause') or c.get('state_phase') or '?'})"
+                            for c in group[:5]) + (" ..." if len(group) > 5 else "")
+            parts.append(f"{len(group)} {name}: {why}")
+    return f"INCOMPLETE: {'; '.join(parts)}"
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def collect(store_root: str | Path, *, stall_after: float | None = None, now: float | None = None,
+            job_state: Callable[[str], str | None] | None = None, per_gpu_hour: float | None = None,
+            currency: str | None = None, sample_cpu: bool = True) -> dict[str, Any]:
+    """The status document of a store (what `--json` prints). Reads only; raises StatusError when
+    `store_root` is not a store."""
+    from safedreamer_sweep.observe import observe_store
+
+    root = Path(store_root).expanduser()
+    if not root.is_dir():
+        raise StatusError(f"{root}: no such store directory. Fix: pass the store.root of your sweep "
+                          f"(e.g. `safedreamer-sweep status experiments`), or launch a sweep first.")
+    store = Store(root)
+    if not store.runs_dir.is_dir() and not store.sweeps_dir.is_dir():
+        raise StatusError(f"{store.root}: not a safedreamer-sweep store (no runs/ and no sweeps/ inside). "
+                          f"Fix: pass the directory given as store.root when the sweep was launched.")
+    t = time.time() if now is None else now
+    stall = float(stall_after) if stall_after is not None else _stall_after_from(store)
+    if job_state is None and _slurm_backend(store):
+        job_state = slurm_job_state()
+    views = observe_store(store, stall_after=stall, now=t, job_state=job_state)
+    cm_rate, cm_cur = _cost_settings(store)
+    cost = store_cost(store, per_gpu_hour=per_gpu_hour if per_gpu_hour is not None else cm_rate,
+                      currency=currency or cm_cur, now=t)
+    cells = []
+    for v in views:
+        d = v.to_dict()
+        d["last_outcome"] = _last_outcome(v.run_dir)
+        c = cost["cells"].get(f"{v.config}/seed_{v.seed}")
+        d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "total_h")}
+        cells.append(d)
+    if sample_cpu:
+        _process_evidence(cells)
+    else:
+        for d in cells:
+            d.setdefault("proc_status", None)
+            d.setdefault("cpu_percent", None)
+    counts = {p: sum(c["phase"] == p for c in cells) for p in ("pending", "running", "stalled", "done", "failed", "lost")}
+    return {
+        "schema": SCHEMA,
+        "store": str(store.root),
+        "generated_at": t,
+        "stall_after_s": stall,
+        "verdict": verdict(cells),
+        "all_done": bool(cells) and counts["done"] == len(cells),
+        "counts": {"cells": len(cells), **counts},
+        "cells": cells,
+        "cost": {"total": cost["total"], "configs": cost["configs"], "money": cost["money"]},
+    }
+
+
+def exit_code(doc: dict) -> int:
+    """0 when every cell is done, 1 otherwise."""
+    return 0 if doc.get("all_done") else 1
+
+
+# ----------------------------------------------------------------------------- render
+
+_PHASE_STYLE = {"done": "green", "running": "cyan", "pending": "dim", "stalled": "bold yellow",
+                "failed": "bold red", "lost": "bold magenta"}
+
+
+def _verdict_style(v: str) -> str:
+    return ("bold green" if v.startswith("DONE") else "bold cyan" if v.startswith("RUNNING")
+            else "bold yellow" if v.startswith("STALLED") else "bold red")
+
+
+def _eval_text(summary: dict | None) -> str:
+    if not summary:
+        return "-"
+    r, c = summary.get("return_mean"), summary.get("cost_mean")
+    fmt = (lambda x: f"{x:.1f}" if isinstance(x, (int, float)) else "?")
+    return f"R {fmt(r)} C {fmt(c)}"
+
+
+def _step_text(c: dict) -> str:
+    if c.get("env_step") is None:
+        return "-"
+    tot = c.get("total_steps")
+    pct = f" {100 * c['env_step'] / tot:.0f}%" if tot else ""
+    return f"{c['env_step']}/{tot if tot else '?'}{pct}"
+
+
+def _where(c: dict) -> str:
+    who = []
+    if c.get("host"):
+        who.append(str(c["host"]))
+    if c.get("job_id"):
+        who.append(f"job {c['job_id']}" + (f" {c['job_state']}" if c.get("job_state") else ""))
+    if c.get("pid"):
+        alive = {True: "", False: " (gone)", None: ""}[c.get("pid_alive")]
+        who.append(f"pid {c['pid']}{alive}")
+    return " ".join(who) or "-"
+
+
+def _why(c: dict) -> str:
+    bits = []
+    if c.get("cause"):
+        bits.append(f"{c['cause']}: {c.get('evidence') or ''}".strip())
+    if c.get("detail") and c["phase"] != "done":
+        bits.append(c["detail"])
+    if c.get("proc_status") == "stopped":
+        bits.append("process stopped (SIGSTOP)")
+    text = "; ".join(bits)
+    # Long tracebacks live in state.json / --json; say so rather than cut a number in half silently.
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def render(doc: dict):
+    """A rich renderable: verdict, config x seed matrix, per-cell evidence, device-hours."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = doc["cells"]
+    parts: list[Any] = [Text(doc["verdict"], style=_verdict_style(doc["verdict"])),
+                        Text(f"store {doc['store']}  ·  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc['generated_at']))}"
+                             f"  ·  stalled after {duration(doc['stall_after_s'])} without env-step progress",
+                             style="dim")]
+    if not cells:
+        return Group(*parts)
+
+    # Matrix: one row per config, one column per seed, then how many seeds have ID / OOD results.
+    seeds = sorted({c["seed"] for c in cells})
+    configs = list(dict.fromkeys(c["config"] for c in cells))
+    matrix = Table(title="config x seed", title_justify="left", show_lines=False)
+    matrix.add_column("config", style="bold")
+    for s in seeds:
+        matrix.add_column(f"seed {s}", justify="center")
+    matrix.add_column("ID eval", justify="right")
+    matrix.add_column("OOD eval", justify="right")
+    index = {(c["config"], c["seed"]): c for c in cells}
+    for cfg in configs:
+        row = [cfg]
+        mine = [c for c in cells if c["config"] == cfg]
+        for s in seeds:
+            c = index.get((cfg, s))
+            if c is None:
+                row.append(Text("·", style="dim"))
+                continue
+            label = c["phase"]
+            if c["phase"] in ("running", "stalled") and c.get("env_step") is not None and c.get("total_steps"):
+                label += f" {100 * c['env_step'] / c['total_steps']:.0f}%"
+            row.append(Text(label, style=_PHASE_STYLE.get(c["phase"], "")))
+        row.append(f"{sum(c['eval_id'] is not None for c in mine)}/{len(mine)}")
+        row.append(f"{sum(c['eval_ood'] is not None for c in mine)}/{len(mine)}")
+        matrix.add_row(*row)
+    parts.append(matrix)
+
+    detail = Table(title="cells (evidence)", title_justify="left")
+    for col, kw in (("cell", {"style": "bold", "no_wrap": True}), ("phase", {}), ("env step", {"justify": "right"}),
+                    ("steps/s", {"justify": "right"}), ("ETA", {"justify": "right"}),
+                    ("moved ago", {"justify": "right"}), ("where", {}), ("att", {"justify": "right"}),
+                    ("ID", {}), ("OOD", {}), ("dev-h", {"justify": "right"}), ("cause / evidence", {"overflow": "fold"})):
+        detail.add_column(col, **kw)
+    for c in cells:
+        sps = c.get("steps_per_s")
+        cost = c.get("cost") or {}
+        detail.add_row(
+            f"{c['config']} s{c['seed']}",
+            Text(c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
+            _step_text(c),
+            f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
+            duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] in ("running", "stalled") else "-",
+            duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
+            _where(c),
+            str(c.get("attempts") or 0),
+            _eval_text(c.get("eval_id")),
+            _eval_text(c.get("eval_ood")),
+            f"{format_hours(cost['total_h'])} {_dev(cost['device'])}" if cost else "-",
+            _why(c),
+        )
+    parts.append(detail)
+
+    cost = doc.get("cost") or {}
+    if cost.get("total"):
+        t = Table(title="device-hours", title_justify="left",
+                  caption="useful: led to a finished cell · wasted: failed, duplicated or redone work · "
+                          "pending: cell not finished yet", caption_justify="left")
+        for col in ("scope", "device", "useful", "wasted", "pending", "total"):
+            t.add_column(col, justify="right" if col not in ("scope", "device") else "left")
+        rows = [(cfg, dev) for cfg, devs in cost["configs"].items() for dev in devs]
+        for cfg, dev in rows:
+            b = cost["configs"][cfg][dev]
+            t.add_row(cfg, _dev(dev), *(format_hours(b[k]) for k in ("useful_h", "wasted_h", "pending_h", "total_h")))
+        for dev, b in cost["total"].items():
+            t.add_row(Text("total", style="bold"), _dev(dev),
+                      *(format_hours(b[k]) for k in ("useful_h", "wasted_h", "pending_h", "total_h")))
+        money = cost.get("money")
+        if money:
+            cur = money.get("currency") or ""
+            t.add_row(Text("money", style="bold"), f"@{money['per_gpu_hour']:g} {cur}/GPU-h",
+                      *(f"{money[k]:.2f} {cur}" for k in ("useful", "wasted", "pending", "total")))
+        parts.append(t)
+    return Group(*parts)
+
+
+def _dev(dev: str) -> str:
+    return "GPU-h" if dev == "gpu" else "CPU-core-h"

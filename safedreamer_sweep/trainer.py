@@ -1,0 +1,522 @@
+"""PPO-Lagrangian in JAX on Safety-Gymnasium, read top to bottom: networks, observation
+normaliser, GAE, Lagrange multiplier, loss and update, then `train` (the loop). `env_step` is
+the only clock; every cadence (log, checkpoint, eval) is in env steps.
+
+Where time goes: a jitted JAX call costs ~0.2 ms whatever its size, stepping the env ~0.5 ms. So
+rollouts act with a numpy copy of the networks (refreshed after each update) and compute values
+for GAE in numpy too; JAX runs once per update: all epochs and minibatches in one jitted call.
+
+The two ablation knobs (conf/agent/ppo_lag.yaml documents them as implemented here):
+- `u`: the cost critic has K heads, each trained on its own bootstrap mask of the batch; the cost
+  value used for the cost advantage is mean + kappa * std over the heads (`risk_penalty` logs the
+  batch mean of kappa * std).
+- `cert`: after each update, the episode cost of the new policy is estimated from the cost
+  surrogate; if it would exceed the limit while increasing, the actor step is backtracked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+# 64-unit MLPs run faster on the CPU than through a GPU round trip, and this skips backend probing.
+# Set JAX_PLATFORMS yourself to override.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The PPO update takes seconds to compile; every cell of a sweep compiles the same program, so keep
+# compiled programs across processes (set JAX_COMPILATION_CACHE_DIR to move or share the cache).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "safedreamer_sweep", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import optax
+from omegaconf import DictConfig
+
+from safedreamer_sweep.envs import make_env, make_vector_env
+from safedreamer_sweep.store import RunDir
+
+CHECKPOINT_VERSION = 1
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------- networks
+# params: {"actor": {"net": [(W, b), ...], "log_std": [act_dim]}, "vf": [(W, b), ...], "cf": [(W, b), ...]}
+# cf's last layer has K outputs (the cost-value heads; K = 1 without `u`).
+
+
+def init_mlp(rng: np.random.Generator, sizes: list[int], out_scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Orthogonal init (gain sqrt 2 on hidden layers, `out_scale` on the last), zero biases. In
+    numpy: it runs once, and jitting QR costs seconds of compile for nothing."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        gain = out_scale if i == len(sizes) - 2 else math.sqrt(2.0)
+        q, r = np.linalg.qr(rng.standard_normal((max(n_in, n_out), min(n_in, n_out))))
+        q = q * np.sign(np.diag(r))  # a uniformly distributed orthogonal matrix
+        W = q if n_in >= n_out else q.T
+        layers.append(((gain * W).astype(np.float32), np.zeros(n_out, np.float32)))
+    return layers
+
+
+def init_params(seed: int, obs_dim: int, act_dim: int, hidden: list[int], heads: int, init_log_std: float) -> dict:
+    """Initial parameters (numpy arrays) of the actor, the reward critic and the K-head cost critic."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 4]))
+    return {
+        "actor": {"net": init_mlp(rng, [obs_dim, *hidden, act_dim], 0.01),
+                  "log_std": np.full(act_dim, init_log_std, np.float32)},
+        "vf": init_mlp(rng, [obs_dim, *hidden, 1], 1.0),
+        "cf": init_mlp(rng, [obs_dim, *hidden, heads], 1.0),
+    }
+
+
+def mlp(layers, x):
+    """The same function for jax and numpy arrays (tanh hidden layers, linear output)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    for W, b in layers[:-1]:
+        x = xp.tanh(x @ W + b)
+    W, b = layers[-1]
+    return x @ W + b
+
+
+def gaussian_logp(mean, log_std, actions):
+    """Log-density of `actions` under a diagonal Gaussian (summed over action dimensions)."""
+    return jnp.sum(-0.5 * ((actions - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * LOG_2PI, axis=-1)
+
+
+def to_numpy(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: np.asarray(a), jax.device_get(tree))
+
+
+def to_jax(tree: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+class NumpyPolicy:
+    """The actor (and critics) in numpy for acting: ~10x cheaper per call than a jitted JAX call."""
+
+    def __init__(self, params: dict, normalizer: RunningNorm | None, kappa: float = 0.0):
+        self.p = to_numpy(params)
+        self.norm = normalizer
+        self.kappa = kappa
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        return self.norm.normalize(obs) if self.norm is not None else obs.astype(np.float32)
+
+    def mean_action(self, obs_n: np.ndarray) -> np.ndarray:
+        return mlp(self.p["actor"]["net"], obs_n)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic action (the mean) for raw observations, clipped to the action box."""
+        return np.clip(self.mean_action(self.normalize(obs)), -1.0, 1.0)
+
+    def values(self, obs_n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reward value, cost value used for the advantage (mean + kappa * std of the heads), and
+        kappa * std (the risk penalty), for normalised observations."""
+        v = mlp(self.p["vf"], obs_n)[..., 0]
+        heads = mlp(self.p["cf"], obs_n)
+        risk = self.kappa * heads.std(axis=-1) if heads.shape[-1] > 1 else np.zeros_like(v)
+        return v, heads.mean(axis=-1) + risk, risk
+
+
+# ----------------------------------------------------------------------------- observation normaliser
+
+
+class RunningNorm:
+    """Running mean and variance of observations (parallel Welford merge of whole batches)."""
+
+    def __init__(self, dim: int, clip: float = 10.0):
+        self.mean = np.zeros(dim, np.float64)
+        self.var = np.ones(dim, np.float64)
+        self.count = 1e-4
+        self.clip = clip
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, np.float64).reshape(-1, self.mean.shape[0])
+        b_mean, b_var, b_n = batch.mean(0), batch.var(0), batch.shape[0]
+        delta, total = b_mean - self.mean, self.count + b_n
+        self.mean = self.mean + delta * b_n / total
+        self.var = (self.var * self.count + b_var * b_n + delta**2 * self.count * b_n / total) / total
+        self.count = total
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        out = (obs - self.mean) / np.sqrt(self.var + 1e-8)
+        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> RunningNorm:
+        norm = cls(len(state["mean"]))
+        norm.mean, norm.var, norm.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
+        return norm
+
+
+# ----------------------------------------------------------------------------- GAE
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, last_values: np.ndarray, dones: np.ndarray,
+        gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized advantage estimation over a [T, N] rollout. `dones[t]` means the episode ended
+    after step t (no bootstrap across it; a truncated step's reward already holds gamma * V(final
+    obs)). `last_values` [N] bootstraps the step after the rollout. Returns (advantages, returns)."""
+    T = rewards.shape[0]
+    adv = np.zeros_like(rewards, dtype=np.float64)
+    next_adv = np.zeros(rewards.shape[1:])
+    next_value = last_values
+    for t in reversed(range(T)):
+        live = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * live - values[t]
+        next_adv = delta + gamma * lam * live * next_adv
+        adv[t] = next_adv
+        next_value = values[t]
+    return adv, adv + values
+
+
+# ----------------------------------------------------------------------------- Lagrange multiplier
+
+
+def lagrange_update(multiplier: float, episode_cost: float, cost_limit: float, lr: float) -> float:
+    """Projected gradient ascent on the dual: grows while the measured episode cost is above the
+    limit, shrinks below it, never negative."""
+    return max(0.0, multiplier + lr * (episode_cost - cost_limit))
+
+
+# ----------------------------------------------------------------------------- loss and update
+
+
+def make_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+NETS = ("actor", "vf", "cf")
+
+
+def ppo_loss(params: dict, mb: dict, clip: float, ent_coef: float):
+    mean = mlp(params["actor"]["net"], mb["obs"])
+    log_std = params["actor"]["log_std"]
+    logp = gaussian_logp(mean, log_std, mb["actions"])
+    log_ratio = logp - mb["logp"]
+    ratio = jnp.exp(log_ratio)
+    adv = mb["adv"]
+    policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv))
+    entropy = jnp.sum(log_std + 0.5 * (LOG_2PI + 1.0))
+    value_loss = 0.5 * jnp.mean((mlp(params["vf"], mb["obs"])[:, 0] - mb["ret"]) ** 2)
+    heads = mlp(params["cf"], mb["obs"])  # [B, K], each head on its bootstrap mask
+    cost_value_loss = 0.5 * jnp.sum(mb["mask"] * (heads - mb["cret"][:, None]) ** 2) / jnp.maximum(mb["mask"].sum(), 1.0)
+    total = policy_loss - ent_coef * entropy + value_loss + cost_value_loss
+    approx_kl = jnp.mean((ratio - 1.0) - log_ratio)
+    return total, {"policy_loss": policy_loss, "value_loss": value_loss, "cost_value_loss": cost_value_loss,
+                   "entropy": entropy, "approx_kl": approx_kl}
+
+
+@partial(jax.jit, static_argnames=("tx", "epochs", "minibatches", "clip", "ent_coef"))
+def ppo_update(params, opt_state, batch, key, *, tx, epochs, minibatches, clip, ent_coef):
+    """All epochs x minibatches of one PPO update in one compiled call. Each network has its own
+    gradient clipping and Adam state, so the large cost-value gradients cannot crowd out the actor's."""
+    n = batch["obs"].shape[0]
+    heads = params["cf"][-1][1].shape[0]
+    key, k_mask = jax.random.split(key)
+    mask = jax.random.bernoulli(k_mask, 0.5, (n, heads)).astype(jnp.float32) if heads > 1 else jnp.ones((n, 1))
+    batch = {**batch, "mask": mask}
+
+    def minibatch_step(carry, idx):
+        params, opt_state = carry
+        mb = jax.tree_util.tree_map(lambda x: x[idx], batch)
+        grads, stats = jax.grad(ppo_loss, has_aux=True)(params, mb, clip, ent_coef)
+        new_params, new_state = {}, {}
+        for name in NETS:
+            updates, new_state[name] = tx.update(grads[name], opt_state[name], params[name])
+            new_params[name] = optax.apply_updates(params[name], updates)
+        return (new_params, new_state), stats
+
+    def epoch(carry, k):
+        perm = jax.random.permutation(k, n).reshape(minibatches, -1)
+        return jax.lax.scan(minibatch_step, carry, perm)
+
+    (params, opt_state), stats = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, epochs))
+    return params, opt_state, jax.tree_util.tree_map(jnp.mean, stats)
+
+
+@jax.jit
+def actor_logp(actor, obs, actions):
+    return gaussian_logp(mlp(actor["net"], obs), actor["log_std"], actions)
+
+
+def cost_surrogate(actor, obs, actions, logp_old, cost_adv):
+    """E_old[(ratio - 1) * A_c]: the first-order change in per-step cost advantage of moving from
+    the rollout policy to `actor` (zero at the rollout policy itself)."""
+    return jnp.mean((jnp.exp(actor_logp(actor, obs, actions) - logp_old) - 1.0) * cost_adv)
+
+
+@jax.jit
+def partial_step_cost(old_actor, new_actor, frac, obs, actions, logp_old, cost_adv):
+    """The actor `frac` of the way from `old_actor` to `new_actor`, and its cost surrogate."""
+    cand = jax.tree_util.tree_map(lambda o, n: o + frac * (n - o), old_actor, new_actor)
+    return cand, cost_surrogate(cand, obs, actions, logp_old, cost_adv)
+
+
+def certify_step(old_actor, new_actor, batch, cost_adv, episode_cost, episode_length, cost_limit,
+                 backtrack_steps, decay) -> tuple[dict, float]:
+    """CPO-style line search on the actor step. Estimated episode cost of a candidate:
+    J_c(old) + L * E_old[(ratio - 1) * A_c] (measured mean episode cost and length). A candidate is
+    accepted when the estimate is within the limit or does not increase; the step is shrunk by
+    `decay` up to `backtrack_steps` times, else reverted. Returns (actor, accepted step fraction)."""
+    frac = 1.0
+    for _ in range(backtrack_steps + 1):
+        cand, surrogate = partial_step_cost(old_actor, new_actor, jnp.float32(frac), batch["obs"], batch["actions"],
+                                            batch["logp"], cost_adv)
+        delta = episode_length * float(surrogate)
+        if episode_cost + delta <= cost_limit or delta <= 0.0:
+            return cand, frac
+        frac *= decay
+    return old_actor, 0.0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse budgets the loop cannot meet exactly, naming the override that fixes them."""
+    t, a = cfg.trainer, cfg.agent
+    if t.rollout_steps % t.num_envs:
+        raise ValueError(f"trainer.rollout_steps={t.rollout_steps} is not a multiple of trainer.num_envs="
+                         f"{t.num_envs}. Fix: e.g. trainer.rollout_steps={t.num_envs * 512}")
+    if t.total_steps % t.rollout_steps or t.total_steps <= 0:
+        raise ValueError(f"trainer.total_steps={t.total_steps} is not a positive multiple of trainer.rollout_steps="
+                         f"{t.rollout_steps} (one PPO update per rollout). Fix: trainer.total_steps="
+                         f"{max(1, round(t.total_steps / t.rollout_steps)) * t.rollout_steps}")
+    if t.rollout_steps % a.minibatches:
+        raise ValueError(f"trainer.rollout_steps={t.rollout_steps} does not split into agent.minibatches="
+                         f"{a.minibatches}. Fix: make rollout_steps a multiple of minibatches")
+
+
+def crossed(prev_step: int, step: int, every: int) -> bool:
+    """True when an every-`every`-env-steps cadence falls in (prev_step, step]."""
+    return every > 0 and step // every > prev_step // every
+
+
+def env_seeds(seed: int, env_step: int, n: int) -> list[int]:
+    """Training env seeds: a function of (cell seed, env step at which the envs were (re)started)."""
+    return [int(s) for s in np.random.SeedSequence([seed, 0, env_step]).generate_state(n)]
+
+
+class Heartbeat:
+    """Rewrites progress.json every `period` s from a thread, so it keeps beating through long
+    updates; it reports the loop's env_step, so a hung loop shows as an env_step that stops moving."""
+
+    def __init__(self, run: RunDir, total_steps: int, period: float):
+        self.run, self.total, self.period = run, total_steps, period
+        self.env_step, self.steps_per_s = 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sds-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        try:
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            self.run.heartbeat(self.env_step, self.total, steps_per_s=round(self.steps_per_s, 1),
+                               peak_rss_mb=round(rss_mb, 1))
+        except OSError as e:  # a full disk must not kill training; status will show a stale heartbeat
+            print(f"[train] heartbeat to {self.run.progress_path} failed: {e}", file=sys.stderr, flush=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.beat()
+
+
+def train(cfg: DictConfig, run: RunDir) -> int:
+    """Train to `cfg.trainer.total_steps` env steps, resuming from the newest valid checkpoint.
+    Returns the final env step."""
+    check_config(cfg)
+    tcfg, acfg = cfg.trainer, cfg.agent
+    total, n_envs = int(tcfg.total_steps), int(tcfg.num_envs)
+    T = int(tcfg.rollout_steps) // n_envs
+    heads = int(acfg.u.ensemble) if acfg.u.enabled else 1
+    kappa = float(acfg.u.kappa) if acfg.u.enabled else 0.0
+    cost_limit = float(acfg.lagrangian.cost_limit)
+    log = partial(print, flush=True)
+
+    envs = make_vector_env(cfg.env.id, n_envs, fast_reset=bool(cfg.env.fast_reset))
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+    tx = make_optimizer(float(acfg.lr), float(acfg.max_grad_norm))
+
+    resumed = run.latest_checkpoint(log=lambda m: log(f"[train] {m}"))
+    if resumed is None:
+        env_step = 0
+        key = jax.random.PRNGKey(int(cfg.seed))
+        params = to_jax(init_params(int(cfg.seed), obs_dim, act_dim, list(acfg.hidden), heads, float(acfg.init_log_std)))
+        opt_state = {name: tx.init(params[name]) for name in NETS}
+        norm = RunningNorm(obs_dim)
+        multiplier = float(acfg.lagrangian.init)
+        recent = deque(maxlen=10)  # last finished episodes: (return, cost, length)
+        episodes = 0
+        np_rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1]))
+        wall_before = 0.0
+    else:
+        env_step, ck = resumed
+        if (ck.get("obs_dim"), ck.get("act_dim"), ck.get("heads")) != (obs_dim, act_dim, heads):
+            raise ValueError(
+                f"{run.checkpoints_dir}: checkpoint step {env_step} has obs/act dims and cost heads "
+                f"{(ck.get('obs_dim'), ck.get('act_dim'), ck.get('heads'))}, this config needs "
+                f"{(obs_dim, act_dim, heads)}. Fix: run this config in a fresh run directory.")
+        key = jnp.asarray(ck["rng"]["jax_key"])
+        params, opt_state = to_jax(ck["params"]), to_jax(ck["opt_state"])
+        norm = RunningNorm.from_state(ck["normalizer"])
+        multiplier = float(ck["lagrange"]["multiplier"])
+        recent = deque(ck["recent_episodes"], maxlen=10)
+        episodes = int(ck["episodes"])
+        np_rng = np.random.default_rng()
+        np_rng.bit_generator.state = ck["rng"]["numpy"]
+        wall_before = float(ck.get("wall_time_s", 0.0))
+        log(f"[train] resuming {run.path} from checkpoint step {env_step}")
+    run.truncate_curves_after(env_step)  # rows past the checkpoint are re-logged: no gap, no duplicate
+
+    def checkpoint(step: int) -> None:
+        run.save_checkpoint(step, {
+            "version": CHECKPOINT_VERSION, "env_step": step, "obs_dim": obs_dim, "act_dim": act_dim,
+            "heads": heads, "params": to_numpy(params), "opt_state": to_numpy(opt_state),
+            "normalizer": norm.state_dict(), "lagrange": {"multiplier": multiplier, "cost_limit": cost_limit},
+            "recent_episodes": list(recent), "episodes": episodes,
+            "rng": {"jax_key": np.asarray(key), "numpy": np_rng.bit_generator.state},
+            "wall_time_s": wall_before + time.time() - t_start,
+        }, keep=int(tcfg.keep_checkpoints))
+
+    if env_step >= total:
+        envs.close()
+        return env_step
+
+    from safedreamer_sweep.evaluate import run_episodes
+
+    eval_env = make_env(cfg.eval.id_env, fast_reset=bool(cfg.env.fast_reset))
+    obs = envs.reset(env_seeds(int(cfg.seed), env_step, n_envs))
+    buf_obs = np.zeros((T, n_envs, obs_dim), np.float32)
+    buf_raw = np.zeros((T, n_envs, obs_dim), np.float32)
+    buf_act = np.zeros((T, n_envs, act_dim), np.float32)
+    buf_rew, buf_cost, buf_done = (np.zeros((T, n_envs)) for _ in range(3))
+    t_start = time.time()
+    start_step, window = env_step, {"step": env_step, "t": t_start, "episodes": []}
+    hb = Heartbeat(run, total, float(tcfg.heartbeat_every_s))
+    hb.env_step = env_step
+    log(f"[train] {cfg.env.id} x{n_envs}, {total} env steps, rollout {T * n_envs}, heads {heads}, "
+        f"cert {bool(acfg.cert.enabled)}, starting at step {env_step}")
+    with hb:
+        while env_step < total:
+            # --- collect a rollout with the numpy copy of the policy (normaliser frozen within it)
+            policy = NumpyPolicy(params, norm if acfg.obs_norm else None, kappa)
+            std = np.exp(policy.p["actor"]["log_std"])
+            finals: list[tuple[int, int, np.ndarray]] = []  # (t, env, final obs) of truncated episodes
+            for t in range(T):
+                obs_n = policy.normalize(obs)
+                action = policy.mean_action(obs_n) + std * np_rng.standard_normal((n_envs, act_dim), np.float32)
+                next_obs, rew, cost, term, trunc, info = envs.step(np.clip(action, -1.0, 1.0))
+                buf_obs[t], buf_raw[t], buf_act[t] = obs_n, obs, action
+                buf_rew[t], buf_cost[t], buf_done[t] = rew, cost, term | trunc
+                for i, fo in info["final_obs"].items():
+                    if trunc[i] and not term[i]:
+                        finals.append((t, i, fo))
+                obs = next_obs
+                env_step += n_envs
+                hb.env_step = env_step
+            finished = envs.pop_episodes()
+            episodes += len(finished)
+            recent.extend(finished)
+            window["episodes"].extend(finished)
+
+            # --- advantages for reward and cost (truncated episodes bootstrap from their final obs)
+            flat = buf_obs.reshape(T * n_envs, obs_dim)
+            v, c, risk = policy.values(flat)
+            v, c = v.reshape(T, n_envs), c.reshape(T, n_envs)
+            last_v, last_c, _ = policy.values(policy.normalize(obs))
+            rew_b, cost_b = buf_rew.copy(), buf_cost.copy()
+            if finals:
+                fv, fc, _ = policy.values(policy.normalize(np.stack([f[2] for f in finals])))
+                for j, (t, i, _) in enumerate(finals):
+                    rew_b[t, i] += float(acfg.gamma) * fv[j]
+                    cost_b[t, i] += float(acfg.cost_gamma) * fc[j]
+            adv_r, ret_r = gae(rew_b, v, last_v, buf_done, float(acfg.gamma), float(acfg.lam))
+            adv_c, ret_c = gae(cost_b, c, last_c, buf_done, float(acfg.cost_gamma), float(acfg.cost_lam))
+
+            # --- Lagrange multiplier from the episode costs measured in this rollout
+            if finished:
+                multiplier = lagrange_update(multiplier, float(np.mean([e[1] for e in finished])), cost_limit,
+                                             float(acfg.lagrangian.lr))
+            a_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
+            a_c = adv_c - adv_c.mean()
+            batch = {
+                "obs": flat, "actions": buf_act.reshape(T * n_envs, act_dim),
+                "adv": ((a_r - multiplier * a_c) / (1.0 + multiplier)).reshape(-1).astype(np.float32),
+                "ret": ret_r.reshape(-1).astype(np.float32), "cret": ret_c.reshape(-1).astype(np.float32),
+            }
+            batch = to_jax(batch)
+            old_actor = params["actor"]
+            batch["logp"] = actor_logp(old_actor, batch["obs"], batch["actions"])
+
+            # --- PPO update (one jitted call), then the certified step if enabled
+            key, k_upd = jax.random.split(key)
+            params, opt_state, stats = ppo_update(params, opt_state, batch, k_upd, tx=tx,
+                                                  epochs=int(acfg.update_epochs), minibatches=int(acfg.minibatches),
+                                                  clip=float(acfg.clip), ent_coef=float(acfg.ent_coef))
+            step_frac = 1.0
+            if acfg.cert.enabled and recent:
+                actor, step_frac = certify_step(
+                    old_actor, params["actor"], batch, jnp.asarray(adv_c.reshape(-1), jnp.float32),
+                    float(np.mean([e[1] for e in recent])), float(np.mean([e[2] for e in recent])), cost_limit,
+                    int(acfg.cert.backtrack_steps), float(acfg.cert.decay))
+                params = {**params, "actor": actor}
+            if acfg.obs_norm:
+                norm.update(buf_raw.reshape(-1, obs_dim))
+            stats = {k: float(x) for k, x in jax.device_get(stats).items()}
+            if not all(math.isfinite(x) for x in stats.values()):
+                raise FloatingPointError(f"non-finite loss at env step {env_step}: {stats}. Fix: lower agent.lr "
+                                         f"or check the env's observations for NaN")
+
+            # --- cadences in env steps: log, periodic eval, checkpoint
+            now = time.time()
+            hb.steps_per_s = (env_step - start_step) / max(now - t_start, 1e-9)
+            prev = env_step - T * n_envs
+            if crossed(prev, env_step, int(tcfg.log_every_steps)) or env_step >= total:
+                eps = window["episodes"]
+                mean = (lambda k: float(np.mean([e[k] for e in eps])) if eps else None)
+                row = {"env_step": env_step, "episode_return": mean(0), "episode_cost": mean(1),
+                       "episode_length": mean(2), "episodes": episodes, "lagrange_multiplier": multiplier,
+                       **stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac,
+                       "steps_per_s": (env_step - window["step"]) / max(now - window["t"], 1e-9),
+                       "wall_time_s": wall_before + now - t_start}
+                run.append_metrics(row)
+                fmt = (lambda x: "-" if x is None else f"{x:.2f}")
+                log(f"[train] step {env_step}/{total} return {fmt(row['episode_return'])} cost "
+                    f"{fmt(row['episode_cost'])} lagrange {multiplier:.3f} kl {stats['approx_kl']:.4f} "
+                    f"risk {row['risk_penalty']:.3f} cert {step_frac:.2f} {row['steps_per_s']:.0f} steps/s")
+                window = {"step": env_step, "t": now, "episodes": []}
+            if crossed(prev, env_step, int(tcfg.eval_every_steps)) or env_step >= total:
+                eval_policy = NumpyPolicy(params, norm if acfg.obs_norm else None)
+                seeds = [int(s) for s in np.random.SeedSequence([int(cfg.seed), 2, env_step]).generate_state(
+                    int(tcfg.eval_curve_episodes))]
+                eps = run_episodes(eval_env, eval_policy.act, seeds)
+                run.append_metrics({"env_step": env_step, "return_mean": float(np.mean([e["return"] for e in eps])),
+                                    "cost_mean": float(np.mean([e["cost"] for e in eps])), "episodes": len(eps)},
+                                   run.eval_curve_path)
+            if crossed(prev, env_step, int(tcfg.checkpoint_every_steps)) or env_step >= total:
+                checkpoint(env_step)
+    envs.close()
+    eval_env.close()
+    log(f"[train] done: {env_step} env steps in {time.time() - t_start:.1f} s")
+    return env_step

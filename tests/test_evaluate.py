@@ -1,0 +1,80 @@
+"""Evaluation: schema of eval/<kind>.json, determinism, seeds distinct from training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from safedreamer_sweep import evaluate as ev
+from safedreamer_sweep import trainer
+from safedreamer_sweep.store import RunDir, StoreError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg():
+    """The composed defaults of the groups the evaluator reads (no Hydra needed)."""
+    return OmegaConf.create({
+        "seed": 0,
+        "trainer": OmegaConf.load(ROOT / "conf" / "sweep.yaml").trainer,
+        "agent": OmegaConf.load(ROOT / "conf" / "agent" / "ppo_lag.yaml"),
+        "env": OmegaConf.load(ROOT / "conf" / "env" / "safety_gym.yaml"),
+        "eval": OmegaConf.load(ROOT / "conf" / "eval" / "id_ood.yaml"),
+    })
+
+
+def test_summary_known_answer():
+    eps = [{"return": 1.0, "cost": 30.0, "length": 1000}, {"return": 3.0, "cost": 10.0, "length": 500}]
+    s = ev.summarize(eps, cost_limit=25.0)
+    assert s == {"return_mean": 2.0, "return_std": 1.0, "cost_mean": 20.0, "cost_std": 10.0,
+                 "length_mean": 750.0, "violation_rate": 0.5, "episodes": 2}
+
+
+def test_eval_seeds_are_deterministic_and_distinct_from_training_seeds():
+    for seed in range(5):
+        assert ev.eval_seed(seed, "id") == ev.eval_seed(seed, "id")
+        assert ev.eval_seed(seed, "id") != ev.eval_seed(seed, "ood")
+        train_seeds = set(trainer.env_seeds(seed, 0, 8))
+        assert ev.eval_seed(seed, "id") not in train_seeds and ev.eval_seed(seed, "ood") not in train_seeds
+
+
+def _checkpointed_run(tmp_path, obs_dim=60, act_dim=2):
+    rd = RunDir(tmp_path / "run")
+    params = trainer.init_params(0, obs_dim, act_dim, [64, 64], 1, -0.5)
+    norm = trainer.RunningNorm(obs_dim)
+    norm.update(np.random.default_rng(0).normal(size=(100, obs_dim)))
+    rd.save_checkpoint(2048, {"params": trainer.to_numpy(params), "normalizer": norm.state_dict(),
+                              "obs_dim": obs_dim, "act_dim": act_dim})
+    return rd
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="no readable checkpoint"):
+        ev.evaluate(_cfg(), RunDir(tmp_path / "empty"), "id")
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_contract_schema_deterministically(tmp_path):
+    rd = _checkpointed_run(tmp_path)
+    cfg = _cfg()
+    cfg.eval.episodes = 1
+    ood = ev.evaluate(cfg, rd, "ood")
+    assert ood["kind"] == "ood" and ood["env_id"] == "SafetyPointGoal2-v0" and ood["checkpoint_step"] == 2048
+    assert ood["ood_proxy"] == cfg.eval.ood_proxy and ood["cost_limit"] == 25.0
+    assert ood["seed"] == ev.eval_seed(0, "ood")
+    assert len(ood["episodes"]) == 1 and set(ood["episodes"][0]) == {"return", "cost", "length"}
+    assert ood["summary"]["episodes"] == 1 and ood["episodes"][0]["length"] == 1000
+    again = ev.evaluate(cfg, rd, "ood")
+    assert again == ood
+    ident = ev.evaluate(cfg, rd, "id")
+    assert ident["env_id"] == "SafetyPointGoal1-v0" and "ood_proxy" not in ident
+
+
+def test_eval_env_with_another_observation_space_is_refused(tmp_path):
+    rd = _checkpointed_run(tmp_path, obs_dim=12)
+    with pytest.raises(ValueError, match="observation shape"):
+        ev.evaluate(_cfg(), rd, "id")

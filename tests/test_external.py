@@ -1,0 +1,321 @@
+"""Any training script as a cell, proven on tests/fake_safedreamer.py (SafeDreamer's on-disk layout:
+metrics on a wall-clock timer, replay chunks, one checkpoint.ckpt, timestamped log dirs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from omegaconf import OmegaConf
+
+from safedreamer_sweep import external
+from safedreamer_sweep.identity import RunSpec
+from safedreamer_sweep.run import cell_run_dir, run_cell
+from safedreamer_sweep.store import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUN_ONE_CELL = """
+import sys
+from omegaconf import OmegaConf
+from safedreamer_sweep.identity import RunSpec
+from safedreamer_sweep.run import run_cell
+cfg = OmegaConf.load(sys.argv[1])
+run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+"""
+
+
+def make_cfg(root: Path, total: int = 1200, **vars_):
+    """The shipped `task=external` config (it runs the fake script), composed without Hydra."""
+    cfg = OmegaConf.create({
+        "seed": 0,
+        "store": {"root": str(root)},
+        "trainer": {"total_steps": total},
+        "eval": OmegaConf.load(ROOT / "conf" / "eval" / "id_ood.yaml"),
+        "task": OmegaConf.load(ROOT / "conf" / "task" / "external.yaml"),
+    })
+    cfg.task.cwd = str(ROOT)  # the command names tests/fake_safedreamer.py relative to the repo
+    cfg.task.probe_every_s = 0.25
+    cfg.task.stop_grace_s = 2.0
+    for k, v in vars_.items():
+        cfg.task.vars[k] = v
+    return cfg
+
+
+def run_dir(cfg) -> RunDir:
+    spec = RunSpec.from_cfg(cfg, config_name="fake")
+    rd = cell_run_dir(cfg, spec)[1]
+    rd.ensure_spec(spec.spec_document())
+    return rd
+
+
+def spawn_cell(cfg, tmp_path: Path) -> subprocess.Popen:
+    """Run one cell in its own process (so it can be SIGKILLed like a lost node)."""
+    path = tmp_path / "cell.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    return subprocess.Popen([sys.executable, "-c", RUN_ONE_CELL, str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for(cond, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def progress(rd: RunDir) -> dict:
+    try:
+        return rd.read_progress() or {}
+    except Exception:  # noqa: BLE001  read while being replaced is impossible (atomic), but be safe
+        return {}
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def test_render_command_fills_cell_values_config_keys_and_resume_args(tmp_path):
+    cfg = OmegaConf.create({"seed": 3, "agent": {"lr": 0.0003, "name": "my agent"}})
+    values = {"seed": 3, "run_dir": "/runs/a b", "checkpoint": "/runs/a b/ck.pt", "resume_flag": ""}
+    argv = external.render_command("python train.py --lr {agent.lr} --name {agent.name} --out {run_dir}/x "
+                                   "--seed={seed:02d} {resume_flag} --json '{{\"k\": 1}}'",
+                                   values, cfg, "task.command", resume=["--resume", "/runs/a b/ck.pt"])
+    # Values with spaces stay one argument; {resume_flag} expands in place; {{ }} are literal braces.
+    assert argv == ["python", "train.py", "--lr", "0.0003", "--name", "my agent", "--out", "/runs/a b/x",
+                    "--seed=03", "--resume", "/runs/a b/ck.pt", "--json", '{"k": 1}']
+    argv = external.render_command(["train", "--seed", "{seed}"], values, cfg, "c", resume=["--resume"])
+    assert argv == ["train", "--seed", "3", "--resume"]  # no {resume_flag}: appended
+    assert external.render_command("train {resume_flag}", values, cfg, "c", resume=None) == ["train"]
+    with pytest.raises(external.ExternalTaskError, match="whole argument"):
+        external.render_command("train --x={resume_flag}", values, cfg, "c")
+    with pytest.raises(external.ExternalTaskError, match="config group"):
+        external.render_command("train {agent}", values, cfg, "c")
+
+
+def test_an_unknown_template_key_fails_before_anything_runs(tmp_path):
+    cfg = make_cfg(tmp_path / "store")
+    cfg.task.command = "{python} tests/fake_safedreamer.py --seed {seed} --lr {agent.lr_typo} --logdir {run_dir}/sd/"
+    with pytest.raises(external.ExternalTaskError) as e:
+        external.validate_task(cfg)
+    msg = str(e.value)
+    assert "{agent.lr_typo}" in msg and "task.command" in msg and "seed" in msg  # names it and what exists
+    with pytest.raises(external.ExternalTaskError, match="agent.lr_typo"):
+        run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+    rd = run_dir(cfg)
+    assert not (rd.path / "sd").exists() and not rd.logs_dir.exists()  # the script never started
+    state = rd.read_state()
+    assert state["phase"] == "failed" and state["attempts"][-1]["cause"] == "error"
+    assert "agent.lr_typo" in state["attempts"][-1]["evidence"]
+
+    cfg = make_cfg(tmp_path / "store")
+    cfg.task.probes = [{"name": "x", "type": "jsonl", "glob": "{run_dir}/m.jsonl"}]
+    with pytest.raises(Exception, match="missing required field 'key'"):
+        external.validate_task(cfg)
+
+
+def test_the_safedreamer_example_config_validates():
+    cfg = OmegaConf.create({"seed": 1, "store": {"root": "/tmp/none"},
+                            "task": OmegaConf.load(ROOT / "conf" / "task" / "safedreamer.yaml")})
+    task = external.validate_task(cfg)
+    argv = external.render_command(task.command, {"seed": 1, "run_dir": "/r", "python": "python",
+                                                  "resume_flag": ""}, cfg, "task.command")
+    assert argv[:2] == ["python", "SafeDreamer/train.py"]
+    assert "safetygymcoor_SafetyPointGoal1-v0" in argv and argv[argv.index("--logdir") + 1] == "/r/sd/"
+    assert argv[argv.index("--run.steps") + 1] == str(task.total_steps // 5)
+
+
+# ----------------------------------------------------------------------------- progress truth
+
+
+def test_progress_comes_from_replay_chunks_while_metrics_file_is_stale(tmp_path):
+    """SafeDreamer writes metrics every `log_every` SECONDS: with a long period metrics.jsonl holds
+    only its first row for the whole run. progress.json must still move, from the replay chunks."""
+    cfg = make_cfg(tmp_path / "store", total=1500, log_every=1000, chunk=16)
+    rd = run_dir(cfg)
+    seen: list[tuple[int, str, float]] = []
+    result: dict = {}
+
+    def cell():
+        try:
+            result["out"] = run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+        except BaseException as e:  # noqa: BLE001  surfaced by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=cell)
+    t.start()
+    metrics_rows_during = set()
+    while t.is_alive():
+        rows = [len(f.read_text().splitlines()) for f in (rd.path / "sd").glob("*/metrics.jsonl")]
+        p = progress(rd)  # read after the metrics file: it lags the script by at most a probe period
+        if p.get("phase") == "train" and p.get("env_step"):
+            seen.append((p["env_step"], p.get("probe"), p["updated_at"]))
+            if p["env_step"] <= 1000:  # well before the final row the script writes when it finishes
+                metrics_rows_during.update(rows)
+        time.sleep(0.1)
+    t.join()
+    assert "error" not in result, result.get("error")
+    steps = sorted({s for s, _, _ in seen if s < 1500})
+    assert len(steps) >= 3, f"progress.json should have moved several times during the run, saw {seen}"
+    assert all(probe == "replay" for s, probe, _ in seen if 16 < s < 1500)  # past the first chunk
+    assert metrics_rows_during == {1}  # metrics.jsonl was stale (one row) the whole time
+    metrics = next((rd.path / "sd").glob("*/metrics.jsonl"))
+    first = json.loads(metrics.read_text().splitlines()[0])
+    assert first["step"] <= 1  # the only row written during the run: "stuck at step 1"
+    state = rd.read_state()
+    assert state["trained"] is True and state["trained_steps"] == 1500 and state["phase"] == "done"
+    # The script's checkpoint is recorded in the store (a pointer), so planning would see it.
+    assert rd.checkpoints()[-1][0] == 1500
+    assert RunDir.read_checkpoint(rd.checkpoints()[-1][1])["path"].endswith("checkpoint.ckpt")
+
+    # Its evaluations reached the store in the eval schema.
+    ev_id, ev_ood = rd.read_eval("id"), rd.read_eval("ood")
+    assert ev_id["env_id"] == "SafetyPointGoal1-v0" and ev_ood["env_id"] == "SafetyPointGoal2-v0"
+    assert ev_id["checkpoint_step"] == 1500 and ev_ood["ood_proxy"]
+    assert ev_id["summary"]["episodes"] == len(ev_id["episodes"]) == 10
+    assert set(ev_id["episodes"][0]) == {"return", "cost", "length"}
+    assert ev_ood["summary"]["cost_mean"] > ev_id["summary"]["cost_mean"]  # the harder layout costs more
+    logs = (rd.logs_dir / "attempt_01.out").read_text()
+    assert "Finished at step 1500" in logs and "eval id attempt 1" in logs
+
+
+def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
+    from safedreamer_sweep.observe import observe_run
+
+    cfg = make_cfg(tmp_path / "store", total=100000, chunk=16, log_every=1000)
+    rd = run_dir(cfg)
+    cell = spawn_cell(cfg, tmp_path)
+    try:
+        wait_for(lambda: progress(rd).get("env_step", 0) > 100 and progress(rd).get("child_pid"), 30,
+                 "the script to make progress")
+        assert observe_run(rd, stall_after=2.0).phase == "running"
+        child = progress(rd)["child_pid"]
+        os.kill(child, signal.SIGSTOP)
+        time.sleep(0.5)
+        frozen = progress(rd)["env_step"]
+        time.sleep(2.5)
+        p = progress(rd)
+        # The heartbeat is fresh (the cell process is alive) but the probes did not move.
+        assert p["env_step"] == frozen and time.time() - p["updated_at"] < 1.5
+        view = observe_run(rd, stall_after=2.0)
+        assert view.phase == "stalled" and view.progress_age_s > 2.0 and view.pid_alive
+        os.kill(child, signal.SIGCONT)
+        wait_for(lambda: progress(rd).get("env_step", 0) > frozen, 10, "progress after SIGCONT")
+        assert observe_run(rd, stall_after=2.0).phase == "running"
+    finally:
+        cell.kill()
+        cell.wait()
+
+
+def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
+    from safedreamer_sweep.observe import observe_run
+
+    total = 2400
+    cfg = make_cfg(tmp_path / "store", total=total, save_every=0.3, chunk=32, log_every=0.2)
+    rd = run_dir(cfg)
+    cell = spawn_cell(cfg, tmp_path)
+    try:
+        wait_for(lambda: rd.checkpoints() and rd.checkpoints()[-1][0] >= 300, 30, "a checkpoint past step 300")
+        child = progress(rd)["child_pid"]
+        cell.send_signal(signal.SIGKILL)  # the cell process dies with no end marker (node lost, OOM kill)
+        cell.wait()
+    finally:
+        if cell.poll() is None:
+            cell.kill()
+    # The script does not train on alone: it got SIGTERM when its parent died.
+    wait_for(lambda: gone(child), 10, f"script pid {child} to exit after its cell was killed")
+    assert observe_run(rd, stall_after=60).phase == "lost"
+    ckpt_step = rd.checkpoints()[-1][0]
+    assert 0 < ckpt_step < total
+
+    run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))  # re-invoke: attempt 2
+    log = (rd.logs_dir / "attempt_02.out").read_text()
+    cmd_line = next(line for line in log.splitlines() if "train attempt 2" in line)
+    assert "--run.from_checkpoint" in cmd_line
+    resumed = int(re.search(r"Resumed from checkpoint \S+ at step (\d+)", log).group(1))
+    assert resumed >= ckpt_step > 0
+    # The second attempt's metrics (in the log dir it printed) continue from the checkpoint, not from 0.
+    logdir = Path(re.search(r"^Logdir (.+)$", log, re.MULTILINE).group(1))
+    second_rows = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines()]
+    after = [r["step"] for r in second_rows if r["step"] > resumed - 1]
+    assert after and resumed <= after[0] <= resumed + 5 and max(r["step"] for r in second_rows) == total
+    state = rd.read_state()
+    assert state["trained"] and state["trained_steps"] == total and len(state["attempts"]) == 2
+    # The learning curve mirrored into the run dir has no gap and no step twice across the kill:
+    # rows attempt 1 logged past its checkpoint were dropped and logged again by attempt 2.
+    curve = [r["env_step"] for r in rd.read_metrics()]
+    assert curve == sorted(set(curve)) and curve[-1] == total
+    assert any(s < resumed for s in curve) and any(s > resumed for s in curve)
+
+
+def test_a_planted_error_fails_the_cell_with_the_traceback_tail(tmp_path):
+    cfg = make_cfg(tmp_path / "store", total=1200, fail_at_step=300)
+    with pytest.raises(external.ExternalCommandFailed, match="exited with code 1"):
+        run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+    rd = run_dir(cfg)
+    state = rd.read_state()
+    last = state["attempts"][-1]
+    assert state["phase"] == "failed" and not state.get("trained")
+    assert last["outcome"] == "failed" and last["cause"] == "error"
+    assert "RuntimeError: planted failure at env step 300" in last["traceback_tail"]
+    assert "planted failure" in (rd.logs_dir / "attempt_01.err").read_text()
+
+
+def test_exit_zero_short_of_total_steps_is_not_trained(tmp_path):
+    cfg = make_cfg(tmp_path / "store", total=1200)
+    cfg.task.command = str(cfg.task.command).replace("--run.steps {total_steps}", "--run.steps 100")
+    with pytest.raises(external.ExternalTaskError, match=r"exited 0 but its probes show env step 100 < "):
+        run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+    assert not run_dir(cfg).read_state().get("trained")
+
+
+def test_through_the_launcher_a_finished_run_is_skipped_and_its_results_reach_the_report(tmp_path):
+    from conftest import sds
+
+    from safedreamer_sweep.report import build_report
+
+    store = tmp_path / "store"
+    args = ["-m", "task=external", "config=v2_baseline", "seed=0,1", "trainer.total_steps=400",
+            "task.probe_every_s=0.5", f"store.root={store}"]
+    first = sds(*args, check=True, timeout=300)
+    assert "2 to submit" in first.stdout + first.stderr
+    second = sds(*args, check=True, timeout=300)
+    out = second.stdout + second.stderr
+    assert "0 to submit" in out and "done 2" in out, out
+    runs = sorted(store.glob("runs/v2_baseline/seed_*/*"))
+    assert len(runs) == 2
+    for rd in map(RunDir, runs):
+        assert len(rd.read_state()["attempts"]) == 1  # never run twice
+
+    import pandas as pd
+
+    report = build_report(store)
+    evals = pd.read_parquet(report / "evals.parquet")
+    for rd in map(RunDir, runs):
+        seed = rd.read_spec()["seed"]
+        for kind in ("id", "ood"):
+            mine = rd.read_eval(kind)
+            theirs = evals[(evals.seed == seed) & (evals.kind == kind)].sort_values("episode")
+            assert list(theirs["return"]) == pytest.approx([e["return"] for e in mine["episodes"]])
+            assert list(theirs["cost"]) == pytest.approx([e["cost"] for e in mine["episodes"]])
+    cells = pd.read_parquet(report / "cells.parquet")
+    assert set(cells.trained_steps) == {400}
+    assert "2 of 2" in (report / "decision.md").read_text() or "6 of 6" in (report / "decision.md").read_text()

@@ -1,0 +1,214 @@
+"""`status` from real store states: a finished cell, a failed cell, a store with holes, a live
+training process, the same process SIGSTOPped (stalled) and SIGKILLed (lost)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from safedreamer_sweep import status
+from safedreamer_sweep.cli import main as cli_main
+from safedreamer_sweep.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CELL = ["hydra/launcher=basic", "trainer.total_steps=1024", "trainer.num_envs=1",
+             "trainer.rollout_steps=512", "eval.episodes=1"]
+
+
+def run_cell(store: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real cell task (`python -m safedreamer_sweep`) in a child process."""
+    cmd = [sys.executable, "-m", "safedreamer_sweep", f"store.root={store}", *overrides]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return out
+
+
+def real_finished_store(tmp_path_factory) -> Path:
+    """A store holding one real finished cell (v2_baseline seed 0, 1024 env steps), built once per
+    test session and shared by the test modules that import this function."""
+    base = tmp_path_factory.getbasetemp() / "sds_finished_store"
+    marker = base / ".built"
+    if not marker.exists():
+        shutil.rmtree(base, ignore_errors=True)
+        run_cell(base, "config=v2_baseline", "seed=0", *TINY_CELL)
+        marker.write_text("ok")
+    return base
+
+
+@pytest.fixture(scope="session")
+def finished_store(tmp_path_factory) -> Path:
+    return real_finished_store(tmp_path_factory)
+
+
+@pytest.fixture
+def store_copy(finished_store, tmp_path) -> Path:
+    """A private copy of the finished store a test may add to."""
+    dst = tmp_path / "store"
+    shutil.copytree(finished_store, dst)
+    return dst
+
+
+def test_done_verdict_from_a_real_finished_cell(finished_store):
+    doc = status.collect(finished_store)
+    assert doc["verdict"] == "DONE 1/1"
+    assert status.exit_code(doc) == 0 and doc["all_done"] is True
+    (cell,) = doc["cells"]
+    assert (cell["config"], cell["seed"], cell["phase"]) == ("v2_baseline", 0, "done")
+    assert cell["env_step"] == cell["total_steps"] == 1024
+    assert cell["attempts"] == 1 and cell["cause"] is None
+    assert isinstance(cell["eval_id"]["return_mean"], float) and isinstance(cell["eval_ood"]["cost_mean"], float)
+    # the one attempt led to the finished cell: all of its hours are useful
+    assert cell["cost"]["useful_h"] > 0 and cell["cost"]["wasted_h"] == 0 and cell["cost"]["pending_h"] == 0
+
+
+def test_incomplete_verdict_names_cells_never_run(store_copy):
+    """A sweep manifest asked for 4 cells; only one has a run directory."""
+    store = Store(store_copy)
+    (rd,) = list(store.iter_runs())
+    spec = rd.read_spec()
+    cells = [{"config": "v2_baseline", "seed": 0, "hash": spec["hash"], "overrides": []},
+             {"config": "v2_full", "seed": 0, "hash": None, "overrides": []},
+             {"config": "v2_full", "seed": 1, "hash": None, "overrides": []},
+             {"config": "v2_u_only", "seed": 0, "hash": None, "overrides": []}]
+    store.write_sweep_manifest("sweep-holes", {"created_at": time.time(), "cells": cells, "launcher": {}})
+    doc = status.collect(store_copy)
+    assert doc["verdict"] == "INCOMPLETE: 3 cells never run: v2_full seeds 0 1, v2_u_only seed 0"
+    assert status.exit_code(doc) == 1
+    holes = [c for c in doc["cells"] if c["run_dir"] is None]
+    assert [(c["config"], c["seed"], c["phase"]) for c in holes] == [
+        ("v2_full", 0, "pending"), ("v2_full", 1, "pending"), ("v2_u_only", 0, "pending")]
+
+
+def test_failed_cell_shows_cause_and_evidence(tmp_path):
+    """A real failure: the trainer refuses a budget that is not a multiple of the rollout."""
+    store = tmp_path / "store"
+    out = run_cell(store, "config=v2_cert_only", "seed=2", "hydra/launcher=basic", "trainer.total_steps=1000",
+                   "trainer.rollout_steps=512", "trainer.num_envs=1", check=False)
+    assert out.returncode != 0
+    doc = status.collect(store)
+    (cell,) = doc["cells"]
+    assert cell["phase"] == "failed" and cell["cause"] == "error"
+    assert "trainer.total_steps=1000" in cell["evidence"]
+    assert doc["verdict"] == "INCOMPLETE: 1 failed: v2_cert_only seed 2 (error)"
+    assert cell["cost"]["wasted_h"] > 0 and cell["cost"]["useful_h"] == 0
+    assert status.exit_code(doc) == 1
+
+
+def _wait_for_progress(store: Path, min_step: int, timeout: float = 180.0) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for p in store.glob("runs/*/seed_*/*/progress.json"):
+            try:
+                doc = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if doc.get("env_step", 0) >= min_step and doc.get("steps_per_s"):
+                return doc
+        time.sleep(0.5)
+    raise AssertionError(f"no progress.json with env_step >= {min_step} under {store} after {timeout:.0f}s")
+
+
+@pytest.mark.slow
+def test_running_then_stalled_then_lost_from_a_real_training_process(tmp_path):
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "safedreamer_sweep", f"store.root={store}", "config=v2_full", "seed=1",
+           "hydra/launcher=basic", "trainer.total_steps=512000", "trainer.num_envs=1", "trainer.rollout_steps=512",
+           "trainer.heartbeat_every_s=0.5", "eval.episodes=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_progress(store, 1024)
+        doc = status.collect(store, stall_after=60)
+        (cell,) = doc["cells"]
+        assert cell["phase"] == "running" and cell["pid"] == proc.pid and cell["pid_alive"] is True
+        assert 0 < cell["env_step"] < cell["total_steps"] == 512000 and cell["steps_per_s"] > 0
+        assert re.fullmatch(r"RUNNING 0/1 \(ETA [0-9.]+ (s|min|h); 1 running\)", doc["verdict"]), doc["verdict"]
+        assert status.exit_code(doc) == 1
+
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        doc = status.collect(store, stall_after=2.0)
+        (cell,) = doc["cells"]
+        assert cell["phase"] == "stalled" and cell["proc_status"] == "stopped"
+        assert re.fullmatch(rf"STALLED 1: v2_full seed 1, no progress for \d+ s \(pid {proc.pid} alive, "
+                            r"stopped \(SIGSTOP\), 0% CPU\)", doc["verdict"]), doc["verdict"]
+        assert cell["progress_age_s"] >= 2.0
+
+        proc.kill()  # SIGKILL: the attempt gets no end marker
+        proc.wait(timeout=30)
+        doc = status.collect(store, stall_after=2.0)
+        (cell,) = doc["cells"]
+        assert cell["phase"] == "lost" and cell["pid_alive"] is False
+        assert doc["verdict"].startswith("INCOMPLETE: 1 lost: v2_full seed 1")
+        # still an open attempt with no end: its hours are not counted as useful
+        assert cell["cost"]["useful_h"] == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_json_document_is_stable_and_documented(finished_store, capsys):
+    code = cli_main(["status", str(finished_store), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert doc["schema"] == status.SCHEMA and doc["verdict"] == "DONE 1/1"
+    assert set(doc) >= {"verdict", "cells", "counts", "all_done", "cost", "store", "generated_at", "stall_after_s"}
+    (cell,) = doc["cells"]
+    assert set(status.CELL_FIELDS) <= set(cell)
+    assert cell["phase"] in ("pending", "running", "stalled", "done", "failed", "lost")
+    types = {"config": str, "seed": int, "env_step": int, "total_steps": int, "steps_per_s": (int, float),
+             "progress_age_s": (int, float), "attempts": int}
+    for k, t in types.items():
+        assert isinstance(cell[k], t), (k, cell[k])
+    assert cell["cause"] is None
+    # every field of the document is described in docs/status-json.md
+    text = (ROOT / "docs" / "status-json.md").read_text()
+    for k in (*status.CELL_FIELDS, "verdict", "cells", "counts", "all_done", "schema", "stall_after_s"):
+        assert f"`{k}`" in text, f"docs/status-json.md does not document `{k}`"
+
+
+def test_rendered_screen_shows_verdict_matrix_evidence_and_cost(finished_store):
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(status.render(status.collect(finished_store)))
+    text = console.export_text()
+    assert text.splitlines()[0] == "DONE 1/1"
+    for needle in ("config x seed", "seed 0", "ID eval", "OOD eval", "v2_baseline s0", "1024/1024 100%",
+                   "device-hours", "CPU-core-h"):
+        assert needle in text, needle
+
+
+def test_verdict_lines_for_queued_and_several_stalled_cells():
+    """The verdict is a pure function of the cell dicts; shapes the real-state tests cannot reach cheaply."""
+    base = {"attempts": 1, "eta_s": None, "progress_age_s": None, "pid": None, "pid_alive": None,
+            "job_id": None, "host": "vm", "cause": None, "state_phase": None, "last_outcome": None}
+    cells = [dict(base, config="a", seed=0, phase="done"),
+             dict(base, config="a", seed=1, phase="pending", job_id="77", last_outcome="submitted"),
+             dict(base, config="b", seed=0, phase="running", eta_s=840.0)]
+    assert status.verdict(cells) == "RUNNING 1/3 (ETA 14 min; 1 running; 1 queued)"
+    cells = [dict(base, config="v2_full", seed=3, phase="stalled", progress_age_s=840.0, job_id="123",
+                  job_state="RUNNING"),
+             dict(base, config="v2_full", seed=4, phase="stalled", progress_age_s=900.0, pid=9, pid_alive=True)]
+    assert status.verdict(cells) == ("STALLED 2: v2_full seed 3, no progress for 14 min (job 123 RUNNING); "
+                                     "also v2_full seed 4")
+    assert status.verdict([]).startswith("EMPTY")
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(status.StatusError, match="no such store directory"):
+        status.collect(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(status.StatusError, match="not a safedreamer-sweep store"):
+        status.collect(tmp_path / "empty")

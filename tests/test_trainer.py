@@ -1,0 +1,232 @@
+"""The trainer's pieces with known answers, determinism, and a real kill + resume on
+SafetyPointGoal1-v0 through `python -m safedreamer_sweep`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from safedreamer_sweep import trainer
+from safedreamer_sweep.store import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- GAE
+
+
+def test_gae_matches_a_hand_computed_answer():
+    # gamma = lam = 0.5; the episode ends after step 1, so step 1 does not bootstrap from step 2.
+    rewards = np.array([[1.0], [0.0], [2.0]])
+    values = np.array([[0.5], [1.0], [0.0]])
+    dones = np.array([[0.0], [1.0], [0.0]])
+    adv, ret = trainer.gae(rewards, values, np.array([3.0]), dones, gamma=0.5, lam=0.5)
+    # t=2: 2 + 0.5*3 - 0 = 3.5 | t=1: 0 - 1 = -1 (no carry) | t=0: (1 + 0.5*1 - 0.5) + 0.25*(-1) = 0.75
+    np.testing.assert_allclose(adv[:, 0], [0.75, -1.0, 3.5])
+    np.testing.assert_allclose(ret[:, 0], [1.25, 0.0, 3.5])
+
+
+def test_gae_envs_are_independent_columns():
+    rng = np.random.default_rng(0)
+    r, v, d = rng.normal(size=(6, 2)), rng.normal(size=(6, 2)), (rng.random((6, 2)) < 0.3).astype(float)
+    last = rng.normal(size=2)
+    adv, _ = trainer.gae(r, v, last, d, 0.9, 0.8)
+    for i in range(2):
+        single, _ = trainer.gae(r[:, i:i + 1], v[:, i:i + 1], last[i:i + 1], d[:, i:i + 1], 0.9, 0.8)
+        np.testing.assert_allclose(adv[:, i], single[:, 0])
+
+
+# ----------------------------------------------------------------------------- Lagrange multiplier
+
+
+def test_lagrange_multiplier_direction_and_floor():
+    assert trainer.lagrange_update(1.0, episode_cost=40.0, cost_limit=25.0, lr=0.1) == pytest.approx(2.5)
+    assert trainer.lagrange_update(1.0, episode_cost=15.0, cost_limit=25.0, lr=0.05) == pytest.approx(0.5)
+    assert trainer.lagrange_update(0.2, episode_cost=0.0, cost_limit=25.0, lr=0.1) == 0.0
+    assert trainer.lagrange_update(0.0, episode_cost=25.0, cost_limit=25.0, lr=0.1) == 0.0
+
+
+# ----------------------------------------------------------------------------- normaliser
+
+
+def test_running_norm_matches_numpy_on_the_concatenated_data():
+    rng = np.random.default_rng(1)
+    chunks = [rng.normal(3.0, 2.0, size=(n, 4)) * [1, 10, 0.1, 1] for n in (7, 50, 300)]
+    norm = trainer.RunningNorm(4)
+    for c in chunks:
+        norm.update(c)
+    data = np.concatenate(chunks)
+    np.testing.assert_allclose(norm.mean, data.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.var, data.var(0), rtol=1e-5)
+    x = data[:5]
+    np.testing.assert_allclose(norm.normalize(x), (x - data.mean(0)) / data.std(0), rtol=1e-4, atol=1e-5)
+    restored = trainer.RunningNorm.from_state(norm.state_dict())
+    np.testing.assert_array_equal(restored.normalize(x), norm.normalize(x))
+
+
+def test_running_norm_clips_outliers():
+    norm = trainer.RunningNorm(1)
+    norm.update(np.zeros((100, 1)) + np.linspace(-1, 1, 100)[:, None])
+    assert norm.normalize(np.array([[1e6]]))[0, 0] == pytest.approx(10.0)
+
+
+# ----------------------------------------------------------------------------- certified step
+
+
+def _actor_batch():
+    params = trainer.to_jax(trainer.init_params(0, 6, 2, [16], heads=1, init_log_std=-0.5))
+    old = params["actor"]
+    new = {"net": [(W + 0.3, b + 0.1) for W, b in old["net"]], "log_std": old["log_std"] + 0.2}
+    obs = jax.random.normal(jax.random.PRNGKey(1), (256, 6))
+    actions = trainer.mlp(old["net"], obs) + jnp.exp(old["log_std"]) * jax.random.normal(jax.random.PRNGKey(2), (256, 2))
+    logp_old = trainer.gaussian_logp(trainer.mlp(old["net"], obs), old["log_std"], actions)
+    logp_new = trainer.gaussian_logp(trainer.mlp(new["net"], obs), new["log_std"], actions)
+    return old, new, {"obs": obs, "actions": actions, "logp": logp_old}, jnp.exp(logp_new - logp_old) - 1.0
+
+
+def test_certified_step_reverts_a_step_that_raises_cost_over_the_limit():
+    old, new, batch, ratio_minus_1 = _actor_batch()
+    # Cost advantage correlated with the new policy's ratio: every fraction of the step raises cost.
+    actor, frac = trainer.certify_step(old, new, batch, ratio_minus_1, episode_cost=25.0, episode_length=1000,
+                                       cost_limit=25.0, backtrack_steps=3, decay=0.5)
+    assert frac == 0.0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, actor, old)
+
+
+def test_certified_step_accepts_a_step_that_lowers_cost():
+    old, new, batch, ratio_minus_1 = _actor_batch()
+    actor, frac = trainer.certify_step(old, new, batch, -ratio_minus_1, episode_cost=60.0, episode_length=1000,
+                                       cost_limit=25.0, backtrack_steps=3, decay=0.5)
+    assert frac == 1.0
+    jax.tree_util.tree_map(np.testing.assert_allclose, actor, new)
+
+
+def test_certified_step_backtracks_to_a_fraction_within_budget():
+    old, new, batch, ratio_minus_1 = _actor_batch()
+    full = 1000 * float(trainer.cost_surrogate(new, batch["obs"], batch["actions"], batch["logp"], ratio_minus_1))
+    assert full > 0
+    # Budget left is a small share of the full step's estimated cost increase: a shorter step fits.
+    actor, frac = trainer.certify_step(old, new, batch, ratio_minus_1, episode_cost=25.0 - 0.3 * full,
+                                       episode_length=1000, cost_limit=25.0, backtrack_steps=6, decay=0.5)
+    assert 0.0 < frac < 1.0
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def _cfg(**trainer_overrides):
+    cfg = OmegaConf.load(ROOT / "conf" / "sweep.yaml")
+    return OmegaConf.create({
+        "seed": 0,
+        "trainer": {**OmegaConf.to_container(cfg.trainer), **trainer_overrides},
+        "agent": OmegaConf.load(ROOT / "conf" / "agent" / "ppo_lag.yaml"),
+        "env": OmegaConf.load(ROOT / "conf" / "env" / "safety_gym.yaml"),
+        "eval": OmegaConf.load(ROOT / "conf" / "eval" / "id_ood.yaml"),
+    })
+
+
+def test_budget_that_is_not_a_multiple_of_the_rollout_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"trainer.total_steps=3000 .*Fix: trainer.total_steps=3072"):
+        trainer.check_config(_cfg(total_steps=3000, rollout_steps=1024, num_envs=2))
+    with pytest.raises(ValueError, match="trainer.num_envs"):
+        trainer.check_config(_cfg(rollout_steps=1000, num_envs=3))
+
+
+def test_cadence_crossing_is_in_env_steps():
+    assert trainer.crossed(1024, 2048, 2048)
+    assert not trainer.crossed(2048, 3072, 2048)
+    assert trainer.crossed(3000, 4100, 4096)
+
+
+# ----------------------------------------------------------------------------- real training
+
+
+@pytest.mark.slow
+def test_same_seed_same_config_gives_the_same_training_curve(tmp_path):
+    cfg = _cfg(total_steps=1024, num_envs=1, rollout_steps=512, log_every_steps=512, eval_every_steps=1024,
+               checkpoint_every_steps=1024)
+    cfg.agent.u.enabled = True
+    cfg.agent.cert.enabled = True
+    cfg.eval.episodes = 1
+    timing = {"steps_per_s", "wall_time_s"}
+    curves = []
+    for name in ("a", "b"):
+        rd = RunDir(tmp_path / name)
+        assert trainer.train(cfg, rd) == 1024
+        curves.append(([{k: v for k, v in r.items() if k not in timing} for r in rd.read_metrics()],
+                       rd.read_eval_curve()))
+    assert [r["env_step"] for r in curves[0][0]] == [512, 1024]
+    assert curves[0] == curves[1]
+
+
+def _first_checkpoint_then_kill(cmd, env, ckpt_dir_glob, timeout=240.0):
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if list(ckpt_dir_glob()):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out
+
+
+@pytest.mark.slow
+def test_real_cell_killed_after_first_checkpoint_resumes_to_a_complete_run_dir(tmp_path):
+    store = tmp_path / "store"
+    total, log_every = 8192, 1024
+    cmd = [sys.executable, "-m", "safedreamer_sweep", "config=v2_full", "seed=0", f"store.root={store}",
+           f"trainer.total_steps={total}", "trainer.num_envs=2", "trainer.rollout_steps=1024",
+           f"trainer.log_every_steps={log_every}", "trainer.checkpoint_every_steps=2048",
+           "trainer.eval_every_steps=4096", "trainer.eval_curve_episodes=1", "eval.episodes=1",
+           "trainer.heartbeat_every_s=0.5", "hydra/launcher=basic"]
+    env = {**os.environ, "SDS_STORE": str(store)}
+    ckpts = lambda: store.glob("runs/v2_full/seed_0/*/checkpoints/ckpt_*.pkl")  # noqa: E731
+
+    code, out = _first_checkpoint_then_kill(cmd, env, ckpts)
+    assert code == -signal.SIGKILL, f"the cell ended before it could be killed (exit {code}):\n{out[-3000:]}"
+    (run_path,) = store.glob("runs/v2_full/seed_0/*")
+    rd = RunDir(run_path)
+    killed_at = [s for s, _ in rd.checkpoints()]
+    assert killed_at and max(killed_at) < total
+    assert rd.read_state()["phase"] == "running"  # killed: no end marker, the supervisor's job
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"resuming {run_path} from checkpoint step {max(killed_at)}" in done.stdout
+
+    for name in ("spec.json", "state.json", "progress.json", "metrics.jsonl", "eval_curve.jsonl",
+                 "eval/id.json", "eval/ood.json"):
+        assert (run_path / name).is_file(), name
+    state = rd.read_state()
+    assert state["phase"] == "done" and state["trained"] and state["trained_steps"] == total
+    assert [a.get("outcome") for a in state["attempts"]][-1] == "done" and len(state["attempts"]) == 2
+    progress = json.loads((run_path / "progress.json").read_text())
+    assert progress["env_step"] == total and progress["total_steps"] == total and progress["steps_per_s"] > 0
+    steps = [r["env_step"] for r in rd.read_metrics()]
+    assert steps == list(range(log_every, total + 1, log_every)), steps  # no gap, no duplicate
+    assert [r["env_step"] for r in rd.read_eval_curve()] == [4096, 8192]
+    assert max(s for s, _ in rd.checkpoints()) == total
+    for kind in ("id", "ood"):
+        ev = rd.read_eval(kind)
+        assert ev["checkpoint_step"] == total and len(ev["episodes"]) == 1
+        assert {"return_mean", "cost_mean", "violation_rate"} <= set(ev["summary"])
+    assert "ood_proxy" in rd.read_eval("ood")
