@@ -34,8 +34,8 @@ def main() -> None:
         def make(seed: int) -> dict:
             r = rng.normal(10 + 2 * i, 3, size=2)
             c = rng.normal(20, 5, size=2)
-            return dict(id_returns=list(r), id_costs=list(c), ood_returns=list(r - 4), ood_costs=list(c + 3),
-                        risk_penalty=float(rng.random()), curve_points=args.points)
+            return {"id_returns": list(r), "id_costs": list(c), "ood_returns": list(r - 4), "ood_costs": list(c + 3),
+                        "risk_penalty": float(rng.random()), "curve_points": args.points}
         return make
 
     with tempfile.TemporaryDirectory(prefix="sds-report-bench-") as tmp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +48,18 @@ def cmd_status(args: argparse.Namespace) -> int:
                              currency=args.currency)
     except status.StatusError as e:
         return _err(str(e))
+    if args.cell:
+        config, _, seed = args.cell.rpartition(":")
+        try:
+            hist = status.cell_history(doc, config, int(seed))
+        except (KeyError, ValueError) as e:
+            return _err(f"--cell {args.cell!r}: {e.args[0] if isinstance(e, KeyError) else 'expected CONFIG:SEED'}")
+        if args.json:
+            json.dump(hist, sys.stdout, indent=2, sort_keys=True, default=str)
+            sys.stdout.write("\n")
+        else:
+            _console(args.width).print(status.render_cell(hist))
+        return 0 if hist["cell"]["phase"] == "done" else 1
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
@@ -131,7 +144,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     root = Path(args.store).expanduser()
     if not root.is_dir():
         return _err(f"{root}: no such store directory. Fix: pass the store.root of your sweep.")
-    from safedreamer_sweep.report import NotAStoreError, TemplateRenderError, build_report
+    from safedreamer_sweep.report import (
+        NotAStoreError,
+        TemplateRenderError,
+        build_report,
+    )
     from safedreamer_sweep.store import StoreError
 
     try:
@@ -180,13 +197,20 @@ def _ablation_knobs(conf_dir: str, overrides: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- entry
 
 
+def _default_store() -> str:
+    """Where conf/sweep.yaml puts the store by default: $SDS_STORE, else ./experiments."""
+    return os.environ.get("SDS_STORE") or "experiments"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="safedreamer-sweep", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="safedreamer-sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("status", help="where every cell stands, with evidence (exit 0 when all done)")
-    s.add_argument("store", help="the sweep's store.root")
+    s.add_argument("store", nargs="?", default=_default_store(), help="the sweep's store.root (default: $SDS_STORE, else ./experiments)")
+    s.add_argument("--cell", metavar="CONFIG:SEED", default=None,
+                   help="one cell in depth: every attempt, its cause and evidence, hours, traceback tail, logs")
     s.add_argument("--json", action="store_true", help="the stable JSON document (docs/status-json.md)")
     s.add_argument("--stall-after", type=float, default=None,
                    help="seconds without env-step progress before a live cell is `stalled` "
@@ -197,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     w = sub.add_parser("watch", help="live status that also supervises detached sweeps")
-    w.add_argument("store")
+    w.add_argument("store", nargs="?", default=_default_store())
     w.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
     w.add_argument("--stall-after", type=float, default=None)
     w.add_argument("--width", type=int, default=None)

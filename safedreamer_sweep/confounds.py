@@ -126,7 +126,7 @@ def specs_for_overrides(conf_dir: str, overrides: Sequence[str]) -> list[RunSpec
         if ov.is_sweep_override():
             axes[ov.get_key_element()] = [str(v) for v in ov.sweep_string_iterator()]
         else:
-            fixed.append(ov.input_line)
+            fixed.append(str(ov.input_line))
     if not any(o.get_key_element() == "hydra/launcher" for o in parsed):
         # Nothing is launched here; the basic launcher keeps composition independent of plugins.
         fixed.append("hydra/launcher=basic")

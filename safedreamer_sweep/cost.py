@@ -15,6 +15,10 @@ When attempts carry `start_step` (the env step they resumed from, 0 = from scrat
 (the last env step they reached), the split is exact down to the redone steps; without them every
 earlier attempt that ended before the next one started is assumed resumed from (the cell task
 always resumes from the newest checkpoint).
+
+An attempt nobody closed (the process died with no end marker) is billed until its last heartbeat
+(progress.json from the same pid), not until now; a SIGSTOPped process is therefore under-billed by
+its stall until the supervisor kills it and closes the attempt.
 """
 
 from __future__ import annotations
@@ -43,9 +47,24 @@ def _interval(attempt: Mapping[str, Any], now: float) -> tuple[float, float] | N
     if start is None or attempt.get("outcome") in _NOT_STARTED:
         return None
     end = attempt.get("ended_at")
-    if end is None:  # still open: it holds its resources until now
-        end = now
+    if end is None:  # still open: it holds its resources until now (or until it was last seen alive)
+        end = min(now, float(attempt.get("last_seen_at") or now))
     return float(start), max(float(start), float(end))
+
+
+def _with_last_seen(state: Mapping[str, Any], progress: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Mark the open attempt with its last heartbeat, so a process that died without closing its
+    attempt is not billed until now. Only a heartbeat from that attempt's own pid counts."""
+    attempts = list(state.get("attempts") or [])
+    if not progress or not attempts or attempts[-1].get("ended_at") is not None:
+        return state
+    last = attempts[-1]
+    seen = progress.get("updated_at")
+    if seen and last.get("pid") and progress.get("pid") == last.get("pid") \
+            and float(seen) >= float(last.get("started_at") or 0):
+        attempts[-1] = {**last, "last_seen_at": float(seen)}
+        return {**state, "attempts": attempts}
+    return state
 
 
 def attempt_hours(attempt: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -64,7 +83,8 @@ def _finished(state: Mapping[str, Any]) -> bool:
 
 def _useful_fractions(attempts: list[Mapping[str, Any]], now: float) -> dict[int, float]:
     """Index -> fraction of that attempt's hours that the finished cell used (missing index = 0)."""
-    final = max((i for i, a in enumerate(attempts) if a.get("outcome") == "done"), default=None)
+    # The first attempt that finished the cell; any later one (even ending `done`) was redundant.
+    final = min((i for i, a in enumerate(attempts) if a.get("outcome") == "done"), default=None)
     if final is None:
         return {}
     useful = {final: 1.0}
@@ -98,14 +118,17 @@ def _empty() -> dict[str, float]:
     return {"useful_h": 0.0, "wasted_h": 0.0, "pending_h": 0.0}
 
 
-def cell_cost(state: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
-    """Device-hours of one cell from its state.json.
+def cell_cost(state: Mapping[str, Any], now: float | None = None,
+              progress: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Device-hours of one cell from its state.json (and progress.json: an attempt still open is
+    billed until its last heartbeat, since a dead process holds nothing).
 
     Returns {'useful_h', 'wasted_h', 'pending_h', 'total_h', 'device', 'by_device': {dev: {...}},
     'attempts': [{'n', 'device', 'hours', 'class'}]} where the top-level hours are in the cell's
     main device (GPU if any attempt held a GPU) and `by_device` keeps GPU- and CPU-hours apart.
     """
     now = time.time() if now is None else now
+    state = _with_last_seen(state, progress)
     attempts = list(state.get("attempts") or [])
     finished = _finished(state)
     fractions = _useful_fractions(attempts, now) if finished else {}
@@ -143,7 +166,7 @@ def _add(into: dict[str, dict[str, float]], by_device: Mapping[str, Mapping[str,
             tgt[k] += float(b.get(k, 0.0))
 
 
-def _cells(states: Mapping[tuple[str, int], Mapping] | Iterable) -> Iterable[tuple[str, int, Mapping]]:
+def _cells(states: Any) -> Iterable[tuple[str, int, Mapping]]:
     if isinstance(states, Mapping):
         for (config, seed), st in states.items():
             yield str(config), int(seed), st
@@ -186,11 +209,18 @@ def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None =
 def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = None,
                now: float | None = None) -> dict[str, Any]:
     """`sweep_cost` over every run directory of a `Store` (all identities of a cell are counted:
-    an abandoned identity's hours were spent too)."""
+    an abandoned identity's hours were spent too). A run directory whose spec or state is corrupt
+    is left out (its hours cannot be known)."""
+    from safedreamer_sweep.store import StoreError
+
     items = []
     for rd in store.iter_runs():
-        spec = rd.read_spec() or {}
-        items.append((spec.get("config", rd.path.parent.parent.name), int(spec.get("seed", -1)), rd.read_state()))
+        try:
+            spec = rd.read_spec() or {}
+            state = _with_last_seen(rd.read_state(), rd.read_progress())
+        except StoreError:  # a corrupt file: status shows it as `corrupt`; its hours are unknown
+            continue
+        items.append((spec.get("config", rd.path.parent.parent.name), int(spec.get("seed", -1)), state))
     # Several identities of one (config, seed) are merged by summing their attempts' hours.
     merged: dict[tuple[str, int], dict] = {}
     for config, seed, st in items:

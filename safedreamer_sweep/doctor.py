@@ -244,14 +244,25 @@ def sweep_settings(overrides: Sequence[str] = (), conf_dir: str | None = None) -
     """store.root, the launcher choice, keep_checkpoints and the number of cells of the default
     matrix, from the app config composed with `overrides` (no launch). Raises on a broken config."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    # Sweep overrides (seed=0,1,2) are matrix axes: count them, compose with the rest.
+    axes: dict[str, int] = {}
+    fixed = []
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        if ov.is_sweep_override():
+            axes[ov.get_key_element()] = len(list(ov.sweep_string_iterator()))
+        else:
+            fixed.append(str(ov.input_line))
     conf_dir = conf_dir or str(Path(__file__).resolve().parent.parent / "conf")
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-        cfg = compose(config_name="sweep", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name="sweep", overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
+    for k, v in params.items():
+        axes.setdefault(str(k), len([x for x in str(v).split(",") if x.strip()]))
     n = 1
-    for v in params.values():
-        n *= len([x for x in str(v).split(",") if x.strip()])
+    for count in axes.values():
+        n *= count
     return {"store_root": str(cfg.store.root), "launcher": cfg.hydra.runtime.choices.get("hydra/launcher"),
             "keep_checkpoints": int(cfg.trainer.keep_checkpoints), "matrix_cells": n}
 

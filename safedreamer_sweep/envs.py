@@ -55,9 +55,9 @@ def _install_world_hook() -> None:
     def load(stream: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(stream, "name", None)
         if not (_FAST.get() and isinstance(name, str) and name.endswith(os.path.join("configs", "assets.yaml"))):
-            return yaml.load(stream, *args, **kwargs)  # noqa: S506  (what safety_gymnasium itself calls)
+            return yaml.load(stream, *args, **kwargs)
         if name not in assets_cache:
-            assets_cache[name] = yaml.load(stream, *args, **kwargs)  # noqa: S506
+            assets_cache[name] = yaml.load(stream, *args, **kwargs)
         return copy.deepcopy(assets_cache[name])  # World.build appends these dicts into its XML tree
 
     # world.py uses only xmltodict.parse/unparse and yaml.load/FullLoader from these modules.

@@ -14,6 +14,8 @@ retries are the same for both. What the script is and how to read it is declared
 - `checkpoint` and `resume_args`: where the script's checkpoint is, and the arguments that make it
   resume from it (added when one exists).
 - `eval`: a command per kind (id / ood) and where its results are, mapped onto the eval schema.
+- `curves` (optional): the script's metrics rows copied into the run dir's metrics.jsonl, so the
+  report draws learning curves.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import io
 import os
 import shlex
 import signal
@@ -103,13 +106,18 @@ def render(template: str, values: Mapping[str, Any], cfg: DictConfig, what: str)
         if field_name in values:
             v = values[field_name]
         elif field_name.startswith("environ[") and field_name.endswith("]"):
-            # {environ[NAME]}: the cell process's environment, e.g. the GPU the launcher assigned.
-            var = field_name[len("environ["):-1]
-            if var not in os.environ and not values.get("_validating"):
+            # {environ[NAME]} / {environ[NAME|default]}: the cell process's environment, e.g. the
+            # GPU the launcher assigned to this cell.
+            var, bar, default = field_name[len("environ["):-1].partition("|")
+            if bar and var not in os.environ:
+                v = default
+            elif var not in os.environ and not values.get("_validating"):
                 raise ExternalTaskError(f"{what}: {{{field_name}}} in {template!r}: environment variable {var} is "
                                         f"not set in the cell process. Fix: set it (task.env cannot, it is "
-                                        f"applied to the script only) or drop it from the template")
-            v = os.environ.get(var, "")
+                                        f"applied to the script only), give a default {{environ[{var}|0]}}, "
+                                        f"or drop it from the template")
+            else:
+                v = os.environ.get(var, "")
         else:
             v = _config_value(cfg, field_name)
             if v is _MISSING:
@@ -258,10 +266,7 @@ def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
     call this at plan time). Raises ExternalTaskError naming the field, the cause and the fix."""
     task = ExternalTask.from_cfg(cfg)
     run = run or RunDir(Path("/nonexistent/run_dir"))
-    values = cell_values(cfg, run, task) if run.path.exists() else {
-        "seed": cfg.get("seed"), "run_dir": str(run.path), "config": "", "config_file": "", "attempt": 1,
-        "total_steps": task.total_steps, "python": sys.executable, "checkpoint": _PLACEHOLDER, "resume_flag": ""}
-    values["_validating"] = True
+    values = cell_values(cfg, run, task, _validating=True)
     render_command(task.command, values, cfg, "task.command", resume=None)
     for i, a in enumerate(task.resume_args):
         render(a, values, cfg, f"task.resume_args[{i}]")
@@ -335,14 +340,24 @@ def _tee(stream, log_path: Path, sink, on_line: Callable[[str], None] | None, ta
             log.write(raw)
             log.flush()
             line = raw.decode("utf-8", errors="replace")
-            with contextlib.suppress(Exception):
-                sink.write(line)
-                sink.flush()
+            if sink is not None:
+                with contextlib.suppress(OSError, ValueError):  # a closed or broken echo never stops the tee
+                    sink.write(line)
+                    sink.flush()
             if on_line is not None:
                 on_line(line)
             if tail is not None:
                 tail.append(line.rstrip("\n"))
     stream.close()
+
+
+def _same_file(stream: Any, path: Path) -> bool:
+    """Whether `stream` (sys.stdout, ...) writes into the file at `path`."""
+    try:
+        a, b = os.fstat(stream.fileno()), os.stat(path)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _tree_rss_mb(pid: int) -> float | None:
@@ -386,9 +401,13 @@ def run_command(argv: list[str], *, cwd: str | None, env: Mapping[str, str], out
         raise ExternalTaskError(f"{header or 'command'}: cannot start {argv[0]!r} ({e.strerror}) in cwd "
                                 f"{cwd or os.getcwd()}. Fix: use an absolute path or set task.cwd") from e
     tail: collections.deque = collections.deque(maxlen=tail_lines)
+    # Under the sds launcher the cell's own stdout/stderr already are these log files: echo to
+    # them only when they are somewhere else (a terminal, submitit's files), or every line is twice.
+    out_sink = None if _same_file(sys.stdout, out_path) else sys.stdout
+    err_sink = None if _same_file(sys.stderr, err_path) else sys.stderr
     threads = [
-        threading.Thread(target=_tee, args=(proc.stdout, out_path, sys.stdout, on_stdout, None), daemon=True),
-        threading.Thread(target=_tee, args=(proc.stderr, err_path, sys.stderr, None, tail), daemon=True),
+        threading.Thread(target=_tee, args=(proc.stdout, out_path, out_sink, on_stdout, None), daemon=True),
+        threading.Thread(target=_tee, args=(proc.stderr, err_path, err_sink, None, tail), daemon=True),
     ]
     for t in threads:
         t.start()
@@ -427,9 +446,10 @@ def _exit_text(code: int) -> str:
 class _Progress:
     """Probes -> heartbeats; checkpoint file -> a pointer checkpoint in the store."""
 
-    def __init__(self, cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mapping[str, Any], base: int,
-                 phase: str = "train"):
-        self.cfg, self.run, self.task, self.phase = cfg, run, task, phase
+    phase = "train"
+
+    def __init__(self, cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mapping[str, Any], base: int):
+        self.cfg, self.run, self.task = cfg, run, task
         decls = []
         for i, d in enumerate(task.probes):
             d = dict(d)
@@ -445,7 +465,7 @@ class _Progress:
                           if task.checkpoint_glob else None)
         self.env_step, self.source = int(base), "checkpoint" if base else "start"
         self.curves = None
-        if task.curves and phase == "train":
+        if task.curves:
             self.curves = P.CurveMirror(_render_glob(str(task.curves["glob"]), values, cfg, "task.curves.glob",
                                                      run.path), step_key=str(task.curves["step_key"]),
                                         keys=dict(task.curves["keys"]), scale=float(task.curves.get("scale", 1)),
@@ -453,6 +473,7 @@ class _Progress:
             self.curves.skip_existing()
         self.history: collections.deque = collections.deque(maxlen=64)
         self.last_ckpt: tuple | None = None
+        self.peak_rss_mb = 0.0  # of the script's process tree: evidence when it dies of an OOM kill
         self.lock = threading.Lock()
 
     def feed(self, line: str) -> None:
@@ -460,7 +481,13 @@ class _Progress:
             p.feed(line)
 
     def read(self) -> dict[str, int | None]:
-        return {p.name: p.read() for p in self.probes}
+        out: dict[str, int | None] = {}
+        for p in self.probes:
+            try:
+                out[p.name] = p.read()
+            except OSError:  # a file vanished or is unreadable this instant: no evidence, not a crash
+                out[p.name] = None
+        return out
 
     def tick(self, pid: int | None = None) -> None:
         with self.lock:
@@ -483,10 +510,10 @@ class _Progress:
                 fields["child_pid"] = pid
                 rss = _tree_rss_mb(pid)
                 if rss is not None:
-                    fields["rss_mb"] = round(rss, 1)
+                    self.peak_rss_mb = max(self.peak_rss_mb, rss)
+                    fields.update(rss_mb=round(rss, 1), peak_rss_mb=round(self.peak_rss_mb, 1))
             self.run.heartbeat(self.env_step, self.task.total_steps, **fields)
-            if self.phase == "train":
-                self.mirror_checkpoint()
+            self.mirror_checkpoint()
             if self.curves is not None:
                 for row in self.curves.new_rows():
                     self.run.append_metrics(row)
@@ -548,7 +575,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     `task.total_steps` without its done marker."""
     task = validate_task(cfg, run)
     values = cell_values(cfg, run, task)
-    if "config_file" in str(task.command):
+    if "config_file" in str(task.command) + str(task.eval.get("command")):
         _write_config_file(cfg, run)
     resume = resume_point(cfg, run, task, values)
     resume_argv: list[str] = []
@@ -584,8 +611,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             f"< task.total_steps {task.total_steps} (readings {progress.read()}), and no done marker"
             f"{' matches ' + marker if marker else ' is declared'}. The cell is not marked trained. Fix: make "
             f"task.total_steps match the script's step budget, fix the probes, or declare task.done_marker.")
-    return max(progress.env_step, task.total_steps) if marker and progress.env_step < task.total_steps \
-        else progress.env_step
+    return progress.env_step  # the probed truth, even when the done marker vouches for completion
 
 
 # ----------------------------------------------------------------------------- evaluate

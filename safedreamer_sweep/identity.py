@@ -31,6 +31,11 @@ IDENTITY_EXCLUDE: tuple[str, ...] = (
     "trainer.checkpoint_every_steps",
     "trainer.keep_checkpoints",
     "trainer.heartbeat_every_s",
+    # external tasks: how the adapter watches a script, not what the script trains
+    "task.probe_every_s",
+    "task.stop_grace_s",
+    "task.stderr_tail_lines",
+    "task.description",
 )
 
 PACKAGES = ("safedreamer-sweep", "jax", "jaxlib", "numpy", "safety-gymnasium", "gymnasium", "mujoco",

@@ -42,6 +42,14 @@ def expand_glob(pattern: str | os.PathLike, base: Path | None = None) -> list[Pa
     return [Path(p) for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p)]
 
 
+def _glob_names(pattern: str, base: Path | None) -> list[str]:
+    """Like expand_glob but plain strings and no stat per file: FilesProbe lists thousands of replay
+    chunks every tick (bench/bench_probes.py: 5000 files in ~15 ms instead of ~65 ms)."""
+    if base is not None and not os.path.isabs(pattern):
+        pattern = str(base / pattern)
+    return globlib.glob(pattern, recursive=True)
+
+
 def newest(paths: Iterable[Path]) -> Path | None:
     """The most recently modified of `paths` (files that vanish while we look are ignored)."""
     best, best_mtime = None, -1.0
@@ -168,20 +176,19 @@ class FilesProbe:
     def start(self, base: int = 0) -> None:
         """Remember which files exist now (they belong to earlier attempts) and the resume step."""
         self.base = int(base)
-        self._before = {str(p) for p in expand_glob(self.glob, self.base_dir)} if self.since_start else set()
+        self._before = set(_glob_names(self.glob, self.base_dir)) if self.since_start else set()
 
-    def _size(self, p: Path) -> int:
-        key = p.name
-        if key not in self._sizes:
+    def _size(self, path: str) -> int:
+        if path not in self._sizes:
             if self._rx is None:
-                self._sizes[key] = 1
+                self._sizes[path] = 1
             else:
-                m = self._rx.search(p.name)
-                self._sizes[key] = int(m.group(1)) if m else 0
-        return self._sizes[key]
+                m = self._rx.search(os.path.basename(path))
+                self._sizes[path] = int(m.group(1)) if m else 0
+        return self._sizes[path]
 
     def read(self) -> int | None:
-        files = [p for p in expand_glob(self.glob, self.base_dir) if str(p) not in self._before]
+        files = [p for p in _glob_names(self.glob, self.base_dir) if p not in self._before]
         if not files:
             return self.base if self.since_start and self.base else None
         per = self.per_file if self.per_file is not None else 1.0
@@ -265,13 +272,13 @@ def checkpoint_step(path: Path, *, pickle_key: str | None = None, json_key: str 
             m = re.search(name_regex, path.name)
             return int(m.group(1)) if m else None
         if json_key:
-            v = lookup(json.loads(path.read_text()), json_key)
-            return None if _as_number(v) is None else int(float(v))
+            n = _as_number(lookup(json.loads(path.read_text()), json_key))
+            return None if n is None else int(n)
         if pickle_key:
             with open(path, "rb") as f:
                 doc = pickle.load(f)  # the user's own checkpoint of the user's own script
-            v = lookup(doc, pickle_key) if isinstance(doc, Mapping) else None
-            return None if _as_number(v) is None else int(float(v))
+            n = _as_number(lookup(doc, pickle_key)) if isinstance(doc, Mapping) else None
+            return None if n is None else int(n)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError):
         return None
     return None
@@ -323,7 +330,7 @@ def read_episodes(paths: Iterable[Path], fmt: str, keys: Mapping[str, str],
         ret = _as_number(lookup(row, keys["return"]))
         if ret is None:
             continue
-        ep = {"return": ret}
+        ep: dict[str, float | int | None] = {"return": ret}
         for ours in ("cost", "length"):
             theirs = keys.get(ours)
             v = _as_number(lookup(row, theirs)) if theirs else None

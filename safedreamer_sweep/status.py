@@ -27,7 +27,7 @@ DEFAULT_STALL_AFTER_S = 600.0
 # Fields every cell of the JSON document carries (docs/status-json.md); tests check them.
 CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
                "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
-               "cause", "evidence", "detail", "last_outcome", "trained", "eval_id", "eval_ood", "proc_status", "cpu_percent",
+               "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood", "proc_status", "cpu_percent",
                "cost")
 
 
@@ -111,6 +111,24 @@ def _last_outcome(run_dir: str | None) -> str | None:
     return attempts[-1].get("outcome") if attempts else None
 
 
+def _live_claim(run_dir: str | None, stall_after: float, job_state) -> str | None:
+    """`sweep <id>: <evidence>` when a live sweep holds the cell's claim (it will run it), else None."""
+    if not run_dir:
+        return None
+    from safedreamer_sweep.claim import holder_alive
+    from safedreamer_sweep.store import RunDir, StoreError, read_json
+
+    rd = RunDir(Path(run_dir))
+    try:
+        claim = read_json(rd.claim_path)
+    except StoreError:
+        return None
+    if not claim or claim.get("released_at"):
+        return None
+    alive, why = holder_alive(claim, rd, stall_after=stall_after, job_state=job_state)
+    return f"sweep {claim.get('sweep_id')}: {why}" if alive else None
+
+
 def _stall_after_from(store: Store) -> float:
     """The newest sweep manifest's `launcher.stall_after`, else the default."""
     for doc in reversed(store.read_sweep_manifests()):
@@ -160,8 +178,35 @@ def _never_run(c: dict) -> bool:
 
 
 def _queued(c: dict) -> bool:
-    """Submitted by a launcher and waiting for the scheduler (pre-registered attempt not started)."""
-    return c["phase"] == "pending" and c.get("last_outcome") == "submitted"
+    """Waiting to run: submitted and not started yet, or claimed by a live sweep that has not
+    submitted it yet (a free slot, an array throttle)."""
+    return c["phase"] == "pending" and (c.get("last_outcome") == "submitted" or bool(c.get("claimed_by")))
+
+
+def _sweep_eta(cells: list[dict], running: list[dict], queued: list[dict]) -> float | None:
+    """Seconds until the running and queued cells are trained: the longest running ETA, or all
+    remaining env steps over the summed throughput of the running cells (same concurrency), if longer."""
+    etas = [c["eta_s"] for c in running if c.get("eta_s") is not None]
+    rate = sum(float(c.get("steps_per_s") or 0.0) for c in running)
+    known = [int(c["total_steps"]) for c in cells if c.get("total_steps")]
+    remaining = 0.0
+    for c in running + queued:
+        total = c.get("total_steps") or (max(known) if known else None)
+        if total is None:
+            return max(etas) if etas else None
+        remaining += max(0, int(total) - int(c.get("env_step") or 0)) if c in running else int(total)
+    pooled = remaining / rate if rate > 0 else None
+    cands = [x for x in (max(etas) if etas else None, pooled) if x is not None]
+    return max(cands) if cands else None
+
+
+def _short_why(c: dict) -> str:
+    """The cause recorded for the cell; for a lost cell nobody classified yet, what observation saw."""
+    if c.get("cause"):
+        return str(c["cause"])
+    if c["phase"] == "lost" and c.get("detail"):
+        return str(c["detail"])
+    return str(c.get("state_phase") or "?")
 
 
 def verdict(cells: list[dict]) -> str:
@@ -174,7 +219,7 @@ def verdict(cells: list[dict]) -> str:
         return f"DONE {n}/{n}"
     by = {p: [c for c in cells if c["phase"] == p] for p in ("running", "stalled", "failed", "lost")}
     queued = [c for c in cells if _queued(c)]
-    never = [c for c in cells if _never_run(c)]
+    never = [c for c in cells if _never_run(c) and c not in queued]
     unfinished = [c for c in cells if c["phase"] == "pending" and c not in never and c not in queued]
     if by["stalled"]:
         first = by["stalled"][0]
@@ -189,8 +234,8 @@ def verdict(cells: list[dict]) -> str:
         if group:
             extras.append(f"{len(group)} {name}")
     if by["running"] or queued:
-        etas = [c["eta_s"] for c in by["running"] if c.get("eta_s") is not None]
-        eta = f"ETA {duration(max(etas))}" if etas else "ETA unknown"
+        eta_s = _sweep_eta(cells, by["running"], queued)
+        eta = f"ETA {duration(eta_s)}" if eta_s is not None else "ETA unknown"
         parts = [eta, f"{len(by['running'])} running"] + ([f"{len(queued)} queued"] if queued else []) + extras
         return f"RUNNING {done}/{n} ({'; '.join(parts)})"
     parts = []
@@ -198,7 +243,7 @@ def verdict(cells: list[dict]) -> str:
         parts.append(f"{len(never)} cell{'s' if len(never) > 1 else ''} never run: {_labels(never)}")
     for name, group in (("failed", by["failed"]), ("lost", by["lost"]), ("unfinished", unfinished)):
         if group:
-            why = "; ".join(f"{c['config']} seed {c['seed']} ({c.get('cause') or c.get('state_phase') or '?'})"
+            why = "; ".join(f"{c['config']} seed {c['seed']} ({_short_why(c)})"
                             for c in group[:5]) + (" ..." if len(group) > 5 else "")
             parts.append(f"{len(group)} {name}: {why}")
     return f"INCOMPLETE: {'; '.join(parts)}"
@@ -234,6 +279,7 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
     for v in views:
         d = v.to_dict()
         d["last_outcome"] = _last_outcome(v.run_dir)
+        d["claimed_by"] = _live_claim(v.run_dir, stall, job_state) if v.phase == "pending" else None
         c = cost["cells"].get(f"{v.config}/seed_{v.seed}")
         d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "total_h")}
         cells.append(d)
@@ -305,8 +351,10 @@ def _why(c: dict) -> str:
     bits = []
     if c.get("cause"):
         bits.append(f"{c['cause']}: {c.get('evidence') or ''}".strip())
-    if c.get("detail") and c["phase"] != "done":
+    if c.get("detail") and c["phase"] != "done" and c.get("run_dir"):
         bits.append(c["detail"])
+    if c.get("claimed_by"):
+        bits.append(f"queued: {c['claimed_by']}")
     if c.get("proc_status") == "stopped":
         bits.append("process stopped (SIGSTOP)")
     text = "; ".join(bits)
@@ -346,7 +394,7 @@ def render(doc: dict):
             if c is None:
                 row.append(Text("·", style="dim"))
                 continue
-            label = c["phase"]
+            label = "queued" if _queued(c) else c["phase"]
             if c["phase"] in ("running", "stalled") and c.get("env_step") is not None and c.get("total_steps"):
                 label += f" {100 * c['env_step'] / c['total_steps']:.0f}%"
             row.append(Text(label, style=_PHASE_STYLE.get(c["phase"], "")))
@@ -366,7 +414,7 @@ def render(doc: dict):
         cost = c.get("cost") or {}
         detail.add_row(
             f"{c['config']} s{c['seed']}",
-            Text(c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
+            Text("queued" if _queued(c) else c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
             _step_text(c),
             f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
             duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] in ("running", "stalled") else "-",
@@ -400,6 +448,68 @@ def render(doc: dict):
             t.add_row(Text("money", style="bold"), f"@{money['per_gpu_hour']:g} {cur}/GPU-h",
                       *(f"{money[k]:.2f} {cur}" for k in ("useful", "wasted", "pending", "total")))
         parts.append(t)
+    return Group(*parts)
+
+
+def cell_history(doc: dict, config: str, seed: int) -> dict[str, Any]:
+    """One cell of a status document plus its attempt history (state.json) and log paths: what
+    `status STORE --cell CONFIG:SEED` shows. KeyError when the store has no such cell."""
+    from safedreamer_sweep.cost import cell_cost
+    from safedreamer_sweep.store import RunDir, StoreError
+
+    for c in doc["cells"]:
+        if c["config"] == config and int(c["seed"]) == int(seed):
+            break
+    else:
+        have = ", ".join(f"{c['config']}:{c['seed']}" for c in doc["cells"]) or "none"
+        raise KeyError(f"no cell {config}:{seed} in {doc['store']} (cells: {have})")
+    out = {"cell": c, "attempts": [], "logs": []}
+    if c.get("run_dir"):
+        rd = RunDir(Path(c["run_dir"]))
+        state = rd.read_state()
+        try:
+            progress = rd.read_progress()
+        except StoreError:
+            progress = None
+        costs = {a["n"]: a for a in cell_cost(state, now=doc["generated_at"], progress=progress)["attempts"]}
+        for i, a in enumerate(state.get("attempts") or []):
+            out["attempts"].append({**a, "cost": costs.get(a.get("n", i + 1))})
+        if rd.logs_dir.is_dir():
+            out["logs"] = [str(p) for p in sorted(rd.logs_dir.iterdir())]
+    return out
+
+
+def render_cell(hist: dict[str, Any]):
+    """Attempt by attempt: when, where, outcome, cause with evidence, hours and their class, the
+    traceback tail of the newest failure, and where the logs are."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    c = hist["cell"]
+    head = Text(f"{c['config']} seed {c['seed']} [{c.get('hash')}]: {c['phase']}", style=_PHASE_STYLE.get(c["phase"], ""))
+    parts: list[Any] = [head, Text(f"run dir {c.get('run_dir') or '(none: never run)'}", style="dim")]
+    t = Table(title="attempts", title_justify="left")
+    for col in ("n", "outcome", "started", "ended", "where", "resources", "device-h", "class", "cause / evidence"):
+        t.add_column(col, overflow="fold")
+    fmt = (lambda x: time.strftime("%m-%d %H:%M:%S", time.localtime(x)) if x else "-")
+    for a in hist["attempts"]:
+        cost = a.get("cost") or {}
+        res = a.get("resources") or {}
+        bits = (a.get("host"), a.get("node"), f"job {a['job_id']}" if a.get("job_id") else None,
+                f"pid {a['pid']}" if a.get("pid") else None)
+        where = " ".join(str(x) for x in dict.fromkeys(bits) if x)
+        t.add_row(str(a.get("n")), str(a.get("outcome")), fmt(a.get("started_at")), fmt(a.get("ended_at")), where or "-",
+                  ", ".join(f"{k}={v}" for k, v in res.items() if v not in (None, {}, [], "")) or "-",
+                  format_hours(cost["hours"]) if cost else "-", str(cost.get("class", "-")),
+                  f"{a.get('cause')}: {a.get('evidence') or ''}" if a.get("cause") else "")
+    parts.append(t)
+    tails = [a for a in hist["attempts"] if a.get("traceback_tail")]
+    if tails:
+        parts.append(Text(f"traceback tail of attempt {tails[-1].get('n')}:", style="bold red"))
+        parts.append(Text(tails[-1]["traceback_tail"].rstrip()[-2000:]))
+    if hist["logs"]:
+        parts.append(Text("logs: " + "  ".join(hist["logs"]), style="dim"))
     return Group(*parts)
 
 

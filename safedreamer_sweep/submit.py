@@ -98,7 +98,8 @@ def _interrupt_cause() -> tuple[str, str]:
 
 
 class CellTask:
-    """What a submitit job runs: one cell, through Hydra's run_job with the real task function.
+    """What a submitit job runs: one cell, through Hydra's run_job with the real task function and
+    the per-job config the launcher composed and planned (`config`).
 
     Idempotent (run_cell skips what is done and resumes from the newest checkpoint), so a requeued
     or retried job simply runs it again. Each attempt's stdout/stderr go to the run directory's
@@ -191,7 +192,10 @@ class CellTask:
         try:
             Singleton.set_state(self.singleton_state)
             setup_globals()
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(self.overrides))
+            # The exact config the launcher planned (not recomposed from conf/ files that may have
+            # been edited since): the cell trains what its identity says.
+            cfg = self.config.copy() if self.config is not None else \
+                self.hydra_context.config_loader.load_sweep_config(self.config, list(self.overrides))
             with open_dict(cfg):
                 cfg.store.root = self.store_root
                 cfg.hydra.job.id = job_id

@@ -544,7 +544,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
 
     def task_for(t: Tracked, env: dict, resources: dict, race: bool = False) -> Any:
         c = t.payload
-        return CellTask(hydra_context=hydra_context, task_function=task_function, config=config,
+        return CellTask(hydra_context=hydra_context, task_function=task_function, config=c.cfg,
                         overrides=list(c.overrides), job_num=initial_job_idx + c.index, singleton_state=singleton_state,
                         run_dir=str(c.run_dir.path), store_root=str(store.root), env=env, resources=resources,
                         sweep_id=sweep_id, race=race, timeout_min=float(params.get("timeout_min") or 0),
@@ -559,7 +559,32 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         if gpu is not None and gpu.isdigit():
             ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),))
         res = cell_resources("local", params, mem_gb=mem_gb, gpus=gpu)
-        job = ex.submit(task_for(t, env, {**res, "env": env}))
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the job's process starts with its slot's environment
+        # Detached: the job must not hold our stdout/stderr open (a caller reading them to EOF would
+        # wait for the cell); the cell's output goes to its run dir's logs/ anyway.
+        fds = None
+        if not wait:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            fds = (os.dup(1), os.dup(2))
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        try:
+            job = ex.submit(task_for(t, env, {**res, "env": env}))
+        finally:
+            if fds is not None:
+                os.dup2(fds[0], 1)
+                os.dup2(fds[1], 2)
+                os.close(fds[0])
+                os.close(fds[1])
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         pre_register(t.rd, job_id=str(job.job_id), resources={**res, "env": env}, sweep_id=sweep_id,
                      partition=None, exclude=None)
         t.slot_gpu = gpu

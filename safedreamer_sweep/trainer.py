@@ -16,6 +16,7 @@ The two ablation knobs (conf/agent/ppo_lag.yaml documents them as implemented he
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
@@ -34,13 +35,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "safedreamer_sweep", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-import jax  # noqa: E402
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from omegaconf import DictConfig
 
 from safedreamer_sweep.envs import make_env, make_vector_env
+from safedreamer_sweep.evaluate import run_episodes
 from safedreamer_sweep.store import RunDir
 
 CHECKPOINT_VERSION = 1
@@ -56,7 +58,7 @@ def init_mlp(rng: np.random.Generator, sizes: list[int], out_scale: float) -> li
     """Orthogonal init (gain sqrt 2 on hidden layers, `out_scale` on the last), zero biases. In
     numpy: it runs once, and jitting QR costs seconds of compile for nothing."""
     layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         gain = out_scale if i == len(sizes) - 2 else math.sqrt(2.0)
         q, r = np.linalg.qr(rng.standard_normal((max(n_in, n_out), min(n_in, n_out))))
         q = q * np.sign(np.diag(r))  # a uniformly distributed orthogonal matrix
@@ -103,11 +105,17 @@ class NumpyPolicy:
 
     def __init__(self, params: dict, normalizer: RunningNorm | None, kappa: float = 0.0):
         self.p = to_numpy(params)
-        self.norm = normalizer
         self.kappa = kappa
+        # The normaliser is frozen for this policy's lifetime: precompute it once for the hot loop.
+        self.obs_mean = normalizer.mean.astype(np.float32) if normalizer is not None else None
+        self.obs_scale = (1.0 / np.sqrt(normalizer.var + 1e-8)).astype(np.float32) if normalizer is not None else None
+        self.clip = normalizer.clip if normalizer is not None else None
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
-        return self.norm.normalize(obs) if self.norm is not None else obs.astype(np.float32)
+        obs = np.asarray(obs, np.float32)
+        if self.obs_mean is None:
+            return obs
+        return np.clip((obs - self.obs_mean) * self.obs_scale, -self.clip, self.clip)
 
     def mean_action(self, obs_n: np.ndarray) -> np.ndarray:
         return mlp(self.p["actor"]["net"], obs_n)
@@ -163,8 +171,9 @@ class RunningNorm:
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, last_values: np.ndarray, dones: np.ndarray,
-        gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """Generalized advantage estimation over a [T, N] rollout. `dones[t]` means the episode ended
+        gamma: float | np.ndarray, lam: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized advantage estimation over a [T, N, ...] rollout (trailing axes broadcast against
+    `gamma` and `lam`, so reward and cost can go through together). `dones[t]` means the episode ended
     after step t (no bootstrap across it; a truncated step's reward already holds gamma * V(final
     obs)). `last_values` [N] bootstraps the step after the rollout. Returns (advantages, returns)."""
     T = rewards.shape[0]
@@ -330,12 +339,12 @@ class Heartbeat:
         while not self._stop.wait(self.period):
             self.beat()
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat:  # noqa: PYI034
         self.beat()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.beat()
@@ -403,8 +412,6 @@ def train(cfg: DictConfig, run: RunDir) -> int:
         envs.close()
         return env_step
 
-    from safedreamer_sweep.evaluate import run_episodes
-
     eval_env = make_env(cfg.eval.id_env, fast_reset=bool(cfg.env.fast_reset))
     obs = envs.reset(env_seeds(int(cfg.seed), env_step, n_envs))
     buf_obs = np.zeros((T, n_envs, obs_dim), np.float32)
@@ -451,8 +458,10 @@ def train(cfg: DictConfig, run: RunDir) -> int:
                 for j, (t, i, _) in enumerate(finals):
                     rew_b[t, i] += float(acfg.gamma) * fv[j]
                     cost_b[t, i] += float(acfg.cost_gamma) * fc[j]
-            adv_r, ret_r = gae(rew_b, v, last_v, buf_done, float(acfg.gamma), float(acfg.lam))
-            adv_c, ret_c = gae(cost_b, c, last_c, buf_done, float(acfg.cost_gamma), float(acfg.cost_lam))
+            adv, ret = gae(np.stack([rew_b, cost_b], -1), np.stack([v, c], -1), np.stack([last_v, last_c], -1),
+                           buf_done[..., None], np.array([acfg.gamma, acfg.cost_gamma], float),
+                           np.array([acfg.lam, acfg.cost_lam], float))  # reward and cost in one pass
+            adv_r, adv_c, ret_r, ret_c = adv[..., 0], adv[..., 1], ret[..., 0], ret[..., 1]
 
             # --- Lagrange multiplier from the episode costs measured in this rollout
             if finished:
@@ -493,10 +502,10 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             hb.steps_per_s = (env_step - start_step) / max(now - t_start, 1e-9)
             prev = env_step - T * n_envs
             if crossed(prev, env_step, int(tcfg.log_every_steps)) or env_step >= total:
-                eps = window["episodes"]
-                mean = (lambda k: float(np.mean([e[k] for e in eps])) if eps else None)
-                row = {"env_step": env_step, "episode_return": mean(0), "episode_cost": mean(1),
-                       "episode_length": mean(2), "episodes": episodes, "lagrange_multiplier": multiplier,
+                ep = np.array(window["episodes"], float).reshape(-1, 3)  # (return, cost, length) rows
+                mean = [float(x) for x in ep.mean(0)] if len(ep) else [None] * 3
+                row = {"env_step": env_step, "episode_return": mean[0], "episode_cost": mean[1],
+                       "episode_length": mean[2], "episodes": episodes, "lagrange_multiplier": multiplier,
                        **stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac,
                        "steps_per_s": (env_step - window["step"]) / max(now - window["t"], 1e-9),
                        "wall_time_s": wall_before + now - t_start}

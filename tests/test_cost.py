@@ -37,6 +37,14 @@ def test_attempt_hours_are_wall_hours_times_devices_held():
     assert attempt_hours(att(1, 0, None, "running"), now=T0 + 2 * H)["hours"] == pytest.approx(2.0)
 
 
+def test_an_unclosed_attempt_is_billed_until_its_last_heartbeat():
+    state = {"phase": "running", "attempts": [att(1, 0, None, "running", pid=42)]}
+    beat = {"pid": 42, "updated_at": T0 + 1 * H}
+    assert cell_cost(state, now=T0 + 5 * H, progress=beat)["pending_h"] == pytest.approx(1.0)
+    # a heartbeat of another pid (an older attempt) is no evidence about this one
+    assert cell_cost(state, now=T0 + 5 * H, progress={**beat, "pid": 7})["pending_h"] == pytest.approx(5.0)
+
+
 def test_resumed_attempts_are_useful():
     state = {"phase": "done", "attempts": [att(1, 0, 1, "failed", cause="timeout"), att(2, 1, 2, "done")]}
     c = cell_cost(state)
@@ -64,10 +72,11 @@ def test_duplicate_and_after_done_attempts_are_wasted():
         att(1, 0, 2, "done"),                      # the chain
         att(2, 0.5, 1.5, "failed", cause="lost"),  # ran at the same time (a second sweep)
         att(3, 3, 4, "interrupted"),               # ran after the cell was already done
+        att(4, 4, 4.5, "done"),                    # ran again on a done cell: nothing it did was needed
     ]}
     c = cell_cost(state)
-    assert c["useful_h"] == pytest.approx(2.0) and c["wasted_h"] == pytest.approx(2.0)
-    assert [a["class"] for a in c["attempts"]] == ["useful", "wasted", "wasted"]
+    assert c["useful_h"] == pytest.approx(2.0) and c["wasted_h"] == pytest.approx(2.5)
+    assert [a["class"] for a in c["attempts"]] == ["useful", "wasted", "wasted", "wasted"]
 
 
 def test_unfinished_and_failed_cells():

@@ -109,3 +109,10 @@ def test_disk_check_measures_real_checkpoints(tmp_path):
     rd.save_checkpoint(512, {"w": os.urandom(300_000)})
     size, how = doctor.checkpoint_bytes(Store(tmp_path))
     assert size > 300_000 and "1 checkpoint" in how
+
+
+def test_sweep_settings_count_the_matrix_from_sweep_overrides():
+    s = doctor.sweep_settings(["config=v2_baseline,v2_full", "seed=0,1,2", "hydra/launcher=basic",
+                               "trainer.keep_checkpoints=2"])
+    assert s["matrix_cells"] == 6 and s["keep_checkpoints"] == 2
+    assert doctor.sweep_settings(["hydra/launcher=basic"])["matrix_cells"] == 8  # the embedded default matrix

@@ -44,8 +44,9 @@ def test_fast_reset_leaves_other_envs_in_the_process_stock():
 
 def test_fast_reset_refuses_rendering_envs():
     with pytest.raises(ValueError, match="render"):
-        from safedreamer_sweep.envs import FastReset
         import safety_gymnasium
+
+        from safedreamer_sweep.envs import FastReset
 
         FastReset(safety_gymnasium.make("SafetyPointGoal1-v0", render_mode="rgb_array"))
 
@@ -65,9 +66,9 @@ def test_vector_env_matches_single_envs_and_reports_finished_episodes():
     totals = np.zeros(2)
     for _ in range(1000):  # Goal1 episodes are truncated at 1000 steps
         a = rng.uniform(-1, 1, size=(2, 2)).astype(np.float32)
-        obs, r, c, term, trunc, info = venv.step(a)
+        obs, r, c, _, trunc, info = venv.step(a)
         for i, e in enumerate(singles):
-            o, r1, c1, *_ = e.step(a[i])
+            _, r1, c1, *_ = e.step(a[i])
             assert r[i] == r1 and c[i] == c1
             totals[i] += r1
     assert trunc.all() and set(info["final_obs"]) == {0, 1}

@@ -206,7 +206,9 @@ def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
     try:
         wait_for(lambda: progress(rd).get("env_step", 0) > 100 and progress(rd).get("child_pid"), 30,
                  "the script to make progress")
+        # Running although metrics.jsonl (on a 1000 s wall-clock timer) still holds its first row only.
         assert observe_run(rd, stall_after=2.0).phase == "running"
+        assert [len(f.read_text().splitlines()) for f in (rd.path / "sd").glob("*/metrics.jsonl")] == [1]
         child = progress(rd)["child_pid"]
         os.kill(child, signal.SIGSTOP)
         time.sleep(0.5)
@@ -214,7 +216,7 @@ def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
         time.sleep(2.5)
         p = progress(rd)
         # The heartbeat is fresh (the cell process is alive) but the probes did not move.
-        assert p["env_step"] == frozen and time.time() - p["updated_at"] < 1.5
+        assert p["env_step"] == frozen and time.time() - p["updated_at"] < 2.0
         view = observe_run(rd, stall_after=2.0)
         assert view.phase == "stalled" and view.progress_age_s > 2.0 and view.pid_alive
         os.kill(child, signal.SIGCONT)
@@ -266,6 +268,23 @@ def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
     assert any(s < resumed for s in curve) and any(s > resumed for s in curve)
 
 
+def test_ctrl_c_of_the_cell_stops_the_scripts_process_group_and_records_interrupted(tmp_path):
+    cfg = make_cfg(tmp_path / "store", total=100000, chunk=16)
+    rd = run_dir(cfg)
+    cell = spawn_cell(cfg, tmp_path)
+    try:
+        wait_for(lambda: progress(rd).get("env_step", 0) > 50 and progress(rd).get("child_pid"), 30, "progress")
+        child = progress(rd)["child_pid"]
+        cell.send_signal(signal.SIGINT)  # the script has its own session: only the cell gets Ctrl-C
+        cell.wait(timeout=20)
+    finally:
+        if cell.poll() is None:
+            cell.kill()
+    assert gone(child)
+    last = rd.read_state()["attempts"][-1]
+    assert last["outcome"] == "interrupted" and rd.read_state()["phase"] == "interrupted"
+
+
 def test_a_planted_error_fails_the_cell_with_the_traceback_tail(tmp_path):
     cfg = make_cfg(tmp_path / "store", total=1200, fail_at_step=300)
     with pytest.raises(external.ExternalCommandFailed, match="exited with code 1"):
@@ -304,6 +323,8 @@ def test_through_the_launcher_a_finished_run_is_skipped_and_its_results_reach_th
     assert len(runs) == 2
     for rd in map(RunDir, runs):
         assert len(rd.read_state()["attempts"]) == 1  # never run twice
+        log = (rd.logs_dir / "attempt_01.out").read_text()
+        assert log.count("Finished at step 400") == 1  # the script's output, teed once into the attempt log
 
     import pandas as pd
 
@@ -319,3 +340,57 @@ def test_through_the_launcher_a_finished_run_is_skipped_and_its_results_reach_th
     cells = pd.read_parquet(report / "cells.parquet")
     assert set(cells.trained_steps) == {400}
     assert "2 of 2" in (report / "decision.md").read_text() or "6 of 6" in (report / "decision.md").read_text()
+
+
+def test_environment_variables_in_templates(monkeypatch):
+    cfg = OmegaConf.create({"seed": 0})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert external.render("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert external.render("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 0"
+    with pytest.raises(external.ExternalTaskError, match="CUDA_VISIBLE_DEVICES is not set"):
+        external.render("--gpu {environ[CUDA_VISIBLE_DEVICES]}", {}, cfg, "c")
+
+
+# A different script: prints its step, writes no checkpoint, evaluates into one JSON document.
+OTHER_TRAIN = """
+import sys, time
+total = int(sys.argv[1])
+for step in range(0, total + 1, 50):
+    print("epoch 0 global_step=%d loss=0.1" % step, flush=True)
+    time.sleep(0.05)
+"""
+OTHER_EVAL = """
+import json, sys
+hard = sys.argv[2].endswith("2-v0")
+eps = [dict(R=10.0 - i - 5 * hard, C=float(i + 30 * hard), L=1000) for i in range(4)]
+json.dump(dict(results=dict(episodes=eps)), open(sys.argv[1], "w"))
+"""
+
+
+def test_another_script_with_a_stdout_probe_and_json_results(tmp_path):
+    cfg = make_cfg(tmp_path / "store", total=300)
+    task = cfg.task
+    task.command = ["{python}", "-c", OTHER_TRAIN, "{total_steps}"]
+    task.probes = [{"name": "log", "type": "stdout", "pattern": r"global_step=(\d+)"}]
+    task.checkpoint = None
+    task.resume_args = []
+    task.curves = None
+    task.eval.command = ["{python}", "-c", OTHER_EVAL, "{eval_dir}/result.json", "{env_id}"]
+    task.eval.results = {"glob": "result.json", "format": "json", "records": "results.episodes",
+                         "keys": {"return": "R", "cost": "C", "length": "L"}}
+    run_cell(cfg, RunSpec.from_cfg(cfg, config_name="other"))
+    rd = cell_run_dir(cfg, RunSpec.from_cfg(cfg, config_name="other"))[1]
+    assert rd.read_state()["trained_steps"] == 300 and rd.read_progress()["probe"] == "log"
+    ev = rd.read_eval("ood")
+    assert ev["summary"]["return_mean"] == pytest.approx(3.5) and ev["summary"]["cost_mean"] == pytest.approx(31.5)
+    assert ev["summary"]["violation_rate"] == 1.0 and rd.read_eval("id")["summary"]["violation_rate"] == 0.0
+
+
+def test_a_done_marker_vouches_for_a_script_whose_probes_stop_short(tmp_path):
+    cfg = make_cfg(tmp_path / "store", total=1200)
+    cfg.task.command = str(cfg.task.command).replace("--run.steps {total_steps}", "--run.steps 100")
+    cfg.task.done_marker = "sd/*/checkpoint.ckpt"
+    run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+    state = run_dir(cfg).read_state()
+    assert state["trained"] and state["trained_steps"] == 100  # the probed truth, not total_steps

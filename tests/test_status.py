@@ -102,6 +102,11 @@ def test_failed_cell_shows_cause_and_evidence(tmp_path):
     assert doc["verdict"] == "INCOMPLETE: 1 failed: v2_cert_only seed 2 (error)"
     assert cell["cost"]["wasted_h"] > 0 and cell["cost"]["useful_h"] == 0
     assert status.exit_code(doc) == 1
+    # the cell in depth: its attempt, cause, and the traceback tail the cell recorded
+    hist = status.cell_history(doc, "v2_cert_only", 2)
+    (a,) = hist["attempts"]
+    assert a["outcome"] == "failed" and a["cost"]["class"] == "wasted" and "ValueError" in a["traceback_tail"]
+    assert cli_main(["status", str(store), "--cell", "v2_cert_only:2", "--width", "200"]) == 1
 
 
 def _wait_for_progress(store: Path, min_step: int, timeout: float = 180.0) -> dict:
@@ -148,7 +153,8 @@ def test_running_then_stalled_then_lost_from_a_real_training_process(tmp_path):
         doc = status.collect(store, stall_after=2.0)
         (cell,) = doc["cells"]
         assert cell["phase"] == "lost" and cell["pid_alive"] is False
-        assert doc["verdict"].startswith("INCOMPLETE: 1 lost: v2_full seed 1")
+        assert doc["verdict"] == (f"INCOMPLETE: 1 lost: v2_full seed 1 (pid {proc.pid} on {cell['host']} is gone "
+                                  f"and attempt 1 has no end marker)")
         # still an open attempt with no end: its hours are not counted as useful
         assert cell["cost"]["useful_h"] == 0
     finally:
@@ -212,3 +218,33 @@ def test_missing_store_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(status.StatusError, match="not a safedreamer-sweep store"):
         status.collect(tmp_path / "empty")
+
+
+def test_corrupt_state_is_shown_not_crashed_on(store_copy):
+    (rd,) = list(Store(store_copy).iter_runs())
+    rd.state_path.write_text('{"phase": "do')  # torn by hand: what a non-atomic writer would leave
+    doc = status.collect(store_copy)
+    (cell,) = doc["cells"]
+    assert cell["phase"] == "failed" and cell["cause"] == "corrupt" and "state.json" in cell["evidence"]
+    assert doc["verdict"] == "INCOMPLETE: 1 failed: v2_baseline seed 0 (corrupt)"
+
+
+def test_a_cell_claimed_by_a_live_sweep_is_queued_not_never_run(store_copy):
+    """The launcher claims every cell it will run before submitting it; a claimed cell waiting for a
+    slot is queued. Here this test process is the live launcher holding the claim."""
+    from safedreamer_sweep.claim import try_claim
+    from safedreamer_sweep.identity import RunSpec
+
+    store = Store(store_copy)
+    (done_rd,) = list(store.iter_runs())
+    spec = done_rd.read_spec()
+    rc = {**spec["run_config"], "seed": 1}
+    waiting = RunSpec(config="v2_baseline", seed=1, hash="0badc0de", run_config=rc)
+    rd = store.run_dir(waiting.config, waiting.seed, waiting.hash)
+    rd.ensure_spec({"config": waiting.config, "seed": 1, "hash": waiting.hash, "run_config": rc})
+    ok, _ = try_claim(rd, "sweep-test", backend="local", stall_after=60)
+    assert ok
+    doc = status.collect(store_copy)
+    cell = next(c for c in doc["cells"] if c["seed"] == 1)
+    assert cell["phase"] == "pending" and cell["claimed_by"].startswith("sweep sweep-test: launcher pid")
+    assert doc["verdict"] == "RUNNING 1/2 (ETA unknown; 0 running; 1 queued)"

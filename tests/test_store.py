@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 
 from safedreamer_sweep import store
-from safedreamer_sweep.store import RunDir, StoreError, atomic_write_bytes, atomic_write_json
+from safedreamer_sweep.store import (
+    RunDir,
+    StoreError,
+    atomic_write_bytes,
+    atomic_write_json,
+)
 
 # A writer that replaces one file forever with self-verifying 2 MB payloads (digest + body).
 WRITER = """

@@ -14,7 +14,12 @@
 """
 
 from safedreamer_sweep.report.aggregate import NotAStoreError, load_frames
-from safedreamer_sweep.report.build import ARTIFACTS, Report, build_report, compute_report
+from safedreamer_sweep.report.build import (
+           ARTIFACTS,
+           Report,
+           build_report,
+           compute_report,
+)
 from safedreamer_sweep.report.settings import ReportSettings
 from safedreamer_sweep.report.templates import TemplateRenderError
 

@@ -22,10 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = None
     if args.config:
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
         # Only our blocks: sweep.yaml's other keys interpolate Hydra state that does not exist here.
         raw = OmegaConf.load(args.config)
+        if not isinstance(raw, DictConfig):
+            print(f"error: {args.config}: not a YAML mapping with report:/cost:/sweep: blocks", file=sys.stderr)
+            return 2
         cfg = {k: OmegaConf.to_container(raw[k], resolve=False) for k in ("report", "cost", "sweep") if k in raw}
     try:
         out = build_report(args.store, out=args.out, cfg=cfg)

@@ -37,6 +37,9 @@ EVAL_COLUMNS = ["config", "seed", "hash", "kind", "env_id", "checkpoint_step", "
 SEED_COLUMNS = ["config", "seed", "hash", *METRICS, "final_train_return", "final_train_cost", "final_env_step"]
 
 
+_CORRUPT: dict = {"corrupt": True}  # sentinel: the file exists but does not parse
+
+
 class NotAStoreError(StoreError):
     """The path given to the report is not a run store."""
 
@@ -56,6 +59,7 @@ class Frames:
     ood_proxy: list[str]       # distinct OOD proxy statements found in eval/ood.json
     cost_limits: list[float]   # distinct cost limits found in eval JSONs (or specs)
     extra_run_dirs: list[str]  # run dirs on disk that are not the matrix's chosen identity
+    corrupt: list[str]         # store files that could not be parsed (shown as holes, named in warnings)
     cost_available: bool       # safedreamer_sweep.cost exists and priced every cell
 
 
@@ -94,6 +98,8 @@ def _choose_run_dir(store: Store, cell: dict) -> tuple[RunDir | None, list[RunDi
 def _train_status(rd: RunDir | None, state: dict) -> str:
     if rd is None:
         return "missing"
+    if state.get("phase") == "corrupt":
+        return "corrupt"
     if state.get("trained"):
         return "done"
     phase = state.get("phase", "new")
@@ -161,18 +167,27 @@ def load_frames(store_root: str | Path) -> Frames:
     limits: list[float] = []
     spec_limits: list[float] = []
     extra: list[str] = []
+    corrupt: list[str] = []
+
+    def safe(read, default):
+        """A corrupt file is a hole with a name, not a crash: the report must still be written."""
+        try:
+            return read()
+        except StoreError as e:
+            corrupt.append(str(e))
+            return default
     priced = cost_mod is not None
 
     for cell in store.expected_cells():
         config, seed = cell["config"], int(cell["seed"])
         rd, others = _choose_run_dir(store, cell)
         extra.extend(str(o.path) for o in others)
-        spec = (rd.read_spec() if rd else None) or {}
-        state = rd.read_state() if rd else {"phase": "missing", "attempts": []}
+        spec = (safe(rd.read_spec, None) if rd else None) or {}
+        state = safe(rd.read_state, {"phase": "corrupt", "attempts": []}) if rd else {"phase": "missing", "attempts": []}
         h = spec.get("hash") or cell.get("hash")
         specs[(config, seed)] = spec
         attempts = state.get("attempts") or []
-        last = attempts[-1] if attempts else {}
+        last: dict = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
         states[(config, seed)] = state
         cost = {"device": None, "useful_h": math.nan, "wasted_h": math.nan, "pending_h": math.nan,
                 "device_hours": math.nan}
@@ -181,7 +196,7 @@ def load_frames(store_root: str | Path) -> Frames:
                 c = cost_mod.cell_cost(state)
                 cost = {"device": c.get("device"), "useful_h": float(c["useful_h"]), "wasted_h": float(c["wasted_h"]),
                         "pending_h": float(c.get("pending_h", 0.0)), "device_hours": float(c["total_h"])}
-            except Exception:  # a cost we cannot compute is shown as unavailable, never guessed
+            except (KeyError, TypeError, ValueError):  # a cost we cannot compute is unavailable, never guessed
                 priced = False
         cells.append({
             "config": config, "seed": seed, "hash": h, "run_dir": str(rd.path) if rd else None,
@@ -194,7 +209,15 @@ def load_frames(store_root: str | Path) -> Frames:
         spec_limit = _spec_cost_limit(spec)
         seed_row: dict = {"config": config, "seed": seed, "hash": h}
         for kind in EVAL_KINDS:
-            doc = rd.read_eval(kind) if rd else None
+            doc = safe(lambda k=kind, r=rd: r.read_eval(k), _CORRUPT) if rd else None
+            if rd is not None and doc is _CORRUPT:
+                eval_status.append({"config": config, "seed": seed, "hash": h, "kind": kind, "status": "corrupt",
+                                    "env_id": None, "checkpoint_step": None, "episodes": 0, "return_mean": math.nan,
+                                    "cost_mean": math.nan, "violation_rate": math.nan, "cost_limit": spec_limit,
+                                    "path": str(rd.eval_path(kind))})
+                for what in ("return", "cost", "violation_rate"):
+                    seed_row[f"{kind}_{what}"] = math.nan
+                continue
             limit = float(doc.get("cost_limit", spec_limit)) if doc else spec_limit
             if doc is not None and math.isfinite(limit):
                 limits.append(limit)
@@ -243,6 +266,7 @@ def load_frames(store_root: str | Path) -> Frames:
         ood_proxy=sorted(set(proxies)),
         cost_limits=sorted(set(limits or spec_limits)),
         extra_run_dirs=extra,
+        corrupt=corrupt,
         cost_available=priced and bool(cells),
     )
 

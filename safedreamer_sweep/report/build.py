@@ -13,8 +13,18 @@ from typing import Any
 import pandas as pd
 
 from safedreamer_sweep.report import figures, tables
-from safedreamer_sweep.report.aggregate import METRICS, Frames, load_frames, parquet_ready
-from safedreamer_sweep.report.decision import Decision, Warning_, collect_warnings, decide
+from safedreamer_sweep.report.aggregate import (
+    METRICS,
+    Frames,
+    load_frames,
+    parquet_ready,
+)
+from safedreamer_sweep.report.decision import (
+    Decision,
+    Warning_,
+    collect_warnings,
+    decide,
+)
 from safedreamer_sweep.report.document import decision_markdown
 from safedreamer_sweep.report.settings import ReportSettings
 from safedreamer_sweep.report.templates import Difference, Namespace, Number, render_all
@@ -162,7 +172,7 @@ def render_artifacts(r: Report) -> dict[str, bytes]:
         "curves.parquet": _parquet(r.frames.curves),
         "train_status.tsv": train_tsv.to_csv(sep="\t", index=False).encode(),
         "eval_status.tsv": r.frames.eval_status.to_csv(sep="\t", index=False).encode(),
-        "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, · missing or pending, "
+        "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
                         "✗ failed\n\n" + tables.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
         "main.md": tables.to_markdown(tables.main_wide(r.main)).encode(),
@@ -180,7 +190,7 @@ def render_artifacts(r: Report) -> dict[str, bytes]:
         files["learning_curves.png"] = figures.figure_png(figures.learning_curves(
             r.frames.curves, r.cost_limit, confidence=s.confidence, seed=s.bootstrap_seed))
         files["id_ood.png"] = figures.figure_png(figures.id_ood_bars(r.frames.seeds, r.cost_limit))
-        files["per_seed.png"] = figures.figure_png(figures.per_seed(r.frames.curves, r.frames.seeds))
+        files["per_seed.png"] = figures.figure_png(figures.per_seed(r.frames.curves, gap_ratio=s.bimodal_gap_ratio))
     for name, text in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "

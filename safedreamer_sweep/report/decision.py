@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from safedreamer_sweep.identity import RunSpec, diff_keys
+from safedreamer_sweep.confounds import find_confounds, format_confounds
+from safedreamer_sweep.identity import RunSpec
 from safedreamer_sweep.report import stats
 from safedreamer_sweep.report.aggregate import METRICS, Frames
 from safedreamer_sweep.report.settings import ReportSettings
@@ -90,6 +91,8 @@ def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings
         cells = sorted({f"{r.config} seed {r.seed}" for r in bad.itertuples()})
         out.append(Warning_("holes", f"{len(bad)} of {len(cov)} expected parts (train / ID eval / OOD eval) are "
                                      f"not done ({summary}): {', '.join(cells)}."))
+    for problem in frames.corrupt:
+        out.append(Warning_("corrupt", problem))
     n_ok = complete_seeds(cov)
     for config in sorted(frames.cells["config"].unique()):
         n = int(n_ok.get(config, 0))
@@ -132,35 +135,14 @@ def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings
 
 def find_config_confounds(frames: Frames, settings: ReportSettings) -> list[str]:
     """Keys of the resolved run configs (spec.json) that differ between configs beyond the
-    declared ablation knobs (sweep.ablation_knobs): safedreamer_sweep.confounds.find_confounds
-    when that module exists, else a key-by-key comparison with the baseline (identity.diff_keys)."""
-    specs = [(config, seed, spec) for (config, seed), spec in sorted(frames.specs.items()) if spec.get("run_config")]
-    if len({c for c, _, _ in specs}) < 2:
-        return []
+    declared ablation knobs (sweep.ablation_knobs), by safedreamer_sweep.confounds.find_confounds
+    (the same check the launcher runs before a sweep; here it covers what was actually run)."""
+    specs = [RunSpec(config=c, seed=s, hash=str(sp.get("hash")), run_config=sp["run_config"])
+             for (c, s), sp in sorted(frames.specs.items()) if sp.get("run_config")]
     knobs = list(settings.ablation_knobs)
     knob_text = ("declared ablation knobs: " + ", ".join(knobs)) if knobs else "no ablation knobs declared"
-    try:
-        from safedreamer_sweep.confounds import find_confounds, format_confounds
-    except ImportError:
-        find_confounds = None
-    if find_confounds is not None:
-        found = find_confounds([RunSpec(config=c, seed=s, hash=str(sp.get("hash")), run_config=sp["run_config"])
-                                for c, s, sp in specs], knobs)
-        return [f"{f.key} differs between configs beyond the ablation knobs ({knob_text}):"
-                f"{format_confounds([f]).split(':', 1)[1]}" for f in found]
-    per_config: dict[str, dict] = {}
-    for c, _, sp in specs:
-        per_config.setdefault(c, sp["run_config"])
-    ref_name = settings.baseline if settings.baseline in per_config else sorted(per_config)[0]
-    out = []
-    for config, rc in sorted(per_config.items()):
-        if config == ref_name:
-            continue
-        diff = {k: v for k, v in diff_keys(per_config[ref_name], rc).items()
-                if k != "seed" and not any(k == kn or k.startswith(kn + ".") for kn in knobs)}
-        for k, (a, b) in diff.items():
-            out.append(f"{k} differs beyond the ablation knobs ({knob_text}): {ref_name}={a!r} {config}={b!r}")
-    return out
+    return [f"{f.key} differs between configs beyond the ablation knobs ({knob_text}):"
+            f"{format_confounds([f]).split(':', 1)[1]}" for f in find_confounds(specs, knobs)]
 
 
 def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
@@ -240,7 +222,10 @@ def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.D
 
     holes = int((cov["status"] != "done").sum()) if len(cov) else 0
     rec = [v for v in verdicts if v.verdict == RECOMMENDED]
-    if holes:
+    if not configs:
+        headline = INCONCLUSIVE
+        summary = "the store holds no cells yet: nothing to decide."
+    elif holes:
         headline = INCONCLUSIVE
         summary = (f"the matrix has {holes} hole(s); no config is recommended until every "
                    f"expected cell is trained and evaluated.")

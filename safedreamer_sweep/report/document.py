@@ -19,7 +19,11 @@ SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
 
 
 def _fmt_seeds(n: float) -> str:
-    return "not estimable (zero observed effect or unknown variance)" if not math.isfinite(n) else str(int(n))
+    if not math.isfinite(n):
+        return "not estimable (zero observed effect or unknown variance)"
+    if n > 1000:
+        return f"{int(n)} (the observed effect is negligible next to the seed variance: more seeds will not settle it)"
+    return str(int(n))
 
 
 def decision_markdown(r: Report) -> str:
@@ -34,17 +38,19 @@ def decision_markdown(r: Report) -> str:
     # Lead with what the evidence covers.
     if len(hole_rows):
         cells = sorted({f"{x.config} seed {x.seed} ({x.part}: {x.status})" for x in hole_rows.itertuples()})
-        L += [f"**{len(hole_rows)} hole(s) in the matrix** — {n_done} of {n_parts} parts done. "
-              f"Missing or unfinished: {'; '.join(cells[:20])}{' ...' if len(cells) > 20 else ''}.", ""]
+        L += [(f"**{len(hole_rows)} hole(s) in the matrix** — {n_done} of {n_parts} parts done. "
+              f"Missing or unfinished: {'; '.join(cells[:20])}{' ...' if len(cells) > 20 else ''}."), ""]
+    elif n_parts == 0:
+        L += ["**Empty store**: no sweep manifest asks for any cell and no run directory exists yet.", ""]
     else:
         L += [f"**Coverage complete**: {n_done} of {n_parts} parts done (train, ID eval, OOD eval).", ""]
     L += [f"**Decision: {d.headline}** — {d.summary}", ""]
 
     L += ["## 1. Experiment matrix and coverage", "",
-          f"{len(configs)} config(s) x {len(seeds)} seed(s) = {len(r.frames.cells)} cells, each trained, "
+          (f"{len(configs)} config(s) x {len(seeds)} seed(s) = {len(r.frames.cells)} cells, each trained, "
           f"evaluated in-distribution (ID) and out-of-distribution (OOD). Each entry shows train / ID / OOD: "
-          f"✓ done, … running, · missing or pending, ✗ failed. (coverage.png; train_status.tsv and "
-          f"eval_status.tsv list every cell and every evaluation.)", "",
+          f"✓ done, … running, – missing or pending, ✗ failed, ! corrupt file. (coverage.png; train_status.tsv and "
+          f"eval_status.tsv list every cell and every evaluation.)"), "",
           tables.to_markdown(tables.coverage_matrix(cov))]
     if len(hole_rows):
         causes = r.frames.cells.set_index(["config", "seed"])
@@ -66,50 +72,50 @@ def decision_markdown(r: Report) -> str:
     rule = s.rule
     L += ["## 3. Decision", "",
           f"**{d.headline}**. {d.summary}", "",
-          "Rule (report.rule in conf/sweep.yaml): a config is *recommended* over the baseline "
+          ("Rule (report.rule in conf/sweep.yaml): a config is *recommended* over the baseline "
           f"`{s.baseline}` only if every expected cell of both is trained and evaluated with at least "
           f"{s.min_seeds} seeds (report.min_seeds), its {METRICS[rule.cost_metric][0]} "
           f"{'mean' if rule.cost_bound == 'mean' else f'{int(s.confidence * 100)}% CI upper bound'} is below the "
           f"cost limit ({d.cost_limit:g}), and the {int(s.confidence * 100)}% CI of its "
           f"{METRICS[rule.return_metric][0]} difference to the baseline lies above {rule.min_return_gain:g}. "
           "It is *not recommended* when complete evidence puts it beyond either threshold; otherwise it is "
-          "*inconclusive*.", ""]
+          "*inconclusive*."), ""]
     if d.verdicts:
         L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
         for v in d.verdicts:
             need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
             L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
-        L += ["", f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
+        L += ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
                   f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
                   f"power = {s.power:g}; for the return test δ = observed difference − {rule.min_return_gain:g}, "
                   f"s and s_b the config's and the baseline's seed std; for the cost test δ = limit − mean cost "
-                  f"and s_b = 0. An estimate from few seeds, not a guarantee.", ""]
+                  f"and s_b = 0. An estimate from few seeds, not a guarantee."), ""]
     else:
         L += [f"No config other than the baseline `{s.baseline}` to decide on.", ""]
 
     L += ["## 4. Key metrics", "",
-          f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
+          (f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
           f"stratified-bootstrap CI of the mean ({s.bootstrap_reps} resamples, percentile), and n = seeds "
           f"behind the number. Violation rate = fraction of evaluation episodes with cost > the cost limit; "
-          f"risk penalty = the final training row's `risk_penalty`. (main.csv / main.md / main.tex)", "",
+          f"risk penalty = the final training row's `risk_penalty`. (main.csv / main.md / main.tex)"), "",
           tables.to_markdown(tables.main_wide(r.main)),
-          f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
+          (f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
           f"{int(s.confidence * 100)}% stratified-bootstrap CI (each config's seeds resampled on their own), "
           f"and the probability of improvement P(a random seed of the config beats a random seed of the "
-          f"baseline; lower is better for cost, violations and risk). (ablation.csv / .md / .tex)", "",
+          f"baseline; lower is better for cost, violations and risk). (ablation.csv / .md / .tex)"), "",
           tables.to_markdown(tables.ablation_wide(r.ablation)),
-          "Figures: learning_curves.png (return and cost vs env steps, CI bands, cost limit), id_ood.png "
-          "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds).", ""]
+          ("Figures: learning_curves.png (return and cost vs env steps, CI bands, cost limit), id_ood.png "
+          "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds)."), ""]
 
     L += ["## 5. Which numbers would change a decision", ""]
     if len(d.flips):
-        L += ["The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
-              "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip.", "",
+        L += [("The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
+              "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip."), "",
               tables.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
                                  index=False)]
         top = d.flips.iloc[0]
-        L += [f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
-              f"{top['threshold']:g} (margin {top['margin']:+.3f}).", ""]
+        L += [(f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
+              f"{top['threshold']:g} (margin {top['margin']:+.3f})."), ""]
     else:
         L += ["No bound is computable yet (no config with evaluations against a baseline).", ""]
 
@@ -125,9 +131,9 @@ def cost_lines(r: Report) -> list[str]:
     if not c.get("available"):
         return [f"Cost is unavailable: {c.get('why', 'no cost data')}."]
     unit = "GPU-hours" if c["device"] == "gpu" else "CPU-core-hours"
-    lines = [f"Total: {c['device_hours']:.3f} {unit}: {c['useful_h']:.3f} useful (the attempts a finished cell "
+    lines = [(f"Total: {c['device_hours']:.3f} {unit}: {c['useful_h']:.3f} useful (the attempts a finished cell "
              f"used), {c['wasted_h']:.3f} wasted (failed, duplicated or redone work), {c['pending_h']:.3f} "
-             f"pending (cells not finished yet)."]
+             f"pending (cells not finished yet).")]
     for dev, h in sorted(c.get("by_device", {}).items()):
         if dev != c["device"]:
             lines.append(f"Also {h.get('total_h', 0.0):.3f} {dev.upper()}-hours (reported apart, never added).")

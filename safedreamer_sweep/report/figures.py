@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")  # never needs a display; the report runs on cluster nodes and in CI
+if "ipykernel" not in sys.modules:
+    # No display needed: the report runs on cluster nodes and in CI. In a notebook the inline
+    # backend stays, so the figures show in the cells.
+    matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
-from safedreamer_sweep.report import stats  # noqa: E402
-from safedreamer_sweep.report.tables import PARTS, SYMBOLS  # noqa: E402
+from safedreamer_sweep.report import stats
+from safedreamer_sweep.report.tables import PARTS, SYMBOLS
 
 # "talk" context: fonts readable when the PNG fills a slide.
 THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
-STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4}
+STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4, "corrupt": 4}
 STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b"]
 
 
@@ -113,9 +117,10 @@ def id_ood_bars(seeds: pd.DataFrame, cost_limit: float = math.nan) -> Figure:
     return fig
 
 
-def per_seed(curves: pd.DataFrame, seeds: pd.DataFrame, *, metric: str = "episode_return") -> Figure:
-    """One panel per config, one line per seed, labelled at its end: seeds that bifurcate (some
-    collapse, some succeed) show up as separate bundles instead of hiding in a mean."""
+def per_seed(curves: pd.DataFrame, *, metric: str = "episode_return", gap_ratio: float = 2.0) -> Figure:
+    """One panel per config, one line per seed, coloured by its final value and labelled at its
+    end: seeds that bifurcate (some collapse, some succeed) show up as separate bundles instead of
+    hiding in a mean; a panel whose final values split (stats.bimodal_split) says so in its title."""
     _theme()
     data = curves[curves["source"] == "train"] if len(curves) else curves
     if not len(data) or metric not in data:
@@ -146,7 +151,9 @@ def per_seed(curves: pd.DataFrame, seeds: pd.DataFrame, *, metric: str = "episod
             if len(ok):
                 ax.annotate(f"s{s}", tuple(seg[ok[-1]]), xytext=(3, 0), textcoords="offset points",
                             fontsize="xx-small", va="center")
-        ax.set_title(f"{config} ({wide.shape[1]} seeds)")
+        split = stats.bimodal_split(final.to_numpy(dtype=float), gap_ratio)
+        ax.set_title(f"{config} ({wide.shape[1]} seeds)" + ("\nBIFURCATING SEEDS" if split else ""),
+                     color="#c0392b" if split else "black")
         ax.set_xlabel("env steps")
         ax.set_ylabel(metric.replace("_", " "))
     for ax in list(axes.flat)[len(configs):]:
@@ -180,8 +187,8 @@ def coverage_heatmap(cov: pd.DataFrame) -> Figure:
     ax.set_ylabel("")
     ax.tick_params(axis="y", labelsize="x-small")
     n_done = int((cov["status"] == "done").sum())
-    ax.set_title(f"coverage: {n_done} of {len(cov)} parts done (green done, yellow running, grey missing, red failed)",
-                 fontsize="small")
+    ax.set_title(f"coverage: {n_done} of {len(cov)} parts done\n"
+                 f"green done · yellow running · grey missing/pending · red failed", fontsize="small")
     return fig
 
 

@@ -57,7 +57,11 @@ class ReportSettings:
             from omegaconf import DictConfig, OmegaConf
 
             if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
+                # Only our blocks: resolving the whole composed config would touch `hydra.*`
+                # interpolations that exist only inside a running Hydra app.
+                blocks = [k for k in ("report", "cost", "sweep", "store") if k in cfg]
+                cfg = ({k: OmegaConf.to_container(cfg[k], resolve=True) for k in blocks} if blocks
+                       else OmegaConf.to_container(cfg, resolve=True))
         except ImportError:  # pragma: no cover - omegaconf is a dependency
             pass
         cfg = dict(cfg)
@@ -98,8 +102,10 @@ def project_defaults() -> dict | None:
     path = PROJECT_ROOT / "conf" / "sweep.yaml"
     if not path.is_file():
         return None
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        return None
     # resolve=False: the other blocks of sweep.yaml interpolate Hydra/env state that does not exist here.
     return {k: OmegaConf.to_container(raw[k], resolve=False) for k in ("report", "cost", "sweep") if k in raw}

@@ -13,7 +13,7 @@ from safedreamer_sweep.report.aggregate import METRICS
 from safedreamer_sweep.report.settings import ReportSettings
 
 # Coverage symbols: one per part (train, ID eval, OOD eval) of a cell.
-SYMBOLS = {"done": "✓", "failed": "✗", "interrupted": "✗", "running": "…", "pending": "·", "missing": "·"}
+SYMBOLS = {"done": "✓", "failed": "✗", "interrupted": "✗", "corrupt": "!", "running": "…", "pending": "–", "missing": "–"}
 PARTS = ("train", "id", "ood")
 
 
@@ -27,7 +27,7 @@ def coverage_long(cells: pd.DataFrame, eval_status: pd.DataFrame) -> pd.DataFram
 
 
 def coverage_matrix(cov: pd.DataFrame) -> pd.DataFrame:
-    """config x seed, each entry three symbols (train, ID eval, OOD eval), e.g. "✓✓·"."""
+    """config x seed, each entry three symbols (train, ID eval, OOD eval), e.g. "✓✓–"."""
     if cov.empty:
         return pd.DataFrame()
     sym = cov.assign(s=cov["status"].map(lambda s: SYMBOLS.get(s, "?")))

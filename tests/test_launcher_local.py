@@ -1,0 +1,230 @@
+"""The launcher with the local executor, running the REAL cell task (built-in trainer, tiny budgets):
+verdicts and re-runs, the concurrency limit, per-slot GPU/env assignment, stall and kill recovery,
+errors and the exit status, on_complete hooks, detach + watch, and hydra-optuna-sweeper."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, sds
+
+from safedreamer_sweep.store import RunDir, Store
+from safedreamer_sweep.submit import SlotPool, visible_gpus
+
+LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5"]
+
+
+# ----------------------------------------------------------------------------- slots (unit)
+
+
+def test_slots_pin_each_cell_to_one_gpu_with_its_memory_fraction():
+    pool = SlotPool(max_parallel=8, gpus=["0", "1"], runs_per_gpu=2)
+    assert pool.capacity == 4
+    slots = [pool.acquire(f"c{i}") for i in range(5)]
+    assert slots == [0, 1, 2, 3, None]  # GPUs x runs_per_gpu, then full
+    envs = [pool.env(s, {"MUJOCO_GL": "egl"}) for s in slots[:4]]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
+    assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.500" and e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+               and e["MUJOCO_GL"] == "egl" for e in envs)
+    pool.release(1)
+    assert pool.acquire("c5") == 1 and pool.gpu_of(1) == "1"
+
+
+def test_slots_without_gpus_follow_max_parallel_and_set_no_gpu_env():
+    pool = SlotPool(max_parallel=2)
+    assert [pool.acquire("a"), pool.acquire("b"), pool.acquire("c")] == [0, 1, None]
+    assert pool.env(0, {"X": 1}) == {"X": "1"}
+    assert SlotPool(max_parallel=1, gpus=["0", "1"], runs_per_gpu=3).capacity == 1
+
+
+def test_visible_gpus_from_config_env():
+    assert visible_gpus(2) == ["0", "1"] and visible_gpus(["3", 5]) == ["3", "5"]
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "2,3"
+        assert visible_gpus() == ["2", "3"]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        assert visible_gpus() == []
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def states(store: Path) -> dict[str, dict]:
+    return {f"{rd.path.parts[-3]}/{rd.path.parts[-2]}": rd.read_state() for rd in Store(store).iter_runs()}
+
+
+def proc_env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+def popen_sds(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def running_cells(store: Path) -> list[RunDir]:
+    out = []
+    for rd in Store(store).iter_runs():
+        a = (rd.read_state().get("attempts") or [{}])[-1]
+        if a.get("outcome") == "running":
+            out.append(rd)
+    return out
+
+
+# ----------------------------------------------------------------------------- integration
+
+
+@pytest.mark.slow
+def test_concurrency_limit_slot_env_logs_and_a_rerun_that_submits_nothing(tmp_path):
+    store = tmp_path / "store"
+    args = ["-m", "config=v2_baseline", "seed=0,1,2", f"store.root={store}", *TINY, *LOCAL,
+            "hydra.launcher.max_parallel=2", "hydra.launcher.gpus=2", "+hydra.launcher.env.SDS_TEST_TAG=slot"]
+    p = popen_sds(*args)
+    seen: dict[str, dict] = {}
+    while p.poll() is None:  # read each running cell's real process environment
+        for rd in running_cells(store):
+            pid = (rd.read_state()["attempts"][-1]).get("pid")
+            env = proc_env(pid) if pid else {}
+            if env.get("SDS_TEST_TAG"):
+                seen.setdefault(rd.path.parts[-2], env)
+        time.sleep(0.3)
+    out = p.stdout.read()
+    assert p.returncode == 0, out[-3000:]
+    assert "plan: 3 cells, 3 to submit | new 3" in out
+    st = states(store)
+    assert all(s["phase"] == "done" for s in st.values()) and len(st) == 3
+    # never more than max_parallel attempts at once
+    spans = sorted((a["started_at"], a["ended_at"]) for s in st.values() for a in s["attempts"])
+    for t, _ in spans:
+        assert sum(1 for a, b in spans if a <= t < b) <= 2
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 0.5  # the third waited for a free slot
+    # each running cell had its own GPU slot and the sweep's env in its process environment
+    assert len(seen) >= 2, seen.keys()
+    gpus = {e["CUDA_VISIBLE_DEVICES"] for e in seen.values()}
+    assert gpus <= {"0", "1"} and len(gpus) == 2
+    assert all(e["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "1.000" and e["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+               for e in seen.values())
+    for s in st.values():
+        a = s["attempts"][0]
+        assert a["resources"]["gpus"] == 1 and a["resources"]["cpus"] == 1 and a["job_id"]
+    # each attempt's output is in the run dir
+    for rd in Store(store).iter_runs():
+        out_log, err_log = rd.attempt_log_paths(1)
+        assert "[train]" in out_log.read_text() and err_log.exists()
+    # a second invocation plans zero submissions and returns fast, exit 0
+    t0 = time.time()
+    again = sds(*args, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "plan: 3 cells, 0 to submit | done 3" in again.stdout and "submitted" not in again.stdout
+    assert time.time() - t0 < 30
+    assert states(store) == st  # nothing was touched
+
+
+@pytest.mark.slow
+def test_stalled_and_killed_cells_are_resumed_to_done(tmp_path):
+    store = tmp_path / "store"
+    budget = [o for o in TINY if not o.startswith("trainer.total_steps")] + ["trainer.total_steps=4096"]
+    p = popen_sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget, *LOCAL,
+                  "hydra.launcher.max_parallel=2", "hydra.launcher.stall_after=8")
+    acted: dict[str, str] = {}
+    deadline = time.time() + 240
+    while len(acted) < 2 and time.time() < deadline and p.poll() is None:
+        for rd in running_cells(store):
+            seed = rd.path.parts[-2]
+            prog = rd.read_progress() or {}
+            if seed in acted or prog.get("env_step", 0) < 1024 or not rd.checkpoints():
+                continue
+            pid = rd.read_state()["attempts"][-1]["pid"]
+            # seed 0: frozen (SIGSTOP) -> stalled; seed 1: SIGKILL -> lost
+            os.kill(pid, signal.SIGSTOP if seed == "seed_0" else signal.SIGKILL)
+            acted[seed] = str(pid)
+        time.sleep(0.2)
+    out = p.communicate(timeout=400)[0]
+    assert acted.keys() == {"seed_0", "seed_1"}, out[-3000:]
+    assert p.returncode == 0, out[-3000:]
+    st = states(store)
+    stalled, killed = st["v2_baseline/seed_0"], st["v2_baseline/seed_1"]
+    assert stalled["phase"] == killed["phase"] == "done"
+    s1 = stalled["attempts"][0]
+    assert s1["cause"] == "stalled" and "did not move" in s1["evidence"] and s1["outcome"] == "interrupted"
+    k1 = killed["attempts"][0]
+    assert k1["cause"] == "lost" and "no end marker" in k1["evidence"]
+    assert [a["outcome"] for a in stalled["attempts"]][-1] == "done" and len(killed["attempts"]) == 2
+    # resumed from a checkpoint, not from scratch
+    for seed in ("seed_0", "seed_1"):
+        rd = next(r for r in Store(store).iter_runs() if r.path.parts[-2] == seed)
+        assert "resuming" in rd.attempt_log_paths(2)[0].read_text()
+    # the frozen process was killed, not left behind
+    import psutil
+    assert not psutil.pid_exists(int(acted["seed_0"])) or psutil.Process(int(acted["seed_0"])).status() == "zombie"
+    print(json.dumps({"stalled": s1["evidence"], "lost": k1["evidence"]}))
+
+
+@pytest.mark.slow
+def test_error_stops_with_traceback_exit_1_and_hooks_run_once(tmp_path):
+    store = tmp_path / "store"
+    marker = tmp_path / "hook.txt"
+    hook = f"sweep.on_complete=['echo ran >> {marker}']"
+    dry = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, hook,
+              "env.id=NoSuchEnv-v0", "hydra.launcher.dry_run=true", timeout=120)
+    assert dry.returncode == 0 and "dry run: nothing submitted" in dry.stdout and not marker.exists()
+    assert not (store / "runs").exists()
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, hook, "env.id=NoSuchEnv-v0",
+            "sweep.strict_confounds=false", timeout=300)
+    assert p.returncode == 1
+    assert "0/1 cells done" in p.stdout and "cause error" in p.stdout and "traceback tail" in p.stdout
+    assert "NoSuchEnv" in p.stderr and "SweepIncomplete" in p.stderr
+    (st,) = states(store).values()
+    assert st["phase"] == "failed" and len(st["attempts"]) == 1  # an exception is not retried
+    assert st["attempts"][0]["cause"] == "error" and "NoSuchEnv" in st["attempts"][0]["traceback_tail"]
+    assert marker.read_text() == "ran\n"  # every cell terminal: the hook ran, once
+
+
+@pytest.mark.slow
+def test_detach_then_watch_reattaches_until_done(tmp_path):
+    from safedreamer_sweep.supervise import watch
+
+    store = tmp_path / "store"
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, "hydra.launcher.wait=false",
+            timeout=120)
+    assert p.returncode == 0 and "detached: 1 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
+    (manifest,) = Store(store).read_sweep_manifests()
+    assert manifest["detached"] and list(manifest["jobs"].values())[0]
+    ticks = []
+    assert watch(store, on_tick=lambda cells: ticks.append(len(cells)), poll_s=0.5) == 0
+    assert ticks and all(s["phase"] == "done" for s in states(store).values())
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_gets_the_objective_from_every_trial(tmp_path):
+    store = tmp_path / "store"
+    p = sds("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+            "hydra.sweeper.direction=maximize", "hydra.sweeper.params.config=v2_baseline", "hydra.sweeper.params.seed=0",
+            "agent.lr=choice(0.0003,0.001)",
+            "+sweep.objective=ood.return_mean",
+            "sweep.new_variant=true", f"store.root={store}", *TINY, *LOCAL, timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    best = next(Path(store / "hydra" / "sweeps").glob("*/optimization_results.yaml")).read_text()
+    assert "best_value" in best
+    runs = list(Store(store).iter_runs())
+    assert 1 <= len(runs) <= 2 and all(r.read_state()["phase"] == "done" for r in runs)
+    values = {round(float(r.read_eval("ood")["summary"]["return_mean"]), 6) for r in runs}
+    import yaml
+    assert round(float(yaml.safe_load(best)["best_value"]), 6) in values
