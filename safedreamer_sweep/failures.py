@@ -101,7 +101,7 @@ class RetryPolicy:
             return Action("stop", f"{used} of max_attempts={self.max_attempts} used")
         act = Action("retry", f"resume from checkpoint (attempt {used + 1} of {self.max_attempts})")
         if cause == "oom" and mem_gb:
-            act.mem_gb = round(math.ceil(mem_gb * self.mem_factor * 100) / 100, 2)
+            act.mem_gb = math.ceil(round(mem_gb * self.mem_factor * 100, 6)) / 100  # up to 10 MB
             act.reason += f", memory {mem_gb} GB -> {act.mem_gb} GB"
         if cause == "node_fault" and node:
             act.exclude = sorted(set(exclude or []) | {node})

@@ -54,12 +54,18 @@ def duration(seconds: float | None) -> str:
 
 def _slurm_backend(store: Store) -> bool:
     """Does anything in the store say its jobs are Slurm jobs (manifest launcher or a claim)?"""
+    from safedreamer_sweep.store import StoreError, read_json
+
     for doc in store.read_sweep_manifests():
-        if "slurm" in str(doc.get("launcher", "")).lower():
+        launcher = doc.get("launcher")
+        if isinstance(launcher, dict) and launcher.get("backend") == "slurm":
             return True
-    for claim in store.runs_dir.glob("*/seed_*/*/claim.json") if store.runs_dir.is_dir() else []:
-        if '"slurm"' in claim.read_text(errors="replace"):
-            return True
+    for path in store.runs_dir.glob("*/seed_*/*/claim.json") if store.runs_dir.is_dir() else []:
+        try:
+            if (read_json(path) or {}).get("backend") == "slurm":
+                return True
+        except StoreError:
+            continue
     return False
 
 

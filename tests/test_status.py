@@ -248,3 +248,32 @@ def test_a_cell_claimed_by_a_live_sweep_is_queued_not_never_run(store_copy):
     cell = next(c for c in doc["cells"] if c["seed"] == 1)
     assert cell["phase"] == "pending" and cell["claimed_by"].startswith("sweep sweep-test: launcher pid")
     assert doc["verdict"] == "RUNNING 1/2 (ETA unknown; 0 running; 1 queued)"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_cells_show_their_job_and_scheduler_state(tmp_path):
+    """A detached Slurm sweep: while it runs, each cell names its Slurm job and what squeue/sacct
+    say about it; `watch` then supervises it to the end."""
+    store = tmp_path / "store"
+    launch = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0",
+                             f"store.root={store}", "hydra/launcher=sds_slurm", "hydra.launcher.wait=false",
+                             "trainer.total_steps=8192", "trainer.num_envs=1", "trainer.rollout_steps=512",
+                             "eval.episodes=1"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert launch.returncode == 0, launch.stderr[-2000:]
+    t0 = time.time()
+    seen = None
+    while time.time() - t0 < 180:
+        doc = status.collect(store, sample_cpu=False)
+        (cell,) = doc["cells"]
+        if cell["phase"] == "running" and cell["job_state"]:
+            seen = cell
+            break
+        if cell["phase"] == "done":
+            break
+        time.sleep(1)
+    assert seen is not None, f"never saw the cell running under Slurm: {cell}"
+    assert re.fullmatch(r"\d+(_\d+)?", seen["job_id"]) and seen["job_state"].startswith("RUNNING")
+    assert doc["verdict"].startswith("RUNNING 0/1")
+    assert cli_main(["watch", str(store), "--poll", "1"]) == 0
+    assert status.collect(store)["verdict"] == "DONE 1/1"
