@@ -60,10 +60,10 @@ def try_claim(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
             import psutil
 
             doc["pid_started_at"] = psutil.Process().create_time()
-        except Exception:
-            pass
+        except (ImportError, OSError):  # keep the wall-clock start time
+            doc["pid_started_at"] = time.time()
         atomic_write_json(rd.claim_path, doc)
-        return True, ("took over: " + took["took_over_because"]) if took else "claimed"
+        return True, (f"took over: {took['took_over_because']}" if took else "claimed")
 
 
 def add_jobs(rd: RunDir, sweep_id: str, job_ids: list[str]) -> None:

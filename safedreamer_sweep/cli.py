@@ -28,7 +28,7 @@ def _console(width: int | None = None):
     c = Console()
     # Piped or captured output: rich would wrap at 80 columns and fold the evidence table.
     if width or not c.is_terminal:
-        c = Console(width=width or 180)
+        c = Console(width=width or 200)
     return c
 
 
@@ -76,7 +76,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from safedreamer_sweep import status
 
     def view():
-        doc = status.collect(args.store, stall_after=args.stall_after, sample_cpu=False)
+        doc = status.collect(args.store, stall_after=args.stall_after)
         return doc, status.render(doc)
 
     try:
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the sweep manifest's launcher.stall_after, else 600)")
     s.add_argument("--per-gpu-hour", type=float, default=None, help="price one GPU-hour (cost.per_gpu_hour)")
     s.add_argument("--currency", default=None, help="currency of --per-gpu-hour (cost.currency)")
-    s.add_argument("--width", type=int, default=None, help="console width (default: terminal, else 180)")
+    s.add_argument("--width", type=int, default=None, help="console width (default: terminal, else 200)")
     s.set_defaults(func=cmd_status)
 
     w = sub.add_parser("watch", help="live status that also supervises detached sweeps")

@@ -226,7 +226,7 @@ def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = 
     for config, seed, st in items:
         key = (config, seed)
         if key not in merged:
-            merged[key] = st
+            merged[key] = dict(st)
         else:  # keep the done identity's classification, add the other's attempts as wasted
             a, b = merged[key], st
             done, other = (a, b) if a.get("phase") == "done" else (b, a)

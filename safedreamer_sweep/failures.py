@@ -61,7 +61,7 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
         return "node_fault", f"{how}: {line}"
     if state.startswith("PREEMPTED") or cell_cause == "preempted":
         return "preempted", f"{how}: {evidence.get('cell_evidence') or 'preempted by the scheduler'}"
-    if state.startswith("TIMEOUT") or state.startswith("DEADLINE") or cell_cause == "timeout":
+    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout":
         return "timeout", f"{how}: {evidence.get('cell_evidence') or 'time limit reached'}"
     if evidence.get("stalled"):
         age, lim = evidence.get("progress_age_s"), evidence.get("stall_after")

@@ -34,7 +34,7 @@ def run_on_complete(commands: Sequence[str], *, store: Store, sweep_id: str, all
     for cmd in commands:
         t0 = time.time()
         log(f"[hooks] on_complete: {cmd}")
-        p = subprocess.run(cmd, shell=True, env=env)
+        p = subprocess.run(cmd, shell=True, env=env, check=False)  # the user's own commands
         results.append({"cmd": cmd, "returncode": p.returncode, "seconds": round(time.time() - t0, 2)})
         if p.returncode != 0:
             log(f"[hooks] on_complete command failed (exit {p.returncode}): {cmd}")

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store, StoreError, host, read_json
+from safedreamer_sweep.store import (
+    EVAL_KINDS,
+    RunDir,
+    Store,
+    StoreError,
+    host,
+    read_json,
+)
 
 PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
 # Scheduler states of a job that still holds (or will hold) resources.
@@ -70,9 +77,7 @@ def pid_alive(pid: int | None, started_at: float | None = None) -> bool | None:
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
         # A process created after the attempt started cannot be the one that wrote the record.
-        if started_at is not None and p.create_time() > float(started_at) + 2.0:
-            return False
-        return True
+        return started_at is None or p.create_time() <= float(started_at) + 2.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
@@ -134,7 +139,7 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
     if v.job_id and job_state is not None:
         try:
             v.job_state = job_state(v.job_id)
-        except Exception as e:  # the scheduler being unreachable is evidence too
+        except Exception as e:  # noqa: BLE001 (the scheduler being unreachable is evidence too)
             v.detail = f"scheduler query failed: {e}"
     same_host = v.host is not None and v.host == host()
     if same_host and v.pid:

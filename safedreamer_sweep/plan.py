@@ -57,7 +57,7 @@ def absolute_store_root(cfg: DictConfig, cwd: str | os.PathLike | None = None) -
                 from hydra.utils import get_original_cwd
 
                 base = get_original_cwd()
-            except Exception:
+            except (ImportError, ValueError):  # not inside a Hydra run
                 base = os.getcwd()
         root = Path(base) / root
     return root.resolve()
@@ -87,9 +87,10 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
             diff = diff_keys(old.get("run_config") or {}, spec.run_config)
             keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in list(diff.items())[:8]))
             more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
-            return ("conflict", f"{others[-1].path} holds {spec.config} seed {spec.seed} with hash "
-                    f"{old.get('hash')}; this sweep resolves to {spec.hash}; differing keys: {keys}{more}. "
-                    f"Fix: revert those overrides, or pass sweep.new_variant=true to train a new variant", rd)
+            why = (f"{others[-1].path} holds {spec.config} seed {spec.seed} with hash {old.get('hash')}; this "
+                   f"sweep resolves to {spec.hash}; differing keys: {keys}{more}. Fix: revert those overrides, "
+                   f"or pass sweep.new_variant=true to train a new variant")
+            return "conflict", why, rd
         return "new", "no run directory" + (" (new variant)" if others else ""), rd
 
     view = observe_run(rd, stall_after=stall_after, job_state=job_state)

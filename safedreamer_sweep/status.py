@@ -4,9 +4,9 @@ The answer is built from the run directories and the scheduler only (observe.obs
 from a log line's timestamp. On top sits one verdict line, in one of these shapes:
 
     DONE 20/20
-    RUNNING 12/20 (ETA 14 min; 8 running)
-    STALLED 1: v2_full seed 3, no progress for 14 min (pid 1234 alive, stopped, 0% CPU)
-    INCOMPLETE: 3 cells never run: v2_full seeds 2 3, v2_u_only seed 1
+    RUNNING 12/20 (ETA 14 min; 6 running; 2 queued)
+    STALLED 1: v2_full seed 3, no progress for 14 min (pid 1234 alive, stopped (SIGSTOP), 0% CPU)
+    INCOMPLETE: 3 cells never run: v2_full seeds 2 3, v2_u_only seed 1; 1 failed: v2_full seed 4 (error)
 
 `collect` gathers it (a plain dict, also the `--json` document, see docs/status-json.md);
 `render` turns it into rich tables for a human at 3 a.m.
@@ -19,16 +19,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.cost import format_hours, store_cost
-from safedreamer_sweep.store import Store, host
+from safedreamer_sweep.claim import holder_alive
+from safedreamer_sweep.cost import cell_cost, format_hours, store_cost
+from safedreamer_sweep.observe import observe_store
+from safedreamer_sweep.store import RunDir, Store, StoreError, host, read_json
 
 SCHEMA = "safedreamer-sweep/status/1"
 DEFAULT_STALL_AFTER_S = 600.0
 # Fields every cell of the JSON document carries (docs/status-json.md); tests check them.
 CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
                "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
-               "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood", "proc_status", "cpu_percent",
-               "cost")
+               "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood",
+               "proc_status", "cpu_percent", "cost")
 
 
 class StatusError(Exception):
@@ -54,7 +56,6 @@ def duration(seconds: float | None) -> str:
 
 def _slurm_backend(store: Store) -> bool:
     """Does anything in the store say its jobs are Slurm jobs (manifest launcher or a claim)?"""
-    from safedreamer_sweep.store import StoreError, read_json
 
     for doc in store.read_sweep_manifests():
         launcher = doc.get("launcher")
@@ -108,7 +109,6 @@ def _last_outcome(run_dir: str | None) -> str | None:
     """The newest attempt's outcome (`submitted` = queued by a launcher, not started yet)."""
     if not run_dir:
         return None
-    from safedreamer_sweep.store import RunDir, StoreError
 
     try:
         attempts = RunDir(Path(run_dir)).read_state().get("attempts") or []
@@ -121,8 +121,6 @@ def _live_claim(run_dir: str | None, stall_after: float, job_state) -> str | Non
     """`sweep <id>: <evidence>` when a live sweep holds the cell's claim (it will run it), else None."""
     if not run_dir:
         return None
-    from safedreamer_sweep.claim import holder_alive
-    from safedreamer_sweep.store import RunDir, StoreError, read_json
 
     rd = RunDir(Path(run_dir))
     try:
@@ -196,11 +194,11 @@ def _sweep_eta(cells: list[dict], running: list[dict], queued: list[dict]) -> fl
     rate = sum(float(c.get("steps_per_s") or 0.0) for c in running)
     known = [int(c["total_steps"]) for c in cells if c.get("total_steps")]
     remaining = 0.0
-    for c in running + queued:
+    for c, started in [(c, True) for c in running] + [(c, False) for c in queued]:
         total = c.get("total_steps") or (max(known) if known else None)
         if total is None:
             return max(etas) if etas else None
-        remaining += max(0, int(total) - int(c.get("env_step") or 0)) if c in running else int(total)
+        remaining += max(0, int(total) - int(c.get("env_step") or 0)) if started else int(total)
     pooled = remaining / rate if rate > 0 else None
     cands = [x for x in (max(etas) if etas else None, pooled) if x is not None]
     return max(cands) if cands else None
@@ -263,8 +261,6 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
             currency: str | None = None, sample_cpu: bool = True) -> dict[str, Any]:
     """The status document of a store (what `--json` prints). Reads only; raises StatusError when
     `store_root` is not a store."""
-    from safedreamer_sweep.observe import observe_store
-
     root = Path(store_root).expanduser()
     if not root.is_dir():
         raise StatusError(f"{root}: no such store directory. Fix: pass the store.root of your sweep "
@@ -360,7 +356,7 @@ def _why(c: dict) -> str:
     if c.get("detail") and c["phase"] != "done" and c.get("run_dir"):
         bits.append(c["detail"])
     if c.get("claimed_by"):
-        bits.append(f"queued: {c['claimed_by']}")
+        bits.append(f"waiting for a slot in {c['claimed_by']}")
     if c.get("proc_status") == "stopped":
         bits.append("process stopped (SIGSTOP)")
     text = "; ".join(bits)
@@ -410,10 +406,12 @@ def render(doc: dict):
     parts.append(matrix)
 
     detail = Table(title="cells (evidence)", title_justify="left")
-    for col, kw in (("cell", {"style": "bold", "no_wrap": True}), ("phase", {}), ("env step", {"justify": "right"}),
-                    ("steps/s", {"justify": "right"}), ("ETA", {"justify": "right"}),
-                    ("moved ago", {"justify": "right"}), ("where", {}), ("att", {"justify": "right"}),
-                    ("ID", {}), ("OOD", {}), ("dev-h", {"justify": "right"}), ("cause / evidence", {"overflow": "fold"})):
+    # Numbers never wrap (a number split over two lines misleads); text columns may.
+    for col, kw in (("cell", {"style": "bold", "no_wrap": True}), ("phase", {}),
+                    ("env step", {"justify": "right", "no_wrap": True}), ("steps/s", {"justify": "right"}),
+                    ("ETA", {"justify": "right"}), ("moved ago", {"justify": "right"}), ("where", {}),
+                    ("att", {"justify": "right"}), ("ID", {}), ("OOD", {}),
+                    ("device-h", {"justify": "right", "no_wrap": True}), ("cause / evidence", {"overflow": "fold"})):
         detail.add_column(col, **kw)
     for c in cells:
         sps = c.get("steps_per_s")
@@ -423,13 +421,13 @@ def render(doc: dict):
             Text("queued" if _queued(c) else c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
             _step_text(c),
             f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
-            duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] in ("running", "stalled") else "-",
+            duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] == "running" else "-",
             duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
             _where(c),
             str(c.get("attempts") or 0),
             _eval_text(c.get("eval_id")),
             _eval_text(c.get("eval_ood")),
-            f"{format_hours(cost['total_h'])} {_dev(cost['device'])}" if cost else "-",
+            f"{format_hours(cost['total_h'])} {cost['device']}" if cost else "-",
             _why(c),
         )
     parts.append(detail)
@@ -460,8 +458,6 @@ def render(doc: dict):
 def cell_history(doc: dict, config: str, seed: int) -> dict[str, Any]:
     """One cell of a status document plus its attempt history (state.json) and log paths: what
     `status STORE --cell CONFIG:SEED` shows. KeyError when the store has no such cell."""
-    from safedreamer_sweep.cost import cell_cost
-    from safedreamer_sweep.store import RunDir, StoreError
 
     for c in doc["cells"]:
         if c["config"] == config and int(c["seed"]) == int(seed):

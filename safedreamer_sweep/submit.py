@@ -32,7 +32,7 @@ def visible_gpus(configured: int | list | None = None) -> list[str]:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            out = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True, timeout=20).stdout
             return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
         except (OSError, subprocess.SubprocessError):
             return []
@@ -181,7 +181,7 @@ class CellTask:
         saved = os.dup(1), os.dup(2)
         sys.stdout.flush()
         sys.stderr.flush()
-        out_f, err_f = open(out_path, "a"), open(err_path, "a")
+        out_f, err_f = open(out_path, "a"), open(err_path, "a")  # noqa: SIM115 (closed in finally)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         for f in (out_f, err_f):
             f.write(f"===== attempt {n} job {job_id} on {host()} pid {os.getpid()} at {stamp} =====\n")
@@ -251,7 +251,7 @@ class Submission:
 
 
 def slurm_mem(mem_gb: float | None) -> str | None:
-    return None if not mem_gb else f"{max(1, int(round(float(mem_gb) * 1024)))}M"
+    return None if not mem_gb else f"{max(1, round(float(mem_gb) * 1024))}M"
 
 
 def make_executor(backend: str, folder: Path, params: dict[str, Any], *, mem_gb: float | None = None,
@@ -260,10 +260,10 @@ def make_executor(backend: str, folder: Path, params: dict[str, Any], *, mem_gb:
     import submitit
 
     if backend == "local":
-        ex = submitit.LocalExecutor(folder=str(folder))
-        ex.update_parameters(timeout_min=params.get("timeout_min") or 60 * 24 * 7,
-                             signal_delay_s=int(params.get("signal_delay_s") or 30))
-        return ex
+        lex = submitit.LocalExecutor(folder=str(folder))
+        lex.update_parameters(timeout_min=params.get("timeout_min") or 60 * 24 * 7,
+                              signal_delay_s=int(params.get("signal_delay_s") or 30))
+        return lex
     ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=int(params.get("max_num_timeout", 3)))
     excl = sorted(set((params.get("exclude") or "").split(",")) - {""} | set(exclude or []))
     p: dict[str, Any] = {

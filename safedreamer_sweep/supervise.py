@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
+
 from safedreamer_sweep.claim import add_jobs, release
 from safedreamer_sweep.failures import RetryPolicy, classify_failure
 from safedreamer_sweep.observe import SLURM_ALIVE, observe_run, pid_alive
@@ -27,8 +29,9 @@ from safedreamer_sweep.store import RunDir, Store, host
 Log = Callable[[str], None]
 
 
-class SweepIncomplete(Exception):
-    """Raised through Hydra for a cell that is not done: the message is the one-line summary."""
+class SweepIncomplete(CompactHydraException):
+    """Raised through Hydra for a cell that is not done. A CompactHydraException, so Hydra prints
+    just the one-line summary (no traceback) and exits 1."""
 
 
 # ----------------------------------------------------------------------------- scheduler state
@@ -45,7 +48,7 @@ class SlurmQueue:
         self.info = {}
         if not ids:
             return
-        q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N|%r"], capture_output=True, text=True, timeout=60)
+        q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N|%r"], check=False, capture_output=True, text=True, timeout=60)
         for line in q.stdout.splitlines():
             jid, st, node, reason = (line.split("|") + ["", "", "", ""])[:4]
             if jid in ids:
@@ -54,7 +57,7 @@ class SlurmQueue:
         if missing:
             a = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(missing),
                                 "--format=JobID,State,ExitCode,NodeList,MaxRSS,ReqMem,Elapsed"],
-                               capture_output=True, text=True, timeout=60)
+                               check=False, capture_output=True, text=True, timeout=60)
             for line in a.stdout.splitlines():
                 f = line.split("|")
                 if len(f) < 7:
@@ -73,7 +76,7 @@ class SlurmQueue:
 
     @staticmethod
     def cancel(job_id: str) -> None:
-        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+        subprocess.run(["scancel", job_id], check=False, capture_output=True, timeout=60)
 
 
 def slurm_state_lookup() -> Callable[[str], str | None]:
@@ -176,7 +179,7 @@ class Supervisor:
         for t in batch:
             try:
                 t.subs = self.submit(t, t.mem_gb, list(self.exclude))
-            except Exception as e:  # e.g. sbatch refusing: every node excluded
+            except Exception as e:  # noqa: BLE001 (e.g. sbatch refusing: every node excluded)
                 self._close(t, "failed", cause=getattr(t, "pending_cause", None) or "error",
                             evidence=f"submission failed: {e}")
                 continue
@@ -217,10 +220,18 @@ class Supervisor:
         lookup = None if self.backend == "local" else self._job_state
         view = observe_run(t.rd, stall_after=self.stall_after, job_state=lookup)
         if t.watch_only:
-            if view.phase in ("done", "failed", "lost") or (view.phase == "pending" and not view.job_id):
+            # Another sweep holds the cell: wait while its claim is alive (it may still be queued
+            # there), finish when the cell is terminal or its holder is gone.
+            from safedreamer_sweep.claim import holder_alive
+            from safedreamer_sweep.store import read_json
+
+            holder, why = holder_alive(read_json(t.rd.claim_path) or {}, t.rd, stall_after=self.stall_after,
+                                       job_state=lookup)
+            if view.phase in ("done", "failed") or (not holder and view.phase in ("lost", "pending")):
                 self.active.remove(t)
                 t.result = "done" if view.phase == "done" else "failed"
-                t.reason = f"ran elsewhere: {view.phase}" + (f" ({view.cause}: {view.evidence})" if view.cause else "")
+                t.reason = f"ran elsewhere: {view.phase}" + (f" ({view.cause}: {view.evidence})" if view.cause else "") + (
+                    "" if view.phase in ("done", "failed") else f"; {why}; run the sweep again to resume it")
                 self.finished.append(t)
             return
         alive = [s for s in t.subs if self._alive(t, s)]
@@ -271,7 +282,7 @@ class Supervisor:
         if sub is not None:
             try:
                 stderr = Path(sub.job.paths.stderr).read_text(errors="replace")[-4000:]
-            except Exception:
+            except (OSError, AttributeError):
                 stderr = ""
         if last.get("n"):
             err = t.rd.attempt_log_paths(int(last["n"]))[1]
@@ -387,7 +398,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
 
     def resubmit(t: Tracked, mem_gb: float | None, exclude: list[str]) -> list[Any]:
         c = t.payload
-        extra = [f"hydra.launcher.wait=false"]
+        extra = ["hydra.launcher.wait=false"]
         if mem_gb:
             extra.append(f"hydra.launcher.mem_gb={mem_gb}")
         if exclude:
@@ -395,7 +406,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
         cmd = [sys.executable, "-m", "safedreamer_sweep", "-m", *c["manifest"].get("hydra_overrides", []),
                *c.get("overrides", []), *extra]
         before = {d["id"] for d in store.read_sweep_manifests()}
-        p = subprocess.run(cmd, cwd=c["manifest"].get("cwd") or os.getcwd(), capture_output=True, text=True)
+        p = subprocess.run(cmd, cwd=c["manifest"].get("cwd") or os.getcwd(), check=False, capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"resubmission failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
         new = [d for d in store.read_sweep_manifests() if d["id"] not in before]
@@ -464,10 +475,23 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
 
     from safedreamer_sweep.claim import try_claim
     from safedreamer_sweep.hooks import run_on_complete
-    from safedreamer_sweep.plan import RUNNABLE, PlanError, absolute_store_root, format_plan, plan_cells
+    from safedreamer_sweep.plan import (
+        RUNNABLE,
+        PlanError,
+        absolute_store_root,
+        format_plan,
+        plan_cells,
+    )
     from safedreamer_sweep.run import cell_result
-    from safedreamer_sweep.submit import (CellTask, SlotPool, Submission, cell_resources, make_executor,
-                                          pre_register, visible_gpus)
+    from safedreamer_sweep.submit import (
+        CellTask,
+        SlotPool,
+        Submission,
+        cell_resources,
+        make_executor,
+        pre_register,
+        visible_gpus,
+    )
 
     logger = logging.getLogger("sds_launcher")
 
@@ -489,7 +513,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         say(f"[sds] {e}")
         raise
     say(format_plan(cells))
-    sweep_cfg = (cells[0].cfg.get("sweep") if cells else None) or {}
+    sweep_cfg = (cells[0].cfg.get("sweep") if cells and cells[0].cfg is not None else None) or {}
     objective = sweep_cfg.get("objective")
     dry_run = bool(params.get("dry_run", False))
     wait = bool(params.get("wait", True))
@@ -510,7 +534,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         "created_at": time.time(), "detached": not wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
         "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
                    "verdict": c.verdict} for c in cells],
-        "launcher": launcher_doc, "jobs": {}, "cost": OmegaConf.to_container(cells[0].cfg.get("cost") or {}) if cells else {},
+        "launcher": launcher_doc, "jobs": {}, "cost": OmegaConf.to_container(cells[0].cfg.get("cost") or {}) if cells and cells[0].cfg is not None else {},
     }
     store.write_sweep_manifest(sweep_id, manifest)
 
@@ -606,7 +630,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                 try:
                     with ex.batch():
                         jobs = [ex.submit(task_for(t, dict(base_env), res, race=bool(races))) for t in ts]
-                except Exception as e:  # sbatch refused (e.g. every node excluded): say why, per cell
+                except Exception as e:  # noqa: BLE001 (sbatch refused, e.g. every node excluded: say why, per cell)
                     for t in ts:
                         sup._close(t, "failed", cause=getattr(t, "pending_cause", None) or "error",
                                    evidence=f"sbatch refused the submission (partition {partition}, exclude "
@@ -615,7 +639,10 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                 for t, job in zip(ts, jobs):
                     if races:
                         with t.rd.lock():
-                            from safedreamer_sweep.store import atomic_write_json, read_json
+                            from safedreamer_sweep.store import (
+                                atomic_write_json,
+                                read_json,
+                            )
                             doc = read_json(t.rd.claim_path) or {}
                             doc.update(race=races, race_winner=None) if partition == races[0] else doc.update(race=races)
                             atomic_write_json(t.rd.claim_path, doc)
@@ -650,9 +677,9 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
             if c.verdict == "done":
                 out.append(job_return(c, JobStatus.COMPLETED, _objective(cell_result(c.spec, c.run_dir), objective)))
             else:
-                t = tracked.get(c.spec.key)
+                tc = tracked.get(c.spec.key)
                 out.append(job_return(c, JobStatus.COMPLETED, {"detached": True, "verdict": c.verdict,
-                                                               "jobs": [s.job_id for s in t.subs] if t else []}))
+                                                               "jobs": [s.job_id for s in tc.subs] if tc else []}))
         return out
 
     finished = {t.key: t for t in sup.run()}
@@ -663,16 +690,16 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
     # --- one JobReturn per override, in order
     results: list[tuple[Any, str, str]] = []
     for c in cells:
-        t = finished.get(c.spec.key)
+        tf = finished.get(c.spec.key)
         view = observe_run(c.run_dir, stall_after=stall_after) if c.run_dir.spec_path.exists() else None
         if view is not None and view.phase == "done":
             results.append((c, "done", ""))
         else:
-            why = (t.reason if t else "") or c.reason
-            results.append((c, "not done", f"{c.verdict}: {why}"))
+            why = tf.reason if tf is not None and tf.reason else f"{c.verdict}: {c.reason}"
+            results.append((c, "not done", why))
     not_done = [(c, why) for c, st, why in results if st != "done"]
     summary = (f"sweep {sweep_id}: {len(results) - len(not_done)}/{len(results)} cells done"
-               + (f"; not done: " + "; ".join(f"{c.label} ({why[:200]})" for c, why in not_done) if not_done else ""))
+               + ("; not done: " + "; ".join(f"{c.label} ({why[:200]})" for c, why in not_done) if not_done else ""))
     out = []
     for c, st, why in results:
         if st == "done":
@@ -694,7 +721,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                 if c0 is not None and k in c0}
         path = build_report(store.root, cfg=rcfg or None)
         say(f"[sds] report: {path}")
-    except Exception as e:  # the sweep's outcome must not hinge on the report
+    except Exception as e:  # noqa: BLE001 (the sweep's outcome must not hinge on the report)
         say(f"[sds] report not built ({type(e).__name__}: {e}); build it later with: safedreamer-sweep report {store.root}")
     all_terminal = all(t.result is not None for t in sup.finished) and not sup.active and not sup.queue
     run_on_complete(list(sweep_cfg.get("on_complete") or []), store=store, sweep_id=sweep_id,

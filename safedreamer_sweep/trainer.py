@@ -266,26 +266,30 @@ def cost_surrogate(actor, obs, actions, logp_old, cost_adv):
 
 
 @jax.jit
-def partial_step_cost(old_actor, new_actor, frac, obs, actions, logp_old, cost_adv):
-    """The actor `frac` of the way from `old_actor` to `new_actor`, and its cost surrogate."""
-    cand = jax.tree_util.tree_map(lambda o, n: o + frac * (n - o), old_actor, new_actor)
-    return cand, cost_surrogate(cand, obs, actions, logp_old, cost_adv)
+def interpolate(old_actor, new_actor, frac):
+    """The actor `frac` of the way from `old_actor` to `new_actor`."""
+    return jax.tree_util.tree_map(lambda o, n: o + frac * (n - o), old_actor, new_actor)
+
+
+@jax.jit
+def step_fraction_costs(old_actor, new_actor, fracs, obs, actions, logp_old, cost_adv):
+    """The cost surrogate of every candidate step fraction in one call (the line search's trials)."""
+    return jax.vmap(lambda f: cost_surrogate(interpolate(old_actor, new_actor, f), obs, actions, logp_old,
+                                             cost_adv))(fracs)
 
 
 def certify_step(old_actor, new_actor, batch, cost_adv, episode_cost, episode_length, cost_limit,
                  backtrack_steps, decay) -> tuple[dict, float]:
     """CPO-style line search on the actor step. Estimated episode cost of a candidate:
-    J_c(old) + L * E_old[(ratio - 1) * A_c] (measured mean episode cost and length). A candidate is
-    accepted when the estimate is within the limit or does not increase; the step is shrunk by
-    `decay` up to `backtrack_steps` times, else reverted. Returns (actor, accepted step fraction)."""
-    frac = 1.0
-    for _ in range(backtrack_steps + 1):
-        cand, surrogate = partial_step_cost(old_actor, new_actor, jnp.float32(frac), batch["obs"], batch["actions"],
-                                            batch["logp"], cost_adv)
-        delta = episode_length * float(surrogate)
+    J_c(old) + L * E_old[(ratio - 1) * A_c] (measured mean episode cost and length). The first of
+    the fractions 1, decay, decay^2, ... (`backtrack_steps` shrinks) whose estimate is within the
+    limit or does not increase is taken, else the step is reverted. Returns (actor, fraction)."""
+    fracs = np.float32(decay) ** np.arange(backtrack_steps + 1, dtype=np.float32)
+    deltas = episode_length * np.asarray(step_fraction_costs(old_actor, new_actor, jnp.asarray(fracs), batch["obs"],
+                                                             batch["actions"], batch["logp"], cost_adv))
+    for frac, delta in zip(fracs, deltas):
         if episode_cost + delta <= cost_limit or delta <= 0.0:
-            return cand, frac
-        frac *= decay
+            return (new_actor if frac == 1.0 else interpolate(old_actor, new_actor, jnp.float32(frac))), float(frac)
     return old_actor, 0.0
 
 

@@ -6,7 +6,13 @@ import subprocess
 import sys
 import time
 
-from safedreamer_sweep.claim import add_jobs, holder_alive, race_start, release, try_claim
+from safedreamer_sweep.claim import (
+    add_jobs,
+    holder_alive,
+    race_start,
+    release,
+    try_claim,
+)
 from safedreamer_sweep.store import RunDir, Store, atomic_write_json, host, read_json
 
 

@@ -33,7 +33,7 @@ def states(store: Path) -> dict[str, dict]:
 
 def sacct(job: str) -> list[dict]:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "--format=JobID,State,Start,End,NodeList"],
-                         capture_output=True, text=True, timeout=30).stdout
+                         check=True, capture_output=True, text=True, timeout=30).stdout
     return [dict(zip(("id", "state", "start", "end", "node"), line.split("|"))) for line in out.splitlines()]
 
 
@@ -158,3 +158,19 @@ def test_racing_two_partitions_keeps_the_first_starter(tmp_path):
     assert len(doc["job_ids"]) == 2 and doc["race_winner"] == st["attempts"][0]["job_id"]
     loser = next(j for j in doc["job_ids"] if j != doc["race_winner"])
     assert "lost the start race" in p.stdout or sacct(loser)[0]["state"].startswith(("CANCELLED", "COMPLETED"))
+
+
+def test_detached_array_then_watch_reattaches_until_done(tmp_path):
+    from safedreamer_sweep.supervise import watch
+
+    store = tmp_path / "store"
+    t0 = time.time()
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *TINY, *SLURM, "hydra.launcher.wait=false",
+            timeout=120)
+    assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert time.time() - t0 < 60
+    (manifest,) = Store(store).read_sweep_manifests()
+    assert manifest["detached"] and manifest["launcher"]["backend"] == "slurm" and len(manifest["jobs"]) == 2
+    assert watch(store, poll_s=1) == 0
+    st = states(store)
+    assert len(st) == 2 and all(s["phase"] == "done" for s in st.values())

@@ -77,6 +77,7 @@ def test_every_verdict_from_real_store_states(hydra_loader, tmp_path):
     failed.set_phase("failed")
     _, elsewhere = cell(loader, master, "config=v2_full", "seed=5")
     import os
+
     from safedreamer_sweep.store import host
     atomic_write_json(elsewhere.claim_path, {"sweep_id": "other", "host": host(), "pid": os.getpid(),
                                              "claimed_at": time.time(), "backend": "local"})
@@ -103,7 +104,8 @@ def test_conflict_names_the_differing_keys_unless_new_variant(hydra_loader):
     with pytest.raises(PlanError) as e:
         plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=999"]], config_loader=loader, config=master,
                    log=lambda m: None)
-    assert "trainer.total_steps: 16384 -> 999" in str(e.value) and "sweep.new_variant=true" in str(e.value)
+    default = master.trainer.total_steps
+    assert f"trainer.total_steps: {default} -> 999" in str(e.value) and "sweep.new_variant=true" in str(e.value)
     cells = plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=999", "sweep.new_variant=true"]],
                        config_loader=loader, config=master, log=lambda m: None)
     assert cells[0].verdict == "new" and "new variant" in cells[0].reason

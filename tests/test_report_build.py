@@ -144,6 +144,8 @@ def test_too_few_seeds_is_inconclusive_with_a_seed_estimate(tmp_path):
     assert v.seeds_needed == pytest.approx(int(-(-7.8489 * 2 * s**2 // 1)), abs=1)
     doc = (build_report(root) / "decision.md").read_text()
     assert "includes 0" in doc and str(int(v.seeds_needed)) in doc
+    assert f"**Decision: inconclusive** — the evidence does not settle the rule for v2_full (about " \
+           f"{int(v.seeds_needed)} seeds per config would" in doc
     assert "Which numbers would change a decision" in doc and "ID return diff CI lower bound" in doc
 
 

@@ -90,6 +90,19 @@ def test_curve_bands_contain_the_mean_and_ignore_missing_points():
     assert np.all(lo <= m) and np.all(m <= hi)
 
 
+def test_curve_bands_of_complete_curves():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.0, 1.0, size=(20, 5)) + np.arange(5)  # 20 seeds, true mean curve 0..4
+    m, lo, hi = stats.curve_bands(v, reps=2000)
+    assert m == pytest.approx(v.mean(axis=0))
+    assert np.all(lo < m) and np.all(m < hi)
+    # The band is about +-1.96 standard errors wide (std 1, 20 seeds -> se 0.22).
+    assert np.all((hi - lo) > 0.5) and np.all((hi - lo) < 1.4)
+    same = np.tile([1.0, 2.0, 3.0], (4, 1))  # identical seeds: a zero-width band on the curve
+    m, lo, hi = stats.curve_bands(same)
+    assert lo == pytest.approx([1.0, 2.0, 3.0]) and hi == pytest.approx([1.0, 2.0, 3.0])
+
+
 def test_bimodal_split_detects_bifurcating_seeds_only():
     assert stats.bimodal_split([0.1, 0.2, 0.0, 20.0, 21.0]) == (0.2, 20.0)
     assert stats.bimodal_split([10.0, 11.0, 12.0, 13.0, 14.0]) is None  # evenly spread

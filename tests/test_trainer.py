@@ -165,6 +165,22 @@ def test_cadence_crossing_is_in_env_steps():
     assert trainer.crossed(3000, 4100, 4096)
 
 
+def test_heartbeat_keeps_beating_while_the_loop_is_busy_but_env_step_only_moves_with_the_loop(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    with trainer.Heartbeat(rd, total_steps=4096, period=0.05) as hb:
+        hb.env_step = 1024
+        time.sleep(0.3)  # a long update: the thread keeps refreshing progress.json
+        first = rd.read_progress()
+        time.sleep(0.3)
+        second = rd.read_progress()
+        assert second["updated_at"] > first["updated_at"]
+        assert second["env_step"] == 1024 and second["env_step_moved_at"] == first["env_step_moved_at"]
+        hb.env_step = 2048
+    final = rd.read_progress()
+    assert final["env_step"] == 2048 and final["total_steps"] == 4096 and final["peak_rss_mb"] > 0
+    assert final["env_step_moved_at"] > second["env_step_moved_at"]
+
+
 # ----------------------------------------------------------------------------- real training
 
 

@@ -2,7 +2,7 @@
 `hydra.launcher.<key>=...` on the command line or in conf/sweep.yaml."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -23,16 +23,16 @@ class SdsBaseConf:
     # memory factor applied after an out-of-memory kill
     mem_factor: float = 1.5
     # environment variables for every cell, e.g. {MUJOCO_GL: egl}
-    env: Dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     # job time limit (minutes); a timeout requeues the cell and it resumes from its checkpoint
     timeout_min: int = 60 * 24
-    cpus_per_task: Optional[int] = None
+    cpus_per_task: int | None = None
     # memory per cell in GB (Slurm --mem); retried x mem_factor after an OOM kill
-    mem_gb: Optional[float] = None
+    mem_gb: float | None = None
     # seconds before the time limit when Slurm sends the requeue signal (USR2 locally, USR1 on Slurm)
     signal_delay_s: int = 90
     # submitit's own files (pickles, scheduler logs); default <store.root>/launcher/submitit
-    submitit_folder: Optional[str] = None
+    submitit_folder: str | None = None
     name: str = "sds"
 
 
@@ -40,9 +40,9 @@ class SdsBaseConf:
 class SdsLocalConf(SdsBaseConf):
     _target_: str = "hydra_plugins.sds_launcher.launcher.SdsLocalLauncher"
     # cells at once (default: the number of CPU cores)
-    max_parallel: Optional[int] = None
+    max_parallel: int | None = None
     # GPUs to use: a count or a list of ids (default: CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`)
-    gpus: Optional[Any] = None
+    gpus: Any | None = None
     # cells sharing one GPU (each gets XLA_PYTHON_CLIENT_MEM_FRACTION=1/runs_per_gpu)
     runs_per_gpu: int = 1
 
@@ -50,24 +50,24 @@ class SdsLocalConf(SdsBaseConf):
 @dataclass
 class SdsSlurmConf(SdsBaseConf):
     _target_: str = "hydra_plugins.sds_launcher.launcher.SdsSlurmLauncher"
-    partition: Optional[str] = None
-    qos: Optional[str] = None
-    account: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    qos: str | None = None
+    account: str | None = None
+    constraint: str | None = None
     # nodes never to use (comma-separated); node faults add to it for later submissions
-    exclude: Optional[str] = None
-    gres: Optional[str] = None
-    gpus_per_node: Optional[int] = None
+    exclude: str | None = None
+    gres: str | None = None
+    gpus_per_node: int | None = None
     # cells of one job array running at once (QOS limits)
     array_parallelism: int = 256
     # shell lines run in the sbatch script before the cell (module load ..., conda activate ...)
-    setup: List[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
     # any other sbatch option, e.g. {mail-type: END}
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
     # timeouts requeued per job before it counts as a failed attempt
     max_num_timeout: int = 3
     # submit each cell to each of these partitions; the copies that do not start first are cancelled
-    race_partitions: List[str] = field(default_factory=list)
+    race_partitions: list[str] = field(default_factory=list)
 
 
 cs = ConfigStore.instance()

@@ -240,9 +240,16 @@ def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.D
         headline = INCONCLUSIVE
         summary = ("no config other than the baseline to compare." if not verdicts else
                                       "the evidence does not settle the rule for " +
-                                      ", ".join(v.config for v in verdicts if v.verdict == INCONCLUSIVE) + ".")
+                                      ", ".join(_with_seeds(v) for v in verdicts if v.verdict == INCONCLUSIVE) + ".")
     return Decision(headline=headline, summary=summary, verdicts=verdicts, cost_limit=limit,
                     flips=decision_flips(verdicts, limit, settings))
+
+
+def _with_seeds(v: Verdict) -> str:
+    """"v2_full (about 12 seeds per config would, at the observed variance)" or just the name."""
+    if math.isfinite(v.seeds_needed) and v.seeds_needed <= 1000:
+        return f"{v.config} (about {int(v.seeds_needed)} seeds per config would, at the observed variance)"
+    return v.config
 
 
 def _seeds_needed(v: Verdict, limit: float, settings: ReportSettings) -> float:

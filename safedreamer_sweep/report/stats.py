@@ -142,12 +142,17 @@ def curve_bands(values: np.ndarray, *, reps: int = 1000, confidence: float = 0.9
         empty = np.full(v.shape[-1] if v.ndim else 0, np.nan)
         return empty, empty, empty
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.shape[0], size=(reps, v.shape[0]))
+    n = v.shape[0]
     alpha = (1.0 - confidence) / 2.0
-    if np.isfinite(v).all():  # the common case; the nan-aware path is several times slower
-        boot = v[idx].mean(axis=1)  # (reps, points)
+    if np.isfinite(v).all():
+        # The common case. A resample of n seeds with replacement is a multinomial count per seed,
+        # so every replicate's mean curve is one row of counts @ curves / n: a small matrix product
+        # instead of a (reps, seeds, points) array.
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=reps)
+        boot = counts @ v / n  # (reps, points)
         low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
         return v.mean(axis=0), low, high
+    idx = rng.integers(0, n, size=(reps, n))
     with np.errstate(invalid="ignore"), _quiet_nan_warnings():
         m = np.nanmean(v, axis=0)
         boot = np.nanmean(v[idx], axis=1)
