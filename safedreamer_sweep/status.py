@@ -30,7 +30,7 @@ DEFAULT_STALL_AFTER_S = 600.0
 CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
                "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
                "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood",
-               "proc_status", "cpu_percent", "cost")
+               "proc_status", "cpu_percent", "other_identities", "cost")
 
 
 class StatusError(Exception):
@@ -133,6 +133,21 @@ def _live_claim(run_dir: str | None, stall_after: float, job_state) -> str | Non
     return f"sweep {claim.get('sweep_id')}: {why}" if alive else None
 
 
+def _other_identities(store: Store, v: Any) -> list[dict[str, Any]]:
+    """Run directories of the same config and seed under another identity hash (an older variant,
+    or a config edited since): evidence that a `never run` cell has history on disk."""
+    out = []
+    for rd in store.find(v.config, v.seed):
+        if rd.path.name == v.hash or str(rd.path) == v.run_dir:
+            continue
+        try:
+            phase = rd.read_state().get("phase")
+        except StoreError:
+            phase = "corrupt"
+        out.append({"hash": rd.path.name, "phase": phase, "run_dir": str(rd.path)})
+    return out
+
+
 def _stall_after_from(store: Store) -> float:
     """The newest sweep manifest's `launcher.stall_after`, else the default."""
     for doc in reversed(store.read_sweep_manifests()):
@@ -153,13 +168,16 @@ def _cost_settings(store: Store) -> tuple[float | None, str | None]:
 # ----------------------------------------------------------------------------- verdict
 
 
-def _labels(cells: Iterable[dict]) -> str:
-    """`v2_full seeds 2 3, v2_u_only seed 1`: one group per exact config name."""
+def _labels(cells: Iterable[dict], max_groups: int = 6) -> str:
+    """`v2_full seeds 2 3, v2_u_only seed 1`: one group per exact config name; past `max_groups`
+    configs the line says how many more (the table below lists every cell)."""
     groups: dict[str, list[int]] = {}
     for c in cells:
         groups.setdefault(c["config"], []).append(int(c["seed"]))
-    return ", ".join(f"{cfg} seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}"
-                     for cfg, s in groups.items())
+    shown = [f"{cfg} seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}"
+             for cfg, s in list(groups.items())[:max_groups]]
+    rest = len(groups) - max_groups
+    return ", ".join(shown) + (f" and {rest} more config{'s' if rest > 1 else ''}" if rest > 0 else "")
 
 
 def _alive_text(c: dict) -> str:
@@ -262,6 +280,9 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
     """The status document of a store (what `--json` prints). Reads only; raises StatusError when
     `store_root` is not a store."""
     root = Path(store_root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise StatusError(f"{root}: is a file, not a store directory. Fix: pass the directory given as "
+                          f"store.root when the sweep was launched.")
     if not root.is_dir():
         raise StatusError(f"{root}: no such store directory. Fix: pass the store.root of your sweep "
                           f"(e.g. `safedreamer-sweep status experiments`), or launch a sweep first.")
@@ -282,6 +303,7 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
         d = v.to_dict()
         d["last_outcome"] = _last_outcome(v.run_dir)
         d["claimed_by"] = _live_claim(v.run_dir, stall, job_state) if v.phase == "pending" else None
+        d["other_identities"] = _other_identities(store, v)
         c = cost["cells"].get(f"{v.config}/seed_{v.seed}")
         d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "total_h")}
         cells.append(d)
@@ -355,6 +377,9 @@ def _why(c: dict) -> str:
         bits.append(f"{c['cause']}: {c.get('evidence') or ''}".strip())
     if c.get("detail") and c["phase"] != "done" and c.get("run_dir"):
         bits.append(c["detail"])
+    if c.get("other_identities") and not c.get("run_dir"):
+        bits.append("this identity never ran; on disk: " + ", ".join(
+            f"{o['hash']} ({o['phase']})" for o in c["other_identities"]))
     if c.get("claimed_by"):
         bits.append(f"waiting for a slot in {c['claimed_by']}")
     if c.get("proc_status") == "stopped":

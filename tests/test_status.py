@@ -84,6 +84,7 @@ def test_incomplete_verdict_names_cells_never_run(store_copy):
     doc = status.collect(store_copy)
     assert doc["verdict"] == "INCOMPLETE: 3 cells never run: v2_full seeds 0 1, v2_u_only seed 0"
     assert status.exit_code(doc) == 1
+    assert doc["cells"][0]["other_identities"] == []
     holes = [c for c in doc["cells"] if c["run_dir"] is None]
     assert [(c["config"], c["seed"], c["phase"]) for c in holes] == [
         ("v2_full", 0, "pending"), ("v2_full", 1, "pending"), ("v2_u_only", 0, "pending")]
@@ -277,3 +278,17 @@ def test_slurm_cells_show_their_job_and_scheduler_state(tmp_path):
     assert doc["verdict"].startswith("RUNNING 0/1")
     assert cli_main(["watch", str(store), "--poll", "1"]) == 0
     assert status.collect(store)["verdict"] == "DONE 1/1"
+
+
+def test_a_hole_with_another_identity_on_disk_says_so(store_copy):
+    """The sweep asks for v2_baseline seed 0 under a new hash (its config changed): the finished
+    run of the old hash is shown as evidence, and the new identity counts as never run."""
+    store = Store(store_copy)
+    (rd,) = list(store.iter_runs())
+    store.write_sweep_manifest("sweep-new-variant", {"created_at": time.time(), "launcher": {}, "cells": [
+        {"config": "v2_baseline", "seed": 0, "hash": "feedf00d", "overrides": []}]})
+    doc = status.collect(store_copy)
+    (cell,) = doc["cells"]
+    assert cell["hash"] == "feedf00d" and cell["run_dir"] is None and cell["phase"] == "pending"
+    assert cell["other_identities"] == [{"hash": rd.path.name, "phase": "done", "run_dir": str(rd.path)}]
+    assert doc["verdict"] == "INCOMPLETE: 1 cell never run: v2_baseline seed 0"
