@@ -27,7 +27,9 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
         from safedreamer_sweep.external import train, evaluate  # noqa: F811  (any script as a cell)
-    attempt = rd.begin_attempt()
+    # start_step / end_step let the cost split tell resumed work from work redone after a loss.
+    ckpts = rd.checkpoints()
+    attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0)
     try:
         _inject_fault(attempt)
         if not rd.trained:
@@ -41,17 +43,23 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         # The launcher's requeue handler (submit.CellTask.checkpoint) says why it stops the cell.
         cause = os.environ.get("SDS_INTERRUPT_CAUSE", "interrupted")
         evidence = os.environ.get("SDS_INTERRUPT_EVIDENCE", f"{type(e).__name__} / SIGINT")
-        rd.end_attempt("interrupted", cause=cause, evidence=evidence)
+        rd.end_attempt("interrupted", cause=cause, evidence=evidence, end_step=_env_step(rd))
         rd.set_phase("interrupted")
         raise
     except BaseException as e:
         tail = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
-        rd.end_attempt("failed", cause="error", evidence=f"{type(e).__name__}: {e}", traceback_tail=tail)
+        rd.end_attempt("failed", cause="error", evidence=f"{type(e).__name__}: {e}", traceback_tail=tail,
+                       end_step=_env_step(rd))
         rd.set_phase("failed")
         raise
-    rd.end_attempt("done")
+    rd.end_attempt("done", end_step=_env_step(rd))
     rd.set_phase("done")
     return cell_result(spec, rd)
+
+
+def _env_step(rd: RunDir) -> int | None:
+    progress = rd.read_progress() or {}
+    return progress.get("env_step")
 
 
 def _inject_fault(attempt: int) -> None:
