@@ -46,6 +46,12 @@ from safedreamer_sweep.store import RunDir, Store, read_jsonl  # noqa: E402
 
 RESUME_RE = re.compile(r"resuming \S+ from checkpoint step (\d+)")
 START_RE = re.compile(r"^\[train\] \S+ x\d+, (\d+) env steps", re.M)
+STEP_RE = re.compile(r"^\[train\] step (\d+)/", re.M)
+
+
+def logged_steps(text: str) -> int:
+    """The furthest training step an attempt's log shows."""
+    return max([int(x) for x in STEP_RE.findall(text)] or [0])
 
 
 @dataclass
@@ -159,7 +165,7 @@ def lower_address_space(pid: int) -> str:
 
 
 def drive(store: Path, procs: list[subprocess.Popen], plan: list[str], budget: Budget, rng: random.Random,
-          deadline: float, log) -> list[Fault]:
+          deadline: float, log, allowed: set[str] | None = None) -> list[Fault]:
     """Inject the planned faults into running cells of `store` while `procs` run. One fault per cell
     (so each outcome is attributable), each at a random env step past the first checkpoint."""
     faults: list[Fault] = []
@@ -170,7 +176,7 @@ def drive(store: Path, procs: list[subprocess.Popen], plan: list[str], budget: B
         if pending:
             for rd in Store(store).iter_runs():
                 name = cell_name(rd)
-                if name in hit or not pending:
+                if name in hit or not pending or (allowed is not None and name not in allowed):
                     continue
                 a = live_attempt(rd)
                 if a is None:
@@ -243,9 +249,14 @@ def audit(store: Path, faults: list[Fault], budget: Budget, expected: list[str])
         if n_done > 1:
             dup_done.append(f"{name}: {n_done} attempts ended done")
         logs = attempt_logs(rd)
-        scratch = [n for n, text in logs.items() if START_RE.search(text) and not RESUME_RE.search(text)]
-        if len(scratch) > 1:
-            scratch_twice.append(f"{name}: attempts {scratch} each trained from step 0")
+        # a later attempt training from step 0 is a duplicate when an earlier one had passed a checkpoint
+        reached = 0
+        for n in sorted(logs):
+            text = logs[n]
+            if reached >= budget.checkpoint_every_steps and START_RE.search(text) and not RESUME_RE.search(text):
+                scratch_twice.append(f"{name}: attempt {n} trained from step 0 although an earlier attempt had "
+                                     f"reached env_step {reached}")
+            reached = max(reached, logged_steps(text))
         spans = sorted((a.get("started_at"), a.get("ended_at") or time.time(), a.get("n")) for a in attempts
                        if a.get("started_at"))
         for (s1, e1, n1), (s2, _e2, n2) in zip(spans, spans[1:]):
@@ -280,11 +291,15 @@ def audit(store: Path, faults: list[Fault], budget: Budget, expected: list[str])
         a = next((x for x in attempts if x.get("n") == f.attempt), None)
         if a is not None:
             f.cause, f.evidence = a.get("cause"), (a.get("evidence") or "")[:240]
-        nxt = attempt_logs(rd).get((f.attempt or 0) + 1)
+        logs = attempt_logs(rd)
+        nxt = logs.get((f.attempt or 0) + 1)
         f.bound = budget.checkpoint_every_steps * (2 if f.kind == "corrupt" else 1)
         if nxt:
             m = RESUME_RE.search(nxt)
             f.resumed_from = int(m.group(1)) if m else (0 if START_RE.search(nxt) else None)
+            if f.resumed_from is None:  # the next attempt did not train: the faulted one had finished training
+                f.resumed_from = logged_steps(logs.get(f.attempt or 0, ""))
+                f.detail += f" (training had finished at step {f.resumed_from}; the next attempt only evaluated)"
             if f.resumed_from is not None and f.env_step is not None:
                 f.lost_steps = max(0, f.env_step - f.resumed_from)
     return {"completed": completed, "dup_done": dup_done, "scratch_twice": scratch_twice, "overlaps": overlaps,
@@ -346,15 +361,24 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
             except Exception as e:  # a torn state.json is exactly what must never happen
                 out["state_readable"] = False
                 out["state_error"] = str(e)[:240]
+        log_text = (work / f"enospc_{backend}.log").read_text(errors="replace")
+        out["launcher_crashed"] = "Traceback (most recent call last)" in log_text and "No space left" in log_text
         filler.unlink(missing_ok=True)
-        log("[chaos] enospc  space freed; launching the same sweep again")
-        p2 = launch(store, [seed], backend, budget, work / f"enospc_{backend}.log", stall_after=60,
-                    extra=["++sweep.retry_failed=true"])
-        while p2.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        if p2.poll() is None:
-            p2.kill()
-        out["second_exit"] = p2.wait()
+        # After freeing space, launch the same sweep again, as the user would (again if it says so).
+        out["relaunches"] = 0
+        for _ in range(3):
+            log("[chaos] enospc  space freed; launching the same sweep again")
+            out["relaunches"] += 1
+            p2 = launch(store, [seed], backend, budget, work / f"enospc_{backend}.log", stall_after=60,
+                        extra=["++sweep.retry_failed=true"])
+            while p2.poll() is None and time.time() < deadline:
+                time.sleep(0.5)
+            if p2.poll() is None:
+                p2.kill()
+            out["second_exit"] = p2.wait()
+            if out["second_exit"] == 0:
+                break
+            time.sleep(5)
         rd = next(iter(Store(store).iter_runs()), None)
         st = rd.read_state() if rd else {}
         out["final_phase"] = st.get("phase")
@@ -406,7 +430,8 @@ def run_campaign(backend: str, *, cells: int, kills: int, budget: Budget, work: 
         oom_seed = cells  # its own cell, its own one-cell sweep with a memory limit it exceeds
         oom_proc = launch(store, [oom_seed], backend, budget, work / "sweep_slurm_oom.log", stall_after,
                           extra=["hydra.launcher.mem_gb=0.2", "hydra.launcher.mem_factor=5"])
-    faults = drive(store, procs, plan, budget, rng, deadline, log)
+    faults = drive(store, procs, plan, budget, rng, deadline, log,
+                   allowed={f"v2_baseline/seed_{s}" for s in seeds})
     for p in procs + ([oom_proc] if oom_proc else []):
         while p.poll() is None and time.time() < deadline:
             time.sleep(0.5)
@@ -471,15 +496,18 @@ def report(res: dict, log=print) -> bool:
     if not e.get("ran"):
         verdict("disk full", False, e["how"])
     else:
-        good = e.get("final_phase") == "done" and e.get("state_readable", True) and not e.get("corrupt_files")
+        good = (e.get("final_phase") == "done" and e.get("state_readable", True) and not e.get("corrupt_files")
+                and e.get("cause") is not None and not e.get("launcher_crashed"))
         lost = e.get("lost_steps")
         verdict("disk full", good and (lost is None or lost <= b["checkpoint_every_steps"]),
                 f"{e['how']}; filled at env_step {e.get('filled_at_env_step')}: first launch exit {e.get('first_exit')}, "
                 f"phase {e.get('first_phase')}, classified {e.get('cause')!r} ({(e.get('evidence') or '')[:120]}); "
-                f"state.json readable {e.get('state_readable')}; after freeing space: exit {e.get('second_exit')}, "
+                f"launcher crashed with ENOSPC: {e.get('launcher_crashed')}; "
+                f"state.json readable {e.get('state_readable')}; after freeing space, {e.get('relaunches')} launch(es): exit {e.get('second_exit')}, "
                 f"phase {e.get('final_phase')}, resumed from {e.get('resumed_from')} (lost {lost}); "
                 f"corrupt files {e.get('corrupt_files')}")
-    log(f"  the same sweep launched twice at once: attempts came from sweeps {res['sweeps_that_ran_attempts']}")
+    log(f"  the same sweep launched twice at once (+ the memory-limit sweep on Slurm): attempts were run by sweeps "
+        f"{res['sweeps_that_ran_attempts']}; no cell by two of them at once (checked above)")
     log(f"  => {'ALL GUARANTEES HELD' if ok else 'GUARANTEES VIOLATED (see above)'}")
     return ok
 

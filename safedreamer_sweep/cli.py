@@ -42,11 +42,12 @@ def _err(msg: str) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from safedreamer_sweep import status
+    from safedreamer_sweep.store import StoreError
 
     try:
         doc = status.collect(args.store, stall_after=args.stall_after, per_gpu_hour=args.per_gpu_hour,
                              currency=args.currency)
-    except status.StatusError as e:
+    except (status.StatusError, StoreError) as e:
         return _err(str(e))
     if args.cell:
         config, _, seed = args.cell.rpartition(":")
@@ -147,15 +148,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from safedreamer_sweep.report import (
         NotAStoreError,
         TemplateRenderError,
-        build_report,
+    )
+    from safedreamer_sweep.report.build import (
+        compute_report,
+        render_artifacts,
+        write_artifacts,
     )
     from safedreamer_sweep.store import StoreError
 
     try:
-        out = build_report(root, out=args.out)
-    except (NotAStoreError, TemplateRenderError, StoreError) as e:  # NotAStoreError is a StoreError
+        r = compute_report(root)
+        out = write_artifacts(r, render_artifacts(r), args.out)
+    except (NotAStoreError, TemplateRenderError, StoreError, NotADirectoryError, ValueError) as e:
         return _err(str(e))
     print(f"report: {out}")
+    if r.frames.corrupt:
+        # The report is written (it leads with these holes), but the store needs attention.
+        for line in r.frames.corrupt:
+            print(f"error: corrupt store file: {line}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -172,7 +183,13 @@ def cmd_confounds(args: argparse.Namespace) -> int:
     except OverrideError as e:
         return _err(str(e))
     conf_dir = str(Path(args.conf_dir).resolve()) if args.conf_dir else str(Path(__file__).resolve().parent.parent / "conf")
-    specs = specs_for_overrides(conf_dir, args.overrides)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        specs = specs_for_overrides(conf_dir, args.overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        return _err(f"{e}\nFix: check the config names in conf/config/ and the override spelling.")
     knobs = args.knobs if args.knobs is not None else _ablation_knobs(conf_dir, args.overrides)
     configs = list(dict.fromkeys(s.config for s in specs))
     found = find_confounds(specs, knobs)

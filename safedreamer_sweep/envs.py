@@ -133,7 +133,7 @@ class VectorEnv:
         trunc = np.zeros(self.num_envs, dtype=bool)
         final_obs: dict[int, np.ndarray] = {}
         for i, env in enumerate(self.envs):
-            o, r, c, te, tr, _ = env.step(actions[i])
+            o, r, c, te, tr, _ = env.step(actions[i])  # type: ignore[misc]  # Safety-Gymnasium's 6-tuple
             rew[i], cost[i], term[i], trunc[i] = r, c, te, tr
             self._ret[i] += r
             self._cost[i] += c

@@ -6,6 +6,7 @@ the training env seeds (different SeedSequence entropy), and are recorded in the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -76,7 +77,7 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     finally:
         env.close()
     cost_limit = float(cfg.agent.lagrangian.cost_limit)
-    result = {"kind": kind, "env_id": env_id, "checkpoint_step": int(step), "seed": seed0,
+    result: dict[str, Any] = {"kind": kind, "env_id": env_id, "checkpoint_step": int(step), "seed": seed0,
               "cost_limit": cost_limit, "episodes": episodes, "summary": summarize(episodes, cost_limit)}
     if kind == "ood":
         result["ood_proxy"] = str(cfg.eval.ood_proxy)

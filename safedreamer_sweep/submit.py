@@ -315,7 +315,7 @@ def pre_register(rd: RunDir, *, job_id: str, resources: dict, sweep_id: str, par
 
 def submitit_stderr(folder: Path, job_id: str) -> str:
     """Tail of submitit's own stderr file of a job (slurmstepd writes OOM kills there)."""
-    for p in sorted(Path(folder).glob(f"{job_id}*_log.err")) + sorted(Path(folder).glob(f"{job_id}/*_log.err")):
+    for p in sorted(Path(folder).glob(f"**/{job_id}_*log.err")):
         try:
             return p.read_text(errors="replace")[-4000:]
         except OSError:

@@ -282,8 +282,10 @@ class Supervisor:
         if sub is not None:
             try:
                 stderr = Path(sub.job.paths.stderr).read_text(errors="replace")[-4000:]
-            except (OSError, AttributeError):
-                stderr = ""
+            except (OSError, AttributeError):  # reattached (no submitit Job object): find its file
+                from safedreamer_sweep.submit import submitit_stderr
+
+                stderr = submitit_stderr(self.store.root / "launcher" / "submitit", sub.job_id)
         if last.get("n"):
             err = t.rd.attempt_log_paths(int(last["n"]))[1]
             if err.exists():

@@ -107,14 +107,14 @@ class NumpyPolicy:
         self.p = to_numpy(params)
         self.kappa = kappa
         # The normaliser is frozen for this policy's lifetime: precompute it once for the hot loop.
-        self.obs_mean = normalizer.mean.astype(np.float32) if normalizer is not None else None
-        self.obs_scale = (1.0 / np.sqrt(normalizer.var + 1e-8)).astype(np.float32) if normalizer is not None else None
-        self.clip = normalizer.clip if normalizer is not None else None
+        # Without a normaliser: identity (mean 0, scale 1, no clip).
+        norm = normalizer
+        self.obs_mean = norm.mean.astype(np.float32) if norm is not None else np.float32(0.0)
+        self.obs_scale = (1.0 / np.sqrt(norm.var + 1e-8)).astype(np.float32) if norm is not None else np.float32(1.0)
+        self.clip = float(norm.clip) if norm is not None else np.inf
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, np.float32)
-        if self.obs_mean is None:
-            return obs
         return np.clip((obs - self.obs_mean) * self.obs_scale, -self.clip, self.clip)
 
     def mean_action(self, obs_n: np.ndarray) -> np.ndarray:
@@ -367,8 +367,8 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     log = partial(print, flush=True)
 
     envs = make_vector_env(cfg.env.id, n_envs, fast_reset=bool(cfg.env.fast_reset))
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    act_dim = int(np.prod(envs.single_action_space.shape))
+    obs_dim = int(np.prod(envs.single_observation_space.shape or ()))
+    act_dim = int(np.prod(envs.single_action_space.shape or ()))
     tx = make_optimizer(float(acfg.lr), float(acfg.max_grad_norm))
 
     resumed = run.latest_checkpoint(log=lambda m: log(f"[train] {m}"))
@@ -379,7 +379,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
         opt_state = {name: tx.init(params[name]) for name in NETS}
         norm = RunningNorm(obs_dim)
         multiplier = float(acfg.lagrangian.init)
-        recent = deque(maxlen=10)  # last finished episodes: (return, cost, length)
+        recent: deque[tuple[float, float, int]] = deque(maxlen=10)  # last finished episodes: (return, cost, length)
         episodes = 0
         np_rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1]))
         wall_before = 0.0
@@ -423,7 +423,8 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     buf_act = np.zeros((T, n_envs, act_dim), np.float32)
     buf_rew, buf_cost, buf_done = (np.zeros((T, n_envs)) for _ in range(3))
     t_start = time.time()
-    start_step, window = env_step, {"step": env_step, "t": t_start, "episodes": []}
+    start_step = env_step
+    window_step, window_t, window_eps = env_step, t_start, []  # the current logging window
     hb = Heartbeat(run, total, float(tcfg.heartbeat_every_s))
     hb.env_step = env_step
     log(f"[train] {cfg.env.id} x{n_envs}, {total} env steps, rollout {T * n_envs}, heads {heads}, "
@@ -449,7 +450,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             finished = envs.pop_episodes()
             episodes += len(finished)
             recent.extend(finished)
-            window["episodes"].extend(finished)
+            window_eps.extend(finished)
 
             # --- advantages for reward and cost (truncated episodes bootstrap from their final obs)
             flat = buf_obs.reshape(T * n_envs, obs_dim)
@@ -506,19 +507,19 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             hb.steps_per_s = (env_step - start_step) / max(now - t_start, 1e-9)
             prev = env_step - T * n_envs
             if crossed(prev, env_step, int(tcfg.log_every_steps)) or env_step >= total:
-                ep = np.array(window["episodes"], float).reshape(-1, 3)  # (return, cost, length) rows
+                ep = np.array(window_eps, float).reshape(-1, 3)  # (return, cost, length) rows
                 mean = [float(x) for x in ep.mean(0)] if len(ep) else [None] * 3
                 row = {"env_step": env_step, "episode_return": mean[0], "episode_cost": mean[1],
                        "episode_length": mean[2], "episodes": episodes, "lagrange_multiplier": multiplier,
                        **stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac,
-                       "steps_per_s": (env_step - window["step"]) / max(now - window["t"], 1e-9),
+                       "steps_per_s": (env_step - window_step) / max(now - window_t, 1e-9),
                        "wall_time_s": wall_before + now - t_start}
                 run.append_metrics(row)
                 fmt = (lambda x: "-" if x is None else f"{x:.2f}")
                 log(f"[train] step {env_step}/{total} return {fmt(row['episode_return'])} cost "
                     f"{fmt(row['episode_cost'])} lagrange {multiplier:.3f} kl {stats['approx_kl']:.4f} "
                     f"risk {row['risk_penalty']:.3f} cert {step_frac:.2f} {row['steps_per_s']:.0f} steps/s")
-                window = {"step": env_step, "t": now, "episodes": []}
+                window_step, window_t, window_eps = env_step, now, []
             if crossed(prev, env_step, int(tcfg.eval_every_steps)) or env_step >= total:
                 eval_policy = NumpyPolicy(params, norm if acfg.obs_norm else None)
                 seeds = [int(s) for s in np.random.SeedSequence([int(cfg.seed), 2, env_step]).generate_state(

@@ -160,13 +160,14 @@ def test_racing_two_partitions_keeps_the_first_starter(tmp_path):
     assert "lost the start race" in p.stdout or sacct(loser)[0]["state"].startswith(("CANCELLED", "COMPLETED"))
 
 
-def test_detached_array_then_watch_reattaches_until_done(tmp_path):
+def test_detached_array_then_watch_reattaches_and_retries_until_done(tmp_path):
     from safedreamer_sweep.supervise import watch
 
     store = tmp_path / "store"
     t0 = time.time()
+    # seed 0 gets too little memory: `watch` must classify the OOM and resubmit it with more
     p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *TINY, *SLURM, "hydra.launcher.wait=false",
-            timeout=120)
+            "hydra.launcher.mem_gb=0.2", "hydra.launcher.max_attempts=4", timeout=120)
     assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
     assert time.time() - t0 < 60
     (manifest,) = Store(store).read_sweep_manifests()
@@ -174,3 +175,6 @@ def test_detached_array_then_watch_reattaches_until_done(tmp_path):
     assert watch(store, poll_s=1) == 0
     st = states(store)
     assert len(st) == 2 and all(s["phase"] == "done" for s in st.values())
+    first = st["v2_baseline/seed_0"]["attempts"][0]
+    assert first["cause"] == "oom" and first["classified_by"] == "supervisor"
+    assert st["v2_baseline/seed_0"]["attempts"][-1]["resources"]["mem_gb"] > 0.2

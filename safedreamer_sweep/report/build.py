@@ -223,7 +223,11 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     alone.
     """
     r = compute_report(store_root, cfg)
-    files = render_artifacts(r)
+    return write_artifacts(r, render_artifacts(r), out)
+
+
+def write_artifacts(r: Any, files: dict[str, bytes], out: str | Path | None = None) -> Path:
+    """Write rendered artifacts atomically into `out` (default: report.out, else <store>/report)."""
     out_dir = Path(out or r.settings.out or (r.frames.store_root / "report")).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: report output path is a file; give a directory (--out DIR).")
