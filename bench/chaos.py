@@ -25,6 +25,8 @@ with the cause and evidence state.json recorded. A violated guarantee is printed
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -36,17 +38,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safedreamer_sweep.store import RunDir, Store, read_jsonl  # noqa: E402
+from safedreamer_sweep.store import RunDir, Store, StoreError, read_jsonl
 
 RESUME_RE = re.compile(r"resuming \S+ from checkpoint step (\d+)")
-START_RE = re.compile(r"^\[train\] \S+ x\d+, (\d+) env steps", re.M)
-STEP_RE = re.compile(r"^\[train\] step (\d+)/", re.M)
+START_RE = re.compile(r"^\[train\] \S+ x\d+, (\d+) env steps", re.MULTILINE)
+STEP_RE = re.compile(r"^\[train\] step (\d+)/", re.MULTILINE)
 
 
 def logged_steps(text: str) -> int:
@@ -102,7 +104,7 @@ def launch(store: Path, seeds: list[int], backend: str, budget: Budget, log_path
     argv = [sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline",
             "seed=" + ",".join(map(str, seeds)), f"store.root={store}", *budget.overrides(),
             *launcher_overrides(backend, stall_after, extra)]
-    f = open(log_path, "a")
+    f = open(log_path, "a")  # noqa: SIM115 (the sweep process writes to it; closed when it exits)
     f.write("$ " + " ".join(argv) + "\n")
     f.flush()
     return subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
@@ -116,7 +118,7 @@ def live_attempt(rd: RunDir) -> dict | None:
     """The newest attempt if a training process runs it on this host right now."""
     try:
         st = rd.read_state()
-    except Exception:
+    except (StoreError, OSError):  # mid-fault reads may fail: not running as far as we can tell
         return None
     a = (st.get("attempts") or [{}])[-1]
     if a.get("outcome") != "running" or not a.get("pid") or st.get("phase") != "running":
@@ -131,10 +133,8 @@ def live_attempt(rd: RunDir) -> dict | None:
 def reached_step(rd: RunDir) -> int:
     """The furthest env step the cell is known to have reached (heartbeat or curve)."""
     steps = [0]
-    try:
+    with contextlib.suppress(StoreError, OSError, ValueError):
         steps.append(int((rd.read_progress() or {}).get("env_step") or 0))
-    except Exception:
-        pass
     rows = read_jsonl(rd.metrics_path)
     if rows:
         steps.append(int(rows[-1].get("env_step", 0)))
@@ -203,7 +203,7 @@ def drive(store: Path, procs: list[subprocess.Popen], plan: list[str], budget: B
                     elif kind == "corrupt":
                         os.kill(pid, signal.SIGKILL)
                         wait_gone(pid)
-                        ck_step, ck = rd.checkpoints()[-1]
+                        _, ck = rd.checkpoints()[-1]
                         size = ck.stat().st_size
                         with open(ck, "r+b") as fh:
                             fh.truncate(size // 2)
@@ -259,7 +259,7 @@ def audit(store: Path, faults: list[Fault], budget: Budget, expected: list[str])
             reached = max(reached, logged_steps(text))
         spans = sorted((a.get("started_at"), a.get("ended_at") or time.time(), a.get("n")) for a in attempts
                        if a.get("started_at"))
-        for (s1, e1, n1), (s2, _e2, n2) in zip(spans, spans[1:]):
+        for (_s1, e1, n1), (s2, _e2, n2) in itertools.pairwise(spans):
             if s2 < e1 - 1.0:  # 1 s: the next attempt may start while the supervisor closes the old one
                 overlaps.append(f"{name}: attempt {n2} started {e1 - s2:.1f}s before attempt {n1} ended")
         # eval rows: one periodic eval row per eval_every_steps, none duplicated; final evals complete
@@ -318,7 +318,7 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
     mnt.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dd", "if=/dev/zero", f"of={img}", "bs=1M", "count=64", "status=none"], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         return {"ran": False, "how": f"not run: mount -o loop failed ({r.stderr.strip()})"}
     out: dict = {"ran": True, "how": "64 MB ext4 image, loop-mounted (real ENOSPC)"}
@@ -358,7 +358,7 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
                 out["state_readable"] = True
                 a = (st.get("attempts") or [{}])[-1]
                 out["first_phase"], out["cause"], out["evidence"] = st.get("phase"), a.get("cause"), (a.get("evidence") or "")[:240]
-            except Exception as e:  # a torn state.json is exactly what must never happen
+            except (StoreError, OSError) as e:  # a torn state.json is exactly what must never happen
                 out["state_readable"] = False
                 out["state_error"] = str(e)[:240]
         log_text = (work / f"enospc_{backend}.log").read_text(errors="replace")
@@ -390,7 +390,7 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
             out["lost_steps"] = max(0, filled_at - out["resumed_from"])
         out["corrupt_files"] = corrupt_json(store)
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
     return out
 
 
@@ -400,7 +400,7 @@ def corrupt_json(store: Path) -> list[str]:
     for p in store.rglob("*.json"):
         try:
             json.loads(p.read_text())
-        except Exception:
+        except (ValueError, OSError):
             bad.append(str(p.relative_to(store)))
     return bad
 

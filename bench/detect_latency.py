@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safedreamer_sweep.observe import observe_run  # noqa: E402
-from safedreamer_sweep.store import RunDir, Store  # noqa: E402
-from safedreamer_sweep.supervise import slurm_state_lookup  # noqa: E402
+from safedreamer_sweep.observe import observe_run
+from safedreamer_sweep.store import RunDir, Store
+from safedreamer_sweep.supervise import slurm_state_lookup
 
 BUDGET = ["trainer.total_steps=12288", "trainer.num_envs=1", "trainer.rollout_steps=512",
           "trainer.checkpoint_every_steps=1024", "trainer.log_every_steps=512", "trainer.eval_every_steps=4096",
@@ -56,7 +56,7 @@ def measure(backend: str, work: Path, stall_after: float, poll: float, timeout: 
                 ["hydra/launcher=sds_slurm", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30"])
     argv = [sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0,1", f"store.root={store}",
             *BUDGET, *launcher, f"hydra.launcher.poll_s={poll}", f"hydra.launcher.stall_after={stall_after}"]
-    log = open(work / f"sweep_{backend}.log", "w")
+    log = open(work / f"sweep_{backend}.log", "w")  # noqa: SIM115 (the sweep writes to it until the end)
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     out: dict = {"backend": backend, "stall_after": stall_after, "poll_s": poll}
     end = time.time() + timeout
@@ -118,7 +118,7 @@ def measure(backend: str, work: Path, stall_after: float, poll: float, timeout: 
             for rd in Store(store).iter_runs():  # our cells only: the ones this sweep started
                 for a in rd.read_state().get("attempts") or []:
                     if backend == "slurm" and a.get("job_id"):
-                        subprocess.run(["scancel", str(a["job_id"])], capture_output=True)
+                        subprocess.run(["scancel", str(a["job_id"])], check=False, capture_output=True)
                     elif a.get("pid") and a.get("outcome") == "running":
                         try:
                             os.kill(int(a["pid"]), signal.SIGKILL)

@@ -89,7 +89,7 @@ def main() -> None:
                 "eval.episodes=1", "hydra/launcher=sds_local", f"hydra.launcher.max_parallel={args.procs}",
                 "hydra.launcher.poll_s=1"]
         t0 = time.perf_counter()
-        p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         runs = list(Store(store).iter_runs())
         done = [rd for rd in runs if rd.read_state().get("phase") == "done"]

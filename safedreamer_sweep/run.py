@@ -4,6 +4,7 @@ record every step of it in the cell's run directory. Writes nowhere else."""
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from typing import Any
 
@@ -20,6 +21,9 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
+    platform = cfg.get("trainer", {}).get("platform")
+    if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
+        os.environ.setdefault("JAX_PLATFORMS", str(platform))
     from safedreamer_sweep.evaluate import evaluate
     from safedreamer_sweep.trainer import train
 

@@ -419,7 +419,9 @@ class Store:
                                                          "hash": c.get("hash")}
         for rd in self.iter_runs():
             spec = rd.read_spec() or {}
-            key = (spec.get("config"), int(spec.get("seed", -1)))
-            if key[0] is not None and key not in cells:
+            if spec.get("config") is None:
+                continue
+            key = (str(spec["config"]), int(spec.get("seed", -1)))
+            if key not in cells:
                 cells[key] = {"config": key[0], "seed": key[1], "hash": spec.get("hash")}
         return [cells[k] for k in sorted(cells)]

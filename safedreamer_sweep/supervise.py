@@ -415,9 +415,12 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
         ids = [j for d in new for j in (d.get("jobs") or {}).get(t.key, [])]
         return [_Sub(key=t.key, job_id=str(j), backend=backend) for j in ids]
 
+    max_parallel = int(launcher.get("max_parallel") or os.cpu_count() or 1)
     sup = Supervisor(store=store, backend=backend, sweep_id=f"watch-{os.getpid()}", policy=policy,
                      stall_after=float(launcher.get("stall_after", 600)), poll_s=poll_s, submit=resubmit,
                      log=print, on_tick=on_tick)
+    if backend == "local":
+        sup.can_submit = lambda: len(sup.active) < max_parallel
     sup_ref["s"] = sup
     seen = set()
     for c in reversed(cells):  # newest manifest wins per cell
@@ -434,10 +437,8 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
             sup.finished.append(t)
         elif t.subs:
             sup.active.append(t)
-        else:
-            sup.finished.append(t)
-            t.result = "failed"
-            t.reason = "no job recorded for it"
+        else:  # never submitted (a detached local sweep starts only max_parallel cells): start it now
+            sup.queue.append(t)
     done = sup.run()
     bad = [t for t in done if t.result != "done"]
     print(f"[watch] {len(done) - len(bad)}/{len(done)} cells done" + (

@@ -27,9 +27,6 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-# 64-unit MLPs run faster on the CPU than through a GPU round trip, and this skips backend probing.
-# Set JAX_PLATFORMS yourself to override.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The PPO update takes seconds to compile; every cell of a sweep compiles the same program, so keep
 # compiled programs across processes (set JAX_COMPILATION_CACHE_DIR to move or share the cache).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "safedreamer_sweep", "jax"))

@@ -41,7 +41,7 @@ def base_store(tmp_path_factory) -> Path:
     evaluated ID and OOD by the real launcher, cell task and trainer."""
     store = tmp_path_factory.mktemp("bad_inputs") / "store"
     p = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0",
-                        f"store.root={store}", *TINY, *LOCAL], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        f"store.root={store}", *TINY, *LOCAL], check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (rd,) = [s.parent for s in (store / "runs").glob("*/seed_*/*/spec.json")]
     assert json.loads((rd / "state.json").read_text())["phase"] == "done"
@@ -202,7 +202,7 @@ def test_bad_input_is_refused_clearly_and_leaves_the_store_byte_identical(case: 
     argv = [a.replace("{S}", str(store)).replace("{SPEC}", spec.as_posix()) for a in case.argv]
     exclude_report = case.report
     before = snapshot(store, exclude_report)
-    p = subprocess.run([sys.executable, "-m", *argv], cwd=cwd, capture_output=True, text=True, timeout=case.timeout)
+    p = subprocess.run([sys.executable, "-m", *argv], check=False, cwd=cwd, capture_output=True, text=True, timeout=case.timeout)
     after = snapshot(store, exclude_report)
     out = p.stdout + p.stderr
     shown = f"exit {p.returncode}\n--- stdout\n{p.stdout[-2500:]}\n--- stderr\n{p.stderr[-2500:]}"
