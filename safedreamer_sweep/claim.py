@@ -21,17 +21,26 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
     t = time.time() if now is None else now
     if not claim or claim.get("released_at"):
         return False, "no active claim"
-    if claim.get("host") == host() and pid_alive(claim.get("pid"), claim.get("pid_started_at")):
+    same_host = claim.get("host") == host()
+    if same_host and pid_alive(claim.get("pid"), claim.get("pid_started_at")):
         return True, f"launcher pid {claim['pid']} on {claim['host']} is alive"
-    for jid in claim.get("job_ids") or ([claim["job_id"]] if claim.get("job_id") else []):
-        jid = str(jid)
+    jobs = [str(j) for j in (claim.get("job_ids") or ([claim["job_id"]] if claim.get("job_id") else []))]
+    checked = []
+    for jid in jobs:
         if claim.get("backend") == "local":
-            if claim.get("host") == host() and pid_alive(int(jid)):
-                return True, f"local job pid {jid} is alive"
+            if same_host:
+                if pid_alive(int(jid)):
+                    return True, f"local job pid {jid} is alive"
+                checked.append(f"local job pid {jid} gone")
         elif job_state is not None:
             st = job_state(jid)
             if st and st.split()[0] in SLURM_ALIVE:
                 return True, f"job {jid} is {st}"
+            if st:
+                checked.append(f"job {jid} {st}")
+    if same_host and jobs and len(checked) == len(jobs):
+        # Launcher and every job are known dead: a recent heartbeat is the last breath, not life.
+        return False, f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} dead, " + ", ".join(checked)
     prog = rd.read_progress() or {}
     moved = prog.get("env_step_moved_at")
     if moved and t - moved <= stall_after:

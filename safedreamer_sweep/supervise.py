@@ -183,6 +183,10 @@ class Supervisor:
                 self._close(t, "failed", cause=getattr(t, "pending_cause", None) or "error",
                             evidence=f"submission failed: {e}")
                 continue
+            if not t.subs:  # never loop on a resubmission that started nothing
+                self._close(t, "failed", cause=getattr(t, "pending_cause", None) or "lost",
+                            evidence="resubmission started no job (see the sweep's plan output)")
+                continue
             add_jobs(t.rd, self.sweep_id, [s.job_id for s in t.subs])
             self.log(f"[sds] submitted {t.label}: job {', '.join(s.job_id for s in t.subs)}"
                      + (f" mem {t.mem_gb} GB" if t.mem_gb else "") + (f" exclude {','.join(self.exclude)}" if self.exclude else ""))
