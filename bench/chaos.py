@@ -493,7 +493,9 @@ def report(res: dict, log=print) -> bool:
                 f"(bound {f['bound']}); classified {f['cause']!r} (expected {'/'.join(sorted(expect.get(f['kind'], {'-'})))}): "
                 f"{(f['evidence'] or '')[:160]}")
     e = res["enospc"]
-    if not e.get("ran"):
+    if e.get("how") == "not requested":
+        log("  -        disk full: not requested in this campaign")
+    elif not e.get("ran"):
         verdict("disk full", False, e["how"])
     else:
         good = (e.get("final_phase") == "done" and e.get("state_readable", True) and not e.get("corrupt_files")

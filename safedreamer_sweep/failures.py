@@ -49,7 +49,7 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
     where = f" on {evidence['node']}" if evidence.get("node") else ""
     sig = evidence.get("signal")
     code = evidence.get("exit_code")
-    how = (f"slurm {state}" if state else "process") + where + (f", signal {sig}" if sig else "") + (
+    how = (f"slurm {state}" if state else (f"pid {evidence['pid']}" if evidence.get("pid") else "process")) + where + (f", signal {sig}" if sig else "") + (
         f", exit code {code}" if code not in (None, "") else "")
 
     if state.startswith("OUT_OF_MEMORY") or evidence.get("oom_evidence") or _OOM_RE.search(stderr) \
@@ -61,7 +61,7 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
         return "node_fault", f"{how}: {line}"
     if state.startswith("PREEMPTED") or cell_cause == "preempted":
         return "preempted", f"{how}: {evidence.get('cell_evidence') or 'preempted by the scheduler'}"
-    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout":
+    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout" or "timed-out too many times" in cell_text:
         return "timeout", f"{how}: {evidence.get('cell_evidence') or 'time limit reached'}"
     if evidence.get("stalled"):
         age, lim = evidence.get("progress_age_s"), evidence.get("stall_after")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.store import (
@@ -199,7 +198,3 @@ def observe_store(store: Store, *, stall_after: float, now: float | None = None,
         else:
             out.append(observe_run(rd, stall_after=stall_after, now=now, job_state=job_state))
     return out
-
-
-def run_dir_of(path: str | Path) -> RunDir:
-    return RunDir(Path(path))

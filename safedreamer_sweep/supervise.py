@@ -240,7 +240,9 @@ class Supervisor:
             return
         alive = [s for s in t.subs if self._alive(t, s)]
         if len(t.subs) > 1 and alive:  # racing copies: keep the first that started, cancel the rest
-            winner = (t.rd.claim_path.exists() and __import__("json").loads(t.rd.claim_path.read_text()).get("race_winner"))
+            from safedreamer_sweep.store import read_json
+
+            winner = (read_json(t.rd.claim_path) or {}).get("race_winner")
             if winner:
                 for s in t.subs:
                     if s.job_id != str(winner):
@@ -273,8 +275,9 @@ class Supervisor:
         info = self.slurm.info.get(sub.job_id, {}) if sub is not None and self.backend == "slurm" else {}
         ev.update(slurm_state=info.get("State"), node=info.get("NodeList") or last.get("node") or last.get("host"))
         code = info.get("ExitCode")
-        if self.backend == "local" and sub is not None and getattr(sub.job, "_process", None) is not None:
-            code = sub.job._process.returncode
+        if self.backend == "local":
+            # the submitit controller's exit code is not the cell's: name the cell's pid instead
+            ev["pid"] = last.get("pid")
         if code is not None:
             ev["exit_code"] = code
             m = re.match(r"^(-?\d+):(\d+)$", str(code))
@@ -393,8 +396,9 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
     cells = _manifest_cells(store)
     if not cells:
         print(f"[watch] {store.root}: no detached sweep recorded (sweeps/*.json with detached=true); nothing to do")
-        return 0 if all(v.phase == "done" for v in __import__("safedreamer_sweep.observe", fromlist=["x"])
-                        .observe_store(store, stall_after=600)) else 1
+        from safedreamer_sweep.observe import observe_store
+
+        return 0 if all(v.phase == "done" for v in observe_store(store, stall_after=600)) else 1
     latest = cells[-1]["manifest"]
     launcher = latest.get("launcher") or {}
     backend = launcher.get("backend", "local")
@@ -404,7 +408,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
 
     def resubmit(t: Tracked, mem_gb: float | None, exclude: list[str]) -> list[Any]:
         c = t.payload
-        extra = ["hydra.launcher.wait=false"]
+        extra = ["hydra.launcher.wait=false", "sweep.on_complete=[]"]  # hooks stay with the original sweep
         if mem_gb:
             extra.append(f"hydra.launcher.mem_gb={mem_gb}")
         if exclude:
@@ -445,6 +449,10 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
             sup.queue.append(t)
     done = sup.run()
     bad = [t for t in done if t.result != "done"]
+    from safedreamer_sweep.hooks import run_on_complete
+
+    for doc in {c["manifest"]["id"]: c["manifest"] for c in cells}.values():  # each detached sweep's hooks, once
+        run_on_complete(doc.get("on_complete_commands") or [], store=store, sweep_id=doc["id"], all_terminal=True)
     print(f"[watch] {len(done) - len(bad)}/{len(done)} cells done" + (
         "; not done: " + ", ".join(f"{t.label} ({t.reason})" for t in bad) if bad else ""))
     return 0 if not bad else 1
@@ -541,6 +549,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         "created_at": time.time(), "detached": not wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
         "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
                    "verdict": c.verdict} for c in cells],
+        "on_complete_commands": [str(x) for x in (sweep_cfg.get("on_complete") or [])],
         "launcher": launcher_doc, "jobs": {}, "cost": OmegaConf.to_container(cells[0].cfg.get("cost") or {}) if cells and cells[0].cfg is not None else {},
     }
     store.write_sweep_manifest(sweep_id, manifest)

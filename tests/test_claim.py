@@ -79,3 +79,14 @@ def test_first_racing_copy_to_start_wins(tmp_path):
     assert race_start(rd, "11") is None
     assert race_start(rd, "12") == "11"
     assert race_start(rd, "11") is None  # the winner restarting after a requeue still runs
+
+
+def test_known_dead_launcher_and_jobs_beat_a_recent_heartbeat(tmp_path):
+    # An OOM-killed job's last heartbeat is seconds old, but its launcher and its job are gone.
+    rd = run_dir(tmp_path)
+    atomic_write_json(rd.claim_path, {"sweep_id": "old", "host": host(), "pid": dead_pid(), "backend": "slurm",
+                                      "claimed_at": time.time(), "job_ids": ["52_0"]})
+    rd.heartbeat(512, 4096)
+    alive, why = holder_alive(read_json(rd.claim_path), rd, stall_after=600, job_state=lambda j: "FAILED")
+    assert not alive and "job 52_0 FAILED" in why
+    assert try_claim(rd, "new", backend="slurm", stall_after=600, job_state=lambda j: "FAILED")[0]

@@ -35,6 +35,9 @@ def test_timeout_and_preemption():
     assert classify_failure({"slurm_state": "TIMEOUT"})[0] == "timeout"
     assert classify_failure({"cell_cause": "timeout", "cell_evidence": "requeue signal after 30s"})[0] == "timeout"
     assert classify_failure({"slurm_state": "PREEMPTED"})[0] == "preempted"
+    # submitit's requeue budget (max_num_timeout) exhausted: still a timeout, resumable
+    assert classify_failure({"cell_cause": "error", "cell_evidence": "UncompletedJobError: Job not requeued because: "
+                             "timed-out too many times."})[0] == "timeout"
 
 
 def test_stalled_names_the_step_and_the_age():

@@ -18,7 +18,8 @@ from conftest import ROOT, TINY, sds
 from safedreamer_sweep.store import RunDir, Store
 from safedreamer_sweep.submit import SlotPool, visible_gpus
 
-LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5"]
+# Hydra's own sweep dir goes inside the test's store, not into the repository.
+LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5", "hydra.sweep.dir=${store.root}/multirun"]
 
 
 # ----------------------------------------------------------------------------- slots (unit)
@@ -221,7 +222,7 @@ def test_optuna_sweeper_gets_the_objective_from_every_trial(tmp_path):
             "+sweep.objective=ood.return_mean",
             "sweep.new_variant=true", f"store.root={store}", *TINY, *LOCAL, timeout=400)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    best = next(Path(store / "hydra" / "sweeps").glob("*/optimization_results.yaml")).read_text()
+    best = (store / "multirun" / "optimization_results.yaml").read_text()
     assert "best_value" in best
     runs = list(Store(store).iter_runs())
     assert 1 <= len(runs) <= 2 and all(r.read_state()["phase"] == "done" for r in runs)

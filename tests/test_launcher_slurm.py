@@ -24,7 +24,8 @@ from conftest import ROOT, TINY, sds
 from safedreamer_sweep.store import Store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-SLURM = ["hydra/launcher=sds_slurm", "hydra.launcher.poll_s=1", "hydra.launcher.mem_gb=1.5"]
+SLURM = ["hydra/launcher=sds_slurm", "hydra.launcher.poll_s=1", "hydra.launcher.mem_gb=1.5",
+         "hydra.sweep.dir=${store.root}/multirun"]
 
 
 def states(store: Path) -> dict[str, dict]:
@@ -67,7 +68,7 @@ def test_array_sweep_respects_array_parallelism_and_a_rerun_submits_nothing(tmp_
 def test_scancel_and_sigkill_each_end_in_a_resumed_completed_cell(tmp_path):
     store = tmp_path / "store"
     p = subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0,1",
-                          f"store.root={store}", *budget(4096), *SLURM], cwd=ROOT, text=True,
+                          f"store.root={store}", *budget(32768), *SLURM], cwd=ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     acted: dict[str, str] = {}
     deadline = time.time() + 300
@@ -117,7 +118,9 @@ def test_memory_kill_is_classified_oom_and_retried_with_more_memory(tmp_path):
 
 def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
     store = tmp_path / "store"
-    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(8192), *SLURM,
+    # Slurm may send the signal up to 60 s early, so anywhere in the first 30 s of a 1-min job: the
+    # cell needs more than 30 s of work (~45 s here) for the signal to always land while it trains
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(40960), *SLURM,
             "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", timeout=500)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (st,) = states(store).values()
