@@ -698,7 +698,15 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                                                                "jobs": [s.job_id for s in tc.subs] if tc else []}))
         return out
 
-    finished = {t.key: t for t in sup.run()}
+    try:
+        finished = {t.key: t for t in sup.run()}
+    except KeyboardInterrupt:
+        # Ctrl-C stops supervising, not the cells: record their jobs so `watch` can reattach.
+        manifest.update(detached=True, jobs={t.key: [s.job_id for s in t.subs] for t in sup.active if t.subs})
+        store.write_sweep_manifest(sweep_id, manifest)
+        say(f"[sds] interrupted: {len(sup.active)} cell(s) keep running, {len(sup.queue)} not submitted; "
+            f"reattach with: safedreamer-sweep watch {store.root}")
+        raise
     manifest["jobs"] = {k: sorted({str(a.get("job_id")) for a in t.rd.read_state().get("attempts", []) if a.get("job_id")})
                         for k, t in finished.items()}
     store.write_sweep_manifest(sweep_id, manifest)

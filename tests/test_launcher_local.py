@@ -246,3 +246,28 @@ def test_overlapping_sweeps_never_run_a_cell_twice(tmp_path):
     assert "running-elsewhere 2" in second.stdout and "submitted" not in second.stdout
     st = states(store)
     assert all(s["phase"] == "done" and len(s["attempts"]) == 1 for s in st.values()), st
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_cells_running_and_watch_finishes_the_rest(tmp_path):
+    from safedreamer_sweep.supervise import watch
+
+    store = tmp_path / "store"
+    budget = [o for o in TINY if not o.startswith(("trainer.total_steps", "trainer.eval_every"))] + [
+        "trainer.total_steps=16384", "trainer.eval_every_steps=16384"]
+    # SIGINT only to the launcher (a background job's SIGINT is ignored unless reset)
+    p = subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0,1",
+                          f"store.root={store}", *budget, *LOCAL, "hydra.launcher.max_parallel=1"], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+    deadline = time.time() + 120
+    while time.time() < deadline and not running_cells(store):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode != 0 and "interrupted: 1 cell(s) keep running, 1 not submitted" in out, out[-2000:]
+    (manifest,) = Store(store).read_sweep_manifests()
+    assert manifest["detached"] and len(manifest["jobs"]) == 1
+    assert watch(store, poll_s=0.5) == 0  # waits for the running cell, submits the other
+    st = states(store)
+    assert len(st) == 2 and all(s["phase"] == "done" and len(s["attempts"]) == 1 for s in st.values())

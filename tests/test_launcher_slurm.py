@@ -181,3 +181,31 @@ def test_detached_array_then_watch_reattaches_and_retries_until_done(tmp_path):
     first = st["v2_baseline/seed_0"]["attempts"][0]
     assert first["cause"] == "oom" and first["classified_by"] == "supervisor"
     assert st["v2_baseline/seed_0"]["attempts"][-1]["resources"]["mem_gb"] > 0.2
+
+
+def test_preemption_signal_requeues_without_using_an_attempt(tmp_path):
+    # Slurm announces a preemption (or any requeue) to the job with a signal; submitit requeues on
+    # USR2. `scancel -s USR2` delivers exactly that signal long before the time limit.
+    store = tmp_path / "store"
+    p = subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0",
+                          f"store.root={store}", *budget(16384), *SLURM, "hydra.launcher.max_attempts=1"], cwd=ROOT,
+                         text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sent = None
+    deadline = time.time() + 200
+    while sent is None and time.time() < deadline and p.poll() is None:
+        for rd in Store(store).iter_runs():
+            a = (rd.read_state().get("attempts") or [{}])[-1]
+            if a.get("outcome") == "running" and (rd.read_progress() or {}).get("env_step", 0) >= 1024 and rd.checkpoints():
+                subprocess.run(["scancel", "-s", "USR2", a["job_id"]], check=True)
+                sent = a["job_id"]
+        time.sleep(0.2)
+    out = p.communicate(timeout=300)[0]
+    assert sent and p.returncode == 0, out[-3000:]
+    (st,) = states(store).values()
+    first = st["attempts"][0]
+    assert first["cause"] == "preempted" and "well before the time limit" in first["evidence"], first
+    # max_attempts=1 and still done: the requeue happened inside the job and used up no attempt
+    assert st["phase"] == "done" and st["attempts"][-1]["outcome"] == "done"
+    rd = next(Store(store).iter_runs())
+    assert "resuming" in rd.attempt_log_paths(2)[0].read_text()
+    print({"preempted": first["evidence"]})
