@@ -219,7 +219,7 @@ def test_optuna_sweeper_gets_the_objective_from_every_trial(tmp_path):
     p = sds("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
             "hydra.sweeper.direction=maximize", "hydra.sweeper.params.config=v2_baseline", "hydra.sweeper.params.seed=0",
             "agent.lr=choice(0.0003,0.001)",
-            "+sweep.objective=ood.return_mean",
+            "sweep.objective=ood.return_mean",
             "sweep.new_variant=true", f"store.root={store}", *TINY, *LOCAL, timeout=400)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     best = (store / "multirun" / "optimization_results.yaml").read_text()

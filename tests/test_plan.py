@@ -93,7 +93,7 @@ def test_every_verdict_from_real_store_states(hydra_loader, tmp_path):
                                     "running-elsewhere 2, new 1, failed 1")
     # the store root is absolute and every cell keeps its overrides in order
     assert all(Path(c.cfg.store.root).is_absolute() for c in cells) and cells[3].overrides == jobs[3]
-    again = plan_cells([["config=v2_full", "seed=4", "+sweep.retry_failed=true"]], config_loader=loader,
+    again = plan_cells([["config=v2_full", "seed=4", "sweep.retry_failed=true"]], config_loader=loader,
                        config=master, log=lambda m: None)
     assert again[0].verdict == "retry"
 

@@ -215,3 +215,14 @@ def test_a_corrupt_file_is_a_named_hole_not_a_crash(tmp_path):
     ev = pd.read_csv(out / "eval_status.tsv", sep="\t").set_index(["config", "seed", "kind"])
     assert ev.loc[("v2_full", 1, "ood"), "status"] == "corrupt"
     assert bad.read_text() == '{"kind": "ood", "episodes": ['  # evidence left as it was
+
+
+def test_null_metrics_fields_are_missing_data_not_a_crash(tmp_path):
+    # A short or unfinished cell logs windows in which no episode finished: episode_return is null.
+    store = complete_store(tmp_path / "store")
+    rd = store.find("v2_full", 2)[0]
+    rd.append_metrics({"env_step": 10**6, "episode_return": None, "episode_cost": None, "risk_penalty": None})
+    r = compute_report(store.root)
+    row = r.frames.seeds.set_index(["config", "seed"]).loc[("v2_full", 2)]
+    assert pd.isna(row["final_train_return"]) and pd.isna(row["risk_penalty"])
+    assert (build_report(store.root) / "decision.md").exists()

@@ -123,12 +123,17 @@ def _eval_status(rd: RunDir | None, state: dict, doc: dict | None, kind: str) ->
     return "pending"
 
 
+def _num(x: object) -> float:
+    """A number from a JSON field; None (e.g. no episode finished inside a logging window) is NaN."""
+    return math.nan if x is None else float(x)  # type: ignore[arg-type]
+
+
 def _episode_rows(base: dict, doc: dict, cost_limit: float) -> list[dict]:
     rows = []
     for i, ep in enumerate(doc.get("episodes") or []):
-        cost = float(ep.get("cost", math.nan))
-        rows.append({**base, "episode": i, "return": float(ep.get("return", math.nan)), "cost": cost,
-                     "length": float(ep.get("length", math.nan)), "cost_limit": cost_limit,
+        cost = _num(ep.get("cost"))
+        rows.append({**base, "episode": i, "return": _num(ep.get("return")), "cost": cost,
+                     "length": _num(ep.get("length")), "cost_limit": cost_limit,
                      "violation": bool(cost > cost_limit) if math.isfinite(cost_limit) else None})
     return rows
 
@@ -137,14 +142,14 @@ def _eval_summary(doc: dict, cost_limit: float) -> dict:
     """return/cost/violation means, from the episodes when present (the truth), else the summary."""
     eps = doc.get("episodes") or []
     if eps:
-        r = np.array([float(e.get("return", np.nan)) for e in eps])
-        c = np.array([float(e.get("cost", np.nan)) for e in eps])
+        r = np.array([_num(e.get("return")) for e in eps])
+        c = np.array([_num(e.get("cost")) for e in eps])
         viol = float(np.mean(c > cost_limit)) if math.isfinite(cost_limit) else math.nan
         return {"return_mean": float(np.mean(r)), "cost_mean": float(np.mean(c)), "violation_rate": viol,
                 "episodes": len(eps)}
     s = doc.get("summary") or {}
-    return {"return_mean": float(s.get("return_mean", math.nan)), "cost_mean": float(s.get("cost_mean", math.nan)),
-            "violation_rate": float(s.get("violation_rate", math.nan)), "episodes": int(s.get("episodes", 0))}
+    return {"return_mean": _num(s.get("return_mean")), "cost_mean": _num(s.get("cost_mean")),
+            "violation_rate": _num(s.get("violation_rate")), "episodes": int(s.get("episodes", 0))}
 
 
 def _spec_cost_limit(spec: dict) -> float:
@@ -238,9 +243,9 @@ def load_frames(store_root: str | Path) -> Frames:
 
         metrics = rd.read_metrics() if rd else []
         final = metrics[-1] if metrics else {}
-        seed_row["risk_penalty"] = float(final.get("risk_penalty", math.nan)) if final else math.nan
-        seed_row["final_train_return"] = float(final.get("episode_return", math.nan)) if final else math.nan
-        seed_row["final_train_cost"] = float(final.get("episode_cost", math.nan)) if final else math.nan
+        seed_row["risk_penalty"] = _num(final.get("risk_penalty")) if final else math.nan
+        seed_row["final_train_return"] = _num(final.get("episode_return")) if final else math.nan
+        seed_row["final_train_cost"] = _num(final.get("episode_cost")) if final else math.nan
         seed_row["final_env_step"] = final.get("env_step") if final else None
         seeds.append(seed_row)
         for source, rows in (("train", metrics), ("eval", rd.read_eval_curve() if rd else [])):
