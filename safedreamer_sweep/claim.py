@@ -42,6 +42,12 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
         # Launcher and every job are known dead: a recent heartbeat is the last breath, not life.
         return False, f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} dead, " + ", ".join(checked)
     prog = rd.read_progress() or {}
+    if (same_host and prog.get("host") == host() and prog.get("pid") and not pid_alive(prog["pid"])
+            and (claim.get("backend") == "local" or job_state is not None)):
+        # Launcher, jobs and the training process are all dead on this host: a fresh heartbeat is
+        # the last breath of a crashed holder, not a sign of life.
+        return False, (f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} and training "
+                       f"pid {prog['pid']} on {host()} are dead")
     moved = prog.get("env_step_moved_at")
     if moved and t - moved <= stall_after:
         return True, f"env_step {prog.get('env_step')} moved {t - moved:.0f}s ago (pid {prog.get('pid')} on {prog.get('host')})"

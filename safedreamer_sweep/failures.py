@@ -19,6 +19,10 @@ RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost"}
 
 _OOM_RE = re.compile(r"exceeded memory limit|oom[-_ ]kill|out of memory|Out Of Memory|OUT_OF_MEMORY|"
                      r"Killed process \d+|memory cgroup out of memory|std::bad_alloc|MemoryError")
+# An exception the cell raised because memory ran out (MuJoCo's "engine error: Could not allocate
+# memory" under an RLIMIT, numpy's "Unable to allocate", XLA's RESOURCE_EXHAUSTED): an OOM, not a bug.
+_OOM_EXC_RE = re.compile(r"MemoryError|Could not allocate memory|Cannot allocate memory|\bENOMEM\b|"
+                         r"Unable to allocate|RESOURCE_EXHAUSTED|std::bad_alloc|CUDA out of memory")
 _NODE_RE = re.compile(r"CUDA error: (?:device )?busy|CUDA-capable device\(s\) is/are busy|"
                       r"uncorrectable ECC|ECC error|NVML.*(?:Unknown|GPU is lost)|"
                       r"GPU has fallen off the bus|NODE_FAIL|cudaErrorDevicesUnavailable")
@@ -53,8 +57,9 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
         f", exit code {code}" if code not in (None, "") else "")
 
     if state.startswith("OUT_OF_MEMORY") or evidence.get("oom_evidence") or _OOM_RE.search(stderr) \
-            or _OOM_RE.search(cell_text) and cell_cause != "error" or "MemoryError" in cell_text:
-        line = evidence.get("oom_evidence") or _line_with(stderr, _OOM_RE) or _line_with(cell_text, _OOM_RE)
+            or _OOM_RE.search(cell_text) and cell_cause != "error" or _OOM_EXC_RE.search(cell_text):
+        line = (evidence.get("oom_evidence") or _line_with(stderr, _OOM_RE) or _line_with(cell_text, _OOM_RE)
+                or _line_with(cell_text, _OOM_EXC_RE))
         return "oom", f"{how}: {line}".strip(": ")
     if state.startswith("NODE_FAIL") or _NODE_RE.search(cell_text) or _NODE_RE.search(stderr):
         line = _line_with(cell_text, _NODE_RE) or _line_with(stderr, _NODE_RE) or "node failure"

@@ -75,7 +75,11 @@ class SlurmQueue:
         return (self.info.get(job_id) or {}).get("State")
 
     @staticmethod
-    def cancel(job_id: str) -> None:
+    def cancel(job_id: str, kill: bool = False) -> None:
+        """scancel the job. kill=True (a hung cell): SIGKILL every process of the job at once; a plain
+        scancel would SIGCONT+SIGTERM a frozen process, which then trains on until KillWait."""
+        if kill:
+            subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=False, capture_output=True, timeout=60)
         subprocess.run(["scancel", job_id], check=False, capture_output=True, timeout=60)
 
 
@@ -169,7 +173,7 @@ class Supervisor:
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
             else:
-                SlurmQueue.cancel(sub.job_id)
+                SlurmQueue.cancel(sub.job_id, kill=True)
 
     # --- the loop
     def add(self, t: Tracked) -> None:
@@ -213,7 +217,13 @@ class Supervisor:
             if self.backend == "slurm":
                 self.slurm.refresh([s.job_id for t in self.active for s in t.subs])
             for t in list(self.active):
-                self._check(t)
+                try:
+                    self._check(t)
+                except OSError as e:
+                    # e.g. ENOSPC on the store: the supervisor must outlive it (the cell's own
+                    # attempt records the failure); try again next poll.
+                    self.log(f"[sds] {t.label}: cannot update {t.rd.path}: {e}. Fix: free space or "
+                             f"permissions on the store; retrying in {self.poll_s:.0f}s")
             if self.on_tick:
                 self.on_tick(self.active + self.queue + self.finished)
             if self.queue or self.active:

@@ -90,3 +90,16 @@ def test_known_dead_launcher_and_jobs_beat_a_recent_heartbeat(tmp_path):
     alive, why = holder_alive(read_json(rd.claim_path), rd, stall_after=600, job_state=lambda j: "FAILED")
     assert not alive and "job 52_0 FAILED" in why
     assert try_claim(rd, "new", backend="slurm", stall_after=600, job_state=lambda j: "FAILED")[0]
+
+
+def test_crashed_local_holder_with_a_fresh_heartbeat_from_a_dead_pid_is_gone(tmp_path):
+    # The launcher died (e.g. ENOSPC) before recording its job; the training process died with it
+    # seconds ago. Same host: both pids are provably dead, so the cell is free now, not in stall_after.
+    rd = run_dir(tmp_path)
+    atomic_write_json(rd.claim_path, {"sweep_id": "old", "host": host(), "pid": dead_pid(), "backend": "local",
+                                      "claimed_at": time.time(), "job_ids": []})
+    rd.heartbeat(1288, 4096)
+    atomic_write_json(rd.progress_path, {**rd.read_progress(), "pid": dead_pid()})
+    alive, why = holder_alive(read_json(rd.claim_path), rd, stall_after=600)
+    assert not alive and "training pid" in why and "dead" in why
+    assert try_claim(rd, "new", backend="local", stall_after=600)[0]

@@ -73,3 +73,15 @@ def test_retry_policy_per_cause():
     pre = [{"n": i, "outcome": "interrupted", "cause": "preempted"} for i in range(1, 6)]
     assert p.counted_attempts(pre) == 0 and p.decide("preempted", pre).kind == "retry"
     assert p.decide("stalled", pre + [{"n": 6, "cause": "stalled"}]).kind == "retry"
+
+
+def test_an_allocation_failure_raised_inside_the_cell_is_oom_not_error():
+    # MuJoCo under a lowered RLIMIT_AS (bench/chaos.py's local memory fault) raises this:
+    cause, ev = classify_failure({"pid": 31, "cell_cause": "error",
+                                  "cell_evidence": "ValueError: Error: engine error: Could not allocate memory"})
+    assert cause == "oom" and "Could not allocate memory" in ev
+    assert classify_failure({"cell_cause": "error", "cell_evidence": "MemoryError: "})[0] == "oom"
+    assert classify_failure({"cell_cause": "error", "cell_evidence":
+                             "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 8.00 GiB"})[0] == "oom"
+    # an exception merely mentioning memory in prose stays an error
+    assert classify_failure({"cell_cause": "error", "cell_evidence": "ValueError: memory_size must be > 0"})[0] == "error"
