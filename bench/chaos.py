@@ -309,7 +309,8 @@ def audit(store: Path, faults: list[Fault], budget: Budget, expected: list[str])
 # ----------------------------------------------------------------------------- disk full
 
 
-def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, deadline: float) -> dict:
+def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, deadline: float,
+                    hold_s: float = 20.0) -> dict:
     """A one-cell sweep on a 64 MB loop-mounted ext4 store, filled while the cell trains, freed, and
     launched again. Returns what happened (or why it was not run)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
@@ -326,48 +327,46 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
         store = mnt / "store"
         filler = mnt / "filler"
         p = launch(store, [seed], backend, budget, work / f"enospc_{backend}.log", stall_after=60)
-        filled_at = None
+        filled_at, filled_t, freed = None, None, False
         while p.poll() is None and time.time() < deadline:
             rds = list(Store(store).iter_runs())
             if filled_at is None and rds and live_attempt(rds[0]) and reached_step(rds[0]) >= budget.checkpoint_every_steps:
-                # fill every free byte (ENOSPC for the next write of the cell)
+                # fill every free byte (ENOSPC for the next write of the cell and of the launcher)
                 with open(filler, "wb") as fh:
-                    try:
+                    with contextlib.suppress(OSError):
                         while True:
                             fh.write(b"\0" * (1 << 20))
-                    except OSError:
-                        pass
-                    try:
+                    with contextlib.suppress(OSError):
                         while True:
                             fh.write(b"\0" * 4096)
                             fh.flush()
-                    except OSError:
-                        pass
-                filled_at = reached_step(rds[0])
+                filled_at, filled_t = reached_step(rds[0]), time.time()
                 out["filled_at_env_step"] = filled_at
                 log(f"[chaos] enospc  {cell_name(rds[0])} at env_step {filled_at}: {mnt} filled "
                     f"({shutil.disk_usage(mnt).free} bytes free)")
+            if filled_t is not None and not freed and time.time() - filled_t > hold_s:
+                # the disk stayed full for hold_s while the sweep ran; what did it record, is it alive?
+                out["launcher_alive_while_full"] = p.poll() is None
+                _snapshot_state(store, out)
+                filler.unlink(missing_ok=True)
+                freed = True
+                log(f"[chaos] enospc  space freed after {hold_s:.0f}s; the sweep keeps running")
             time.sleep(0.2)
         if p.poll() is None:
             p.kill()
         out["first_exit"] = p.wait()
-        rd = next(iter(Store(store).iter_runs()), None)
-        if rd is not None:
-            try:
-                st = rd.read_state()
-                out["state_readable"] = True
-                a = (st.get("attempts") or [{}])[-1]
-                out["first_phase"], out["cause"], out["evidence"] = st.get("phase"), a.get("cause"), (a.get("evidence") or "")[:240]
-            except (StoreError, OSError) as e:  # a torn state.json is exactly what must never happen
-                out["state_readable"] = False
-                out["state_error"] = str(e)[:240]
+        if not freed:
+            out["launcher_alive_while_full"] = False
+            _snapshot_state(store, out)
         log_text = (work / f"enospc_{backend}.log").read_text(errors="replace")
         out["launcher_crashed"] = "Traceback (most recent call last)" in log_text and "No space left" in log_text
+        out["enospc_reported"] = "No space left on device" in log_text
         filler.unlink(missing_ok=True)
-        # After freeing space, launch the same sweep again, as the user would (again if it says so).
+        # If the sweep did not finish by itself, launch it again, as the user would (again if it says so).
         out["relaunches"] = 0
-        for _ in range(3):
-            log("[chaos] enospc  space freed; launching the same sweep again")
+        rd = next(iter(Store(store).iter_runs()), None)
+        while (out["first_exit"] != 0 or (rd and rd.read_state().get("phase") != "done")) and out["relaunches"] < 3:
+            log("[chaos] enospc  launching the same sweep again")
             out["relaunches"] += 1
             p2 = launch(store, [seed], backend, budget, work / f"enospc_{backend}.log", stall_after=60,
                         extra=["++sweep.retry_failed=true"])
@@ -375,8 +374,7 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
                 time.sleep(0.5)
             if p2.poll() is None:
                 p2.kill()
-            out["second_exit"] = p2.wait()
-            if out["second_exit"] == 0:
+            if p2.wait() == 0:
                 break
             time.sleep(5)
         rd = next(iter(Store(store).iter_runs()), None)
@@ -392,6 +390,20 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
     return out
+
+
+def _snapshot_state(store: Path, out: dict) -> None:
+    rd = next(iter(Store(store).iter_runs()), None)
+    if rd is None:
+        return
+    try:
+        st = rd.read_state()
+        out["state_readable"] = True
+        a = (st.get("attempts") or [{}])[-1]
+        out["first_phase"], out["cause"], out["evidence"] = st.get("phase"), a.get("cause"), (a.get("evidence") or "")[:240]
+    except (StoreError, OSError) as e:  # a torn state.json is exactly what must never happen
+        out["state_readable"] = False
+        out["state_error"] = str(e)[:240]
 
 
 def corrupt_json(store: Path) -> list[str]:
@@ -499,14 +511,15 @@ def report(res: dict, log=print) -> bool:
         verdict("disk full", False, e["how"])
     else:
         good = (e.get("final_phase") == "done" and e.get("state_readable", True) and not e.get("corrupt_files")
-                and e.get("cause") is not None and not e.get("launcher_crashed"))
+                and not e.get("launcher_crashed") and e.get("enospc_reported"))
         lost = e.get("lost_steps")
         verdict("disk full", good and (lost is None or lost <= b["checkpoint_every_steps"]),
-                f"{e['how']}; filled at env_step {e.get('filled_at_env_step')}: first launch exit {e.get('first_exit')}, "
-                f"phase {e.get('first_phase')}, classified {e.get('cause')!r} ({(e.get('evidence') or '')[:120]}); "
-                f"launcher crashed with ENOSPC: {e.get('launcher_crashed')}; "
-                f"state.json readable {e.get('state_readable')}; after freeing space, {e.get('relaunches')} launch(es): exit {e.get('second_exit')}, "
-                f"phase {e.get('final_phase')}, resumed from {e.get('resumed_from')} (lost {lost}); "
+                f"{e['how']}; filled at env_step {e.get('filled_at_env_step')}, freed after 20 s: launcher alive while "
+                f"full {e.get('launcher_alive_while_full')}, crashed {e.get('launcher_crashed')}, 'No space left on "
+                f"device' reported {e.get('enospc_reported')}; cell phase then {e.get('first_phase')} (last attempt "
+                f"cause {e.get('cause')!r} {(e.get('evidence') or '')[:100]}); state.json readable "
+                f"{e.get('state_readable')}; first launch exit {e.get('first_exit')}, relaunches {e.get('relaunches')}; "
+                f"final phase {e.get('final_phase')}, resumed from {e.get('resumed_from')} (lost {lost}); "
                 f"corrupt files {e.get('corrupt_files')}")
     log(f"  the same sweep launched twice at once (+ the memory-limit sweep on Slurm): attempts were run by sweeps "
         f"{res['sweeps_that_ran_attempts']}; no cell by two of them at once (checked above)")

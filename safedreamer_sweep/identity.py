@@ -131,7 +131,7 @@ class RunSpec:
         rc = run_config(cfg)
         if "seed" not in rc:
             raise ValueError("the composed config has no top-level `seed`; add `seed: 0` to conf/sweep.yaml")
-        return cls(config=config_name, seed=int(rc["seed"]), hash=config_hash(rc), run_config=rc,
+        return cls(config=config_name, seed=check_seed(rc["seed"]), hash=config_hash(rc), run_config=rc,
                    overrides=tuple(overrides))
 
     def spec_document(self) -> dict:
@@ -146,6 +146,16 @@ class RunSpec:
             "packages": package_versions(),
             "python": platform.python_version(),
         }
+
+
+def check_seed(value: Any) -> int:
+    """The seed as an int; ValueError naming the value and the fix for anything that is not an
+    integer (a float such as 1.5 or 1.0, a bool, a string): int() would silently make a second
+    identity for the same seed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"seed={value!r} is not an integer ({type(value).__name__}); seeds are integers, "
+                     f"e.g. seed=0,1,2 or seed=range(0,10)")
 
 
 def config_choice(cfg: DictConfig) -> str:

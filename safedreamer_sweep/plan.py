@@ -10,41 +10,57 @@ or a non-retryable error; shown, not run).
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safedreamer_sweep.claim import holder_alive
 from safedreamer_sweep.failures import RESUMABLE, RetryPolicy
-from safedreamer_sweep.identity import RunSpec, config_choice, diff_keys
-from safedreamer_sweep.observe import JobState, observe_run
-from safedreamer_sweep.store import RunDir, Store, read_json
+from safedreamer_sweep.identity import RunSpec, config_choice, config_hash, diff_keys
+from safedreamer_sweep.observe import EVAL_KINDS, JobState, observe_run
+from safedreamer_sweep.store import RunDir, Store, StoreError, read_json
 
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "conflict", "failed")
 RUNNABLE = {"eval-only", "resume", "retry", "new"}
 
 
-class PlanError(Exception):
-    """The sweep cannot be planned as asked (conflict, confound, bad config). Names the fix."""
+class PlanError(CompactHydraException):
+    """The sweep cannot be planned as asked (conflict, confound, bad config). Names the fix. A
+    CompactHydraException: raised through Hydra, it prints as its message alone (no traceback), exit 1."""
 
 
 @dataclass
 class PlannedCell:
+    """One job of the sweep with its identity and verdict. `cfg` (the job's own composed config, as
+    Hydra composes it for that override list, hydra.* included) is composed on first use: planning
+    itself needs only the identity, and only cells that are submitted need a composed config."""
+
     index: int
     overrides: list[str]
     spec: RunSpec
     run_dir: RunDir
     verdict: str
     reason: str = ""
-    cfg: DictConfig | None = field(default=None, repr=False)
+    composed: DictConfig | None = field(default=None, repr=False)
+    settings: DictConfig | None = field(default=None, repr=False)  # the sweep/store/cost settings of this job
+    composer: Callable[[], DictConfig] | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         return f"{self.spec.config} seed {self.spec.seed} [{self.spec.hash}]"
+
+    @property
+    def cfg(self) -> DictConfig | None:
+        """The job's composed config (composed through Hydra now if planning did not need it)."""
+        if self.composed is None and self.composer is not None:
+            self.composed = self.composer()
+        return self.composed
 
 
 def absolute_store_root(cfg: DictConfig, cwd: str | os.PathLike | None = None) -> Path:
@@ -63,15 +79,142 @@ def absolute_store_root(cfg: DictConfig, cwd: str | os.PathLike | None = None) -
     return root.resolve()
 
 
-def job_spec(config_loader: Any, config: DictConfig, overrides: Sequence[str],
-             cwd: str | None = None) -> tuple[RunSpec, DictConfig]:
-    """The RunSpec and the composed per-job config of one override list (store.root made absolute)."""
+def check_store_root(root: Path) -> Path:
+    """PlanError unless `root` is a directory or can become one (nothing on its path is a file)."""
+    p = root
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        what = "is a file" if p == root else f"sits under {p}, which is a file"
+        raise PlanError(f"store.root={root} is not a directory: it {what}. Fix: point store.root at a directory "
+                        f"(it is created if missing), e.g. store.root={root.parent if p == root else p.parent}/store")
+    return root
+
+
+def compose_job(config_loader: Any, config: DictConfig, overrides: Sequence[str],
+                cwd: str | None = None) -> DictConfig:
+    """The composed per-job config of one override list, as Hydra composes it (store.root made absolute)."""
     sweep_cfg = config_loader.load_sweep_config(config, list(overrides))
     with open_dict(sweep_cfg):
         sweep_cfg.store.root = str(absolute_store_root(sweep_cfg, cwd))
+    return sweep_cfg
+
+
+def task_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
+    """The overrides recorded in spec.json: the job's own, without hydra.* settings."""
+    return tuple(o for o in overrides if not o.startswith("hydra"))
+
+
+def job_spec(config_loader: Any, config: DictConfig, overrides: Sequence[str],
+             cwd: str | None = None) -> tuple[RunSpec, DictConfig]:
+    """The RunSpec and the composed per-job config of one override list (store.root made absolute).
+    PlanError for a config that is not a valid cell (e.g. a seed that is not an integer)."""
+    sweep_cfg = compose_job(config_loader, config, overrides, cwd)
     name = config_choice(sweep_cfg)
-    task_overrides = tuple(o for o in overrides if not o.startswith("hydra"))
-    return RunSpec.from_cfg(sweep_cfg, config_name=name, overrides=task_overrides), sweep_cfg
+    try:
+        spec = RunSpec.from_cfg(sweep_cfg, config_name=name, overrides=task_overrides(overrides))
+    except ValueError as e:
+        raise PlanError(f"job {' '.join(overrides)}: {e}") from e
+    return spec, sweep_cfg
+
+
+def validate_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Run the task's own config check at plan time, so a cell that would fail on its first line
+    is refused before any run directory, claim or manifest is written: the builtin trainer's budget
+    check (jax-free), or the external adapter's template/probe check."""
+    try:
+        if (cfg.get("task") or {}).get("kind", "builtin") == "external":
+            from safedreamer_sweep.external import validate_task
+
+            validate_task(cfg)
+        else:
+            from safedreamer_sweep.budget import check_config
+
+            check_config(cfg)
+    except Exception as e:  # any refusal by the task's own check becomes a plan error
+        raise PlanError(f"job {' '.join(overrides)}: {e}") from e
+
+
+# `seed=<int>` exactly as Hydra's grammar reads an integer: the one override the fast path substitutes.
+_SEED_RE = re.compile(r"^seed=(-?(?:0|[1-9][0-9]*))$")
+
+
+def _seed_split(overrides: Sequence[str]) -> tuple[tuple[str, ...], int] | None:
+    """(the other overrides, the seed) when the job sets the seed with one plain `seed=<int>`."""
+    idx = [i for i, o in enumerate(overrides) if o.lstrip("+~").startswith("seed=")]
+    if len(idx) != 1:
+        return None
+    m = _SEED_RE.match(overrides[idx[0]])
+    if not m:
+        return None
+    return tuple(o for i, o in enumerate(overrides) if i != idx[0]), int(m.group(1))
+
+
+def _non_hydra(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                                  resolve=True)  # type: ignore[return-value]
+
+
+def seed_is_a_leaf(cfg: DictConfig) -> bool:
+    """True when changing the top-level seed changes nothing else in the resolved config (no other
+    key interpolates it), i.e. a job's config is its group's config with the seed leaf substituted.
+    Checked by resolving the composed config with two different seeds."""
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return False
+    try:
+        a = _non_hydra(cfg)
+        other = cfg.copy()
+        with open_dict(other):
+            other.seed = seed + 1
+        b = _non_hydra(other)
+    except Exception:  # noqa: BLE001 (anything unusual: compose every job instead)
+        return False
+    a.pop("seed", None)
+    b.pop("seed", None)
+    return a == b
+
+
+@dataclass
+class _Group:
+    """The jobs that differ only by `seed=<int>`: composed once, each job's spec derived."""
+
+    cfg: DictConfig
+    spec: RunSpec
+    fast: bool
+
+
+def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, config: DictConfig,
+               fast: bool = True) -> list[tuple[RunSpec, DictConfig, DictConfig | None]]:
+    """(spec, settings cfg, composed cfg or None) of every job, each job validated.
+
+    Fast path: jobs that differ only by a plain `seed=<int>` are composed once (the first of them);
+    every other job's resolved run config is that one with the `seed` leaf substituted, then hashed.
+    Exactly what composing it would give, as long as nothing else interpolates the seed: that is
+    checked on the composed config (seed_is_a_leaf); if it fails, or for any other override form,
+    every job is composed through Hydra. The composed cfg is None for derived jobs (PlannedCell
+    composes it when it is submitted)."""
+    out: list[tuple[RunSpec, DictConfig, DictConfig | None]] = []
+    groups: dict[tuple[str, ...], _Group] = {}
+    for ov in job_overrides:
+        ov = list(ov)
+        split = _seed_split(ov) if fast else None
+        g = groups.get(split[0]) if split else None
+        if g is not None and g.fast:
+            seed = split[1]  # type: ignore[index]
+            rc = dict(g.spec.run_config)
+            rc["seed"] = seed
+            spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
+                           overrides=task_overrides(ov))
+            out.append((spec, g.cfg, None))
+            continue
+        spec, cfg = job_spec(config_loader, config, ov)
+        if g is None or not g.fast:  # a fast group's first job validates for it (only the seed differs after it)
+            validate_job(cfg, ov)
+        if split and split[0] not in groups:
+            groups[split[0]] = _Group(cfg=cfg, spec=spec, fast=seed_is_a_leaf(cfg))
+        out.append((spec, cfg, cfg))
+    return out
 
 
 def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall_after: float = 600.0,
@@ -93,6 +236,14 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
             return "conflict", why, rd
         return "new", "no run directory" + (" (new variant)" if others else ""), rd
 
+    # Finished cells are most of a re-launched sweep: observe_run's "done" test (state phase done and
+    # both evaluations on disk) on one file read, before reading everything else.
+    try:
+        state = rd.read_state()
+    except StoreError:
+        state = None  # corrupt: observe_run turns it into evidence
+    if state and state.get("phase") == "done" and all(rd.eval_path(k).exists() for k in EVAL_KINDS):
+        return "done", "trained and evaluated (id, ood)", rd
     view = observe_run(rd, stall_after=stall_after, job_state=job_state)
     claim = read_json(rd.claim_path) or {}
     if view.phase == "done":
@@ -117,10 +268,19 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     if state.get("trained"):
         return "eval-only", "trained; missing eval: " + ", ".join(
             k for k, ok in rd.evaluated.items() if not ok), rd
+    phase = f" ({view.phase})" if view.phase != "pending" else ""
     ck = rd.checkpoints()
-    if ck:
-        return "resume", f"checkpoint at env_step {ck[-1][0]}" + (f" ({view.phase})" if view.phase != "pending" else ""), rd
-    return "new", "run directory without checkpoint" + (f" ({view.phase})" if view.phase != "pending" else ""), rd
+    bad = []
+    for step, path in reversed(ck):  # the newest checkpoint that verifies is what the cell resumes from
+        if RunDir.verify_checkpoint(path):
+            why = f"checkpoint at env_step {step}"
+            if bad:
+                why = f"{'; '.join(bad)}; resumes from env_step {step}"
+            return "resume", why + phase, rd
+        bad.append(f"checkpoint {path.name} (env_step {step}) is unreadable (truncated or corrupt)")
+    if bad:
+        return "new", f"{'; '.join(bad)}; starts from scratch" + phase, rd
+    return "new", "run directory without checkpoint" + phase, rd
 
 
 def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print) -> None:
@@ -147,32 +307,60 @@ def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print) -> 
 def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, config: DictConfig,
                store: Store | None = None, stall_after: float = 600.0, policy: RetryPolicy | None = None,
                job_state: JobState | None = None, sweep_id: str | None = None,
-               log: Any = print) -> list[PlannedCell]:
-    """Plan every job (in order). Raises PlanError on conflicts (unless sweep.new_variant) and on
-    confounds (with sweep.strict_confounds)."""
-    cells: list[PlannedCell] = []
-    specs = []
-    for i, ov in enumerate(job_overrides):
-        spec, cfg = job_spec(config_loader, config, ov)
-        specs.append((spec, cfg, list(ov)))
+               log: Any = print, fast: bool = True) -> list[PlannedCell]:
+    """Plan every job (in order). Reads only: raises PlanError, before anything is written, on an
+    invalid job (a non-integer seed, a budget the trainer refuses, a bad external task, a store.root
+    that is not a directory), on conflicts (unless sweep.new_variant) and on confounds (with
+    sweep.strict_confounds). `fast=False` composes every job through Hydra (see plan_specs)."""
+    specs = plan_specs(job_overrides, config_loader=config_loader, config=config, fast=fast)
     if not specs:
         return []
-    check_confounds([s for s, _, _ in specs], specs[0][1], log=log)
+    # A derived job differs from its group's composed first job only by the seed, which is never a
+    # confound: the composed jobs alone carry every value the confound check compares.
+    check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log)
+    cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
-    for i, (spec, cfg, ov) in enumerate(specs):
-        st = store or Store(cfg.store.root)
-        sw = cfg.get("sweep", {}) or {}
-        v, why, rd = verdict_for(st, spec, new_variant=bool(sw.get("new_variant", False)), stall_after=stall_after,
-                                 policy=policy, job_state=job_state, sweep_id=sweep_id,
-                                 retry_failed=bool(sw.get("retry_failed", False)))
+    per_settings: dict[int, tuple[Store, bool, bool]] = {}  # id(settings): what a verdict needs from it
+    for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
+        got = per_settings.get(id(settings))
+        if got is None:
+            sw = settings.get("sweep", {}) or {}
+            st = store or Store(check_store_root(Path(str(settings.store.root))))
+            got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
+                                                bool(sw.get("retry_failed", False)))
+        st, new_variant, retry_failed = got
+        try:
+            v, why, rd = verdict_for(st, spec, new_variant=new_variant, stall_after=stall_after, policy=policy,
+                                     job_state=job_state, sweep_id=sweep_id, retry_failed=retry_failed)
+        except NotADirectoryError as e:
+            raise PlanError(f"store.root={st.root}: {e.filename} is not a directory. Fix: point store.root at "
+                            f"a store directory (or a new path)") from e
         if spec.key in seen:  # the same cell twice in one sweep (e.g. seed=1,1): run it once
             v, why = "running-elsewhere", f"duplicate of job #{seen[spec.key]} in this sweep"
         seen.setdefault(spec.key, i)
-        cells.append(PlannedCell(index=i, overrides=ov, spec=spec, run_dir=rd, verdict=v, reason=why, cfg=cfg))
+        cells.append(PlannedCell(index=i, overrides=list(ov), spec=spec, run_dir=rd, verdict=v, reason=why,
+                                 composed=composed, settings=settings,
+                                 composer=None if composed is not None else _composer(config_loader, config, ov, spec)))
     conflicts = [c for c in cells if c.verdict == "conflict"]
     if conflicts:
         raise PlanError("refusing to launch: " + "\n".join(f"{c.label}: {c.reason}" for c in conflicts))
     return cells
+
+
+def _composer(config_loader: Any, config: DictConfig, overrides: Sequence[str], planned: RunSpec
+              ) -> Callable[[], DictConfig]:
+    """Compose a derived job when it is needed, and check it is the cell that was planned."""
+    ov = list(overrides)
+
+    def compose() -> DictConfig:
+        spec, cfg = job_spec(config_loader, config, ov)
+        if spec.hash != planned.hash or spec.seed != planned.seed:
+            raise PlanError(f"job {' '.join(ov)} composes to {spec.key} but was planned as {planned.key}: "
+                            f"the seed is interpolated in a way the planner's check missed. Fix: report this; "
+                            f"launch with hydra.launcher.plan_fast=false meanwhile")
+        return cfg
+
+    return compose
 
 
 def format_plan(cells: list[PlannedCell]) -> str:

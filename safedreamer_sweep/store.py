@@ -323,6 +323,15 @@ class RunDir:
             raise StoreError(f"{path}: checkpoint is unreadable (truncated or corrupt file, {len(blob)} bytes)")
         return pickle.loads(data)
 
+    @staticmethod
+    def verify_checkpoint(path: Path) -> bool:
+        """True when a checkpoint file is whole (its sha256 trailer matches), without unpickling it."""
+        try:
+            blob = Path(path).read_bytes()
+        except OSError:
+            return False
+        return len(blob) >= 33 and hashlib.sha256(blob[:-32]).digest() == blob[-32:]
+
     def latest_checkpoint(self, log: Callable[[str], None] | None = None) -> tuple[int, Any] | None:
         """The newest checkpoint that verifies, as (env_step, payload); older ones are tried in turn."""
         ckpts = self.checkpoints()

@@ -422,7 +422,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
         if mem_gb:
             extra.append(f"hydra.launcher.mem_gb={mem_gb}")
         if exclude:
-            extra.append(f"hydra.launcher.exclude={','.join(exclude)}")
+            extra.append(exclude_override(exclude))
         cmd = [sys.executable, "-m", "safedreamer_sweep", "-m", *c["manifest"].get("hydra_overrides", []),
                *c.get("overrides", []), *extra]
         before = {d["id"] for d in store.read_sweep_manifests()}
@@ -433,7 +433,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
         ids = [j for d in new for j in (d.get("jobs") or {}).get(t.key, [])]
         return [_Sub(key=t.key, job_id=str(j), backend=backend) for j in ids]
 
-    max_parallel = int(launcher.get("max_parallel") or os.cpu_count() or 1)
+    max_parallel = int(launcher.get("max_parallel") or os.cpu_count() or 1)  # validated when it was launched
     sup = Supervisor(store=store, backend=backend, sweep_id=f"watch-{os.getpid()}", policy=policy,
                      stall_after=float(launcher.get("stall_after", 600)), poll_s=poll_s, submit=resubmit,
                      log=print, on_tick=on_tick)
@@ -488,6 +488,51 @@ def _objective(result: dict, path: str | None) -> Any:
     return float(cur)
 
 
+def exclude_override(nodes: list[str]) -> str:
+    """`hydra.launcher.exclude='a,b'`: quoted, since under -m an unquoted comma list is a sweep axis."""
+    value = ",".join(nodes).replace("\\", "\\\\").replace("'", "\\'")
+    return f"hydra.launcher.exclude='{value}'"
+
+
+# launcher options with a range: (name, smallest allowed, what it means, allowed to be unset)
+_RANGES = (("max_parallel", 1, "cells at once (unset: one per CPU core)", True),
+           ("poll_s", 0.1, "seconds between polls", False),
+           ("stall_after", 1, "seconds without env-step progress before a cell is stalled", False),
+           ("max_attempts", 1, "attempts per cell", False),
+           ("mem_factor", 1, "memory factor after an out-of-memory kill", False),
+           ("runs_per_gpu", 1, "cells sharing one GPU", True),
+           ("timeout_min", 1, "job time limit in minutes", True))
+
+
+def check_launcher_params(params: dict) -> None:
+    """PlanError naming the option and its valid range for a launcher setting out of range (e.g.
+    max_parallel=0 would otherwise silently mean every core)."""
+    from safedreamer_sweep.plan import PlanError
+
+    for name, low, what, may_be_unset in _RANGES:
+        if name not in params:
+            continue
+        v = params.get(name)
+        if v is None and may_be_unset:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+            raise PlanError(f"hydra.launcher.{name}={v!r} is out of range: {what}, must be >= {low}"
+                            + (" (or unset)" if may_be_unset else "")
+                            + f". Fix: e.g. hydra.launcher.{name}={max(low, 1) if name != 'poll_s' else 5}")
+
+
+def submitit_folder(backend: str, params: dict, store_root: Path) -> Path:
+    """Where submitit keeps its pickles and logs. Slurm gets a folder per job (`%j`, substituted by
+    submitit); locally submitit's controller would mkdir the template literally, so local jobs share
+    one folder (submitit names every file after its job id anyway)."""
+    from submitit.core.utils import JobPaths
+
+    folder = Path(params.get("submitit_folder") or Path(store_root) / "launcher" / "submitit" / "%j")
+    if backend == "local":
+        folder = JobPaths.get_first_id_independent_folder(folder)
+    return folder
+
+
 def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any, task_function: Any,
                  job_overrides: Any, initial_job_idx: int) -> list[Any]:
     """What SdsLauncher.launch does: plan, print the plan, claim, submit, supervise (or detach),
@@ -502,8 +547,8 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
     from safedreamer_sweep.hooks import run_on_complete
     from safedreamer_sweep.plan import (
         RUNNABLE,
-        PlanError,
         absolute_store_root,
+        check_store_root,
         format_plan,
         plan_cells,
     )
@@ -525,26 +570,27 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         logger.debug(msg)
 
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    store = Store(absolute_store_root(config))
+    # A PlanError is a CompactHydraException: Hydra prints its message (no traceback) and exits 1.
+    check_launcher_params(params)
+    store = Store(check_store_root(absolute_store_root(config)))
     _ = str(config.hydra.sweep.dir)  # resolve ${now:} once so every job shares one sweep dir
     stall_after = float(params.get("stall_after", 600))
     policy = RetryPolicy(max_attempts=int(params.get("max_attempts", 3)), mem_factor=float(params.get("mem_factor", 1.5)),
                          retry_errors=bool(params.get("retry_errors", False)))
     lookup = slurm_state_lookup() if backend == "slurm" and have_slurm() else None
-    try:
-        cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,
-                           stall_after=stall_after, policy=policy, job_state=lookup, sweep_id=sweep_id, log=say)
-    except PlanError as e:
-        say(f"[sds] {e}")
-        raise
+    cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,
+                       stall_after=stall_after, policy=policy, job_state=lookup, sweep_id=sweep_id, log=say,
+                       fast=bool(params.get("plan_fast", True)))
     say(format_plan(cells))
-    sweep_cfg = (cells[0].cfg.get("sweep") if cells and cells[0].cfg is not None else None) or {}
+    # settings (sweep/cost/report) are the same for every job of a group: no need to compose a job for them
+    sweep_cfg = (cells[0].settings.get("sweep") if cells and cells[0].settings is not None else None) or {}
     objective = sweep_cfg.get("objective")
     dry_run = bool(params.get("dry_run", False))
     wait = bool(params.get("wait", True))
 
     def job_return(c: Any, status: Any, value: Any) -> Any:
-        return JobReturn(overrides=list(c.overrides), cfg=c.cfg, hydra_cfg=None, working_dir=None,
+        # cfg: the job's composed config when it was composed (submitted cells); Hydra does not read it
+        return JobReturn(overrides=list(c.overrides), cfg=c.composed, hydra_cfg=None, working_dir=None,
                          task_name=str(config.hydra.job.name), status=status, _return_value=value)
 
     if dry_run:
@@ -560,12 +606,12 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
                    "verdict": c.verdict} for c in cells],
         "on_complete_commands": [str(x) for x in (sweep_cfg.get("on_complete") or [])],
-        "launcher": launcher_doc, "jobs": {}, "cost": OmegaConf.to_container(cells[0].cfg.get("cost") or {}) if cells and cells[0].cfg is not None else {},
+        "launcher": launcher_doc, "jobs": {}, "cost": OmegaConf.to_container(cells[0].settings.get("cost") or {}) if cells and cells[0].settings is not None else {},
     }
     store.write_sweep_manifest(sweep_id, manifest)
 
     # --- what runs: claim each runnable cell; a cell another live sweep holds is only watched
-    folder = Path(params.get("submitit_folder") or store.root / "launcher" / "submitit" / "%j")
+    folder = submitit_folder(backend, params, store.root)
     tracked: dict[str, Tracked] = {}
     for c in cells:
         if c.spec.key in tracked:
@@ -586,7 +632,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
             continue
         tracked[c.spec.key] = t
 
-    pool = SlotPool(max_parallel=int(params.get("max_parallel") or os.cpu_count() or 1),
+    pool = SlotPool(max_parallel=int(params.get("max_parallel") or os.cpu_count() or 1),  # None: every core
                     gpus=visible_gpus(params.get("gpus")) if backend == "local" else [],
                     runs_per_gpu=int(params.get("runs_per_gpu") or 1))
     singleton_state = Singleton.get_state()
@@ -601,6 +647,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                         signal_delay_s=float(params.get("signal_delay_s") or 0))
 
     def submit_local(t: Tracked, mem_gb: float | None, exclude: list[str]) -> list[Any]:
+        _ = t.payload.cfg  # compose the job (if planning did not) before taking a slot: a failure holds none
         slot = pool.acquire(t.key)
         assert slot is not None
         env = pool.env(slot, base_env)
@@ -649,7 +696,17 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         groups: dict[Any, list[Tracked]] = {}
         for t in batch:
             groups.setdefault(t.mem_gb, []).append(t)
-        for mem_gb, ts in groups.items():
+        for mem_gb, ts in list(groups.items()):
+            composed = []
+            for t in ts:  # compose each job (if planning did not) first: one failure must not sink the batch
+                try:
+                    _ = t.payload.cfg
+                    composed.append(t)
+                except Exception as e:  # noqa: BLE001
+                    sup._close(t, "failed", cause="error", evidence=f"composing the job failed: {e}")
+            groups[mem_gb] = ts = composed
+            if not ts:
+                continue
             for partition in (races or [params.get("partition")]):
                 ex = make_executor("slurm", folder, params, mem_gb=mem_gb, exclude=sup.exclude, partition=partition)
                 res = cell_resources("slurm", params, mem_gb=mem_gb, gpus=None)
@@ -750,7 +807,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
     try:
         from safedreamer_sweep.report import build_report
 
-        c0 = cells[0].cfg if cells else None
+        c0 = cells[0].settings if cells else None
         rcfg = {k: OmegaConf.to_container(c0[k], resolve=True) for k in ("report", "cost", "sweep", "store")
                 if c0 is not None and k in c0}
         path = build_report(store.root, cfg=rcfg or None)

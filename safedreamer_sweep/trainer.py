@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig
 
+from safedreamer_sweep.budget import check_config  # jax-free: the planner runs it too
 from safedreamer_sweep.envs import make_env, make_vector_env
 from safedreamer_sweep.evaluate import run_episodes
 from safedreamer_sweep.store import RunDir
@@ -291,21 +292,6 @@ def certify_step(old_actor, new_actor, batch, cost_adv, episode_cost, episode_le
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Refuse budgets the loop cannot meet exactly, naming the override that fixes them."""
-    t, a = cfg.trainer, cfg.agent
-    if t.rollout_steps % t.num_envs:
-        raise ValueError(f"trainer.rollout_steps={t.rollout_steps} is not a multiple of trainer.num_envs="
-                         f"{t.num_envs}. Fix: e.g. trainer.rollout_steps={t.num_envs * 512}")
-    if t.total_steps % t.rollout_steps or t.total_steps <= 0:
-        raise ValueError(f"trainer.total_steps={t.total_steps} is not a positive multiple of trainer.rollout_steps="
-                         f"{t.rollout_steps} (one PPO update per rollout). Fix: trainer.total_steps="
-                         f"{max(1, round(t.total_steps / t.rollout_steps)) * t.rollout_steps}")
-    if t.rollout_steps % a.minibatches:
-        raise ValueError(f"trainer.rollout_steps={t.rollout_steps} does not split into agent.minibatches="
-                         f"{a.minibatches}. Fix: make rollout_steps a multiple of minibatches")
 
 
 def crossed(prev_step: int, step: int, every: int) -> bool:

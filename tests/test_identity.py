@@ -1,10 +1,9 @@
-import os
 
 import pytest
+from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
 from safedreamer_sweep.identity import RunSpec, config_hash, diff_keys, run_config
-from conftest import ROOT
 
 
 def compose_cell(*overrides):
@@ -41,3 +40,14 @@ def test_missing_config_choice_is_a_clear_error():
 
     with pytest.raises(ValueError, match="config"):
         RunSpec.from_cfg(OmegaConf.create({"seed": 0}))
+
+
+@pytest.mark.parametrize("seed", ["1.5", "true", "abc", "'7'"])
+def test_a_seed_that_is_not_an_integer_is_refused_not_truncated(seed):
+    with pytest.raises(ValueError, match=r"seed=.* is not an integer.*e\.g\. seed=0,1,2"):
+        RunSpec.from_cfg(compose_cell("config=v2_full", f"seed={seed}"))
+
+
+def test_an_integral_seed_keeps_its_hash_whatever_its_spelling():
+    a, b = RunSpec.from_cfg(compose_cell("config=v2_full", "seed=3")), RunSpec.from_cfg(compose_cell("config=v2_full", "seed=3.0"))
+    assert (a.seed, a.hash) == (b.seed, b.hash) == (3, a.hash)

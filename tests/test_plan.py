@@ -12,7 +12,13 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
-from safedreamer_sweep.plan import PlanError, format_plan, job_spec, plan_cells
+from safedreamer_sweep.plan import (
+    PlanError,
+    check_store_root,
+    format_plan,
+    job_spec,
+    plan_cells,
+)
 from safedreamer_sweep.store import Store, atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,11 +108,11 @@ def test_conflict_names_the_differing_keys_unless_new_variant(hydra_loader):
     loader, master = hydra_loader
     cell(loader, master, "config=v2_u_only", "seed=0")
     with pytest.raises(PlanError) as e:
-        plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=999"]], config_loader=loader, config=master,
+        plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=2048"]], config_loader=loader, config=master,
                    log=lambda m: None)
     default = master.trainer.total_steps
-    assert f"trainer.total_steps: {default} -> 999" in str(e.value) and "sweep.new_variant=true" in str(e.value)
-    cells = plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=999", "sweep.new_variant=true"]],
+    assert f"trainer.total_steps: {default} -> 2048" in str(e.value) and "sweep.new_variant=true" in str(e.value)
+    cells = plan_cells([["config=v2_u_only", "seed=0", "trainer.total_steps=2048", "sweep.new_variant=true"]],
                        config_loader=loader, config=master, log=lambda m: None)
     assert cells[0].verdict == "new" and "new variant" in cells[0].reason
     # keys outside the identity (cadences, sweep settings) never conflict
@@ -124,3 +130,162 @@ def test_confound_stops_the_plan_when_strict(hydra_loader):
     cells = plan_cells([j + ["sweep.strict_confounds=false"] for j in jobs], config_loader=loader, config=master,
                        log=lambda m: None)
     assert [c.verdict for c in cells] == ["new", "new"]
+
+
+def store_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.mark.parametrize("seed, shown", [("a", "seed='a'"), ("1.5", "seed=1.5"), ("true", "seed=True"),
+                                         ("'3'", "seed='3'")])
+def test_a_seed_that_is_not_an_integer_is_refused_by_name(hydra_loader, tmp_path, seed, shown):
+    loader, master = hydra_loader
+    before = store_files(tmp_path)
+    with pytest.raises(PlanError) as e:  # seed=a,b under -m: the sweeper hands over the job seed=a first
+        plan_cells([["config=v2_baseline", f"seed={seed}"], ["config=v2_baseline", "seed=0"]], config_loader=loader,
+                   config=master, log=lambda m: None)
+    msg = str(e.value)
+    assert shown in msg and "is not an integer" in msg and "e.g. seed=0,1,2" in msg, msg
+    assert store_files(tmp_path) == before
+
+
+@pytest.mark.parametrize("override, named", [
+    ("trainer.total_steps=-5", "trainer.total_steps=-5"),
+    ("trainer.total_steps=1000", "trainer.total_steps=1000"),  # not a multiple of rollout_steps
+    ("trainer.rollout_steps=1000", "trainer.rollout_steps=1000"),  # does not split into num_envs/minibatches
+])
+def test_a_budget_the_trainer_refuses_is_a_plan_error_before_anything_is_written(hydra_loader, tmp_path,
+                                                                                 override, named):
+    loader, master = hydra_loader
+    before = store_files(tmp_path)
+    with pytest.raises(PlanError) as e:
+        plan_cells([["config=v2_baseline", "seed=0"], ["config=v2_baseline", "seed=1", override]],
+                   config_loader=loader, config=master, log=lambda m: None)
+    assert named in str(e.value) and "Fix:" in str(e.value) and "seed=1" in str(e.value)
+    assert store_files(tmp_path) == before
+
+
+def test_the_budget_check_does_not_import_jax():
+    code = ("import sys; from safedreamer_sweep.budget import check_config; import safedreamer_sweep.plan; "
+            "print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_bad_external_task_is_a_plan_error(hydra_loader, tmp_path):
+    loader, master = hydra_loader
+    with pytest.raises(PlanError) as e:
+        plan_cells([["config=v2_baseline", "seed=0", "task=external", "task.command='{python} x.py {nosuch}'"]],
+                   config_loader=loader, config=master, log=lambda m: None)
+    assert "nosuch" in str(e.value)
+    assert store_files(tmp_path) == []
+
+
+def test_truncated_checkpoints_are_not_promised_as_a_resume(hydra_loader):
+    loader, master = hydra_loader
+    _, rd = cell(loader, master, "config=v2_full", "seed=0")
+    rd.begin_attempt(pid=dead_pid())
+    old, new = rd.save_checkpoint(1024, {"w": 1}), rd.save_checkpoint(2048, {"w": 2})
+    from safedreamer_sweep.store import RunDir
+
+    assert RunDir.verify_checkpoint(new) and RunDir.verify_checkpoint(old)
+    new.write_bytes(new.read_bytes()[:-7])
+    assert not RunDir.verify_checkpoint(new)
+    def plan():
+        return plan_cells([["config=v2_full", "seed=0"]], config_loader=loader, config=master, log=lambda m: None)[0]
+
+    c = plan()
+    assert c.verdict == "resume"
+    assert "ckpt_000000002048.pkl (env_step 2048) is unreadable" in c.reason and "resumes from env_step 1024" in c.reason
+    old.write_bytes(b"")
+    c = plan()
+    assert c.verdict == "new" and "ckpt_000000001024.pkl (env_step 1024) is unreadable" in c.reason
+    assert "starts from scratch" in c.reason
+
+
+def test_store_root_that_is_a_file_is_named(hydra_loader, tmp_path):
+    loader, master = hydra_loader
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for root in (f, f / "below"):
+        with pytest.raises(PlanError) as e:
+            check_store_root(root)
+        assert f"store.root={root}" in str(e.value) and "not a directory" in str(e.value) and "Fix:" in str(e.value)
+    with pytest.raises(PlanError) as e:
+        plan_cells([["config=v2_full", "seed=0", f"store.root={f}"]], config_loader=loader, config=master,
+                   log=lambda m: None)
+    assert "not a directory" in str(e.value)
+    assert check_store_root(tmp_path / "new" / "store") == tmp_path / "new" / "store"
+
+
+def full_container(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def test_fast_planning_yields_what_composing_every_job_yields(hydra_loader, tmp_path):
+    """Identity, verdict and each job's own composed config (hydra.* included) are the same whether
+    the planner composes every job or composes once per config and substitutes the seed."""
+    loader, master = hydra_loader
+    jobs = [[f"config={c}", f"seed={s}"] for c in ("v2_baseline", "v2_full", "v2_u_only") for s in (0, 7, 123)]
+    jobs += [["config=v2_full", "seed=5", "trainer.log_every_steps=4096"],  # a group of its own
+             ["config=v2_full", "seed=6", "trainer.log_every_steps=4096"]]
+    jobs = [j + ["sweep.strict_confounds=false"] for j in jobs]
+    kw = {"config_loader": loader, "config": master, "log": lambda m: None}
+    fast = plan_cells(jobs, **kw)
+    slow = plan_cells(jobs, fast=False, **kw)
+    # only the first job of each (config, other overrides) group was composed at plan time
+    assert sum(c.composed is not None for c in fast) == 4
+    assert all(c.composed is not None for c in slow)
+    for f, s in zip(fast, slow):
+        assert (f.spec.key, f.spec.run_config, f.spec.overrides) == (s.spec.key, s.spec.run_config, s.spec.overrides)
+        assert (f.verdict, f.reason, f.run_dir.path) == (s.verdict, s.reason, s.run_dir.path)
+        assert full_container(f.cfg) == full_container(s.cfg)  # composed now, on demand, per job
+        assert f.cfg.hydra.overrides.task == s.cfg.hydra.overrides.task and f.cfg.seed == s.spec.seed
+
+
+def test_an_interpolated_seed_falls_back_to_composing_every_job(hydra_loader):
+    loader, master = hydra_loader
+    jobs = [["config=v2_full", f"seed={s}", "+env.eval_seed_base=${seed}"] for s in (0, 1, 2)]
+    fast = plan_cells(jobs, config_loader=loader, config=master, log=lambda m: None)
+    slow = plan_cells(jobs, config_loader=loader, config=master, log=lambda m: None, fast=False)
+    assert all(c.composed is not None for c in fast)
+    assert [c.spec.hash for c in fast] == [c.spec.hash for c in slow]
+    assert [c.spec.run_config["env"]["eval_seed_base"] for c in fast] == [0, 1, 2]
+
+
+def test_launcher_options_out_of_range_are_refused_by_name():
+    from safedreamer_sweep.supervise import check_launcher_params
+
+    for bad, named in (({"max_parallel": 0}, "hydra.launcher.max_parallel=0"), ({"poll_s": -1}, "hydra.launcher.poll_s=-1"),
+                       ({"max_attempts": 0}, "max_attempts"), ({"stall_after": 0}, "stall_after")):
+        with pytest.raises(PlanError) as e:
+            check_launcher_params(bad)
+        assert named in str(e.value) and ">= " in str(e.value) and "Fix:" in str(e.value)
+    check_launcher_params({"max_parallel": None, "poll_s": 0.5, "max_attempts": 1, "stall_after": 30})
+
+
+def test_the_retry_exclude_override_is_one_value_not_a_sweep():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from safedreamer_sweep.supervise import exclude_override
+
+    for nodes in (["vm"], ["node1", "node2"], ["gpu[01-03]", "cpu07"]):
+        ov = OverridesParser.create().parse_override(exclude_override(nodes))
+        assert not ov.is_sweep_override() and ov.value() == ",".join(nodes)
+        assert ov.key_or_group == "hydra.launcher.exclude"
+
+
+def test_local_submitit_folder_creates_no_literal_job_id_template(tmp_path):
+    import submitit
+
+    from safedreamer_sweep.supervise import submitit_folder
+
+    assert "%j" in str(submitit_folder("slurm", {}, tmp_path))
+    folder = submitit_folder("local", {}, tmp_path)
+    assert "%j" not in str(folder)
+    job = submitit.LocalExecutor(folder=str(folder)).submit(sum, [1, 2])
+    assert job.result() == 3
+    assert not [p for p in tmp_path.rglob("*") if "%j" in p.name]
+    assert list(folder.glob(f"{job.job_id}_*log.out"))

@@ -34,6 +34,9 @@ class SdsBaseConf:
     # submitit's own files (pickles, scheduler logs); default <store.root>/launcher/submitit
     submitit_folder: str | None = None
     name: str = "sds"
+    # plan by composing once per set of non-seed overrides and substituting the seed (checked to be
+    # exact); false composes every job through Hydra at plan time
+    plan_fast: bool = True
 
 
 @dataclass
