@@ -388,7 +388,13 @@ def disk_full_fault(work: Path, backend: str, budget: Budget, seed: int, log, de
             out["lost_steps"] = max(0, filled_at - out["resumed_from"])
         out["corrupt_files"] = corrupt_json(store)
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        for _ in range(5):  # lazy unmount; checked, since a leftover mount would outlive the campaign
+            r = subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, text=True)
+            if str(mnt) not in Path("/proc/mounts").read_text():
+                break
+            log(f"[chaos] umount {mnt}: {r.stderr.strip()}; retrying")
+            time.sleep(1)
+        out["unmounted"] = str(mnt) not in Path("/proc/mounts").read_text()
     return out
 
 
