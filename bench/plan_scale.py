@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--done", type=int, default=5_000)
     ap.add_argument("--sample", type=int, default=500, help="jobs composed through Hydra for A and B")
     ap.add_argument("--full", action="store_true", help="compose all jobs for A and B (minutes)")
+    ap.add_argument("--full-planner", action="store_true",
+                    help="B on all jobs (no extrapolation: the planner's fixed costs are not per job); A stays sampled")
     ap.add_argument("--store-dir", default=None,
                     help="where to build the synthetic store (default: a temp dir in /dev/shm if present)")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -144,15 +146,18 @@ def main() -> None:
 
         # B. The planner as the launcher calls it (composition + confounds + verdicts).
         store = Store(store_root)
+        plan_jobs = jobs if args.full_planner else sample
+        plan_scale = len(jobs) / len(plan_jobs)
+        plan_how = "measured on all jobs" if plan_scale == 1 else how
         t0 = time.perf_counter()
         try:
-            cells = plan_cells(sample, config_loader=loader, config=cfg, store=store, sweep_id="bench",
+            cells = plan_cells(plan_jobs, config_loader=loader, config=cfg, store=store, sweep_id="bench",
                                log=lambda m: None)
             plan_err = None
         except PlanError as e:
             cells, plan_err = [], str(e)
         plan_sample_s = time.perf_counter() - t0
-        plan_s = plan_sample_s * scale
+        plan_s = plan_sample_s * plan_scale
         verdicts: dict[str, int] = {}
         for c in cells:
             verdicts[c.verdict] = verdicts.get(c.verdict, 0) + 1
@@ -177,7 +182,7 @@ def main() -> None:
         res = {
             "cells": len(jobs), "done_in_store": args.done, "sample": len(sample), "extrapolated": scale != 1,
             "hydra_compose_s": round(hydra_s, 2), "planner_s": round(plan_s, 2),
-            "planner_sample_s": round(plan_sample_s, 3), "planner_over_hydra": round(plan_s / hydra_s, 3),
+            "planner_measured_s": round(plan_sample_s, 3), "planner_extrapolated": plan_scale != 1, "planner_over_hydra": round(plan_s / hydra_s, 3),
             "dedupe_only_s": round(dedupe_s, 3), "dedupe_verdicts": dd, "sample_verdicts": verdicts,
             "fast_path_specs_s": round(fast_specs_s, 3), "goal_s": GOAL_S, "goal_met": ok, "plan_error": plan_err,
         }
@@ -185,7 +190,7 @@ def main() -> None:
         print(f"A. Hydra composing {len(jobs)} jobs (load_sweep_config each, as BasicSweeper does): "
               f"{hydra_s:8.1f} s   ({how})")
         print(f"B. planner plan_cells on {len(jobs)} jobs (compose + confounds + verdicts):       "
-              f"{plan_s:8.1f} s   ({how}; {plan_sample_s:.1f} s for the sample; verdicts {verdicts})")
+              f"{plan_s:8.1f} s   ({plan_how}; verdicts {verdicts})")
         print(f"   planner / Hydra compose = {plan_s / hydra_s:.2f}")
         print(f"C. dedupe alone: verdict_for of all {len(jobs)} cells against the store:           "
               f"{dedupe_s:8.2f} s   (measured on all; verdicts {dd})")
@@ -195,8 +200,8 @@ def main() -> None:
             print(f"   plan_cells raised: {plan_err[:300]}")
         print()
         print(f"GOAL plan + dedupe of {len(jobs)} cells < {GOAL_S:.0f} s: "
-              + ("MET" if ok else f"VIOLATED ({plan_s:.1f} s; the planner composes every job through Hydra, "
-                                  f"{plan_s / len(jobs) * 1000:.1f} ms a job; the dedupe itself takes {dedupe_s:.2f} s)"))
+              + ("MET" if ok else f"VIOLATED ({plan_s:.1f} s, {plan_s / len(jobs) * 1000:.1f} ms a job"
+                                  f"{'' if plan_scale == 1 else ', extrapolated'}; the dedupe itself takes {dedupe_s:.2f} s)"))
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     finally:
