@@ -161,19 +161,33 @@ class Supervisor:
         return st.split()[0] in SLURM_ALIVE
 
     def _kill(self, t: Tracked, view: Any) -> None:
+        if view.pid and view.host == host():
+            # The training process runs here (always locally; on a Slurm box whose supervisor runs on
+            # the compute node): SIGKILL it directly, so a frozen process cannot wake up and go on.
+            try:
+                os.kill(int(view.pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
         for sub in t.subs:
             if self.backend == "local":
-                if view.pid and view.host == host():
-                    try:
-                        os.kill(int(view.pid), signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
                 try:
                     os.kill(int(sub.job_id), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
             else:
                 SlurmQueue.cancel(sub.job_id, kill=True)
+
+    def _record_stall(self, t: Tracked, ev: dict) -> None:
+        """Write the stall into the running attempt before killing it: the evidence survives even if
+        the kill is slow and the process wakes up and finishes (scancel SIGCONTs it first)."""
+        _, evidence = classify_failure(ev)
+
+        def change(s: dict) -> None:
+            a = s.get("attempts") or []
+            if a and a[-1].get("outcome") in ("running", "submitted"):
+                a[-1].update(cause="stalled", evidence=evidence, stall_detected_at=time.time())
+
+        t.rd.update_state(change)
 
     # --- the loop
     def add(self, t: Tracked) -> None:
@@ -266,6 +280,7 @@ class Supervisor:
                            "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
                 self.log(f"[sds] {t.label}: stalled (env_step {view.env_step} unchanged for "
                          f"{view.progress_age_s:.0f}s); killing it to resume from the checkpoint")
+                self._record_stall(t, t.stall)
                 self._kill(t, view)
             return
         self._ended(t, view)

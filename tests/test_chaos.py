@@ -55,11 +55,6 @@ def test_reduced_chaos_campaign_local(tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-# Not strict: F19 bites only when the woken process can finish within KillWait (seen at 04:26, not at 04:30).
-@pytest.mark.xfail(strict=False, reason=(
-    "finding F19 (launcher, supervise.SlurmQueue.cancel): `scancel --signal=KILL --full` does not kill a "
-    "hung cell's srun step at once; the plain scancel after it wakes the process, which finishes and "
-    "closes its attempt `done`, so the stall is not recorded in state.json"))
 def test_reduced_chaos_campaign_slurm(tmp_path: Path):
     res = chaos.run_campaign("slurm", cells=3, kills=1, budget=BUDGET, work=tmp_path, seed=2, stall_after=30,
                              enospc=False, timeout_s=420)
