@@ -177,6 +177,22 @@ class Supervisor:
             else:
                 SlurmQueue.cancel(sub.job_id, kill=True)
 
+    def _over_memory(self, t: Tracked, view: Any) -> str | None:
+        """Evidence text when a local cell's process tree holds more than its mem_gb, else None."""
+        if self.backend != "local" or not t.mem_gb or not view.pid or view.host != host():
+            return None
+        try:
+            import psutil
+
+            proc = psutil.Process(int(view.pid))
+            rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        except (ImportError, psutil.Error, ValueError):
+            return None
+        if rss <= t.mem_gb * 1024**3:
+            return None
+        return (f"exceeded memory limit: pid {view.pid} RSS {rss / 1024**3:.2f} GB > "
+                f"hydra.launcher.mem_gb={t.mem_gb} GB (local limit, enforced by the supervisor)")
+
     def _record_stall(self, t: Tracked, ev: dict) -> None:
         """Write the stall into the running attempt before killing it: the evidence survives even if
         the kill is slow and the process wakes up and finishes (scancel SIGCONTs it first)."""
@@ -275,6 +291,14 @@ class Supervisor:
                 t.subs = [s for s in t.subs if s.job_id == str(winner)]
                 alive = [s for s in alive if s.job_id == str(winner)]
         if alive:
+            over = self._over_memory(t, view)
+            if over and t.stall is None:
+                # Slurm enforces mem_gb itself; locally the supervisor does, by polling (like
+                # Slurm's OverMemoryKill), so an OOM retry with mem_gb x mem_factor works here too.
+                t.stall = {"oom_evidence": over}
+                self.log(f"[sds] {t.label}: {over}; killing it")
+                self._kill(t, view)
+                return
             if view.phase == "stalled" and t.stall is None:
                 t.stall = {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
                            "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}

@@ -271,3 +271,17 @@ def test_ctrl_c_leaves_cells_running_and_watch_finishes_the_rest(tmp_path):
     assert watch(store, poll_s=0.5) == 0  # waits for the running cell, submits the other
     st = states(store)
     assert len(st) == 2 and all(s["phase"] == "done" and len(s["attempts"]) == 1 for s in st.values())
+
+
+@pytest.mark.slow
+def test_local_memory_limit_is_enforced_classified_oom_and_retried_with_more(tmp_path):
+    # A JAX + MuJoCo cell holds several hundred MB; mem_gb=0.15 is exceeded for real within seconds.
+    store = tmp_path / "store"
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL,
+            "hydra.launcher.mem_gb=0.15", "hydra.launcher.mem_factor=10", "hydra.launcher.max_attempts=3", timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (st,) = states(store).values()
+    first, last = st["attempts"][0], st["attempts"][-1]
+    assert first["cause"] == "oom" and "exceeded memory limit" in first["evidence"] and "mem_gb=0.15" in first["evidence"]
+    assert last["outcome"] == "done" and last["resources"]["mem_gb"] == 1.5
+    assert "memory 0.15 GB -> 1.5 GB" in p.stdout

@@ -27,7 +27,8 @@ class SdsBaseConf:
     # job time limit (minutes); a timeout requeues the cell and it resumes from its checkpoint
     timeout_min: int = 60 * 24
     cpus_per_task: int | None = None
-    # memory per cell in GB (Slurm --mem); retried x mem_factor after an OOM kill
+    # memory per cell in GB (Slurm --mem; locally the supervisor kills a cell whose process tree holds
+    # more, polling like Slurm's OverMemoryKill); retried x mem_factor after an OOM kill
     mem_gb: float | None = None
     # seconds before the time limit when Slurm sends the requeue signal (USR2 locally, USR1 on Slurm)
     signal_delay_s: int = 90
