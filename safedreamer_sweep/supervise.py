@@ -141,6 +141,7 @@ class Supervisor:
         self.active: list[Tracked] = []
         self.finished: list[Tracked] = []
         self.slurm = SlurmQueue()
+        self._wake_at = float("inf")  # the next instant a live cell could cross stall_after
 
     # --- helpers
     def _job_state(self, job_id: str) -> str | None:
@@ -257,7 +258,10 @@ class Supervisor:
             if self.on_tick:
                 self.on_tick(self.active + self.queue + self.finished)
             if self.queue or self.active:
-                time.sleep(self.poll_s)
+                # Sleep one poll, or less when a live cell would cross stall_after sooner: a hang is
+                # then noticed at stall_after, not up to one poll later.
+                time.sleep(max(0.05, min(self.poll_s, self._wake_at - time.time())))
+                self._wake_at = float("inf")
         return self.finished
 
     def _check(self, t: Tracked) -> None:
@@ -299,6 +303,8 @@ class Supervisor:
                 self.log(f"[sds] {t.label}: {over}; killing it")
                 self._kill(t, view)
                 return
+            if view.phase == "running" and view.progress_age_s is not None:
+                self._wake_at = min(self._wake_at, time.time() + self.stall_after - view.progress_age_s + 0.05)
             if view.phase == "stalled" and t.stall is None:
                 t.stall = {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
                            "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
