@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Top-level keys and dotted keys that never enter the identity hash.
 IDENTITY_EXCLUDE: tuple[str, ...] = (
@@ -55,17 +56,18 @@ def _normalize(x: Any) -> Any:
 
 def _drop(d: dict, dotted: str) -> None:
     *parents, last = dotted.split(".")
+    node: Any = d
     for p in parents:
-        d = d.get(p)
-        if not isinstance(d, dict):
+        node = node.get(p)
+        if not isinstance(node, dict):
             return
-    d.pop(last, None)
+    node.pop(last, None)
 
 
 def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved config that defines what a cell trains (identity-relevant keys only)."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
         container = OmegaConf.to_container(cfg, resolve=True)
     else:
         container = json.loads(json.dumps(cfg))
@@ -162,14 +164,14 @@ def config_choice(cfg: DictConfig) -> str:
     """The option selected in the `config` group, from Hydra's runtime choices."""
     try:
         choice = cfg.hydra.runtime.choices.get("config")  # type: ignore[union-attr]
-    except Exception:
+    except (AttributeError, KeyError, OmegaConfBaseException):  # composed without hydra keys
         choice = None
     if choice is None:
         try:
             from hydra.core.hydra_config import HydraConfig
 
             choice = HydraConfig.get().runtime.choices.get("config")
-        except Exception:
+        except ValueError:  # HydraConfig was not set: not running under Hydra
             choice = None
     if not choice:
         raise ValueError("cannot tell which `config` was chosen: compose through Hydra with a `config` group")
@@ -180,9 +182,9 @@ def code_version() -> str | None:
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=5, check=False)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+                               capture_output=True, text=True, timeout=5, check=False)
         if rev.returncode == 0:
             return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

@@ -151,7 +151,7 @@ def _seed_split(overrides: Sequence[str]) -> tuple[tuple[str, ...], int] | None:
 
 
 def _non_hydra(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]),
                                   resolve=True)  # type: ignore[return-value]
 
 
@@ -270,7 +270,7 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
             k for k, ok in rd.evaluated.items() if not ok), rd
     phase = f" ({view.phase})" if view.phase != "pending" else ""
     ck = rd.checkpoints()
-    bad = []
+    bad: list[str] = []
     for step, path in reversed(ck):  # the newest checkpoint that verifies is what the cell resumes from
         if RunDir.verify_checkpoint(path):
             why = f"checkpoint at env_step {step}"

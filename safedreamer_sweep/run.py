@@ -21,16 +21,19 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
-    platform = cfg.get("trainer", {}).get("platform")
-    if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
-        os.environ.setdefault("JAX_PLATFORMS", str(platform))
-    from safedreamer_sweep.evaluate import evaluate
-    from safedreamer_sweep.trainer import train
-
     spec, rd = cell_run_dir(cfg, spec)
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
-        from safedreamer_sweep.external import train, evaluate  # noqa: F811  (any script as a cell)
+        from safedreamer_sweep.external import (  # any training script as a cell
+            evaluate,
+            train,
+        )
+    else:
+        platform = cfg.get("trainer", {}).get("platform")
+        if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
+            os.environ.setdefault("JAX_PLATFORMS", str(platform))
+        from safedreamer_sweep.evaluate import evaluate
+        from safedreamer_sweep.trainer import train
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
     ckpts = rd.checkpoints()
     attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0)

@@ -341,7 +341,7 @@ class RunDir:
             except (StoreError, pickle.UnpicklingError, EOFError, OSError) as e:
                 older = ckpts[-2 - i][0] if len(ckpts) >= 2 + i else None
                 if log:
-                    log(f"{e}; {'resuming from step %d instead' % older if older is not None else 'starting from scratch'}")
+                    log(f"{e}; " + (f"resuming from step {older} instead" if older is not None else "starting from scratch"))
         return None
 
     # --- evaluation
