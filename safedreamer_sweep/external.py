@@ -135,6 +135,17 @@ def render(template: str, values: Mapping[str, Any], cfg: DictConfig, what: str)
     return "".join(out)
 
 
+
+def probe_declarations(task: ExternalTask, values: Mapping[str, Any], cfg: DictConfig) -> list[dict]:
+    """The task's probe declarations with their globs rendered for this cell."""
+    out = []
+    for i, d in enumerate(task.probes):
+        d = dict(d)
+        if "glob" in d:
+            d["glob"] = render(str(d["glob"]), values, cfg, f"task.probes[{i}].glob")
+        out.append(d)
+    return out
+
 def render_command(command: Any, values: Mapping[str, Any], cfg: DictConfig, what: str,
                    resume: list[str] | None = None) -> list[str]:
     """The argv of a command template. A string is split like a shell would (no shell runs), a
@@ -281,13 +292,7 @@ def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
         render(task.checkpoint_glob, values, cfg, "task.checkpoint.glob")
     if task.done_marker:
         render(task.done_marker, values, cfg, "task.done_marker")
-    rendered = []
-    for i, d in enumerate(task.probes):
-        d = dict(d)
-        if "glob" in d:
-            d["glob"] = render(str(d["glob"]), values, cfg, f"task.probes[{i}].glob")
-        rendered.append(d)
-    P.build_probes(rendered, base_dir=run.path)
+    P.build_probes(probe_declarations(task, values, cfg), base_dir=run.path)
     if task.curves and not (task.curves.get("glob") and task.curves.get("step_key") and task.curves.get("keys")):
         raise ExternalTaskError("task.curves needs glob, step_key and keys (ours -> the script's, e.g. "
                                 "episode_return: episode/score), or set it to null")
@@ -450,13 +455,7 @@ class _Progress:
 
     def __init__(self, cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mapping[str, Any], base: int):
         self.cfg, self.run, self.task = cfg, run, task
-        decls = []
-        for i, d in enumerate(task.probes):
-            d = dict(d)
-            if "glob" in d:
-                d["glob"] = render(str(d["glob"]), values, cfg, f"task.probes[{i}].glob")
-            decls.append(d)
-        self.probes = P.build_probes(decls, base_dir=run.path)
+        self.probes = P.build_probes(probe_declarations(task, values, cfg), base_dir=run.path)
         for p in self.probes:
             if isinstance(p, P.FilesProbe):
                 p.start(base)
