@@ -29,8 +29,8 @@ def slurm_available() -> bool:
     if not shutil.which("sbatch"):
         return False
     try:
-        ok = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-        return ok and subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=10).returncode == 0
+        ok = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10, check=False).returncode == 0
+        return ok and subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=10, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -54,7 +54,29 @@ def sds(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | N
     """Run `python -m safedreamer_sweep ARGS` with the venv's interpreter; returns the process."""
     e = {**os.environ, **(env or {})}
     p = subprocess.run([sys.executable, "-m", "safedreamer_sweep", *args], cwd=cwd or ROOT, env=e,
-                       capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout, check=False)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-3000:]}\nSTDERR:\n{p.stderr[-3000:]}")
     return p
+
+
+# One real finished cell (v2_baseline seed 0, 1024 env steps), trained once per test session and
+# shared by every module that reads a finished store; tests that change it take `store_copy`.
+FINISHED_CELL = ["config=v2_baseline", "seed=0", "hydra/launcher=basic", "trainer.total_steps=1024",
+                 "trainer.num_envs=1", "trainer.rollout_steps=512", "eval.episodes=1"]
+
+
+@pytest.fixture(scope="session")
+def finished_store(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp() / "sds_finished_store"
+    sds(f"store.root={base}", *FINISHED_CELL, check=True)
+    return base
+
+
+@pytest.fixture
+def store_copy(finished_store, tmp_path) -> Path:
+    """A private copy of the finished store a test may add to."""
+    dst = tmp_path / "store"
+    shutil.copytree(finished_store, dst)
+    return dst
+

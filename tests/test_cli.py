@@ -4,32 +4,18 @@ the real status, report and supervisor."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_status import real_finished_store
 
 from safedreamer_sweep.cli import main
 from safedreamer_sweep.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("safedreamer-sweep")
-
-
-@pytest.fixture(scope="session")
-def finished_store(tmp_path_factory) -> Path:
-    return real_finished_store(tmp_path_factory)
-
-
-@pytest.fixture
-def store_copy(finished_store, tmp_path) -> Path:
-    dst = tmp_path / "store"
-    shutil.copytree(finished_store, dst)
-    return dst
 
 
 def test_console_script_status_and_exit_codes(finished_store, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,48 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, sds
 
 from safedreamer_sweep import status
 from safedreamer_sweep.cli import main as cli_main
 from safedreamer_sweep.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY_CELL = ["hydra/launcher=basic", "trainer.total_steps=1024", "trainer.num_envs=1",
-             "trainer.rollout_steps=512", "eval.episodes=1"]
-
 
 def run_cell(store: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
     """The real cell task (`python -m safedreamer_sweep`) in a child process."""
-    cmd = [sys.executable, "-m", "safedreamer_sweep", f"store.root={store}", *overrides]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return out
-
-
-def real_finished_store(tmp_path_factory) -> Path:
-    """A store holding one real finished cell (v2_baseline seed 0, 1024 env steps), built once per
-    test session and shared by the test modules that import this function."""
-    base = tmp_path_factory.getbasetemp() / "sds_finished_store"
-    marker = base / ".built"
-    if not marker.exists():
-        shutil.rmtree(base, ignore_errors=True)
-        run_cell(base, "config=v2_baseline", "seed=0", *TINY_CELL)
-        marker.write_text("ok")
-    return base
-
-
-@pytest.fixture(scope="session")
-def finished_store(tmp_path_factory) -> Path:
-    return real_finished_store(tmp_path_factory)
-
-
-@pytest.fixture
-def store_copy(finished_store, tmp_path) -> Path:
-    """A private copy of the finished store a test may add to."""
-    dst = tmp_path / "store"
-    shutil.copytree(finished_store, dst)
-    return dst
+    return sds(f"store.root={store}", *overrides, check=check)
 
 
 def test_done_verdict_from_a_real_finished_cell(finished_store):
