@@ -80,3 +80,10 @@ def store_copy(finished_store, tmp_path) -> Path:
     shutil.copytree(finished_store, dst)
     return dst
 
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited (for liveness checks)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+

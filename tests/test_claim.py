@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
+
+from conftest import dead_pid
 
 from safedreamer_sweep.claim import (
     add_jobs,
@@ -20,12 +20,6 @@ def run_dir(tmp_path) -> RunDir:
     rd = Store(tmp_path).run_dir("v2_full", 0, "abcd1234")
     rd.ensure_spec({"config": "v2_full", "seed": 0, "hash": "abcd1234"})
     return rd
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 def test_second_sweep_cannot_claim_a_live_claim(tmp_path):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
+
+from conftest import dead_pid
 
 from safedreamer_sweep.observe import observe_run, observe_store, pid_alive
 from safedreamer_sweep.store import RunDir, Store
@@ -17,12 +17,6 @@ def make_run(tmp_path, spec=SPEC) -> RunDir:
     rd = Store(tmp_path).run_dir(spec["config"], spec["seed"], spec["hash"])
     rd.ensure_spec(spec)
     return rd
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 def test_new_run_dir_is_pending(tmp_path):
