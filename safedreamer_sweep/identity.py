@@ -64,11 +64,19 @@ def _drop(d: dict, dotted: str) -> None:
     node.pop(last, None)
 
 
+def resolved_without_hydra(cfg: DictConfig) -> dict:
+    """The composed config resolved into plain containers, minus Hydra's own `hydra` node."""
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]
+
+
 def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved config that defines what a cell trains (identity-relevant keys only)."""
     if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = resolved_without_hydra(cfg)
     else:
         container = json.loads(json.dumps(cfg))
     assert isinstance(container, dict)

@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from safedreamer_sweep.claim import holder_alive
 from safedreamer_sweep.failures import RESUMABLE, RetryPolicy
-from safedreamer_sweep.identity import RunSpec, config_choice, config_hash, diff_keys
+from safedreamer_sweep.identity import (
+    RunSpec,
+    config_choice,
+    config_hash,
+    diff_keys,
+    resolved_without_hydra,
+)
 from safedreamer_sweep.observe import EVAL_KINDS, JobState, observe_run
 from safedreamer_sweep.store import RunDir, Store, StoreError, read_json
 
@@ -150,11 +156,6 @@ def _seed_split(overrides: Sequence[str]) -> tuple[tuple[str, ...], int] | None:
     return tuple(o for i, o in enumerate(overrides) if i != idx[0]), int(m.group(1))
 
 
-def _non_hydra(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]),
-                                  resolve=True)  # type: ignore[return-value]
-
-
 def seed_is_a_leaf(cfg: DictConfig) -> bool:
     """True when changing the top-level seed changes nothing else in the resolved config (no other
     key interpolates it), i.e. a job's config is its group's config with the seed leaf substituted.
@@ -163,11 +164,11 @@ def seed_is_a_leaf(cfg: DictConfig) -> bool:
     if not isinstance(seed, int) or isinstance(seed, bool):
         return False
     try:
-        a = _non_hydra(cfg)
+        a = resolved_without_hydra(cfg)
         other = cfg.copy()
         with open_dict(other):
             other.seed = seed + 1
-        b = _non_hydra(other)
+        b = resolved_without_hydra(other)
     except Exception:  # noqa: BLE001 (anything unusual: compose every job instead)
         return False
     a.pop("seed", None)
@@ -373,7 +374,3 @@ def format_plan(cells: list[PlannedCell]) -> str:
     for c in cells:
         lines.append(f"  #{c.index:<3} {c.verdict:<17} {c.label}  {c.reason}")
     return "\n".join(lines)
-
-
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
