@@ -310,8 +310,7 @@ def run_doctor(store_root: str | Path | None = None, launcher: str | None = None
 def save_manifest(doc: dict[str, Any]) -> list[Path]:
     """Write the manifest to <store>/manifests/doctor_<timestamp>.json and doctor_latest.json.
     Raises OSError when the store is not writable (the caller says so; the check already failed)."""
-    d = Path(doc["store"]) / "manifests"
-    d.mkdir(parents=True, exist_ok=True)
+    d = Store(doc["store"]).manifests_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(doc["created_at"]))
     paths = [d / f"doctor_{stamp}.json", d / "doctor_latest.json"]
     for p in paths:

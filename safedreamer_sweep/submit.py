@@ -321,7 +321,3 @@ def submitit_stderr(folder: Path, job_id: str) -> str:
         except OSError:
             continue
     return ""
-
-
-def claim_doc(rd: RunDir) -> dict:
-    return read_json(rd.claim_path) or {}

@@ -19,7 +19,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 from scipy import stats as sps
 
 Statistic = Callable[..., np.ndarray]
@@ -119,17 +118,6 @@ def compare(x: Sequence[float] | np.ndarray, baseline: Sequence[float] | np.ndar
     return {"n": int(a.size), "n_baseline": int(b.size), "diff": float(a.mean() - b.mean()),
             "ci_low": low, "ci_high": high,
             "prob_improvement": probability_of_improvement(a, b, higher_is_better)}
-
-
-def summarize_frame(df: pd.DataFrame, by: Sequence[str], value: str, *, reps: int = 2000,
-                    confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """`summarize` of column `value` within each group of `by`: one row per group."""
-    rows = []
-    for key, g in df.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), **summarize(g[value].to_numpy(), reps=reps,
-                                                       confidence=confidence, seed=seed)})
-    return pd.DataFrame(rows, columns=[*by, "n", "mean", "std", "iqm", "ci_low", "ci_high"])
 
 
 def curve_bands(values: np.ndarray, *, reps: int = 1000, confidence: float = 0.95,
