@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from safedreamer_sweep import probes as P
+from safedreamer_sweep.tasks import probes as P
 
 
 def main() -> None:

@@ -65,13 +65,13 @@ def job_overrides(n_cells: int) -> list[list[str]]:
 
 def base_specs(loader, cfg) -> dict[str, dict]:
     """The resolved run config of each config at seed 0, composed once through Hydra."""
-    from safedreamer_sweep.plan import job_spec
+    from safedreamer_sweep.sweep.plan import job_spec
 
     return {c: job_spec(loader, cfg, [f"config={c}", "seed=0"])[0].run_config for c in CONFIGS}
 
 
 def spec_for(config: str, seed: int, base: dict[str, dict]):
-    from safedreamer_sweep.identity import RunSpec, config_hash
+    from safedreamer_sweep.core.identity import RunSpec, config_hash
 
     rc = dict(base[config])
     rc["seed"] = seed
@@ -81,7 +81,7 @@ def spec_for(config: str, seed: int, base: dict[str, dict]):
 
 def build_store(store_root: Path, jobs: list[list[str]], done: int, base: dict[str, dict]) -> float:
     """Write `done` finished cells through the RunDir API (spread over the configs). Returns seconds."""
-    from safedreamer_sweep.store import Store, atomic_write_json
+    from safedreamer_sweep.core.store import Store, atomic_write_json
 
     store = Store(store_root)
     t0 = time.perf_counter()
@@ -117,8 +117,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    from safedreamer_sweep.plan import PlanError, plan_cells, verdict_for
-    from safedreamer_sweep.store import Store
+    from safedreamer_sweep.core.store import Store
+    from safedreamer_sweep.sweep.plan import PlanError, plan_cells, verdict_for
 
     parent = args.store_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     tmp = Path(tempfile.mkdtemp(prefix="sds_plan_scale_", dir=parent))

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from safedreamer_sweep.core.store import atomic_write_bytes
 from safedreamer_sweep.report.build import compute_report, render_artifacts
 from safedreamer_sweep.report.synthetic import write_store
-from safedreamer_sweep.store import atomic_write_bytes
 
 
 def main() -> None:

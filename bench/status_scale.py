@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from safedreamer_sweep import status
-from safedreamer_sweep.store import Store
+from safedreamer_sweep.commands import status
+from safedreamer_sweep.core.store import Store
 
 
 def build(root: Path, n_configs: int, n_seeds: int) -> int:

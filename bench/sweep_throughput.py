@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 def _raw_worker(env_id: str, num_envs: int, seconds: float, seed: int, q) -> None:
     import numpy as np
 
-    from safedreamer_sweep.envs import make_vector_env
+    from safedreamer_sweep.trainer.envs import make_vector_env
 
     venv = make_vector_env(env_id, num_envs, fast_reset=True)
     venv.reset([seed * 100 + i for i in range(num_envs)])
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from safedreamer_sweep.store import Store
+    from safedreamer_sweep.core.store import Store
 
     rates = raw_capacity(args.procs, "SafetyPointGoal1-v0", args.num_envs, args.raw_seconds)
     raw = sum(rates)

@@ -47,8 +47,8 @@ def compose(steps: int, num_envs: int, rollout: int, config: str) -> OmegaConf:
 def train_rate(cfg) -> dict:
     """Steady-state training rate, by wall clock and by this process's CPU time. The CPU-time rate
     barely moves when other processes share the cores, the wall-clock one does."""
-    from safedreamer_sweep.store import RunDir
-    from safedreamer_sweep.trainer import train
+    from safedreamer_sweep.core.store import RunDir
+    from safedreamer_sweep.trainer.ppo_lag import train
 
     marks: list[tuple[int, float, float]] = []  # (env_step, wall, cpu) at every metrics row
     append = RunDir.append_metrics
@@ -74,7 +74,7 @@ def train_rate(cfg) -> dict:
 def raw_env_rate(env_id: str, num_envs: int, steps: int, fast_reset: bool = True) -> tuple[float, float]:
     """The same vector env stepped with uniform random actions: the ceiling for training.
     Returns (env steps per wall second, per CPU second of this process)."""
-    from safedreamer_sweep.envs import make_vector_env
+    from safedreamer_sweep.trainer.envs import make_vector_env
 
     venv = make_vector_env(env_id, num_envs, fast_reset=fast_reset)
     venv.reset(list(range(num_envs)))
@@ -89,7 +89,7 @@ def raw_env_rate(env_id: str, num_envs: int, steps: int, fast_reset: bool = True
 
 
 def reset_seconds(env_id: str, fast_reset: bool, n: int) -> float:
-    from safedreamer_sweep.envs import make_env
+    from safedreamer_sweep.trainer.envs import make_env
 
     env = make_env(env_id, fast_reset=fast_reset)
     env.reset(seed=0)

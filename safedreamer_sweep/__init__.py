@@ -1,12 +1,15 @@
 """safedreamer-sweep: run RL experiment matrices to completion and report them honestly.
 
-Data flows one way: plan -> launch -> run -> store -> report.
+Data flows one way: plan -> launch -> run -> store -> report. The sub-packages are the stages:
 
-    identity.py   what a cell is (config, seed, hash of the resolved run config)
-    store.py      run directories: the single source of truth, atomic writes
-    run.py        the task of one cell: train -> checkpoint -> evaluate, recorded in its run dir
-    trainer.py    the built-in JAX PPO-Lagrangian trainer on Safety-Gymnasium
-    evaluate.py   deterministic ID / OOD evaluation of a trained cell
+    core/       what a cell is (identity), where it lives (store): the single source of truth
+    sweep/      the launcher's stages: plan (dedupe), claim, submit, supervise, failures, observe
+    tasks/      what a cell runs: the built-in task, any external training script, progress probes
+    trainer/    the built-in JAX PPO-Lagrangian trainer on Safety-Gymnasium (envs, policy, evaluation)
+    report/     tables, statistics, figures and the decision report, read only from the store
+    commands/   the `safedreamer-sweep` command: status, watch, doctor, report
+
+docs/architecture.md is the contract a contributor must keep.
 """
 
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ rest; without -m, one cell runs in this process.
 import hydra
 from omegaconf import DictConfig
 
-from safedreamer_sweep.run import run_cell
+from safedreamer_sweep.tasks.run import run_cell
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
@@ -18,7 +18,7 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     # Reject unparseable overrides (e.g. a value with `=` or parentheses) with the quoted form to
     # type, before Hydra runs and before anything touches the store.
-    from safedreamer_sweep.overrides import exit_on_bad_overrides
+    from safedreamer_sweep.core.overrides import exit_on_bad_overrides
 
     exit_on_bad_overrides()
     main()

@@ -1,5 +1,5 @@
-"""The bad-input battery (issue 7, DESIGN.md invariant 5): malformed inputs through the REAL command
-lines (`python -m safedreamer_sweep ...` for launches, `python -m safedreamer_sweep.cli ...` for
+"""The bad-input battery (issue 7, docs/architecture.md, invariant 5): malformed inputs through the REAL command
+lines (`python -m safedreamer_sweep ...` for launches, `python -m safedreamer_sweep.commands.cli ...` for
 `safedreamer-sweep`), each against a copy of a real store (one real tiny cell, trained and
 evaluated by the built-in trainer).
 
@@ -125,7 +125,7 @@ class Case:
 
 
 L = ["safedreamer_sweep", "-m"]
-C = ["safedreamer_sweep.cli"]
+C = ["safedreamer_sweep.commands.cli"]
 S = "store.root={S}"
 
 CASES = [

@@ -6,14 +6,20 @@ import time
 
 from conftest import dead_pid
 
-from safedreamer_sweep.claim import (
+from safedreamer_sweep.core.store import (
+    RunDir,
+    Store,
+    atomic_write_json,
+    host,
+    read_json,
+)
+from safedreamer_sweep.sweep.claim import (
     add_jobs,
     holder_alive,
     race_start,
     release,
     try_claim,
 )
-from safedreamer_sweep.store import RunDir, Store, atomic_write_json, host, read_json
 
 
 def run_dir(tmp_path) -> RunDir:

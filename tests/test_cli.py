@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from safedreamer_sweep.cli import main
-from safedreamer_sweep.store import Store
+from safedreamer_sweep.commands.cli import main
+from safedreamer_sweep.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("safedreamer-sweep")

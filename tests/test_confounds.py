@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from safedreamer_sweep.cli import main as cli_main
-from safedreamer_sweep.confounds import (
+from safedreamer_sweep.commands.cli import main as cli_main
+from safedreamer_sweep.core.confounds import (
     ConfoundError,
     check_confounds,
     find_confounds,
@@ -16,7 +16,7 @@ from safedreamer_sweep.confounds import (
     is_knob,
     specs_for_overrides,
 )
-from safedreamer_sweep.identity import RunSpec
+from safedreamer_sweep.core.identity import RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOBS = ["agent.u.enabled", "agent.cert.enabled"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from safedreamer_sweep.cost import (
+from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.report.cost import (
     attempt_hours,
     cell_cost,
     format_hours,
     store_cost,
     sweep_cost,
 )
-from safedreamer_sweep.store import Store
 
 H = 3600.0
 T0 = 1_700_000_000.0

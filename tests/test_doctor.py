@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from safedreamer_sweep import doctor
-from safedreamer_sweep.cli import main as cli_main
+from safedreamer_sweep.commands import doctor
+from safedreamer_sweep.commands.cli import main as cli_main
 
 
 def by_name(doc: dict) -> dict[str, dict]:
@@ -103,7 +103,7 @@ def test_disk_check_against_expected_checkpoint_volume(tmp_path):
 
 
 def test_disk_check_measures_real_checkpoints(tmp_path):
-    from safedreamer_sweep.store import Store
+    from safedreamer_sweep.core.store import Store
 
     rd = Store(tmp_path).run_dir("v2_full", 0, "abcd1234")
     rd.save_checkpoint(512, {"w": os.urandom(300_000)})

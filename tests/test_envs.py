@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safedreamer_sweep.envs import make_env, make_vector_env
+from safedreamer_sweep.trainer.envs import make_env, make_vector_env
 
 
 def _trajectory(fast_reset: bool, seed: int = 3, steps: int = 1200, reset_every: int = 400):
@@ -46,7 +46,7 @@ def test_fast_reset_refuses_rendering_envs():
     with pytest.raises(ValueError, match="render"):
         import safety_gymnasium
 
-        from safedreamer_sweep.envs import FastReset
+        from safedreamer_sweep.trainer.envs import FastReset
 
         FastReset(safety_gymnasium.make("SafetyPointGoal1-v0", render_mode="rgb_array"))
 

@@ -17,18 +17,18 @@ import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from safedreamer_sweep import external
-from safedreamer_sweep.identity import RunSpec
-from safedreamer_sweep.run import cell_run_dir, run_cell
-from safedreamer_sweep.store import RunDir
+from safedreamer_sweep.core.identity import RunSpec
+from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.tasks import external
+from safedreamer_sweep.tasks.run import cell_run_dir, run_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 
 RUN_ONE_CELL = """
 import sys
 from omegaconf import OmegaConf
-from safedreamer_sweep.identity import RunSpec
-from safedreamer_sweep.run import run_cell
+from safedreamer_sweep.core.identity import RunSpec
+from safedreamer_sweep.tasks.run import run_cell
 cfg = OmegaConf.load(sys.argv[1])
 run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
 """
@@ -198,7 +198,7 @@ def test_progress_comes_from_replay_chunks_while_metrics_file_is_stale(tmp_path)
 
 
 def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
-    from safedreamer_sweep.observe import observe_run
+    from safedreamer_sweep.sweep.observe import observe_run
 
     cfg = make_cfg(tmp_path / "store", total=100000, chunk=16, log_every=1000)
     rd = run_dir(cfg)
@@ -228,7 +228,7 @@ def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
 
 
 def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
-    from safedreamer_sweep.observe import observe_run
+    from safedreamer_sweep.sweep.observe import observe_run
 
     total = 2400
     cfg = make_cfg(tmp_path / "store", total=total, save_every=0.3, chunk=32, log_every=0.2)

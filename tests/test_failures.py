@@ -3,7 +3,7 @@ Slurm runs: tests/test_launcher_slurm.py reproduces each), and the retry policy 
 
 from __future__ import annotations
 
-from safedreamer_sweep.failures import RetryPolicy, classify_failure
+from safedreamer_sweep.sweep.failures import RetryPolicy, classify_failure
 
 OOM_STDERR = ("submitit WARNING - Caught signal SIGUSR2\n"
               "slurmstepd-vm: error: StepId=5.0 exceeded memory limit (332189696 > 321912832), being killed\n"

@@ -3,7 +3,7 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from safedreamer_sweep.identity import RunSpec, config_hash, diff_keys, run_config
+from safedreamer_sweep.core.identity import RunSpec, config_hash, diff_keys, run_config
 
 
 def compose_cell(*overrides):

@@ -4,7 +4,7 @@ SIGKILL recovery, OOM retry with more memory, timeout requeue from the checkpoin
 exclusion, and partition racing.
 
 Fault injection (documented test hook): SDS_INJECT_FAULT=node_fault:N, passed to the cells through
-`hydra.launcher.env`, makes attempt N raise "CUDA error: busy" (safedreamer_sweep/run.py), the way
+`hydra.launcher.env`, makes attempt N raise "CUDA error: busy" (safedreamer_sweep/tasks/run.py), the way
 a faulty GPU node fails, so node-fault classification and --exclude can be exercised on a CPU box.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, sds
 
-from safedreamer_sweep.store import Store
+from safedreamer_sweep.core.store import Store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SLURM = ["hydra/launcher=sds_slurm", "hydra.launcher.poll_s=1", "hydra.launcher.mem_gb=1.5",
@@ -164,7 +164,7 @@ def test_racing_two_partitions_keeps_the_first_starter(tmp_path):
 
 
 def test_detached_array_then_watch_reattaches_and_retries_until_done(tmp_path):
-    from safedreamer_sweep.supervise import watch
+    from safedreamer_sweep.sweep.supervise import watch
 
     store = tmp_path / "store"
     t0 = time.time()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from safedreamer_sweep.overrides import (
+from safedreamer_sweep.core.overrides import (
     OverrideError,
     check_overrides,
     overrides_in_argv,

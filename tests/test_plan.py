@@ -12,14 +12,14 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
-from safedreamer_sweep.plan import (
+from safedreamer_sweep.core.store import Store, atomic_write_json
+from safedreamer_sweep.sweep.plan import (
     PlanError,
     check_store_root,
     format_plan,
     job_spec,
     plan_cells,
 )
-from safedreamer_sweep.store import Store, atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_every_verdict_from_real_store_states(hydra_loader, tmp_path):
     _, elsewhere = cell(loader, master, "config=v2_full", "seed=5")
     import os
 
-    from safedreamer_sweep.store import host
+    from safedreamer_sweep.core.store import host
     atomic_write_json(elsewhere.claim_path, {"sweep_id": "other", "host": host(), "pid": os.getpid(),
                                              "claimed_at": time.time(), "backend": "local"})
     jobs = [["config=v2_full", f"seed={s}"] for s in range(7)] + [["config=v2_full", "seed=6"]]
@@ -166,7 +166,7 @@ def test_a_budget_the_trainer_refuses_is_a_plan_error_before_anything_is_written
 
 
 def test_the_budget_check_does_not_import_jax():
-    code = ("import sys; from safedreamer_sweep.budget import check_config; import safedreamer_sweep.plan; "
+    code = ("import sys; from safedreamer_sweep.trainer.budget import check_config; import safedreamer_sweep.sweep.plan; "
             "print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
@@ -186,7 +186,7 @@ def test_truncated_checkpoints_are_not_promised_as_a_resume(hydra_loader):
     _, rd = cell(loader, master, "config=v2_full", "seed=0")
     rd.begin_attempt(pid=dead_pid())
     old, new = rd.save_checkpoint(1024, {"w": 1}), rd.save_checkpoint(2048, {"w": 2})
-    from safedreamer_sweep.store import RunDir
+    from safedreamer_sweep.core.store import RunDir
 
     assert RunDir.verify_checkpoint(new) and RunDir.verify_checkpoint(old)
     new.write_bytes(new.read_bytes()[:-7])
@@ -256,7 +256,7 @@ def test_an_interpolated_seed_falls_back_to_composing_every_job(hydra_loader):
 
 
 def test_launcher_options_out_of_range_are_refused_by_name():
-    from safedreamer_sweep.supervise import check_launcher_params
+    from safedreamer_sweep.sweep.supervise import check_launcher_params
 
     for bad, named in (({"max_parallel": 0}, "hydra.launcher.max_parallel=0"), ({"poll_s": -1}, "hydra.launcher.poll_s=-1"),
                        ({"max_attempts": 0}, "max_attempts"), ({"stall_after": 0}, "stall_after")):
@@ -269,7 +269,7 @@ def test_launcher_options_out_of_range_are_refused_by_name():
 def test_the_retry_exclude_override_is_one_value_not_a_sweep():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from safedreamer_sweep.supervise import exclude_override
+    from safedreamer_sweep.sweep.supervise import exclude_override
 
     for nodes in (["vm"], ["node1", "node2"], ["gpu[01-03]", "cpu07"]):
         ov = OverridesParser.create().parse_override(exclude_override(nodes))
@@ -280,7 +280,7 @@ def test_the_retry_exclude_override_is_one_value_not_a_sweep():
 def test_local_submitit_folder_creates_no_literal_job_id_template(tmp_path):
     import submitit
 
-    from safedreamer_sweep.supervise import submitit_folder
+    from safedreamer_sweep.sweep.supervise import submitit_folder
 
     assert "%j" in str(submitit_folder("slurm", {}, tmp_path))
     folder = submitit_folder("local", {}, tmp_path)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from safedreamer_sweep import probes as P
+from safedreamer_sweep.tasks import probes as P
 
 
 def _write_jsonl(path, rows, torn_tail: str = ""):

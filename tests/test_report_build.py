@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.report import (
     ARTIFACTS,
     NotAStoreError,
@@ -21,7 +22,6 @@ from safedreamer_sweep.report.synthetic import (
     write_cell,
     write_store,
 )
-from safedreamer_sweep.store import Store
 
 CONFIGS = ["v2_baseline", "v2_u_only", "v2_cert_only", "v2_full"]
 SEEDS = [0, 1, 2, 3, 4]

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from report_real_sweep import real_store
 
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.report import ARTIFACTS, build_report
-from safedreamer_sweep.store import Store
 
 pytestmark = pytest.mark.slow
 

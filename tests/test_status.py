@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, sds
 
-from safedreamer_sweep import status
-from safedreamer_sweep.cli import main as cli_main
-from safedreamer_sweep.store import Store
+from safedreamer_sweep.commands import status
+from safedreamer_sweep.commands.cli import main as cli_main
+from safedreamer_sweep.core.store import Store
 
 
 def run_cell(store: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -200,8 +200,8 @@ def test_corrupt_state_is_shown_not_crashed_on(store_copy):
 def test_a_cell_claimed_by_a_live_sweep_is_queued_not_never_run(store_copy):
     """The launcher claims every cell it will run before submitting it; a claimed cell waiting for a
     slot is queued. Here this test process is the live launcher holding the claim."""
-    from safedreamer_sweep.claim import try_claim
-    from safedreamer_sweep.identity import RunSpec
+    from safedreamer_sweep.core.identity import RunSpec
+    from safedreamer_sweep.sweep.claim import try_claim
 
     store = Store(store_copy)
     (done_rd,) = list(store.iter_runs())

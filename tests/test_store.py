@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safedreamer_sweep import store
-from safedreamer_sweep.store import (
+from safedreamer_sweep.core import store
+from safedreamer_sweep.core.store import (
     RunDir,
     StoreError,
     atomic_write_bytes,
@@ -26,7 +26,7 @@ from safedreamer_sweep.store import (
 # A writer that replaces one file forever with self-verifying 2 MB payloads (digest + body).
 WRITER = """
 import hashlib, os, sys
-from safedreamer_sweep.store import atomic_write_bytes
+from safedreamer_sweep.core.store import atomic_write_bytes
 path, i = sys.argv[1], 0
 while True:
     body = (b"%09d" % i) * (2_000_000 // 9)

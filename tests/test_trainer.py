@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from safedreamer_sweep import trainer
-from safedreamer_sweep.store import RunDir
+from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.trainer import ppo_lag as trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

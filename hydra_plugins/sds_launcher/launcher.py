@@ -32,7 +32,7 @@ class SdsLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from safedreamer_sweep.supervise import launch_sweep
+        from safedreamer_sweep.sweep.supervise import launch_sweep
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         return launch_sweep(backend=self._EXECUTOR, params=self.params, config=self.config,

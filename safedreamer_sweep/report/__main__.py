@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from safedreamer_sweep.core.store import StoreError
 from safedreamer_sweep.report import NotAStoreError, TemplateRenderError, build_report
-from safedreamer_sweep.store import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store, StoreError
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, StoreError
 
 # Per-seed metrics the tables report: name -> (label, higher is better).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -60,7 +60,7 @@ class Frames:
     cost_limits: list[float]   # distinct cost limits found in eval JSONs (or specs)
     extra_run_dirs: list[str]  # run dirs on disk that are not the matrix's chosen identity
     corrupt: list[str]         # store files that could not be parsed (shown as holes, named in warnings)
-    cost_available: bool       # safedreamer_sweep.cost exists and priced every cell
+    cost_available: bool       # safedreamer_sweep.report.cost exists and priced every cell
 
 
 def open_store(store_root: str | Path) -> Store:
@@ -79,7 +79,7 @@ def open_store(store_root: str | Path) -> Store:
 
 def _cost_module():
     try:
-        return importlib.import_module("safedreamer_sweep.cost")
+        return importlib.import_module("safedreamer_sweep.report.cost")
     except ImportError:
         return None
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from safedreamer_sweep.core.store import atomic_write_bytes
 from safedreamer_sweep.report import figures, tables
 from safedreamer_sweep.report.aggregate import (
     METRICS,
@@ -20,15 +20,13 @@ from safedreamer_sweep.report.aggregate import (
     parquet_ready,
 )
 from safedreamer_sweep.report.decision import (
-    Decision,
-    Warning_,
     collect_warnings,
     decide,
 )
 from safedreamer_sweep.report.document import decision_markdown
+from safedreamer_sweep.report.result import Report
 from safedreamer_sweep.report.settings import ReportSettings
 from safedreamer_sweep.report.templates import Difference, Namespace, Number, render_all
-from safedreamer_sweep.store import atomic_write_bytes
 
 # Every artifact a report writes (templates add their own outputs).
 ARTIFACTS = (
@@ -40,32 +38,13 @@ ARTIFACTS = (
 )
 
 
-@dataclass
-class Report:
-    """Everything the report computed; the notebook and the templates read it too."""
-
-    settings: ReportSettings
-    frames: Frames
-    coverage: pd.DataFrame
-    main: pd.DataFrame
-    ablation: pd.DataFrame
-    warnings: list[Warning_]
-    decision: Decision
-    cost: dict
-    documents: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def cost_limit(self) -> float:
-        return self.decision.cost_limit
-
-
 def cost_summary(frames: Frames, settings: ReportSettings) -> dict:
     """Device-hours per config and in total, and money when cost.per_gpu_hour is set, from
-    safedreamer_sweep.cost (GPU-hours are priced, CPU-core-hours only reported)."""
+    safedreamer_sweep.report.cost (GPU-hours are priced, CPU-core-hours only reported)."""
     try:
-        from safedreamer_sweep import cost as cost_mod
+        from safedreamer_sweep.report import cost as cost_mod
     except ImportError:
-        return {"available": False, "why": "safedreamer_sweep.cost is not installed"}
+        return {"available": False, "why": "safedreamer_sweep.report.cost is not installed"}
     if not frames.cost_available:
         return {"available": False, "why": "the cost module could not price every cell"}
     states = {k: v for k, v in frames.states.items() if v.get("phase") != "missing"}

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from safedreamer_sweep.confounds import find_confounds, format_confounds
-from safedreamer_sweep.identity import RunSpec
+from safedreamer_sweep.core.confounds import find_confounds, format_confounds
+from safedreamer_sweep.core.identity import RunSpec
 from safedreamer_sweep.report import stats
 from safedreamer_sweep.report.aggregate import METRICS, Frames
 from safedreamer_sweep.report.settings import ReportSettings
@@ -135,7 +135,7 @@ def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings
 
 def find_config_confounds(frames: Frames, settings: ReportSettings) -> list[str]:
     """Keys of the resolved run configs (spec.json) that differ between configs beyond the
-    declared ablation knobs (sweep.ablation_knobs), by safedreamer_sweep.confounds.find_confounds
+    declared ablation knobs (sweep.ablation_knobs), by safedreamer_sweep.core.confounds.find_confounds
     (the same check the launcher runs before a sweep; here it covers what was actually run)."""
     specs = [RunSpec(config=c, seed=s, hash=str(sp.get("hash")), run_config=sp["run_config"])
              for (c, s), sp in sorted(frames.specs.items()) if sp.get("run_config")]

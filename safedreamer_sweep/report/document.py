@@ -4,16 +4,13 @@ every warning, then the decision and the numbers behind it, then what would chan
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from safedreamer_sweep.report import tables
 from safedreamer_sweep.report.aggregate import METRICS
 from safedreamer_sweep.report.decision import INCONCLUSIVE
-
-if TYPE_CHECKING:
-    from safedreamer_sweep.report.build import Report
+from safedreamer_sweep.report.result import Report
 
 SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safedreamer_sweep.store import Store
+from safedreamer_sweep.core.store import Store
 
 COST_LIMIT = 25.0
 OOD_PROXY = "SafetyPointGoal2-v0 as an OOD proxy (synthetic test store)."

@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from safedreamer_sweep.identity import RunSpec
-from safedreamer_sweep.store import EVAL_KINDS, RunDir, Store
+from safedreamer_sweep.core.identity import RunSpec
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store
 
 
 def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec, RunDir]:
@@ -24,7 +24,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     spec, rd = cell_run_dir(cfg, spec)
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
-        from safedreamer_sweep.external import (  # any training script as a cell
+        from safedreamer_sweep.tasks.external import (  # any training script as a cell
             evaluate,
             train,
         )
@@ -32,8 +32,8 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         platform = cfg.get("trainer", {}).get("platform")
         if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
             os.environ.setdefault("JAX_PLATFORMS", str(platform))
-        from safedreamer_sweep.evaluate import evaluate
-        from safedreamer_sweep.trainer import train
+        from safedreamer_sweep.trainer.evaluate import evaluate
+        from safedreamer_sweep.trainer.ppo_lag import train
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
     ckpts = rd.checkpoints()
     attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0)

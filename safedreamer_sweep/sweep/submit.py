@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.store import RunDir, host, read_json
+from safedreamer_sweep.core.store import RunDir, host, read_json
 
 # ----------------------------------------------------------------------------- local GPU slots
 
@@ -163,7 +163,7 @@ class CellTask:
         from hydra.core.utils import JobStatus, run_job, setup_globals
         from omegaconf import open_dict
 
-        from safedreamer_sweep.claim import race_start
+        from safedreamer_sweep.sweep.claim import race_start
 
         os.environ.update(self.env)
         os.environ.update(SDS_ATTEMPT_STARTED=str(time.time()), SDS_TIMEOUT_MIN=str(self.timeout_min),
@@ -219,7 +219,7 @@ class CellTask:
         newest checkpoint."""
         import submitit
 
-        from safedreamer_sweep.store import atomic_write_json
+        from safedreamer_sweep.core.store import atomic_write_json
 
         cause, evidence = _interrupt_cause()
         os.environ["SDS_INTERRUPT_CAUSE"] = cause

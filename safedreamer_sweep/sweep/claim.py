@@ -11,8 +11,8 @@ import os
 import time
 from typing import Any
 
-from safedreamer_sweep.observe import SLURM_ALIVE, JobState, pid_alive
-from safedreamer_sweep.store import RunDir, atomic_write_json, host, read_json
+from safedreamer_sweep.core.store import RunDir, atomic_write_json, host, read_json
+from safedreamer_sweep.sweep.observe import SLURM_ALIVE, JobState, pid_alive
 
 
 def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobState | None = None,

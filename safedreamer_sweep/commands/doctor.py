@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.identity import package_versions
-from safedreamer_sweep.store import Store, atomic_write_json, host
+from safedreamer_sweep.core.identity import package_versions
+from safedreamer_sweep.core.store import Store, atomic_write_json, host
 
 SCHEMA = "safedreamer-sweep/doctor/1"
 LAUNCHERS = ("sds_local", "sds_slurm")
@@ -254,7 +254,7 @@ def sweep_settings(overrides: Sequence[str] = (), conf_dir: str | None = None) -
             axes[ov.get_key_element()] = len(list(ov.sweep_string_iterator()))
         else:
             fixed.append(str(ov.input_line))
-    conf_dir = conf_dir or str(Path(__file__).resolve().parent.parent / "conf")
+    conf_dir = conf_dir or str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         cfg = compose(config_name="sweep", overrides=fixed, return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}

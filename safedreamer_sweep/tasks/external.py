@@ -40,8 +40,8 @@ from typing import Any
 import psutil
 from omegaconf import DictConfig, OmegaConf
 
-from safedreamer_sweep import probes as P
-from safedreamer_sweep.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
+from safedreamer_sweep.tasks import probes as P
 
 # Values every template may use besides config keys. `checkpoint` and the eval-only names are
 # filled in when they apply; validation uses placeholders for them.

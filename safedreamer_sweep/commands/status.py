@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.claim import holder_alive
-from safedreamer_sweep.cost import cell_cost, format_hours, store_cost
-from safedreamer_sweep.observe import observe_store
-from safedreamer_sweep.store import RunDir, Store, StoreError, host, read_json
+from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
+from safedreamer_sweep.report.cost import cell_cost, format_hours, store_cost
+from safedreamer_sweep.sweep.claim import holder_alive
+from safedreamer_sweep.sweep.observe import observe_store
 
 SCHEMA = "safedreamer-sweep/status/1"
 DEFAULT_STALL_AFTER_S = 600.0
@@ -73,7 +73,7 @@ def _slurm_backend(store: Store) -> bool:
 def slurm_job_state() -> Callable[[str], str | None]:
     """`job_id -> Slurm state` (squeue, then sacct; cached): the supervisor's own lookup, so status
     and supervision read the scheduler the same way."""
-    from safedreamer_sweep.supervise import slurm_state_lookup
+    from safedreamer_sweep.sweep.supervise import slurm_state_lookup
 
     return slurm_state_lookup()
 

@@ -3,7 +3,7 @@
 `classify_failure(evidence)` is a pure function over the facts the supervisor gathered (scheduler
 state, exit code or signal, stderr tail, the cell's own closing record, progress age); it returns
 `(cause, evidence_text)` with one of CAUSES. `RetryPolicy.decide` turns a cause into an action
-(DESIGN.md, "Failure causes"): oom -> more memory, node_fault -> exclude the node, stalled/lost/
+(docs/architecture.md, "Failure causes"): oom -> more memory, node_fault -> exclude the node, stalled/lost/
 timeout/preempted -> resume from the checkpoint, error -> stop and show the traceback tail.
 """
 

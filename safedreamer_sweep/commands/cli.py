@@ -41,8 +41,8 @@ def _err(msg: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from safedreamer_sweep import status
-    from safedreamer_sweep.store import StoreError
+    from safedreamer_sweep.commands import status
+    from safedreamer_sweep.core.store import StoreError
 
     try:
         doc = status.collect(args.store, stall_after=args.stall_after, per_gpu_hour=args.per_gpu_hour,
@@ -74,7 +74,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     redraws the status; keeps drawing until no cell runs (another process may be supervising)."""
     from rich.live import Live
 
-    from safedreamer_sweep import status
+    from safedreamer_sweep.commands import status
 
     def view():
         doc = status.collect(args.store, stall_after=args.stall_after)
@@ -93,7 +93,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             live.update(r)
 
         try:
-            from safedreamer_sweep import supervise
+            from safedreamer_sweep.sweep import supervise
         except ImportError:
             supervise = None  # type: ignore[assignment]
             console.log("supervise.py is not available: showing status only")
@@ -115,8 +115,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from safedreamer_sweep import doctor
-    from safedreamer_sweep.overrides import OverrideError, check_overrides
+    from safedreamer_sweep.commands import doctor
+    from safedreamer_sweep.core.overrides import OverrideError, check_overrides
 
     try:
         check_overrides(args.overrides)
@@ -145,6 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     root = Path(args.store).expanduser()
     if not root.is_dir():
         return _err(f"{root}: no such store directory. Fix: pass the store.root of your sweep.")
+    from safedreamer_sweep.core.store import StoreError
     from safedreamer_sweep.report import (
         NotAStoreError,
         TemplateRenderError,
@@ -154,7 +155,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         render_artifacts,
         write_artifacts,
     )
-    from safedreamer_sweep.store import StoreError
 
     try:
         r = compute_report(root)
@@ -171,18 +171,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_confounds(args: argparse.Namespace) -> int:
-    from safedreamer_sweep.confounds import (
+    from safedreamer_sweep.core.confounds import (
         find_confounds,
         format_confounds,
         specs_for_overrides,
     )
-    from safedreamer_sweep.overrides import OverrideError, check_overrides
+    from safedreamer_sweep.core.overrides import OverrideError, check_overrides
 
     try:
         check_overrides(args.overrides)
     except OverrideError as e:
         return _err(str(e))
-    conf_dir = str(Path(args.conf_dir).resolve()) if args.conf_dir else str(Path(__file__).resolve().parent.parent / "conf")
+    conf_dir = str(Path(args.conf_dir).resolve()) if args.conf_dir else str(Path(__file__).resolve().parents[2] / "conf")
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

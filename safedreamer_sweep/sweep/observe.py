@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from safedreamer_sweep.store import (
+from safedreamer_sweep.core.store import (
     EVAL_KINDS,
     RunDir,
     Store,

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from safedreamer_sweep.identity import RunSpec, flatten
+from safedreamer_sweep.core.identity import RunSpec, flatten
 
 _ABSENT = "<absent>"
 # Keys that vary by design between cells of one matrix.

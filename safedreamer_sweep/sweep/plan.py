@@ -20,17 +20,17 @@ from typing import Any
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, open_dict
 
-from safedreamer_sweep.claim import holder_alive
-from safedreamer_sweep.failures import RESUMABLE, RetryPolicy
-from safedreamer_sweep.identity import (
+from safedreamer_sweep.core.identity import (
     RunSpec,
     config_choice,
     config_hash,
     diff_keys,
     resolved_without_hydra,
 )
-from safedreamer_sweep.observe import EVAL_KINDS, JobState, observe_run
-from safedreamer_sweep.store import RunDir, Store, StoreError, read_json
+from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
+from safedreamer_sweep.sweep.claim import holder_alive
+from safedreamer_sweep.sweep.failures import RESUMABLE, RetryPolicy
+from safedreamer_sweep.sweep.observe import EVAL_KINDS, JobState, observe_run
 
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "conflict", "failed")
 RUNNABLE = {"eval-only", "resume", "retry", "new"}
@@ -130,11 +130,11 @@ def validate_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
     check (jax-free), or the external adapter's template/probe check."""
     try:
         if (cfg.get("task") or {}).get("kind", "builtin") == "external":
-            from safedreamer_sweep.external import validate_task
+            from safedreamer_sweep.tasks.external import validate_task
 
             validate_task(cfg)
         else:
-            from safedreamer_sweep.budget import check_config
+            from safedreamer_sweep.trainer.budget import check_config
 
             check_config(cfg)
     except Exception as e:  # any refusal by the task's own check becomes a plan error
@@ -285,12 +285,12 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
 
 
 def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print) -> None:
-    """Call the status engineer's confound check (safedreamer_sweep/confounds.py) when it exists.
+    """Call the status engineer's confound check (safedreamer_sweep/core/confounds.py) when it exists.
     With sweep.strict_confounds=true a confound stops the launch."""
     try:
-        from safedreamer_sweep import confounds
+        from safedreamer_sweep.core import confounds
     except ImportError:
-        log("[plan] confound check skipped: safedreamer_sweep/confounds.py is not available")
+        log("[plan] confound check skipped: safedreamer_sweep/core/confounds.py is not available")
         return
     knobs = list(cfg.get("sweep", {}).get("ablation_knobs", []) or [])
     found = confounds.find_confounds(specs, knobs)

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from safedreamer_sweep.envs import make_env
-from safedreamer_sweep.store import EVAL_KINDS, RunDir, StoreError
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, StoreError
+from safedreamer_sweep.trainer.envs import make_env
+from safedreamer_sweep.trainer.policy import NumpyPolicy, RunningNorm
 
 _KIND_SALT = {"id": 11, "ood": 12}
 
@@ -51,8 +52,6 @@ def summarize(episodes: list[dict], cost_limit: float) -> dict:
 def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     """Evaluate the newest valid checkpoint of `run` on the `kind` env ("id" or "ood"); the result
     document of docs/CONTRACTS.md (the caller writes it to eval/<kind>.json)."""
-    from safedreamer_sweep.trainer import NumpyPolicy, RunningNorm
-
     if kind not in EVAL_KINDS:
         raise ValueError(f"eval kind must be one of {EVAL_KINDS}, got {kind!r}")
     found = run.latest_checkpoint(log=lambda m: print(f"[eval] {m}", flush=True))

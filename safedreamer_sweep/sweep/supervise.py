@@ -21,10 +21,10 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from safedreamer_sweep.claim import add_jobs, release
-from safedreamer_sweep.failures import RetryPolicy, classify_failure
-from safedreamer_sweep.observe import SLURM_ALIVE, observe_run, pid_alive
-from safedreamer_sweep.store import RunDir, Store, host
+from safedreamer_sweep.core.store import RunDir, Store, host
+from safedreamer_sweep.sweep.claim import add_jobs, release
+from safedreamer_sweep.sweep.failures import RetryPolicy, classify_failure
+from safedreamer_sweep.sweep.observe import SLURM_ALIVE, observe_run, pid_alive
 
 Log = Callable[[str], None]
 
@@ -270,8 +270,8 @@ class Supervisor:
         if t.watch_only:
             # Another sweep holds the cell: wait while its claim is alive (it may still be queued
             # there), finish when the cell is terminal or its holder is gone.
-            from safedreamer_sweep.claim import holder_alive
-            from safedreamer_sweep.store import read_json
+            from safedreamer_sweep.core.store import read_json
+            from safedreamer_sweep.sweep.claim import holder_alive
 
             holder, why = holder_alive(read_json(t.rd.claim_path) or {}, t.rd, stall_after=self.stall_after,
                                        job_state=lookup)
@@ -284,7 +284,7 @@ class Supervisor:
             return
         alive = [s for s in t.subs if self._alive(t, s)]
         if len(t.subs) > 1 and alive:  # racing copies: keep the first that started, cancel the rest
-            from safedreamer_sweep.store import read_json
+            from safedreamer_sweep.core.store import read_json
 
             winner = (read_json(t.rd.claim_path) or {}).get("race_winner")
             if winner:
@@ -345,7 +345,7 @@ class Supervisor:
             try:
                 stderr = Path(sub.job.paths.stderr).read_text(errors="replace")[-4000:]
             except (OSError, AttributeError):  # reattached (no submitit Job object): find its file
-                from safedreamer_sweep.submit import submitit_stderr
+                from safedreamer_sweep.sweep.submit import submitit_stderr
 
                 stderr = submitit_stderr(self.store.root / "launcher" / "submitit", sub.job_id)
         if last.get("n"):
@@ -451,7 +451,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
     cells = _manifest_cells(store)
     if not cells:
         print(f"[watch] {store.root}: no detached sweep recorded (sweeps/*.json with detached=true); nothing to do")
-        from safedreamer_sweep.observe import observe_store
+        from safedreamer_sweep.sweep.observe import observe_store
 
         return 0 if all(v.phase == "done" for v in observe_store(store, stall_after=600)) else 1
     latest = cells[-1]["manifest"]
@@ -504,7 +504,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
             sup.queue.append(t)
     done = sup.run()
     bad = [t for t in done if t.result != "done"]
-    from safedreamer_sweep.hooks import run_on_complete
+    from safedreamer_sweep.sweep.hooks import run_on_complete
 
     for doc in {c["manifest"]["id"]: c["manifest"] for c in cells}.values():  # each detached sweep's hooks, once
         run_on_complete(doc.get("on_complete_commands") or [], store=store, sweep_id=doc["id"], all_terminal=True)
@@ -552,7 +552,7 @@ _RANGES = (("max_parallel", 1, "cells at once (unset: one per CPU core)", True),
 def check_launcher_params(params: dict) -> None:
     """PlanError naming the option and its valid range for a launcher setting out of range (e.g.
     max_parallel=0 would otherwise silently mean every core)."""
-    from safedreamer_sweep.plan import PlanError
+    from safedreamer_sweep.sweep.plan import PlanError
 
     for name, low, what, may_be_unset in _RANGES:
         if name not in params:
@@ -588,17 +588,16 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from safedreamer_sweep.claim import try_claim
-    from safedreamer_sweep.hooks import run_on_complete
-    from safedreamer_sweep.plan import (
+    from safedreamer_sweep.sweep.claim import try_claim
+    from safedreamer_sweep.sweep.hooks import run_on_complete
+    from safedreamer_sweep.sweep.plan import (
         RUNNABLE,
         absolute_store_root,
         check_store_root,
         format_plan,
         plan_cells,
     )
-    from safedreamer_sweep.run import cell_result
-    from safedreamer_sweep.submit import (
+    from safedreamer_sweep.sweep.submit import (
         CellTask,
         SlotPool,
         Submission,
@@ -607,6 +606,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
         pre_register,
         visible_gpus,
     )
+    from safedreamer_sweep.tasks.run import cell_result
 
     logger = logging.getLogger("sds_launcher")
 
@@ -767,7 +767,7 @@ def launch_sweep(*, backend: str, params: dict, config: Any, hydra_context: Any,
                 for t, job in zip(ts, jobs):
                     if races:
                         with t.rd.lock():
-                            from safedreamer_sweep.store import (
+                            from safedreamer_sweep.core.store import (
                                 atomic_write_json,
                                 read_json,
                             )

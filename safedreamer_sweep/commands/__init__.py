@@ -1,0 +1,1 @@
+"""The `safedreamer-sweep` command: status, watch, doctor, cost, report."""

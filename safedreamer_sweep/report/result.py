@@ -1,0 +1,31 @@
+"""`Report`: everything a report computed, in memory. `build` makes it; `document`, the templates
+and the notebook read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from safedreamer_sweep.report.aggregate import Frames
+from safedreamer_sweep.report.decision import Decision, Warning_
+from safedreamer_sweep.report.settings import ReportSettings
+
+
+@dataclass
+class Report:
+    """Everything the report computed; the notebook and the templates read it too."""
+
+    settings: ReportSettings
+    frames: Frames
+    coverage: pd.DataFrame
+    main: pd.DataFrame
+    ablation: pd.DataFrame
+    warnings: list[Warning_]
+    decision: Decision
+    cost: dict
+    documents: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cost_limit(self) -> float:
+        return self.decision.cost_limit

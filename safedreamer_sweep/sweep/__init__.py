@@ -1,0 +1,1 @@
+"""The sweep stages, in data-flow order: plan (dedupe), claim, submit, supervise, failures, observe."""

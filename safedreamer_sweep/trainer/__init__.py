@@ -1,0 +1,1 @@
+"""The built-in trainer: PPO-Lagrangian in JAX on Safety-Gymnasium (envs, evaluation, budget checks)."""
