@@ -77,3 +77,47 @@ def test_eval_env_with_another_observation_space_is_refused(tmp_path):
     rd = _checkpointed_run(tmp_path, obs_dim=12)
     with pytest.raises(ValueError, match="observation shape"):
         ev.evaluate(_cfg(), rd, "id")
+
+
+@pytest.mark.slow
+def test_evaluation_beats_the_heartbeat_per_episode_and_records_its_checkpoint(tmp_path):
+    rd = _checkpointed_run(tmp_path)
+    rd.update_state(lambda s: s.update(trained=True, trained_steps=4096))  # newer than the checkpoint (2048)
+    cfg = _cfg()
+    cfg.eval.episodes = 2
+    beats: list[dict] = []
+    real = rd.heartbeat
+
+    class Spy(RunDir):  # records every progress.json the evaluation writes
+        def heartbeat(self, *a, **kw):
+            real(*a, **kw)
+            beats.append(dict(rd.read_progress() or {}))
+
+    result = ev.evaluate(cfg, Spy(rd.path), "id")
+    assert [b["eval_episodes_done"] for b in beats] == [0, 1, 2]
+    assert all(b["phase"] == "eval-id" and b["eval_episodes"] == 2 and b["env_step"] == 2048 for b in beats)
+    assert beats[0]["eval_moved_at"] <= beats[-1]["eval_moved_at"]
+    assert result["checkpoint_step"] == 2048 and result["trained_steps"] == 4096
+    assert result["policy"] == "deterministic"
+
+
+def test_an_evaluation_that_moves_its_episodes_is_not_stalled(tmp_path):
+    """The stall check reads episodes during an eval phase: an hour later, env_step has not moved
+    (training ended) and the state has not changed, but an episode ended a second ago."""
+    import os
+    import time
+
+    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.sweep.observe import observe_run
+
+    rd = RunDir(tmp_path / "run")
+    rd.begin_attempt()
+    rd.set_phase("eval-ood")
+    t = time.time()
+    later = t + 3600
+    progress = {"env_step": 2048, "total_steps": 2048, "updated_at": later - 1, "env_step_moved_at": t,
+                "host": rd.read_state()["attempts"][-1]["host"], "pid": os.getpid(), "phase": "eval-ood"}
+    atomic_write_json(rd.progress_path, {**progress, "eval_moved_at": later - 1, "eval_episodes_done": 3})
+    assert observe_run(rd, stall_after=600, now=later).phase == "running"
+    atomic_write_json(rd.progress_path, progress)  # no episode for an hour: stalled
+    assert observe_run(rd, stall_after=600, now=later).phase == "stalled"

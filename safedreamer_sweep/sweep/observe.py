@@ -125,8 +125,9 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
     # Progress age: since env_step last moved, but never before this attempt (or eval phase) began,
     # so a resumed run or a cell evaluating is not called stalled by the previous attempt's heartbeat.
     marks = [x for x in (progress.get("env_step_moved_at"), last.get("started_at")) if x]
-    if str(state.get("phase", "")).startswith("eval") and state.get("updated_at"):
-        marks.append(state["updated_at"])
+    if str(state.get("phase", "")).startswith("eval"):
+        # an evaluation progresses in episodes (progress.json's eval_moved_at), not in env steps
+        marks += [x for x in (state.get("updated_at"), progress.get("eval_moved_at")) if x]
     if marks:
         v.progress_age_s = max(0.0, t - max(marks))
 

@@ -1,10 +1,20 @@
-"""Evaluation of a trained cell: the deterministic policy (mean action) of the final checkpoint,
-`eval.episodes` episodes in-distribution (eval.id_env, kind "id") or out-of-distribution
-(eval.ood_env, kind "ood"). The episode seeds derive from the cell seed but never coincide with
-the training env seeds (different SeedSequence entropy), and are recorded in the result."""
+"""Evaluation of a trained cell: the deterministic policy (mean action) of the newest valid
+checkpoint, `eval.episodes` episodes in-distribution (eval.id_env, kind "id") or
+out-of-distribution (eval.ood_env, kind "ood"). The episode seeds derive from the cell seed but
+never coincide with the training env seeds (different SeedSequence entropy), and are recorded in
+the result, with the checkpoint step evaluated (older than the trained steps when the newest
+checkpoint was unreadable: status and report flag that).
+
+Training enforced the cost limit on the stochastic policy (sampled actions); this evaluates the
+deterministic one, whose cost can differ: the report says so.
+
+Evaluation is progress too: after every episode it rewrites progress.json with the episodes done
+(`eval_episodes_done`, `eval_moved_at`), so a long evaluation is never taken for a stalled cell."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,9 +28,11 @@ from safedreamer_sweep.trainer.policy import NumpyPolicy, RunningNorm
 _KIND_SALT = {"id": 11, "ood": 12}
 
 
-def run_episodes(env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int]) -> list[dict]:
-    """One full episode per seed with `act(obs batch) -> action batch`: [{return, cost, length}]."""
-    out = []
+def run_episodes(env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int],
+                 on_episode: Callable[[int], None] | None = None) -> list[dict]:
+    """One full episode per seed with `act(obs batch) -> action batch`: [{return, cost, length}].
+    `on_episode(episodes done)` is called after each episode."""
+    out: list[dict] = []
     for seed in seeds:
         obs, _ = env.reset(seed=int(seed))
         ret = cost = 0.0
@@ -32,7 +44,25 @@ def run_episodes(env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[i
             ret, cost, length = ret + float(r), cost + float(c), length + 1
             done = bool(term or trunc)
         out.append({"return": ret, "cost": cost, "length": length})
+        if on_episode is not None:
+            on_episode(len(out))
     return out
+
+
+class EvalHeartbeat:
+    """Rewrites progress.json with the episodes an evaluation has done, each time one ends. The env
+    step stays the evaluated checkpoint's; `eval_moved_at` is when the episode count last moved
+    (what the stall check reads during an eval phase)."""
+
+    def __init__(self, run: RunDir, kind: str, step: int, total_steps: int, episodes: int):
+        self.run, self.kind, self.step, self.total, self.episodes = run, kind, step, total_steps, episodes
+
+    def __call__(self, done: int) -> None:
+        try:
+            self.run.heartbeat(self.step, self.total, phase=f"eval-{self.kind}", eval_kind=self.kind,
+                               eval_episodes_done=int(done), eval_episodes=self.episodes, eval_moved_at=time.time())
+        except OSError as e:  # a full disk must not fail the evaluation; status shows a stale heartbeat
+            print(f"[eval] heartbeat to {self.run.progress_path} failed: {e}", file=sys.stderr, flush=True)
 
 
 def eval_seed(cell_seed: int, kind: str) -> int:
@@ -71,16 +101,23 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
         raise ValueError(f"{env_id}: observation shape {env.observation_space.shape} differs from the trained "
                          f"policy's ({ck['obs_dim']},). Fix: choose an eval.{kind}_env with the same "
                          f"observation space as {cfg.env.id}.")
+    total = int(cfg.trainer.total_steps) if "trainer" in cfg else int(step)
+    beat = EvalHeartbeat(run, kind, int(step), total, n)
+    beat(0)  # the phase's first beat: its clock starts now, not at the last training step
     try:
-        episodes = run_episodes(env, policy.act, [seed0 + i for i in range(n)])
+        episodes = run_episodes(env, policy.act, [seed0 + i for i in range(n)], on_episode=beat)
     finally:
         env.close()
     cost_limit = float(cfg.agent.lagrangian.cost_limit)
-    result: dict[str, Any] = {"kind": kind, "env_id": env_id, "checkpoint_step": int(step), "seed": seed0,
-              "cost_limit": cost_limit, "episodes": episodes, "summary": summarize(episodes, cost_limit)}
+    trained = run.read_state().get("trained_steps")
+    result: dict[str, Any] = {
+        "kind": kind, "env_id": env_id, "checkpoint_step": int(step),
+        "trained_steps": None if trained is None else int(trained), "seed": seed0, "policy": "deterministic",
+        "cost_limit": cost_limit, "episodes": episodes, "summary": summarize(episodes, cost_limit)}
     if kind == "ood":
         result["ood_proxy"] = str(cfg.eval.ood_proxy)
     s = result["summary"]
+    stale = f"; OLDER than the {trained} trained steps" if trained is not None and int(step) < int(trained) else ""
     print(f"[eval] {kind} {env_id}: return {s['return_mean']:.2f} cost {s['cost_mean']:.2f} over {n} episodes "
-          f"(checkpoint step {step})", flush=True)
+          f"(checkpoint step {step}{stale})", flush=True)
     return result
