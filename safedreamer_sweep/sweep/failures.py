@@ -1,85 +1,208 @@
 """Why a cell's attempt ended, and what to do about it.
 
-`classify_failure(evidence)` is a pure function over the facts the supervisor gathered (scheduler
-state, exit code or signal, stderr tail, the cell's own closing record, progress age); it returns
-`(cause, evidence_text)` with one of CAUSES. `RetryPolicy.decide` turns a cause into an action
-(docs/architecture.md, "Failure causes"): oom -> more memory, node_fault -> exclude the node, stalled/lost/
-timeout/preempted -> resume from the checkpoint, error -> stop and show the traceback tail.
+`classify_failure(evidence)` is a pure function over the facts the supervisor gathered; it returns
+`(cause, evidence_text)` with one of CAUSES. A cause is read only from evidence of how the attempt
+ended, never from words that merely appear in a log:
+
+    oom        the scheduler says OUT_OF_MEMORY; slurmstepd's own "exceeded memory limit ... being
+               killed" / "oom-kill event" line; SIGKILL while the cgroup's oom_kill count rose
+               (the exit record of exitwatch.py); the local RSS guard's kill (`oom_evidence`);
+               MemoryError / RESOURCE_EXHAUSTED / an allocator failure as the FINAL exception
+    node_fault NODE_FAIL, or a GPU/driver fault in the final exception or stderr
+    preempted  / timeout: the scheduler's state, or the requeue handler's note in the attempt
+    stalled    env_step did not move for stall_after while the process was alive (the supervisor)
+    cancelled  scancel (CANCELLED by <uid>), Ctrl-C / SIGINT / SIGTERM from a user: not retried
+    crash      a fatal signal (SIGSEGV, SIGABRT, SIGBUS, ...), named; retried once
+    error      the cell raised an exception: stopped with its traceback
+    lost       the process is gone with no end marker (a SIGKILL with no memory evidence is
+               named as signal 9 in the evidence)
+
+`RetryPolicy.decide` turns a cause into an action (docs/architecture.md, "Failure causes"):
+oom -> more memory, node_fault -> exclude the node, stalled/lost/timeout/preempted -> resume from
+the checkpoint, crash -> resume once, error and cancelled -> stop.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import signal as _signal
 from dataclasses import dataclass, field
 from typing import Any
 
-CAUSES = ("oom", "timeout", "preempted", "node_fault", "stalled", "lost", "error")
-RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost"}
+CAUSES = ("oom", "timeout", "preempted", "node_fault", "stalled", "cancelled", "crash", "lost", "error")
+RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost", "crash"}
+# Causes a new launch of the sweep resumes (the user asking again is the retry): a cancel is not
+# retried by the supervisor that saw it, but running the sweep again means "go on".
+RELAUNCHABLE = RESUMABLE | {"cancelled"}
+CRASH_RETRIES = 1  # a fatal signal is retried once: twice in a row is the code, not bad luck
 
-_OOM_RE = re.compile(r"exceeded memory limit|oom[-_ ]kill|out of memory|Out Of Memory|OUT_OF_MEMORY|"
-                     r"Killed process \d+|memory cgroup out of memory|std::bad_alloc|MemoryError")
-# An exception the cell raised because memory ran out (MuJoCo's "engine error: Could not allocate
-# memory" under an RLIMIT, numpy's "Unable to allocate", XLA's RESOURCE_EXHAUSTED): an OOM, not a bug.
-_OOM_EXC_RE = re.compile(r"MemoryError|Could not allocate memory|Cannot allocate memory|\bENOMEM\b|"
-                         r"Unable to allocate|RESOURCE_EXHAUSTED|std::bad_alloc|CUDA out of memory")
+# Scheduler lines that record a kill for memory (written by slurmstepd, not by the application).
+_SLURM_MEM_KILL_RE = re.compile(r"^slurmstepd\S*: error: .*(?:exceeded memory limit .*being killed|"
+                                r"Detected \d+ oom[-_ ]kill event)", re.IGNORECASE | re.MULTILINE)
+# The final exception of an attempt that ran out of memory (an allocator gave up), as its type or message.
+_OOM_EXC_RE = re.compile(r"^(?:[\w.]*MemoryError|[\w.]*XlaRuntimeError: RESOURCE_EXHAUSTED|.*\bRESOURCE_EXHAUSTED\b|"
+                         r".*(?:Could not allocate memory|Cannot allocate memory|Unable to allocate|"
+                         r"std::bad_alloc|CUDA out of memory))")
 _NODE_RE = re.compile(r"CUDA error: (?:device )?busy|CUDA-capable device\(s\) is/are busy|"
                       r"uncorrectable ECC|ECC error|NVML.*(?:Unknown|GPU is lost)|"
                       r"GPU has fallen off the bus|NODE_FAIL|cudaErrorDevicesUnavailable")
 _NAN_RE = re.compile(r"\bnan\b|non-finite", re.IGNORECASE)
+# An exception line of a Python traceback: `Type: message` or a bare `Type` at column 0.
+_EXC_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(?::.*)?$")
+_USER_SIGNALS = {int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP)}
+_BENIGN_SIGNALS = {int(_signal.SIGUSR1), int(_signal.SIGUSR2), int(_signal.SIGCONT)}
 
 
-def _line_with(text: str, rx: re.Pattern) -> str:
-    for line in text.splitlines():
-        if rx.search(line):
-            return line.strip()[:300]
-    m = rx.search(text)
-    return text[max(0, m.start() - 80):m.end() + 80].strip() if m else ""
+def signal_name(sig: int) -> str:
+    """`SIGSEGV (signal 11)` for 11."""
+    try:
+        return f"{_signal.Signals(int(sig)).name} (signal {int(sig)})"
+    except ValueError:
+        return f"signal {sig}"
+
+
+def final_exception(text: str) -> str:
+    """The last exception line of a Python traceback (`ValueError: ...`), '' if there is none. Only
+    what comes after the last `Traceback (most recent call last):` counts, so a warning logged before
+    the traceback is never mistaken for the exception."""
+    if not text:
+        return ""
+    marker = "Traceback (most recent call last):"
+    if marker not in text:
+        return ""
+    for line in text.rsplit(marker, 1)[-1].splitlines():
+        if line.strip() and not line[0].isspace() and _EXC_LINE_RE.match(line.strip()):
+            return line.strip()[:300]  # the first unindented line after the frames
+    return ""
+
+
+def cancelled_by(state: str) -> str | None:
+    """`CANCELLED by 1000` -> the user name of uid 1000 (or the uid), None when not a cancel."""
+    m = re.match(r"^CANCELLED\+?(?: by (\d+))?", state, re.IGNORECASE)
+    if not m:
+        return None
+    if not m.group(1):
+        return "an unknown user"
+    import pwd
+
+    uid = int(m.group(1))
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def slurm_signal(exit_code: Any) -> int | None:
+    """The signal in sacct's `ExitCode` (`0:11` -> 11), None when the job was not killed by one."""
+    m = re.match(r"^(-?\d+):(\d+)$", str(exit_code or ""))
+    return int(m.group(2)) if m and m.group(2) != "0" else None
+
+
+def _oom_rose(rec: dict) -> str | None:
+    before, after = rec.get("oom_kill_before"), rec.get("oom_kill_after")
+    if before is None or after is None or int(after) <= int(before):
+        return None
+    return (f"cgroup {rec.get('cgroup') or '?'} oom_kill count rose {before} -> {after} while the cell ran")
 
 
 def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
     """The cause of an attempt that did not end `done`, and the evidence it was read from.
 
     Keys used (all optional): `slurm_state` (e.g. "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED by 0"),
-    `exit_code`, `signal`, `node`, `stderr_tail`, `oom_evidence` (kernel/cgroup lines),
-    `cell_cause`, `cell_evidence`, `traceback_tail` (what the cell recorded when it closed its
-    attempt), `stalled` (bool: alive but env_step did not move), `progress_age_s`, `stall_after`,
-    `process_gone` (bool).
+    `exit_code`, `signal`, `exit_record` (exitwatch.py's record of the local cell process: returncode,
+    signal, oom_kill_before/after, cgroup), `node`, `pid`, `stderr_tail`, `oom_evidence` (the local
+    RSS guard's kill), `cell_cause`, `cell_evidence`, `traceback_tail` (what the cell recorded when it
+    closed its attempt), `stalled` (bool), `progress_age_s`, `stall_after`, `env_step`, `alive_what`,
+    `cancelled_by` (who interrupted the launcher, e.g. Ctrl-C).
     """
     state = str(evidence.get("slurm_state") or "").upper()
     stderr = str(evidence.get("stderr_tail") or "")
     cell_cause = evidence.get("cell_cause")
-    cell_text = f"{evidence.get('cell_evidence') or ''}\n{evidence.get('traceback_tail') or ''}"
-    where = f" on {evidence['node']}" if evidence.get("node") else ""
-    sig = evidence.get("signal")
+    rec = evidence.get("exit_record") or {}
+    sig = evidence.get("signal") or rec.get("signal") or slurm_signal(evidence.get("exit_code"))
     code = evidence.get("exit_code")
-    how = (f"slurm {state}" if state else (f"pid {evidence['pid']}" if evidence.get("pid") else "process")) + where + (f", signal {sig}" if sig else "") + (
-        f", exit code {code}" if code not in (None, "") else "")
+    if code in (None, "") and rec.get("returncode") is not None and not rec.get("signal"):
+        code = rec.get("returncode")
+    where = f" on {evidence['node']}" if evidence.get("node") else ""
+    pid = evidence.get("pid") or rec.get("pid")
+    how = ((f"slurm {state}" if state else (f"pid {pid}" if pid else "process")) + where
+           + (f", killed by {signal_name(sig)}" if sig else "") + (f", exit code {code}" if code not in (None, "") else ""))
+    # The final exception: what the cell recorded when it raised, else the last traceback in stderr.
+    exc = ""
+    if cell_cause == "error":
+        exc = final_exception(str(evidence.get("traceback_tail") or "")) or (
+            str(evidence.get("cell_evidence") or "").strip().splitlines() or [""])[0]
+    elif not cell_cause:
+        exc = final_exception(stderr)
 
-    if state.startswith("OUT_OF_MEMORY") or evidence.get("oom_evidence") or _OOM_RE.search(stderr) \
-            or _OOM_RE.search(cell_text) and cell_cause != "error" or _OOM_EXC_RE.search(cell_text):
-        line = (evidence.get("oom_evidence") or _line_with(stderr, _OOM_RE) or _line_with(cell_text, _OOM_RE)
-                or _line_with(cell_text, _OOM_EXC_RE))
-        return "oom", f"{how}: {line}".strip(": ")
-    if state.startswith("NODE_FAIL") or _NODE_RE.search(cell_text) or _NODE_RE.search(stderr):
-        line = _line_with(cell_text, _NODE_RE) or _line_with(stderr, _NODE_RE) or "node failure"
+    # --- oom: only from evidence of a kill (or an allocation failure) for memory
+    if state.startswith("OUT_OF_MEMORY"):
+        return "oom", f"{how}: the scheduler killed the job for memory" + _first_line(stderr, _SLURM_MEM_KILL_RE, ": ")
+    if evidence.get("oom_evidence"):
+        return "oom", f"{how}: {evidence['oom_evidence']}"
+    rose = _oom_rose(rec)
+    if rose and sig == int(_signal.SIGKILL):
+        return "oom", f"{how}: {rose} (the kernel's OOM killer)"
+    m = _SLURM_MEM_KILL_RE.search(stderr)
+    if m:
+        return "oom", f"{how}: {m.group(0).strip()[:300]}"
+    if exc and _OOM_EXC_RE.match(exc):
+        return "oom", f"{how}: final exception {exc}"
+
+    # --- the scheduler's and the requeue handler's own states
+    if state.startswith("NODE_FAIL") or _NODE_RE.search(exc) or _NODE_RE.search(stderr):
+        line = (exc if _NODE_RE.search(exc) else "") or _first_line(stderr, _NODE_RE) or "node failure"
         return "node_fault", f"{how}: {line}"
     if state.startswith("PREEMPTED") or cell_cause == "preempted":
         return "preempted", f"{how}: {evidence.get('cell_evidence') or 'preempted by the scheduler'}"
-    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout" or "timed-out too many times" in cell_text:
+    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout" or \
+            "timed-out too many times" in f"{evidence.get('cell_evidence') or ''}":
         return "timeout", f"{how}: {evidence.get('cell_evidence') or 'time limit reached'}"
     if evidence.get("stalled"):
-        age, lim = evidence.get("progress_age_s"), evidence.get("stall_after")
+        age, lim = evidence.get("progress_age_s") or 0.0, evidence.get("stall_after") or 0.0
         return "stalled", (f"env_step {evidence.get('env_step')} did not move for {age:.0f}s "
                            f"(stall_after={lim:.0f}s) while {evidence.get('alive_what') or 'the process'} was alive")
+
+    # --- a person stopped it: recorded, never retried
+    who = cancelled_by(state) if state.startswith("CANCELLED") else None
+    if who is None and (evidence.get("cancelled_by") or cell_cause in ("cancelled", "interrupted")
+                        or (sig is not None and int(sig) in _USER_SIGNALS)):
+        who = evidence.get("cancelled_by") or _local_user(rec)
+    if who is not None:
+        what = f"scancel by {who}" if state.startswith("CANCELLED") else (
+            f"{signal_name(sig) if sig else (evidence.get('cell_evidence') or 'interrupt')} from {who}")
+        return "cancelled", f"{how}: cancelled: {what}; not retried (run the sweep again to resume it)"
+
+    # --- the process died of a signal
+    if sig is not None and int(sig) not in _BENIGN_SIGNALS and int(sig) != int(_signal.SIGKILL):
+        return "crash", f"{how}: the process died of {signal_name(sig)}" + (f"; last exception {exc}" if exc else "")
     if cell_cause == "error":
-        first = (evidence.get("cell_evidence") or "").strip()
+        first = exc or (evidence.get("cell_evidence") or "").strip()
         if _NAN_RE.search(first):
             return "error", f"non-finite values: {first}"
         return "error", first or "the cell raised an exception (see traceback tail)"
-    if state.startswith("CANCELLED"):
-        return "lost", f"{how}: cancelled outside the launcher, the attempt has no end marker"
+    if sig is not None and int(sig) == int(_signal.SIGKILL):
+        return "lost", (f"{how}: killed by SIGKILL from outside the launcher; no memory-kill evidence "
+                        f"({'cgroup oom_kill count unchanged' if rec.get('oom_kill_after') is not None else 'no cgroup counter'}); "
+                        f"the attempt has no end marker")
     return "lost", f"{how}: the process is gone and the attempt has no end marker"
+
+
+def _first_line(text: str, rx: re.Pattern, prefix: str = "") -> str:
+    for line in text.splitlines():
+        if rx.search(line):
+            return prefix + line.strip()[:300]
+    return ""
+
+
+def _local_user(rec: dict) -> str:
+    import getpass
+
+    try:
+        return f"user {getpass.getuser()} on this host (the launcher's terminal or a kill)"
+    except (KeyError, OSError):
+        return "a user on this host"
 
 
 @dataclass
@@ -100,10 +223,15 @@ class RetryPolicy:
         used = self.counted_attempts(attempts)
         if cause == "error" and not self.retry_errors:
             return Action("stop", "an exception is not retried (set hydra.launcher.retry_errors=true to retry)")
+        if cause == "cancelled":
+            return Action("stop", "cancelled by a user: not retried (run the sweep again to resume it)")
         if cause not in RESUMABLE and cause != "error":
             return Action("stop", f"unknown cause {cause}")
         if used >= self.max_attempts and cause != "preempted":
             return Action("stop", f"{used} of max_attempts={self.max_attempts} used")
+        crashes = sum(1 for a in attempts if a.get("cause") == "crash")
+        if cause == "crash" and crashes > CRASH_RETRIES:
+            return Action("stop", f"{crashes} attempts died of a fatal signal: retried {CRASH_RETRIES}x already")
         act = Action("retry", f"resume from checkpoint (attempt {used + 1} of {self.max_attempts})")
         if cause == "oom" and mem_gb:
             act.mem_gb = math.ceil(round(mem_gb * self.mem_factor * 100, 6)) / 100  # up to 10 MB
