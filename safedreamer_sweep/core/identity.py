@@ -1,8 +1,12 @@
 """Run identity: which cell a composed Hydra config is, independent of time and job numbers.
 
-A cell's identity is (config name, seed, hash8) where hash8 is a short hash of the normalized
-resolved *run config*: the composed config minus the keys that do not change what is trained
-(where the store is, sweep and report settings, logging and checkpoint cadences, Hydra itself).
+A cell's identity is (label, seed, hash8) where hash8 is a short hash of the normalized resolved
+*run config*: the composed config minus the keys that do not change what is computed (Hydra itself,
+the `sds` settings node, where the store is, sweep and report settings, logging and checkpoint
+cadences, and any key the app lists in `sds.identity_exclude`). Any Hydra app has one: the label is
+the `config` group choice (the built-in app) or the app's job name, followed by the overrides the
+sweep itself varies (`v2_baseline,agent.lr=0.001`); the seed is the top-level `seed` when the app has
+one (None otherwise).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 # Top-level keys and dotted keys that never enter the identity hash.
 IDENTITY_EXCLUDE: tuple[str, ...] = (
     "hydra",
+    "sds",  # the app's settings for this package (identity_exclude, ...), never what it computes
     "store",
     "sweep",
     "report",
@@ -73,14 +78,28 @@ def resolved_without_hydra(cfg: DictConfig) -> dict:
     return container  # type: ignore[return-value]
 
 
+def declared_exclusions(container: dict) -> tuple[str, ...]:
+    """The dotted keys an app declares as not part of a cell's identity: `sds.identity_exclude`."""
+    declared = (container.get("sds") or {}).get("identity_exclude") or []
+    if isinstance(declared, str) or not all(isinstance(k, str) for k in declared):
+        raise ValueError(f"sds.identity_exclude={declared!r} must be a list of dotted keys, "
+                         f"e.g. sds.identity_exclude=[log_every,data.num_workers]")
+    return tuple(declared)
+
+
+def identity_excluded(key: str, excluded: tuple[str, ...]) -> bool:
+    """`key` (dotted) is one of `excluded` or below one of them."""
+    return any(key == e or key.startswith(e + ".") for e in excluded)
+
+
 def run_config(cfg: DictConfig | dict) -> dict:
-    """The resolved config that defines what a cell trains (identity-relevant keys only)."""
+    """The resolved config that defines what a cell computes (identity-relevant keys only)."""
     if isinstance(cfg, DictConfig):
         container = resolved_without_hydra(cfg)
     else:
         container = json.loads(json.dumps(cfg))
     assert isinstance(container, dict)
-    for key in IDENTITY_EXCLUDE:
+    for key in (*declared_exclusions(container), *IDENTITY_EXCLUDE):
         _drop(container, key)
     return _normalize(container)
 
@@ -114,35 +133,43 @@ def diff_keys(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+# What marks a cell finished besides state phase `done`: "eval" (the package's own tasks write
+# eval/id.json and eval/ood.json) or "return" (any other task function: its return value is stored).
+DONE_WHEN = ("eval", "return")
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One cell of the matrix: its identity and the resolved config it trains."""
+    """One cell of the matrix: its identity and the resolved config it computes. `config` is the
+    cell's label (a folder name in the store), `seed` None for an app without a top-level seed."""
 
     config: str
-    seed: int
+    seed: int | None
     hash: str
     run_config: dict = field(repr=False, compare=False)
     overrides: tuple[str, ...] = field(default=(), compare=False)
+    done_when: str = field(default="eval", compare=False)
 
     @property
     def label(self) -> str:
-        return f"{self.config} seed {self.seed}"
+        return self.config if self.seed is None else f"{self.config} seed {self.seed}"
 
     @property
     def key(self) -> str:
-        return f"{self.config}/seed_{self.seed}/{self.hash}"
+        return f"{self.config}/{self.hash}" if self.seed is None else f"{self.config}/seed_{self.seed}/{self.hash}"
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig, config_name: str | None = None, overrides: tuple[str, ...] = ()) -> RunSpec:
         """Build the spec of a composed config. The config name is the exact option chosen in the
-        `config` group (never a substring match on a path or a label)."""
+        `config` group (never a substring match on a path or a label) unless given (any other app:
+        its label, see cell_label). A top-level `seed` must be an integer; an app without one has
+        seed None."""
         if config_name is None:
             config_name = config_choice(cfg)
         rc = run_config(cfg)
-        if "seed" not in rc:
-            raise ValueError("the composed config has no top-level `seed`; add `seed: 0` to conf/sweep.yaml")
-        return cls(config=config_name, seed=check_seed(rc["seed"]), hash=config_hash(rc), run_config=rc,
-                   overrides=tuple(overrides))
+        seed = check_seed(rc["seed"]) if "seed" in rc else None
+        return cls(config=config_name, seed=seed, hash=config_hash(rc), run_config=rc,
+                   overrides=tuple(overrides), done_when=done_when_of(rc))
 
     def spec_document(self) -> dict:
         """What spec.json holds."""
@@ -150,6 +177,7 @@ class RunSpec:
             "config": self.config,
             "seed": self.seed,
             "hash": self.hash,
+            "done_when": self.done_when,
             "run_config": self.run_config,
             "overrides": list(self.overrides),
             "code_version": code_version(),
@@ -166,6 +194,27 @@ def check_seed(value: Any) -> int:
         return value
     raise ValueError(f"seed={value!r} is not an integer ({type(value).__name__}); seeds are integers, "
                      f"e.g. seed=0,1,2 or seed=range(0,10)")
+
+
+def done_when_of(run_cfg: dict) -> str:
+    """"eval" for the package's own tasks (`task.kind` builtin or external: they write eval/id.json
+    and eval/ood.json), "return" for any other app (done = its task function returned)."""
+    task = run_cfg.get("task")
+    return "eval" if isinstance(task, dict) and task.get("kind", "builtin") in ("builtin", "external") else "return"
+
+
+def label_value(text: str) -> str:
+    """An override value made safe as part of a folder name (`/` would nest folders)."""
+    return text.replace("/", "%2F").replace("\\", "%5C")
+
+
+def cell_label(base: str, swept: list[tuple[str, str]], limit: int = 120) -> str:
+    """`base` followed by the swept overrides that are not the seed or the base itself:
+    `v2_baseline,agent.lr=0.001`. Long labels keep their start and a hash of the rest."""
+    label = ",".join([label_value(base), *(f"{k}={label_value(v)}" for k, v in swept)])
+    if len(label) > limit:
+        label = label[: limit - 9] + "~" + hashlib.sha256(label.encode()).hexdigest()[:8]
+    return label
 
 
 def config_choice(cfg: DictConfig) -> str:

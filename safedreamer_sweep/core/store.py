@@ -1,6 +1,6 @@
 """The run store: one directory per run identity, the single source of truth.
 
-    <root>/runs/<config>/seed_<seed>/<hash8>/
+    <root>/runs/<config>/seed_<seed>/<hash8>/     (an app without a seed: <root>/runs/<label>/<hash8>/)
       spec.json        identity, resolved run config, overrides, code and package versions
       state.json       phase + attempts (each with its outcome, cause and evidence)
       progress.json    heartbeat: env_step, total_steps, steps_per_s, updated_at, host, pid, ...
@@ -9,6 +9,7 @@
       checkpoints/     ckpt_<env_step>.pkl, written atomically, newest valid one wins
       eval/id.json     final evaluation in-distribution
       eval/ood.json    final evaluation out-of-distribution
+      result.pkl       the task function's return value (any app), handed back on a re-run
       logs/            stdout/stderr of every attempt, never overwritten
       claim.json       which sweep / job holds the cell right now
 
@@ -169,6 +170,10 @@ class RunDir:
     def claim_path(self) -> Path:
         return self.path / "claim.json"
 
+    @property
+    def result_path(self) -> Path:
+        return self.path / "result.pkl"
+
     def eval_path(self, kind: str) -> Path:
         if kind not in EVAL_KINDS:
             raise ValueError(f"eval kind must be one of {EVAL_KINDS}, got {kind!r}")
@@ -227,9 +232,13 @@ class RunDir:
         def change(s: dict) -> None:
             nonlocal number
             attempts = s.setdefault("attempts", [])
-            # A launcher may have pre-registered this attempt (with its job id): fill it in.
-            if attempts and attempts[-1].get("outcome") == "submitted":
-                attempts[-1].update(record)
+            last = attempts[-1] if attempts else {}
+            # A launcher may have pre-registered this attempt (with its job id): fill it in. A task
+            # that records its own attempts, run inside the launcher's cell wrapper (same process),
+            # continues the wrapper's attempt instead of opening a second one.
+            if last.get("outcome") == "submitted" or (
+                    last.get("outcome") == "running" and last.get("pid") == os.getpid() and last.get("host") == host()):
+                last.update({k: v for k, v in record.items() if k != "started_at" or "started_at" not in last})
             else:
                 attempts.append({"n": len(attempts) + 1, **record})
             number = attempts[-1]["n"]
@@ -250,13 +259,14 @@ class RunDir:
         self.update_state(change)
 
     # --- heartbeat and curves
-    def heartbeat(self, env_step: int, total_steps: int, **fields: Any) -> None:
-        """Replace progress.json: the evidence `status` shows. `env_step` is the only clock."""
+    def heartbeat(self, env_step: int, total_steps: int | None, **fields: Any) -> None:
+        """Replace progress.json: the evidence `status` shows. `env_step` is the only clock (for
+        any app: its own step counter, see safedreamer_sweep.heartbeat); total_steps may be unknown."""
         prev = read_json(self.progress_path) or {}
         moved_at = now() if prev.get("env_step") != env_step else prev.get("env_step_moved_at", now())
         doc = {
             "env_step": int(env_step),
-            "total_steps": int(total_steps),
+            "total_steps": None if total_steps is None else int(total_steps),
             "updated_at": now(),
             "env_step_moved_at": moved_at,
             "host": host(),
@@ -351,6 +361,36 @@ class RunDir:
     def read_eval(self, kind: str) -> dict | None:
         return read_json(self.eval_path(kind))
 
+    # --- the task function's return value (what a re-run hands back without running anything)
+    def write_result(self, value: Any) -> None:
+        """Store the return value atomically (pickle + sha256 trailer, like a checkpoint)."""
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        atomic_write_bytes(self.result_path, data + hashlib.sha256(data).digest())
+
+    def read_result(self) -> Any:
+        """The stored return value; StoreError when it is missing, truncated or corrupt."""
+        if not self.result_path.exists():
+            raise StoreError(f"{self.result_path}: no stored return value (the cell never finished). "
+                             f"Fix: run the sweep again to finish the cell")
+        return self.read_checkpoint(self.result_path)
+
+    def finished(self, done_when: str | None = None, state: dict | None = None) -> bool:
+        """State phase `done` and the cell's finishing evidence on disk: both evaluations (the
+        package's own tasks) or the stored return value (any other app); see identity.DONE_WHEN.
+        `state`/`done_when` save the reads when the caller already has them."""
+        if state is None:
+            try:
+                state = read_json(self.state_path) or {}
+            except StoreError:
+                return False
+        if state.get("phase") != "done":
+            return False
+        if done_when is None:
+            done_when = (read_json(self.spec_path) or {}).get("done_when", "eval")
+        if done_when == "return":
+            return self.verify_checkpoint(self.result_path)
+        return all(self.eval_path(k).exists() for k in EVAL_KINDS)
+
     # --- logs
     def attempt_log_paths(self, attempt: int) -> tuple[Path, Path]:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -379,12 +419,15 @@ class Store:
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
-    def run_dir(self, config: str, seed: int, hash8: str) -> RunDir:
+    def run_dir(self, config: str, seed: int | None, hash8: str) -> RunDir:
+        """runs/<config>/seed_<seed>/<hash8>, or runs/<label>/<hash8> for an app without a seed."""
+        if seed is None:
+            return RunDir(self.runs_dir / config / hash8)
         return RunDir(self.runs_dir / config / f"seed_{int(seed)}" / hash8)
 
-    def find(self, config: str, seed: int) -> list[RunDir]:
+    def find(self, config: str, seed: int | None) -> list[RunDir]:
         """Every run directory for (config, seed), whatever its identity hash."""
-        d = self.runs_dir / config / f"seed_{int(seed)}"
+        d = self.runs_dir / config if seed is None else self.runs_dir / config / f"seed_{int(seed)}"
         if not d.is_dir():
             return []
         return [RunDir(p) for p in sorted(d.iterdir()) if p.is_dir() and (p / "spec.json").exists()]
@@ -392,7 +435,8 @@ class Store:
     def iter_runs(self) -> Iterator[RunDir]:
         if not self.runs_dir.is_dir():
             return
-        for spec in sorted(self.runs_dir.glob("*/seed_*/*/spec.json")):
+        specs = [*self.runs_dir.glob("*/seed_*/*/spec.json"), *self.runs_dir.glob("*/*/spec.json")]
+        for spec in sorted(specs):
             yield RunDir(spec.parent)
 
     def manifests_dir(self) -> Path:
@@ -421,16 +465,23 @@ class Store:
     def expected_cells(self) -> list[dict]:
         """The matrix: every (config, seed) any sweep on this store asked for, newest hash winning,
         plus any run directory found on disk. Sorted by config then seed."""
-        cells: dict[tuple[str, int], dict] = {}
+        # An app without a seed has one cell per label and hash: its key carries the hash.
+        cells: dict[tuple[str, int, str], dict] = {}
+
+        def key_of(config: str, seed: Any, hash8: Any) -> tuple[str, int, str]:
+            return (config, -1, str(hash8)) if seed is None else (config, int(seed), "")
+
         for doc in self.read_sweep_manifests():
             for c in doc.get("cells", []):
-                cells[(c["config"], int(c["seed"]))] = {"config": c["config"], "seed": int(c["seed"]),
-                                                         "hash": c.get("hash")}
+                seed = None if c.get("seed") is None else int(c["seed"])
+                cells[key_of(c["config"], seed, c.get("hash"))] = {"config": c["config"], "seed": seed,
+                                                                   "hash": c.get("hash")}
         for rd in self.iter_runs():
             spec = rd.read_spec() or {}
             if spec.get("config") is None:
                 continue
-            key = (str(spec["config"]), int(spec.get("seed", -1)))
+            seed = None if spec.get("seed") is None else int(spec["seed"])
+            key = key_of(str(spec["config"]), seed, spec.get("hash"))
             if key not in cells:
-                cells[key] = {"config": key[0], "seed": key[1], "hash": spec.get("hash")}
+                cells[key] = {"config": key[0], "seed": seed, "hash": spec.get("hash")}
         return [cells[k] for k in sorted(cells)]

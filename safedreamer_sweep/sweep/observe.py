@@ -37,7 +37,7 @@ class CellView:
     """One cell as `status` shows it. `phase` is one of PHASES; every other field is evidence."""
 
     config: str
-    seed: int
+    seed: int | None  # None: an app without a top-level seed
     hash: str | None
     run_dir: str | None
     phase: str
@@ -62,6 +62,13 @@ class CellView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _seed(spec: dict) -> int | None:
+    """The spec's seed; None for an app without one (and -1 for a spec that lost it)."""
+    if "seed" in spec and spec["seed"] is None:
+        return None
+    return int(spec.get("seed", -1))
 
 
 def pid_alive(pid: int | None, started_at: float | None = None) -> bool | None:
@@ -103,12 +110,12 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
         progress = rd.read_progress() or {}
         claim = read_json(rd.claim_path) or {}
     except StoreError as e:  # a corrupt file is evidence, not a crash of `status`
-        return CellView(config=spec.get("config", "?"), seed=int(spec.get("seed", -1)), hash=spec.get("hash"),
+        return CellView(config=spec.get("config", "?"), seed=_seed(spec), hash=spec.get("hash"),
                         run_dir=str(rd.path), phase="failed", cause="corrupt", evidence=str(e))
     last = _last_attempt(state)
     evals = {k: (rd.read_eval(k) or {}).get("summary") if rd.eval_path(k).exists() else None for k in EVAL_KINDS}
     cause, evidence = _last_cause(state)
-    v = CellView(config=spec.get("config", rd.path.parent.parent.name), seed=int(spec.get("seed", -1)),
+    v = CellView(config=spec.get("config", rd.path.parent.parent.name), seed=_seed(spec),
                  hash=spec.get("hash", rd.path.name), run_dir=str(rd.path), phase="pending",
                  attempts=len(state.get("attempts") or []), cause=cause, evidence=evidence,
                  trained=bool(state.get("trained")), eval_id=evals["id"], eval_ood=evals["ood"],
@@ -130,8 +137,13 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
         marks += [x for x in (state.get("updated_at"), progress.get("eval_moved_at")) if x]
     if marks:
         v.progress_age_s = max(0.0, t - max(marks))
+    if spec.get("done_when") == "return" and not progress:
+        # An app that never called safedreamer_sweep.heartbeat: no step clock, so no stall test;
+        # it is supervised by process (or job) liveness alone, and status says so.
+        v.progress_age_s = None
+        v.detail = "no heartbeat: supervised by process liveness only (call safedreamer_sweep.heartbeat)"
 
-    if state.get("phase") == "done" and all(evals[k] is not None or rd.eval_path(k).exists() for k in EVAL_KINDS):
+    if rd.finished(spec.get("done_when", "eval"), state=state):
         v.phase = "done"
         return v
 
@@ -194,7 +206,7 @@ def observe_store(store: Store, *, stall_after: float, now: float | None = None,
             found = store.find(cell["config"], cell["seed"])
             rd = next((r for r in found if r.path.name == cell.get("hash")), None)
         if rd is None:
-            out.append(CellView(config=cell["config"], seed=int(cell["seed"]), hash=cell.get("hash"),
+            out.append(CellView(config=cell["config"], seed=cell["seed"], hash=cell.get("hash"),
                                 run_dir=None, phase="pending", detail="no run directory yet"))
         else:
             out.append(observe_run(rd, stall_after=stall_after, now=now, job_state=job_state))

@@ -5,6 +5,11 @@ resume (a checkpoint exists), retry (failed, attempts left, cause retryable), ru
 (another live sweep or job holds it), new, conflict (same config+seed, different resolved-config
 hash: refused, naming the differing keys, unless sweep.new_variant=true), failed (attempts used up
 or a non-retryable error; shown, not run).
+
+Any Hydra app can be planned: a cell's label is the `config` choice (the built-in app) or the app's
+job name, followed by the overrides the sweep itself varies, so keys swept on the command line, in
+hydra.sweeper.params or by a sweeper such as Optuna define distinct cells, while a changed key that
+nobody swept is still a conflict (the mislabel trap).
 """
 
 from __future__ import annotations
@@ -18,19 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safedreamer_sweep.core.identity import (
+    IDENTITY_EXCLUDE,
     RunSpec,
+    cell_label,
     config_choice,
     config_hash,
+    declared_exclusions,
     diff_keys,
+    identity_excluded,
     resolved_without_hydra,
 )
 from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RESUMABLE, RetryPolicy
-from safedreamer_sweep.sweep.observe import EVAL_KINDS, JobState, observe_run
+from safedreamer_sweep.sweep.observe import JobState, observe_run
 
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "conflict", "failed")
 RUNNABLE = {"eval-only", "resume", "retry", "new"}
@@ -69,9 +78,22 @@ class PlannedCell:
         return self.composed
 
 
+DEFAULT_STORE = "sds_store"
+
+
+def store_root_setting(cfg: DictConfig) -> str:
+    """Where the store is, as configured: the app's own `store.root` (the built-in app), else
+    hydra.launcher.store_root, else $SDS_STORE, else ./sds_store."""
+    root = OmegaConf.select(cfg, "store.root", default=None)
+    if root is None:
+        root = OmegaConf.select(cfg, "hydra.launcher.store_root", default=None)
+    return str(root if root is not None else os.environ.get("SDS_STORE") or DEFAULT_STORE)
+
+
 def absolute_store_root(cfg: DictConfig, cwd: str | os.PathLike | None = None) -> Path:
-    """store.root made absolute against the original working directory (jobs may run elsewhere)."""
-    root = Path(str(cfg.store.root)).expanduser()
+    """The store root (store_root_setting) made absolute against the original working directory
+    (jobs may run elsewhere)."""
+    root = Path(store_root_setting(cfg)).expanduser()
     if not root.is_absolute():
         base = cwd
         if base is None:
@@ -101,8 +123,9 @@ def compose_job(config_loader: Any, config: DictConfig, overrides: Sequence[str]
                 cwd: str | None = None) -> DictConfig:
     """The composed per-job config of one override list, as Hydra composes it (store.root made absolute)."""
     sweep_cfg = config_loader.load_sweep_config(config, list(overrides))
-    with open_dict(sweep_cfg):
-        sweep_cfg.store.root = str(absolute_store_root(sweep_cfg, cwd))
+    if OmegaConf.select(sweep_cfg, "store.root", default=None) is not None:
+        with open_dict(sweep_cfg):
+            sweep_cfg.store.root = str(absolute_store_root(sweep_cfg, cwd))
     return sweep_cfg
 
 
@@ -111,14 +134,62 @@ def task_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if not o.startswith("hydra"))
 
 
-def job_spec(config_loader: Any, config: DictConfig, overrides: Sequence[str],
-             cwd: str | None = None) -> tuple[RunSpec, DictConfig]:
-    """The RunSpec and the composed per-job config of one override list (store.root made absolute).
-    PlanError for a config that is not a valid cell (e.g. a seed that is not an integer)."""
-    sweep_cfg = compose_job(config_loader, config, overrides, cwd)
-    name = config_choice(sweep_cfg)
+def _override_key(text: str) -> tuple[str, str]:
+    """(key, value text) of one override string: `+a.b=1` -> ("a.b", "1")."""
+    key, _, value = text.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept_keys(config: DictConfig, job_overrides: Sequence[Sequence[str]] = ()) -> set[str]:
+    """The keys this sweep varies: a sweep on the command line (`a=1,2`, `lr=interval(0,1)`), a key
+    of hydra.sweeper.params (the basic sweeper's and Optuna's search space), or a key whose value
+    differs between the jobs of this launch."""
+    keys: set[str] = set()
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    if params:
+        keys.update(str(k).lstrip("+~") for k in params)
+    task = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+    if task:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
+        except Exception:  # noqa: BLE001 (Hydra has parsed these already; never fail planning on them)
+            parsed = []
+        keys.update(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+    values: dict[str, set[str]] = {}
+    for ov in job_overrides:
+        for text in ov:
+            k, v = _override_key(str(text))
+            values.setdefault(k, set()).add(v)
+    keys.update(k for k, vs in values.items() if len(vs) > 1)
+    return {k for k in keys if not k.startswith("hydra.") and k != "hydra"}
+
+
+def cell_base(cfg: DictConfig) -> tuple[str, str | None]:
+    """(label base, the override key it stands for): the `config` group choice of the built-in app
+    (key "config"), else the app's job name (no key)."""
     try:
-        spec = RunSpec.from_cfg(sweep_cfg, config_name=name, overrides=task_overrides(overrides))
+        return config_choice(cfg), "config"
+    except ValueError:
+        return str(OmegaConf.select(cfg, "hydra.job.name", default=None) or "app"), None
+
+
+def job_spec(config_loader: Any, config: DictConfig, overrides: Sequence[str],
+             cwd: str | None = None, swept: set[str] | None = None) -> tuple[RunSpec, DictConfig]:
+    """The RunSpec and the composed per-job config of one override list (store.root made absolute).
+    Its label: cell_base, then every override of `swept` (default: swept_keys(config)) that is not
+    the seed, the base or a key outside the identity. PlanError for a config that is not a valid
+    cell (e.g. a seed that is not an integer)."""
+    sweep_cfg = compose_job(config_loader, config, overrides, cwd)
+    swept = swept_keys(config) if swept is None else swept
+    base, base_key = cell_base(sweep_cfg)
+    try:
+        sds = OmegaConf.to_container(sweep_cfg.sds, resolve=True) if "sds" in sweep_cfg else {}
+        excluded = (*IDENTITY_EXCLUDE, *declared_exclusions({"sds": sds}))
+        label = cell_label(base, [(k, v) for k, v in map(_override_key, task_overrides(overrides))
+                                  if k in swept and k not in ("seed", base_key) and not identity_excluded(k, excluded)])
+        spec = RunSpec.from_cfg(sweep_cfg, config_name=label, overrides=task_overrides(overrides))
     except ValueError as e:
         raise PlanError(f"job {' '.join(overrides)}: {e}") from e
     return spec, sweep_cfg
@@ -128,6 +199,8 @@ def validate_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Run the task's own config check at plan time, so a cell that would fail on its first line
     is refused before any run directory, claim or manifest is written: the builtin trainer's budget
     check (jax-free), or the external adapter's template/probe check."""
+    if "task" not in cfg or "kind" not in (cfg.task or {}):  # any other app: its own code checks its config
+        return
     try:
         if (cfg.get("task") or {}).get("kind", "builtin") == "external":
             from safedreamer_sweep.tasks.external import validate_task
@@ -197,6 +270,7 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     composes it when it is submitted)."""
     out: list[tuple[RunSpec, DictConfig, DictConfig | None]] = []
     groups: dict[tuple[str, ...], _Group] = {}
+    swept = swept_keys(config, job_overrides)
     for ov in job_overrides:
         ov = list(ov)
         split = _seed_split(ov) if fast else None
@@ -206,10 +280,10 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             rc = dict(g.spec.run_config)
             rc["seed"] = seed
             spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
-                           overrides=task_overrides(ov))
+                           overrides=task_overrides(ov), done_when=g.spec.done_when)
             out.append((spec, g.cfg, None))
             continue
-        spec, cfg = job_spec(config_loader, config, ov)
+        spec, cfg = job_spec(config_loader, config, ov, swept=swept)
         if g is None or not g.fast:  # a fast group's first job validates for it (only the seed differs after it)
             validate_job(cfg, ov)
         if split and split[0] not in groups:
@@ -243,12 +317,13 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
         state = rd.read_state()
     except StoreError:
         state = None  # corrupt: observe_run turns it into evidence
-    if state and state.get("phase") == "done" and all(rd.eval_path(k).exists() for k in EVAL_KINDS):
-        return "done", "trained and evaluated (id, ood)", rd
+    finished = "trained and evaluated (id, ood)" if spec.done_when == "eval" else "finished (return value stored)"
+    if state and rd.finished(spec.done_when, state=state):
+        return "done", finished, rd
     view = observe_run(rd, stall_after=stall_after, job_state=job_state)
     claim = read_json(rd.claim_path) or {}
     if view.phase == "done":
-        return "done", "trained and evaluated (id, ood)", rd
+        return "done", finished, rd
     if claim and not claim.get("released_at") and claim.get("sweep_id") != sweep_id:
         alive, why = holder_alive(claim, rd, stall_after=stall_after, job_state=job_state)
         if alive:
@@ -284,15 +359,16 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     return "new", "run directory without checkpoint" + phase, rd
 
 
-def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print) -> None:
+def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] = frozenset()) -> None:
     """Call the status engineer's confound check (safedreamer_sweep/core/confounds.py) when it exists.
-    With sweep.strict_confounds=true a confound stops the launch."""
+    With sweep.strict_confounds=true a confound stops the launch. Keys the sweep varies itself
+    (`swept`, part of each cell's label) are knobs by construction."""
     try:
         from safedreamer_sweep.core import confounds
     except ImportError:
         log("[plan] confound check skipped: safedreamer_sweep/core/confounds.py is not available")
         return
-    knobs = list(cfg.get("sweep", {}).get("ablation_knobs", []) or [])
+    knobs = list(cfg.get("sweep", {}).get("ablation_knobs", []) or []) + sorted(swept)
     found = confounds.find_confounds(specs, knobs)
     if not found:
         return
@@ -318,7 +394,8 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
         return []
     # A derived job differs from its group's composed first job only by the seed, which is never a
     # confound: the composed jobs alone carry every value the confound check compares.
-    check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log)
+    check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log,
+                    swept=swept_keys(config, job_overrides))
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
     per_settings: dict[int, tuple[Store, bool, bool]] = {}  # id(settings): what a verdict needs from it
@@ -326,7 +403,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
         got = per_settings.get(id(settings))
         if got is None:
             sw = settings.get("sweep", {}) or {}
-            st = store or Store(check_store_root(Path(str(settings.store.root))))
+            st = store or Store(check_store_root(absolute_store_root(settings)))
             got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
                                                 bool(sw.get("retry_failed", False)))
         st, new_variant, retry_failed = got
@@ -354,7 +431,7 @@ def _composer(config_loader: Any, config: DictConfig, overrides: Sequence[str], 
     ov = list(overrides)
 
     def compose() -> DictConfig:
-        spec, cfg = job_spec(config_loader, config, ov)
+        spec, cfg = job_spec(config_loader, config, ov, swept=set())
         if spec.hash != planned.hash or spec.seed != planned.seed:
             raise PlanError(f"job {' '.join(ov)} composes to {spec.key} but was planned as {planned.key}: "
                             f"the seed is interpolated in a way the planner's check missed. Fix: report this; "
