@@ -51,7 +51,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fake.step_sleep", dest="step_sleep", type=float, default=0.002)
     p.add_argument("--fake.dim", dest="dim", type=int, default=32)
     p.add_argument("--fail_at_step", type=int, default=-1, help="raise at this env step (a planted error)")
+    # Two switches that change what it learns, so ablation knobs can reach it (conf/task/external.yaml).
+    p.add_argument("--pessimistic", type=_flag, default=False, help="also push the weights away from costly states")
+    p.add_argument("--fake.cert", dest="cert", type=_flag, default=False,
+                   help="skip the update of a step whose cost exceeds the running cost average")
     return p.parse_args(argv)
+
+
+def _flag(text: str) -> bool:
+    """A boolean flag value as SafeDreamer's flag parser reads it (True/False)."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    return text.lower() in ("true", "1")
 
 
 class Clock:
@@ -134,12 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     should_save()  # "register that we just saved"
     x, chunk = rng.standard_normal(a.dim), []
     ep_ret = ep_cost = 0.0
-    ep_len, last = 0, {}
+    ep_len, last, cost_avg = 0, {}, 0.0
     t0, s0 = time.time(), step
     while step < a.steps:
         x_next, r, c = rollout_step(w, x, rng, hazard)
         # A tiny learning rule so the weights (and the eval) depend on how long it trained.
-        w += 1e-3 * np.outer(np.sign(x_next[: a.dim]) * r, x) / a.dim
+        update = 1e-3 * np.outer(np.sign(x_next[: a.dim]) * r, x) / a.dim
+        if a.pessimistic:
+            update -= 1e-3 * c * np.outer(np.sign(x_next), x) / a.dim
+        cost_avg = 0.99 * cost_avg + 0.01 * c
+        if not (a.cert and c > cost_avg):
+            w += update
         x = x_next
         step += 1
         ep_ret, ep_cost, ep_len = ep_ret + r, ep_cost + c, ep_len + 1

@@ -132,15 +132,28 @@ def test_an_unknown_template_key_fails_before_anything_runs(tmp_path):
         external.validate_task(cfg)
 
 
-def test_the_safedreamer_example_config_validates():
-    cfg = OmegaConf.create({"seed": 1, "store": {"root": "/tmp/none"},
+def test_the_safedreamer_task_renders_its_cpu_and_gpu_profiles(monkeypatch):
+    monkeypatch.setenv("SDS_SAFEDREAMER_SRC", "/opt/sd/src")
+    monkeypatch.setenv("SDS_SAFEDREAMER_PYTHON", "/opt/sd/venv/bin/python")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    cfg = OmegaConf.create({"seed": 1, "store": {"root": "/tmp/none"}, "agent": {"u": {"enabled": True}},
                             "task": OmegaConf.load(ROOT / "conf" / "task" / "safedreamer.yaml")})
     task = external.validate_task(cfg)
-    argv = external.render_command(task.command, {"seed": 1, "run_dir": "/r", "python": "python",
-                                                  "resume_flag": ""}, cfg, "task.command")
-    assert argv[:2] == ["python", "SafeDreamer/train.py"]
-    assert "safetygymcoor_SafetyPointGoal1-v0" in argv and argv[argv.index("--logdir") + 1] == "/r/sd/"
+    assert cfg.task.cwd == "/opt/sd/src"
+    cmd = external.config_axis_commands(cfg)
+    argv = cmd["train"]
+    assert argv[:3] == ["/opt/sd/venv/bin/python", "<jit_launcher>", "SafeDreamer/train.py"]
+    assert argv[argv.index("--configs") + 1: argv.index("--configs") + 3] == ["osrp_vector", "debug"]
+    assert argv[argv.index("--jax.platform") + 1] == "cpu" and argv[argv.index("--expl_behavior") + 1] == "None"
+    assert "safetygymcoor_SafetyPointGoal1-v0" in argv and argv[argv.index("--logdir") + 1] == "<run_dir>/sd/"
     assert argv[argv.index("--run.steps") + 1] == str(task.total_steps // 5)
+    assert argv[argv.index("--pessimistic") + 1] == "True"  # the u knob
+    assert "safetygymcoor_SafetyCarGoal1-v0" in cmd["eval_ood"] and "eval_only" in cmd["eval_ood"]
+    cfg.task.vars.profile = "gpu"
+    gpu = external.config_axis_commands(cfg)
+    assert gpu["train"][gpu["train"].index("--jax.logical_gpus") + 1] == "3"  # the cell's GPU
+    assert "safetygym_SafetyPointGoal1-v0" in gpu["train"] and "safetygym_SafetyPointGoal2-v0" in gpu["eval_ood"]
+    assert gpu["train"][gpu["train"].index("--configs") + 1] == "bsrp_lag"
 
 
 # ----------------------------------------------------------------------------- progress truth
@@ -394,3 +407,60 @@ def test_a_done_marker_vouches_for_a_script_whose_probes_stop_short(tmp_path):
     run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
     state = run_dir(cfg).read_state()
     assert state["trained"] and state["trained_steps"] == 100  # the probed truth, not total_steps
+
+
+# ----------------------------------------------------------------------------- ablation knobs reach the task
+
+
+def test_knobs_render_per_cell_as_arguments_and_environment_variables(tmp_path):
+    cfg = make_cfg(tmp_path / "store")
+    cfg.agent = {"u": {"enabled": True}, "cert": {"enabled": False}}
+    cfg.task.knobs = {"agent.u.enabled": {"args": ["--pessimistic", "{value}"], "env": {"SD_U": "u={value}"}},
+                      "agent.cert.enabled": {"args": {True: ["--cert"], False: []}}}
+    cmd = external.config_axis_commands(cfg)
+    assert cmd["train"][-2:] == ["--pessimistic", "True"] and "--cert" not in cmd["train"]
+    assert cmd["env"]["SD_U"] == "u=True"
+    assert "--pessimistic" not in cmd["eval_id"]  # eval gets knob args only at its own {knob_args}
+    cfg.agent.cert.enabled = True
+    assert external.config_axis_commands(cfg)["train"][-3:] == ["--pessimistic", "True", "--cert"]
+    cfg.task.knobs["agent.cert.enabled"] = {"args": {True: ["--cert"]}}
+    cfg.agent.cert.enabled = False
+    with pytest.raises(external.ExternalTaskError, match=r"no entry for the value False.*Fix: add `false: \[\.\.\.\]`"):
+        external.config_axis_commands(cfg)
+
+
+def test_configs_rendering_the_same_commands_are_refused_naming_the_knob_and_the_fix():
+    def cfg_of(u: bool, cert: bool):
+        return OmegaConf.create({"seed": 0, "store": {"root": "/tmp/none"}, "trainer": {"total_steps": 400},
+                                 "agent": {"u": {"enabled": u}, "cert": {"enabled": cert}},
+                                 "eval": OmegaConf.load(ROOT / "conf" / "eval" / "id_ood.yaml"),
+                                 "task": OmegaConf.load(ROOT / "conf" / "task" / "safedreamer.yaml")})
+
+    knobs = ["agent.u.enabled", "agent.cert.enabled"]
+    # u reaches SafeDreamer as --pessimistic: baseline and u_only run different trainings.
+    external.check_config_axis({"v2_baseline": cfg_of(False, False), "v2_u_only": cfg_of(True, False)}, knobs)
+    # cert has no SafeDreamer flag: baseline and cert_only would be the same run under two labels.
+    with pytest.raises(external.ExternalTaskError) as e:
+        external.check_config_axis({"v2_baseline": cfg_of(False, False), "v2_cert_only": cfg_of(False, True),
+                                    "v2_u_only": cfg_of(True, False)}, knobs)
+    msg = str(e.value)
+    assert "configs v2_baseline, v2_cert_only render the same train and eval commands" in msg
+    assert "they differ in agent.cert.enabled" in msg and "v2_u_only" not in msg.split("Fix:")[0]
+    assert "Fix: declare how the knob reaches the script" in msg and "knobs:" in msg
+
+
+def test_a_task_external_sweep_whose_configs_render_the_same_command_is_refused_before_anything_is_written(tmp_path):
+    from conftest import sds
+
+    store = tmp_path / "store"
+    args = ["-m", "task=external", "config=v2_baseline,v2_u_only", "seed=0", "trainer.total_steps=400",
+            f"store.root={store}"]
+    p = sds(*args, "~task.knobs", timeout=120)  # the fake script's knob mapping removed
+    out = p.stdout + p.stderr
+    assert p.returncode != 0, out
+    assert "task=external" in out and "configs v2_baseline, v2_u_only render the same train and eval commands" in out
+    assert "they differ in agent.u.enabled" in out and "Fix:" in out
+    assert not store.exists() or not any(store.rglob("*")), sorted(store.rglob("*"))  # nothing was written
+    # With the shipped mapping (--pessimistic {value}) the same sweep plans both cells.
+    p = sds(*args, "hydra.launcher.dry_run=true", timeout=120)
+    assert p.returncode == 0 and "2 to submit" in p.stdout + p.stderr, p.stdout + p.stderr

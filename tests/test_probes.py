@@ -79,6 +79,26 @@ def test_files_probe_counts_only_this_attempts_files_on_top_of_the_resume_step(t
     assert everything.read() == 40
 
 
+def test_files_probe_counts_a_chunk_rewritten_with_a_growing_length_once(tmp_path):
+    # SafeDreamer saves its current partial chunk at every checkpoint: the same uuid reappears
+    # under a new name with a longer length, and the shorter file stays.
+    replay = tmp_path / "sd" / "run1" / "replay"
+    replay.mkdir(parents=True)
+    decl = {"name": "replay", "type": "files", "glob": "sd/*/replay/*.npz", "size_regex": r"-(\d+)\.npz$",
+            "scale": 5}
+    naive, = P.build_probes([decl], base_dir=tmp_path)
+    keyed, = P.build_probes([{**decl, "key_regex": r"^[^-]+-([^-]+)-"}], base_dir=tmp_path)
+    naive.start(0)
+    keyed.start(0)
+    succ = "0" * 22
+    for name in (f"20261130T071050F407373-57BWVDhdbjBsnNtmWjDBpE-{succ}-200.npz",
+                 "20261130T071120F000001-Aaaaaaaaaaaaaaaaaaaaaa-57BWVDhdbjBsnNtmWjDBpE-40.npz",
+                 "20261130T071150F000002-Aaaaaaaaaaaaaaaaaaaaaa-57BWVDhdbjBsnNtmWjDBpE-90.npz"):
+        (replay / name).write_bytes(b"")
+    assert naive.read() == (200 + 40 + 90) * 5  # what a plain sum would claim
+    assert keyed.read() == (200 + 90) * 5
+
+
 def test_files_probe_needs_exactly_one_size_rule():
     with pytest.raises(P.ProbeConfigError, match="exactly one"):
         P.FilesProbe("r", glob="*.npz")

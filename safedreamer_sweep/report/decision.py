@@ -32,7 +32,7 @@ RECOMMENDED, NOT_RECOMMENDED, INCONCLUSIVE = "recommended", "not recommended", "
 
 @dataclass
 class Warning_:
-    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit
+    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit | resume
     text: str
 
 
@@ -127,9 +127,32 @@ def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings
                                         f"cells (an older resolved config) and are not in the tables: "
                                         f"{', '.join(frames.extra_run_dirs[:5])}"
                                         f"{' ...' if len(frames.extra_run_dirs) > 5 else ''}"))
+    out.extend(Warning_("resume", text) for text in resume_caveats(frames.cells))
     if len(frames.cost_limits) > 1:
         out.append(Warning_("cost_limit", f"evaluations used different cost limits {frames.cost_limits}; "
                                           f"violation rates are not comparable across them."))
+    return out
+
+
+def resume_caveats(cells: pd.DataFrame) -> list[str]:
+    """What a resumed cell's resume did not restore (state.json `resumes`, written by the external
+    task adapter: e.g. SafeDreamer's replay buffer and PID-Lagrangian state), and the frames it
+    trained twice. A resumed run is not the same experiment as an uninterrupted one."""
+    from safedreamer_sweep.core.store import RunDir
+
+    out = []
+    for r in cells.itertuples():
+        if not isinstance(getattr(r, "run_dir", None), str):
+            continue
+        try:
+            resumes = RunDir(r.run_dir).read_state().get("resumes") or []
+        except Exception:  # noqa: BLE001, S112  an unreadable state is reported as corrupt elsewhere
+            continue
+        for e in resumes:
+            missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
+            out.append(f"{r.config} seed {r.seed}: attempt {e.get('attempt')} resumed from env step "
+                       f"{e.get('from_step')} (the previous attempt had reached {e.get('reached')}: "
+                       f"{e.get('lost_frames')} frames trained again); the resume did not restore: {missing}.")
     return out
 
 

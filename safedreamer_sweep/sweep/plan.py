@@ -381,6 +381,24 @@ def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swe
     log(f"[plan] WARNING confounds (sweep.strict_confounds=false):\n{text}")
 
 
+def check_config_axis_renders(specs: list[tuple[RunSpec, DictConfig, DictConfig | None]]) -> None:
+    """An external task must run something different per config on the `config` axis: render each
+    config's train and eval commands (tasks/external.py) and refuse configs that render the same."""
+    per_config: dict[str, DictConfig] = {}
+    for spec, _, composed in specs:
+        if composed is not None:
+            per_config.setdefault(spec.config, composed)
+    if not per_config:
+        return
+    from safedreamer_sweep.tasks.external import check_config_axis
+
+    knobs = list(specs[0][1].get("sweep", {}).get("ablation_knobs", []) or [])
+    try:
+        check_config_axis(per_config, knobs)
+    except Exception as e:  # the task's refusal (or a template that does not render) stops the launch
+        raise PlanError(str(e)) from e
+
+
 def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, config: DictConfig,
                store: Store | None = None, stall_after: float = 600.0, policy: RetryPolicy | None = None,
                job_state: JobState | None = None, sweep_id: str | None = None,
@@ -396,6 +414,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     # confound: the composed jobs alone carry every value the confound check compares.
     check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log,
                     swept=swept_keys(config, job_overrides))
+    check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
     per_settings: dict[int, tuple[Store, bool, bool]] = {}  # id(settings): what a verdict needs from it

@@ -13,6 +13,9 @@ retries are the same for both. What the script is and how to read it is declared
   moving, and a run whose probes stop is seen stalled.
 - `checkpoint` and `resume_args`: where the script's checkpoint is, and the arguments that make it
   resume from it (added when one exists).
+- `knobs`: how each ablation knob reaches the script (arguments and environment variables rendered
+  from the knob's value per cell); `config_axis_commands` renders a cell's commands so the planner
+  can refuse configs that would run the same thing under different labels.
 - `eval`: a command per kind (id / ood) and where its results are, mapped onto the eval schema.
 - `curves` (optional): the script's metrics rows copied into the run dir's metrics.jsonl, so the
   report draws learning curves.
@@ -23,7 +26,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import io
+import json
 import os
 import shlex
 import signal
@@ -46,7 +51,9 @@ from safedreamer_sweep.tasks import probes as P
 # Values every template may use besides config keys. `checkpoint` and the eval-only names are
 # filled in when they apply; validation uses placeholders for them.
 CELL_VALUES = ("seed", "run_dir", "config", "config_file", "attempt", "total_steps", "python", "checkpoint",
-               "resume_flag")
+               "resume_flag", "jit_launcher")
+# A standalone script that runs a JAX script with the persistent compilation cache in $SDS_JIT_CACHE.
+JIT_LAUNCHER = Path(__file__).resolve().with_name("jit_cache_launch.py")
 EVAL_VALUES = ("kind", "env_id", "episodes", "eval_dir")
 _PLACEHOLDER = "<placeholder>"
 
@@ -147,11 +154,13 @@ def probe_declarations(task: ExternalTask, values: Mapping[str, Any], cfg: DictC
     return out
 
 def render_command(command: Any, values: Mapping[str, Any], cfg: DictConfig, what: str,
-                   resume: list[str] | None = None) -> list[str]:
+                   resume: list[str] | None = None, knobs: list[str] | None = None) -> list[str]:
     """The argv of a command template. A string is split like a shell would (no shell runs), a
     list is taken token by token; each token is rendered, so a value with spaces stays one
-    argument. A token that is exactly `{resume_flag}` becomes the resume arguments (or nothing);
-    without such a token, resume arguments go at the end."""
+    argument; a token that is exactly `{key}` of a config list becomes one argument per item (each
+    item a template). A token that is exactly `{resume_flag}` becomes the resume arguments (or nothing);
+    without such a token, resume arguments go at the end. A token `{knob_args}` becomes `knobs`
+    (the task's knob arguments); without it, `knobs` go at the end (the eval command passes None)."""
     if isinstance(command, str):
         tokens = shlex.split(command)
     elif OmegaConf.is_list(command) or isinstance(command, (list, tuple)):
@@ -162,19 +171,72 @@ def render_command(command: Any, values: Mapping[str, Any], cfg: DictConfig, wha
     if not tokens:
         raise ExternalTaskError(f"{what}: is empty. Fix: set the command that trains one cell")
     argv: list[str] = []
-    placed = False
+    placed = knobs_placed = False
     for tok in tokens:
         if tok == "{resume_flag}":
             argv.extend(resume or [])
             placed = True
             continue
-        if "resume_flag" in template_fields(tok):
-            raise ExternalTaskError(f"{what}: {{resume_flag}} must be a whole argument (got {tok!r}); it expands "
-                                    f"to the task.resume_args tokens")
+        if tok == "{knob_args}":
+            argv.extend(knobs or [])
+            knobs_placed = True
+            continue
+        spliced = _list_value(tok, values, cfg)
+        if spliced is not None:  # `{a.list}` as a whole argument: one argument per item
+            argv.extend(render(str(item), values, cfg, f"{what} ({tok}[{i}])") for i, item in enumerate(spliced))
+            continue
+        for whole in ("resume_flag", "knob_args"):
+            if whole in template_fields(tok):
+                raise ExternalTaskError(f"{what}: {{{whole}}} must be a whole argument (got {tok!r}); it expands "
+                                        f"to several tokens")
         argv.append(render(tok, values, cfg, what))
+    if knobs and not knobs_placed:
+        argv.extend(knobs)
     if resume and not placed:
         argv.extend(resume)
     return argv
+
+
+def _list_value(tok: str, values: Mapping[str, Any], cfg: DictConfig) -> list | None:
+    """The config list a token names when it is exactly `{dotted.key}` of a list, else None."""
+    if not (tok.startswith("{") and tok.endswith("}")) or tok.count("{") != 1:
+        return None
+    name = tok[1:-1]
+    if name in values or name.startswith("environ["):
+        return None
+    v = _config_value(cfg, name)
+    return list(v) if OmegaConf.is_list(v) else None
+
+
+def _value_key(v: Any) -> str:
+    """A knob value as a key of `task.knobs.<knob>.args` (YAML `true:` and `"True"` alike)."""
+    return str(v).lower()
+
+
+def knob_settings(task: ExternalTask, values: Mapping[str, Any], cfg: DictConfig) -> tuple[list[str], dict[str, str]]:
+    """The arguments and environment variables through which this cell's ablation knobs reach the
+    script, rendered from `task.knobs`: `{knob: {args: [...] | {value: [...]}, env: {NAME: tmpl}}}`,
+    where `{value}` is the knob's value in this cell."""
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for knob, decl in task.knobs.items():
+        what = f"task.knobs[{knob!r}]"
+        v = _config_value(cfg, knob)
+        if v is _MISSING or isinstance(v, DictConfig):
+            raise ExternalTaskError(f"{what}: {knob} is not a single config value. Fix: name a leaf key of the "
+                                    f"config, e.g. agent.u.enabled")
+        kv = {**values, "value": v}
+        toks = decl.get("args") or []
+        if isinstance(toks, Mapping):
+            by_value = {_value_key(k): t for k, t in toks.items()}
+            if _value_key(v) not in by_value:
+                raise ExternalTaskError(f"{what}.args: no entry for the value {v!r} (entries: {sorted(by_value)}). "
+                                        f"Fix: add `{_value_key(v)}: [...]` (an empty list passes nothing)")
+            toks = by_value[_value_key(v)] or []
+        args.extend(render(str(t), kv, cfg, f"{what}.args") for t in toks)
+        for name, t in (decl.get("env") or {}).items():
+            env[str(name)] = render(str(t), kv, cfg, f"{what}.env.{name}")
+    return args, env
 
 
 # ----------------------------------------------------------------------------- the task config
@@ -198,6 +260,8 @@ class ExternalTask:
     stderr_tail_lines: int
     eval: dict
     curves: dict
+    knobs: dict[str, dict] = dataclasses.field(default_factory=dict)  # knob -> {args, env} (see knob_settings)
+    resume_not_restored: list[str] = dataclasses.field(default_factory=list)  # what resume_args do not bring back
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> ExternalTask:
@@ -209,7 +273,7 @@ class ExternalTask:
         assert isinstance(c, dict)
         known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
                  "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
-                 "curves"}
+                 "curves", "knobs", "resume_not_restored"}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
@@ -241,7 +305,24 @@ class ExternalTask:
             stderr_tail_lines=int(c.get("stderr_tail_lines") or 40),
             eval=dict(c.get("eval") or {}),
             curves=dict(c.get("curves") or {}),
+            knobs=_knob_declarations(c.get("knobs")),
+            resume_not_restored=[str(x) for x in (c.get("resume_not_restored") or [])],
         )
+
+
+def _knob_declarations(raw: Any) -> dict[str, dict]:
+    """`task.knobs` checked for shape: knob -> {args: list | {value: list}, env: {NAME: template}}."""
+    out: dict[str, dict] = {}
+    for knob, decl in (raw or {}).items():
+        if not isinstance(decl, Mapping) or not decl or set(decl) - {"args", "env"}:
+            raise ExternalTaskError(f"task.knobs[{knob!r}]: expected {{args: [...], env: {{NAME: ...}}}} (either or "
+                                    f"both), got {decl!r}. Fix: e.g. `{knob}: {{args: [--my_flag, '{{value}}']}}`")
+        args = decl.get("args") or []
+        if not isinstance(args, (list, Mapping)):
+            raise ExternalTaskError(f"task.knobs[{knob!r}].args: a list of argument templates or a mapping from "
+                                    f"value to such a list, got {args!r}")
+        out[str(knob)] = {"args": args, "env": dict(decl.get("env") or {})}
+    return out
 
 
 def _attempt_number(run: RunDir) -> int:
@@ -262,6 +343,7 @@ def cell_values(cfg: DictConfig, run: RunDir, task: ExternalTask, **extra: Any) 
         "python": sys.executable,
         "checkpoint": _PLACEHOLDER,
         "resume_flag": "",
+        "jit_launcher": str(JIT_LAUNCHER),
     }
     values.update(extra)
     return values
@@ -278,7 +360,8 @@ def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
     task = ExternalTask.from_cfg(cfg)
     run = run or RunDir(Path("/nonexistent/run_dir"))
     values = cell_values(cfg, run, task, _validating=True)
-    render_command(task.command, values, cfg, "task.command", resume=None)
+    kargs, _ = knob_settings(task, values, cfg)
+    render_command(task.command, values, cfg, "task.command", resume=None, knobs=kargs)
     for i, a in enumerate(task.resume_args):
         render(a, values, cfg, f"task.resume_args[{i}]")
     if task.resume_args and not task.checkpoint_glob:
@@ -316,6 +399,83 @@ def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
                 raise ExternalTaskError("task.eval.results.keys must map at least `return` "
                                         "(e.g. return: episode/score)")
     return task
+
+
+def _names_knob_args(command: Any) -> bool:
+    """Whether a command template has the whole-argument token `{knob_args}`."""
+    tokens = shlex.split(command) if isinstance(command, str) else [str(t) for t in command or []]
+    return "{knob_args}" in tokens
+
+
+# What a cell's commands may differ by without running different code: its seed, its label and its
+# paths. The planner compares the rest between the configs on the `config` axis.
+_CELL_PLACEHOLDERS = {"seed": "<seed>", "run_dir": "<run_dir>", "config": "<config>",
+                      "config_file": "<run_dir>/external/config.yaml", "attempt": 1, "python": "<python>",
+                      "jit_launcher": "<jit_launcher>"}
+
+
+def config_axis_commands(cfg: DictConfig) -> dict[str, Any]:
+    """The train and eval commands (argv and environment) one cell of `cfg` would run, with its
+    seed, config name and paths replaced by placeholders. Two configs on the `config` axis with
+    equal results run the same training under different labels (no ablation knob reaches the
+    script). Raises ExternalTaskError for a task that does not validate."""
+    task = validate_task(cfg)
+    values = {**cell_values(cfg, RunDir(Path("/<run_dir>")), task, _validating=True), **_CELL_PLACEHOLDERS}
+    seed = cfg.get("seed")
+    kargs, kenv = knob_settings(task, values, cfg)
+    env = {**{k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}, **kenv}
+    out: dict[str, Any] = {"train": render_command(task.command, values, cfg, "task.command", knobs=kargs),
+                           "env": env}
+    ev = task.eval
+    if ev.get("command") is not None:
+        for kind in EVAL_KINDS:
+            evalues = {**values, "kind": kind, "env_id": (ev.get("env_id") or {}).get(kind, ""),
+                       "episodes": ev.get("episodes", ""), "eval_dir": "<eval_dir>"}
+            out[f"eval_{kind}"] = render_command(ev["command"], evalues, cfg, f"task.eval.command ({kind})",
+                                                 knobs=kargs if _names_knob_args(ev["command"]) else None)
+    if seed is not None:  # a config key that interpolates the seed (e.g. {task.vars.logdir}) is still the seed
+        out = {k: _without(v, str(seed)) for k, v in out.items()}
+    return out
+
+
+def check_config_axis(cfgs: Mapping[str, DictConfig], knobs: list[str]) -> None:
+    """Refuse configs on the `config` axis that render the same commands: they would run the same
+    training under different labels, and the report would present an ablation that never ran.
+    `cfgs`: one composed config per config name; `knobs`: sweep.ablation_knobs (named in the
+    message). A builtin task reads its knobs itself: nothing to check."""
+    if len(cfgs) < 2 or any((c.get("task") or {}).get("kind") != "external" for c in cfgs.values()):
+        return
+    by_commands: dict[str, list[str]] = {}
+    for name, c in cfgs.items():
+        by_commands.setdefault(json.dumps(config_axis_commands(c), sort_keys=True, default=str), []).append(name)
+    clashes = [names for names in by_commands.values() if len(names) > 1]
+    if not clashes:
+        return
+    first = next(iter(cfgs.values()))
+    task_name = OmegaConf.select(first, "hydra.runtime.choices.task", default=None) or "external"
+    lines = []
+    for names in clashes:
+        ref = cfgs[names[0]]
+        differ = [k for k in knobs if any(OmegaConf.select(cfgs[n], k, default=None)
+                                          != OmegaConf.select(ref, k, default=None) for n in names[1:])]
+        why = (f"they differ in {', '.join(differ)}, which task={task_name} never passes to the script (not in "
+               f"task.knobs, not named in task.command, task.eval.command or task.env)" if differ else
+               "they differ in no ablation knob (sweep.ablation_knobs)")
+        lines.append(f"  configs {', '.join(names)} render the same train and eval commands (seed and paths "
+                     f"aside): {why}")
+    example = (differ or knobs or ["agent.u.enabled"])[0]
+    raise ExternalTaskError(
+        f"task={task_name}: the `config` axis would run the same training under different labels, and the "
+        f"report would show an ablation that never ran:\n" + "\n".join(lines) + "\n"
+        f"Fix: declare how the knob reaches the script in the task file (conf/task/{task_name}.yaml), e.g. "
+        f"`knobs: {{{example}: {{args: [--your_flag, '{{value}}']}}}}` or name {{{example}}} in task.command; if "
+        f"the script has no such option, leave all but one of these configs out of the sweep.")
+
+
+def _without(v: Any, seed: str) -> Any:
+    if isinstance(v, list):
+        return ["<seed>" if x == seed else x for x in v]
+    return {k: "<seed>" if x == seed else x for k, x in v.items()}
 
 
 # ----------------------------------------------------------------------------- running a command
@@ -556,6 +716,20 @@ def resume_point(cfg: DictConfig, run: RunDir, task: ExternalTask, values: Mappi
     return found.path, 0
 
 
+def record_resume(run: RunDir, task: ExternalTask, attempt: int, checkpoint: Path, step: int) -> dict:
+    """Record in the cell's state.json (`resumes`) that this attempt restarts from `checkpoint` at
+    env step `step`: how far the previous attempt had got (its last probed step), the env frames
+    that are trained again (lost), and what the script's resume does not restore
+    (`task.resume_not_restored`, e.g. SafeDreamer's replay buffer). The report repeats it."""
+    prog = run.read_progress() or {}
+    reached = int(prog.get("env_step") or step)
+    entry = {"attempt": attempt, "checkpoint": str(checkpoint), "from_step": int(step), "reached": reached,
+             "lost_frames": max(0, reached - int(step)), "not_restored": list(task.resume_not_restored),
+             "at": now()}
+    run.update_state(lambda s: s.setdefault("resumes", []).append(entry))
+    return entry
+
+
 def _write_config_file(cfg: DictConfig, run: RunDir) -> None:
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
@@ -585,8 +759,10 @@ def train(cfg: DictConfig, run: RunDir) -> int:
         resume_argv = [render(a, values, cfg, f"task.resume_args[{i}]") for i, a in enumerate(task.resume_args)]
         values["resume_flag"] = shlex.join(resume_argv)
         run.truncate_curves_after(base)
-    argv = render_command(task.command, values, cfg, "task.command", resume=resume_argv)
-    env = {k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}
+        record_resume(run, task, int(values["attempt"]), ckpt, base)
+    kargs, kenv = knob_settings(task, values, cfg)
+    argv = render_command(task.command, values, cfg, "task.command", resume=resume_argv, knobs=kargs)
+    env = {**{k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}, **kenv}
     out_path, err_path = run.attempt_log_paths(int(values["attempt"]))
 
     progress = _Progress(cfg, run, task, values, base)
@@ -659,8 +835,10 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
         raise ExternalTaskError(f"{run.path}: task.eval.command needs {{checkpoint}} but no file matches "
                                 f"task.checkpoint.glob {task.checkpoint_glob!r}. Fix: check the glob against "
                                 f"where the script writes its checkpoint")
-    argv = render_command(ev["command"], values, cfg, f"task.eval.command ({kind})")
-    env = {k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}
+    kargs, kenv = knob_settings(task, values, cfg)
+    argv = render_command(ev["command"], values, cfg, f"task.eval.command ({kind})",
+                          knobs=kargs if _names_knob_args(ev["command"]) else None)
+    env = {**{k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}, **kenv}
     out_path, err_path = run.attempt_log_paths(attempt)
     prog = run.read_progress() or {}
     step = int(prog.get("env_step", 0))
@@ -690,11 +868,17 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
             f"since it started match {pattern!r}, none with a row holding {dict(res.get('keys') or {})!r}. Fix: "
             f"point task.eval.results.glob/keys at what the script writes (see {out_path})")
     cost_limit = ev.get("cost_limit")
+    ckpt_step = (found.step if found is not None and found.step is not None else
+                 (run.checkpoints()[-1][0] if run.checkpoints() else step))
+    trained = int(run.read_state().get("trained_steps") or step)
     out = {
         "kind": kind,
         "env_id": env_id,
-        "checkpoint_step": (found.step if found is not None and found.step is not None else
-                            (run.checkpoints()[-1][0] if run.checkpoints() else step)),
+        "checkpoint_step": ckpt_step,
+        # A script that saves on a wall-clock timer (SafeDreamer) can end past its newest checkpoint:
+        # the evaluated policy is then older than the trained steps say.
+        "trained_steps": trained,
+        "checkpoint_behind": max(0, trained - int(ckpt_step)),
         "seed": int(cfg.get("seed", values["seed"])),
         "cost_limit": None if cost_limit is None else float(cost_limit),
         "episodes": episodes,

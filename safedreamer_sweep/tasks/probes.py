@@ -154,7 +154,10 @@ class FilesProbe:
     `size_regex` captures in each file name (SafeDreamer: `-(\\d+)\\.npz$`, the chunk length), times
     `scale` (an action repeat). With `since_start` (the default) only files that appeared after
     `start()` count, added to `base` (the step the attempt resumed from): a script that writes a
-    fresh timestamped directory per attempt, or keeps old chunks around, is then counted right."""
+    fresh timestamped directory per attempt, or keeps old chunks around, is then counted right.
+    `key_regex` (a first group naming the data a file holds, e.g. a chunk's uuid) counts files of
+    the same key once, at their largest size: SafeDreamer rewrites its current partial chunk under a
+    new name with a growing length at every checkpoint save, leaving the shorter one in place."""
 
     name: str
     glob: str
@@ -162,6 +165,7 @@ class FilesProbe:
     size_regex: str | None = None
     scale: float = 1.0
     since_start: bool = True
+    key_regex: str | None = None
     base_dir: Path | None = None
     base: int = 0
     _before: set[str] = field(default_factory=set, repr=False)
@@ -172,6 +176,7 @@ class FilesProbe:
             raise ProbeConfigError(f"probe {self.name!r} (files): give exactly one of `per_file` (env steps "
                                    f"per file) or `size_regex` (a regex capturing the size in the file name)")
         self._rx = _compile(self.size_regex, f"probe {self.name!r}") if self.size_regex else None
+        self._key_rx = _compile(self.key_regex, f"probe {self.name!r} key_regex") if self.key_regex else None
 
     def start(self, base: int = 0) -> None:
         """Remember which files exist now (they belong to earlier attempts) and the resume step."""
@@ -192,7 +197,16 @@ class FilesProbe:
         if not files:
             return self.base if self.since_start and self.base else None
         per = self.per_file if self.per_file is not None else 1.0
-        total = sum(self._size(p) for p in files) * per * self.scale
+        if self._key_rx is None:
+            units = sum(self._size(p) for p in files)
+        else:
+            by_key: dict[str, int] = {}
+            for p in files:
+                m = self._key_rx.search(os.path.basename(p))
+                k = m.group(1) if m else p
+                by_key[k] = max(by_key.get(k, 0), self._size(p))
+            units = sum(by_key.values())
+        total = units * per * self.scale
         return (self.base if self.since_start else 0) + int(total)
 
 
@@ -237,7 +251,8 @@ def build_probes(decls: Iterable[Mapping[str, Any]], base_dir: Path | None = Non
             elif kind == "files":
                 out.append(FilesProbe(name, glob=str(d.pop("glob")), per_file=d.pop("per_file", None),
                                       size_regex=d.pop("size_regex", None), scale=scale,
-                                      since_start=bool(d.pop("since_start", True)), base_dir=base_dir))
+                                      since_start=bool(d.pop("since_start", True)),
+                                      key_regex=d.pop("key_regex", None), base_dir=base_dir))
             elif kind == "stdout":
                 out.append(StdoutProbe(name, pattern=str(d.pop("pattern")), scale=scale))
             else:

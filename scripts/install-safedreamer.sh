@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Install SafeDreamer (github.com/PKU-Alignment/SafeDreamer) into its own venv, idempotently, and print
+# the python to use as the last line of stdout.
+#
+#   bash scripts/install-safedreamer.sh SRC [DEST]
+#
+# SRC:  a SafeDreamer checkout (the repository root, holding SafeDreamer/train.py) or a source tarball
+#       of it (e.g. SafeDreamer-529221f.tar.gz). A checkout is used in place; a tarball is unpacked to
+#       DEST/src.
+# DEST: where the venv (DEST/venv) and an unpacked tarball go; default $SDS_SAFEDREAMER_HOME, else
+#       .safedreamer/ in this repository.
+#
+# Why a separate venv: SafeDreamer runs on JAX 0.4.13 with numpy 1.23.5 (the oldest cp310 jaxlib on
+# PyPI; its README's 0.3.25 has no cp310 wheel), the sweep on JAX 0.6.2 with numpy 1.26.4.
+# The one source change: when tensorflow is not installed, train.py's TensorBoardOutput logger (which
+# imports tensorflow in a background thread and crashes later) is commented out. An unpacked tarball
+# is patched in DEST/src; a checkout is patched in place only with SDS_SAFEDREAMER_PATCH=1 (otherwise
+# install tensorflow into the venv yourself: DEST/venv/bin/pip install tensorflow-cpu).
+# Prints, on stdout, "SAFEDREAMER_SRC=<dir holding SafeDreamer/train.py>" then the python path.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SRC=${1:-}
+DEST=${2:-${SDS_SAFEDREAMER_HOME:-$ROOT/.safedreamer}}
+if [ -z "$SRC" ] || [ ! -e "$SRC" ]; then
+  echo "error: SafeDreamer source '${SRC}' not found." >&2
+  echo "  usage: bash scripts/install-safedreamer.sh SRC [DEST]  (SRC: a SafeDreamer checkout or its .tar.gz)" >&2
+  echo "  fix:   git clone https://github.com/PKU-Alignment/SafeDreamer and pass its path" >&2
+  exit 2
+fi
+mkdir -p "$DEST"
+DEST=$(cd "$DEST" && pwd)
+log() { echo "[install-safedreamer] $*" >&2; }
+t0=$(date +%s)
+
+# 1) the source: a checkout in place, or a tarball unpacked once per tarball content.
+if [ -d "$SRC" ]; then
+  CODE=$(cd "$SRC" && pwd)
+  PATCH=${SDS_SAFEDREAMER_PATCH:-0}
+else
+  CODE=$DEST/src
+  PATCH=1
+  want=$(sha256sum "$SRC" | cut -c1-16)
+  if [ "$(cat "$CODE/.sds-tarball" 2>/dev/null)" != "$want" ]; then
+    log "unpacking $SRC to $CODE"
+    rm -rf "$CODE" && mkdir -p "$CODE"
+    tar xzf "$SRC" -C "$CODE" --strip-components=1
+    echo "$want" > "$CODE/.sds-tarball"
+  fi
+fi
+if [ ! -f "$CODE/SafeDreamer/train.py" ]; then
+  echo "error: $CODE/SafeDreamer/train.py not found: $SRC is not a SafeDreamer repository root." >&2
+  echo "  fix: pass the directory that holds SafeDreamer/train.py and SafeDreamer/configs.yaml" >&2
+  exit 2
+fi
+
+# 2) the venv and its pinned dependency set (reinstalled only when this set changes).
+PY=
+for c in "${SDS_PYTHON:-}" python3.10 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python3.10 \
+         /usr/bin/python3.10 /usr/local/bin/python3.10; do
+  p=$(command -v "$c" 2>/dev/null || true)  # a pyenv shim may exist without a working 3.10 behind it
+  if [ -n "$c" ] && [ -n "$p" ] && "$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then
+    PY=$p; break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "error: python3.10 not found. cause: SafeDreamer's pinned set (jaxlib 0.4.13, safety-gymnasium 1.0.0) needs" \
+       "Python 3.10. fix: install it or set SDS_PYTHON to a python3.10 binary" >&2
+  exit 1
+fi
+VENV=$DEST/venv
+REQS=(
+  "numpy==1.23.5" "scipy==1.10.1" "jax==0.4.13" "jaxlib==0.4.13" "ml_dtypes==0.5.4" "optax==0.1.4" "chex==0.1.7"
+  "tensorflow-probability==0.20.1" "dm-tree==0.1.10" "ruamel.yaml==0.17.21" "cloudpickle==3.1.3" "rich==15.0.0"
+  "opencv-python-headless==4.8.1.78" "imageio==2.38.0" "matplotlib==3.7.5" "gymnasium==0.28.1" "mujoco==2.3.3"
+  "gymnasium-robotics==1.2.2" "pettingzoo==1.24.3" "xmltodict==1.0.4" "PyYAML==6.0.4"
+)
+NODEPS=("safety-gymnasium==1.0.0")  # it pins pygame==2.1.0, which SafeDreamer never imports
+STAMP=$VENV/.sds-installed
+WANT=$(printf '%s\n' "${REQS[@]}" "${NODEPS[@]}" | sha256sum | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  log "installing SafeDreamer's dependencies into $VENV (about a minute with a warm pip cache)"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  "$VENV/bin/pip" install -q "${REQS[@]}" >&2
+  "$VENV/bin/pip" install -q --no-deps "${NODEPS[@]}" >&2
+  echo "$WANT" > "$STAMP"
+fi
+
+# 3) the TensorBoard line, only when tensorflow is absent (nothing else is changed).
+TRAIN=$CODE/SafeDreamer/train.py
+if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null && grep -q "^      embodied.logger.TensorBoardOutput(logdir)," "$TRAIN"; then
+  if [ "$PATCH" = 1 ]; then
+    log "tensorflow is not installed: commenting out TensorBoardOutput in $TRAIN"
+    sed -i 's|^      embodied.logger.TensorBoardOutput(logdir),|      # embodied.logger.TensorBoardOutput(logdir),  # sds: no tensorflow|' "$TRAIN"
+  else
+    log "warning: tensorflow is not installed and $TRAIN logs to TensorBoard: training will crash." \
+        "Fix: $VENV/bin/pip install tensorflow-cpu, or re-run with SDS_SAFEDREAMER_PATCH=1 to comment that line out"
+  fi
+fi
+
+# 4) check that it imports the way train.py does (from the package directory).
+(cd "$CODE/SafeDreamer" && MUJOCO_GL=egl "$VENV/bin/python" -c "
+import warnings; warnings.filterwarnings('ignore')
+import jax, numpy, optax, safety_gymnasium, ruamel.yaml, embodied
+assert jax.__version__ == '0.4.13', jax.__version__
+") || { echo "error: SafeDreamer's imports fail in $VENV. fix: rm -rf $VENV and re-run this script" >&2; exit 1; }
+log "ready in $(( $(date +%s) - t0 )) s: code $CODE, python $VENV/bin/python"
+echo "SAFEDREAMER_SRC=$CODE"
+echo "$VENV/bin/python"
