@@ -10,6 +10,12 @@ Data flows one way: plan -> launch -> run -> store -> report. The sub-packages a
     commands/   the `safedreamer-sweep` command: status, watch, doctor, report
 
 docs/architecture.md is the contract a contributor must keep.
+
+For the code of any app a cell runs: `safedreamer_sweep.heartbeat(step, total=None, **metrics)` and
+`safedreamer_sweep.run_dir()` (core/cell.py; standard library only, cheap to import).
 """
 
+from safedreamer_sweep.core.cell import heartbeat, run_dir
+
+__all__ = ["heartbeat", "run_dir"]
 __version__ = "0.1.0"
