@@ -101,7 +101,19 @@ if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null && grep -q "^      em
   fi
 fi
 
-# 4) check that it imports the way train.py does (from the package directory).
+# 4) headless OpenGL: eval_only renders every step (safetygymcoor's eval mode), through EGL (MUJOCO_GL=egl)
+#    and Mesa's software rasterizer on a machine without a GPU.
+if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' && ! ldconfig -p | grep -q 'libEGL_nvidia.so.0'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing headless OpenGL (libegl1 libegl-mesa0 libgl1-mesa-dri) for eval_only's rendering"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libegl1 libegl-mesa0 libgl1-mesa-dri; } >&2
+  else
+    log "warning: no EGL library found: SafeDreamer's eval_only cannot render (MUJOCO_GL=egl). Fix: install" \
+        "libegl1 libegl-mesa0 libgl1-mesa-dri (Debian/Ubuntu), or the NVIDIA driver's EGL on a GPU box"
+  fi
+fi
+
+# 5) check that it imports the way train.py does (from the package directory).
 (cd "$CODE/SafeDreamer" && MUJOCO_GL=egl "$VENV/bin/python" -c "
 import warnings; warnings.filterwarnings('ignore')
 import jax, numpy, optax, safety_gymnasium, ruamel.yaml, embodied

@@ -99,6 +99,23 @@ def test_files_probe_counts_a_chunk_rewritten_with_a_growing_length_once(tmp_pat
     assert keyed.read() == (200 + 90) * 5
 
 
+def test_files_probe_rebases_on_a_checkpoint_so_a_prefill_before_the_restore_is_not_counted(tmp_path):
+    # A resumed SafeDreamer prefills its fresh replay (200 agent steps) BEFORE it loads the checkpoint
+    # and restores its step counter (agent step 400); the first save writes that prefill chunk.
+    replay = tmp_path / "sd" / "attempt2" / "replay"
+    replay.mkdir(parents=True)
+    probe, = P.build_probes([{"name": "replay", "type": "files", "glob": "sd/*/replay/*.npz",
+                              "size_regex": r"-(\d+)\.npz$", "key_regex": r"^[^-]+-([^-]+)-", "scale": 5}],
+                            base_dir=tmp_path)
+    probe.start(base=2000)
+    (replay / f"20261130T071050F000001-Uuuuuuuuuuuuuuuuuuuuuu-{'0' * 22}-200.npz").write_bytes(b"")
+    assert probe.read() == 2000 + 1000  # before the checkpoint is seen: the prefill looks like progress
+    probe.rebase(2000)  # the attempt's first checkpoint: step 400 x 5, saved with the prefill chunk
+    assert probe.read() == 2000
+    (replay / f"20261130T071050F000001-Uuuuuuuuuuuuuuuuuuuuuu-{'0' * 22}-260.npz").write_bytes(b"")
+    assert probe.read() == 2000 + 60 * 5
+
+
 def test_files_probe_needs_exactly_one_size_rule():
     with pytest.raises(P.ProbeConfigError, match="exactly one"):
         P.FilesProbe("r", glob="*.npz")

@@ -273,7 +273,7 @@ class ExternalTask:
         assert isinstance(c, dict)
         known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
                  "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
-                 "curves", "knobs", "resume_not_restored"}
+                 "curves", "knobs", "resume_not_restored", "code"}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
@@ -689,6 +689,10 @@ class _Progress:
         if key == self.last_ckpt:
             return
         self.last_ckpt = key
+        if found.step is not None:  # an exact step: the files probes count on from it
+            for p in self.probes:
+                if isinstance(p, P.FilesProbe):
+                    p.rebase(found.step)
         step = found.step if found.step is not None else self.env_step
         self.run.save_checkpoint(step, {"external": True, "path": str(found.path), "mtime": found.mtime,
                                         "size": found.size, "step": step,

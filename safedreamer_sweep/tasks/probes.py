@@ -152,9 +152,12 @@ class JsonlProbe:
 class FilesProbe:
     """Env steps from data files: (files matching `glob`) x `per_file`, or the sum of the number
     `size_regex` captures in each file name (SafeDreamer: `-(\\d+)\\.npz$`, the chunk length), times
-    `scale` (an action repeat). With `since_start` (the default) only files that appeared after
-    `start()` count, added to `base` (the step the attempt resumed from): a script that writes a
-    fresh timestamped directory per attempt, or keeps old chunks around, is then counted right.
+    `scale` (an action repeat). With `since_start` (the default) only what appeared after `start()`
+    counts, added to `base` (the step the attempt resumed from): a script that writes a fresh
+    timestamped directory per attempt, or keeps old chunks around, is then counted right; and
+    `rebase(step)` re-anchors the count on a checkpoint that states its step (only growth after it
+    counts), so data collected before the script restored its step counter (SafeDreamer prefills
+    its replay before loading the checkpoint) is never added on top of it.
     `key_regex` (a first group naming the data a file holds, e.g. a chunk's uuid) counts files of
     the same key once, at their largest size: SafeDreamer rewrites its current partial chunk under a
     new name with a growing length at every checkpoint save, leaving the shorter one in place."""
@@ -168,7 +171,7 @@ class FilesProbe:
     key_regex: str | None = None
     base_dir: Path | None = None
     base: int = 0
-    _before: set[str] = field(default_factory=set, repr=False)
+    _offset: dict[str, int] = field(default_factory=dict, repr=False)  # units per key already counted in base
     _sizes: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -179,9 +182,15 @@ class FilesProbe:
         self._key_rx = _compile(self.key_regex, f"probe {self.name!r} key_regex") if self.key_regex else None
 
     def start(self, base: int = 0) -> None:
-        """Remember which files exist now (they belong to earlier attempts) and the resume step."""
+        """Remember what exists now (it belongs to earlier attempts) and the resume step."""
         self.base = int(base)
-        self._before = set(_glob_names(self.glob, self.base_dir)) if self.since_start else set()
+        self._offset = self._units() if self.since_start else {}
+
+    def rebase(self, step: int) -> None:
+        """A checkpoint holding env step `step` was just written: count from it (since_start only)."""
+        if self.since_start:
+            self.base = int(step)
+            self._offset = self._units()
 
     def _size(self, path: str) -> int:
         if path not in self._sizes:
@@ -192,22 +201,21 @@ class FilesProbe:
                 self._sizes[path] = int(m.group(1)) if m else 0
         return self._sizes[path]
 
+    def _units(self) -> dict[str, int]:
+        """Size units per key (per file without key_regex) of the files matching now."""
+        by_key: dict[str, int] = {}
+        for p in _glob_names(self.glob, self.base_dir):
+            m = self._key_rx.search(os.path.basename(p)) if self._key_rx else None
+            k = m.group(1) if m else p
+            by_key[k] = max(by_key.get(k, 0), self._size(p))
+        return by_key
+
     def read(self) -> int | None:
-        files = [p for p in _glob_names(self.glob, self.base_dir) if p not in self._before]
-        if not files:
+        grown = sum(max(0, v - self._offset.get(k, 0)) for k, v in self._units().items())
+        if not grown:
             return self.base if self.since_start and self.base else None
         per = self.per_file if self.per_file is not None else 1.0
-        if self._key_rx is None:
-            units = sum(self._size(p) for p in files)
-        else:
-            by_key: dict[str, int] = {}
-            for p in files:
-                m = self._key_rx.search(os.path.basename(p))
-                k = m.group(1) if m else p
-                by_key[k] = max(by_key.get(k, 0), self._size(p))
-            units = sum(by_key.values())
-        total = units * per * self.scale
-        return (self.base if self.since_start else 0) + int(total)
+        return (self.base if self.since_start else 0) + int(grown * per * self.scale)
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""The real SafeDreamer (PKU-Alignment/SafeDreamer, its own venv) as cells of a sweep, end to end.
+
+Needs SafeDreamer installed by scripts/install-safedreamer.sh: SDS_SAFEDREAMER_SRC (the directory
+holding SafeDreamer/train.py) and SDS_SAFEDREAMER_PYTHON (its venv's python). `.ci/run` installs it
+from the shared tarball and sets SDS_REQUIRE_SAFEDREAMER=1, so in CI a missing install fails
+instead of skipping. SDS_SAFEDREAMER_JIT_CACHE (optional) shares compiled XLA programs between the
+processes (docs/safedreamer.md has what it saves).
+
+One test, because every SafeDreamer process costs minutes of JIT compilation on a CPU: a matrix of
+v2_baseline and v2_u_only (seed 0) plus v2_baseline seed 1, a few thousand env frames each on the
+debug-size model. One cell is killed after a checkpoint and resumes to done; status shows it RUNNING
+with a moving env step while its metrics.jsonl is stale; ID and OOD episodes reach the report; a
+re-run plans 0 submissions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from safedreamer_sweep.core.store import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.safedreamer, pytest.mark.timeout(2400)]
+
+AGENT_STEPS = 700                 # per cell: 3,500 env frames (action repeat 5)
+TOTAL = AGENT_STEPS * 5
+
+
+def safedreamer_env() -> dict[str, str]:
+    """The environment that points task=safedreamer at the installed SafeDreamer, or skip/fail."""
+    src, py = os.environ.get("SDS_SAFEDREAMER_SRC", ""), os.environ.get("SDS_SAFEDREAMER_PYTHON", "")
+    if src and py and Path(py).is_file() and (Path(src) / "SafeDreamer" / "train.py").is_file():
+        return {"SDS_SAFEDREAMER_SRC": src, "SDS_SAFEDREAMER_PYTHON": py}
+    reason = (f"SafeDreamer is not installed (SDS_SAFEDREAMER_SRC={src!r}, SDS_SAFEDREAMER_PYTHON={py!r}). Fix: "
+              f"bash scripts/install-safedreamer.sh <SafeDreamer checkout or .tar.gz> and export the two paths "
+              f"it prints")
+    if os.environ.get("SDS_REQUIRE_SAFEDREAMER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def sweep_args(store: Path, *overrides: str) -> list[str]:
+    return ["-m", "task=safedreamer", f"store.root={store}", f"task.vars.agent_steps={AGENT_STEPS}",
+            f"task.total_steps={TOTAL}",
+            "task.vars.log_every=3600",     # metrics.jsonl: one row at the start, then stale for an hour
+            "task.vars.save_every=25",      # a checkpoint (and the partial replay chunk) every 25 s
+            "task.vars.eval_agent_steps=402", "eval.episodes=2",  # 2 episodes of 201 agent steps per kind
+            "task.probe_every_s=2", "hydra.launcher.progress=plain", "hydra.launcher.max_parallel=2",
+            "hydra.launcher.stall_after=900", *overrides]
+
+
+def sds_popen(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", *args], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def status_cells(store: Path) -> dict[str, dict]:
+    p = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    doc = json.loads(p.stdout)
+    return {f"{c['config']}/{c['seed']}": c for c in doc["cells"]}
+
+
+def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) while waiting for {what}:\n"
+                                 f"{log.read_text()[-4000:] if log else ''}")
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run_dir_of(store: Path, config: str, seed: int) -> RunDir | None:
+    found = sorted((store / "runs" / config / f"seed_{seed}").glob("*/spec.json"))
+    return RunDir(found[0].parent) if found else None
+
+
+def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
+    env = safedreamer_env()
+    store = tmp_path / "store"
+    log_a = tmp_path / "sweep_a.log"
+    args_a = sweep_args(store, "config=v2_baseline,v2_u_only", "seed=0")
+    sweep = sds_popen(args_a, env, log_a)
+    try:
+        # --- the v2_u_only cell: RUNNING with a moving env step while metrics.jsonl is stale.
+        rd = wait_for(lambda: run_dir_of(store, "v2_u_only", 0), 120, "the v2_u_only run dir", sweep, log_a)
+        ckpt_step = wait_for(lambda: [s for s, _ in rd.checkpoints() if s > 0] and
+                             (rd.read_progress() or {}).get("env_step", 0) > max(s for s, _ in rd.checkpoints()),
+                             1200, "a checkpoint and progress past it", sweep, log_a)
+        assert ckpt_step
+        metrics = next((rd.path / "sd").glob("*/metrics.jsonl"))
+        seen = []
+        for _ in range(3):
+            cell = status_cells(store)["v2_u_only/0"]
+            seen.append((cell["phase"], cell["env_step"], metrics.stat().st_mtime, (rd.read_progress() or {})))
+            if len(seen) < 3:
+                time.sleep(30)
+        phases, steps, mtimes = [s[0] for s in seen], [s[1] for s in seen], {s[2] for s in seen}
+        assert set(phases) == {"running"}, seen
+        assert steps[-1] > steps[0], f"env step did not move: {seen}"
+        assert len(mtimes) == 1, "metrics.jsonl was rewritten: it should be stale (log_every=3600 s)"
+        assert seen[-1][3].get("probe") == "replay", seen[-1][3]  # the replay chunks, not metrics.jsonl
+
+        # --- kill the cell after its checkpoint (SIGKILL of the cell process, as a lost node or an OOM
+        # kill would; SafeDreamer gets SIGTERM from its parent-death signal): the sweep resumes it.
+        prog = rd.read_progress() or {}
+        killed_at = int(prog["env_step"])
+        last_ckpt = max(s for s, _ in rd.checkpoints())
+        os.kill(int(rd.read_state()["attempts"][-1]["pid"]), signal.SIGKILL)
+        assert sweep.wait(timeout=2400) == 0, log_a.read_text()[-4000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.send_signal(signal.SIGINT)
+            sweep.wait(timeout=120)
+    out_a = log_a.read_text()
+
+    state = rd.read_state()
+    assert state["trained"] and state["trained_steps"] >= TOTAL, state
+    assert len(state["attempts"]) == 2, state["attempts"]
+    resume, = state["resumes"]
+    assert resume["attempt"] == 2 and resume["from_step"] >= last_ckpt > 0
+    assert resume["reached"] >= killed_at and resume["lost_frames"] == resume["reached"] - resume["from_step"]
+    assert resume["not_restored"] == ["replay buffer", "PID-Lagrangian multiplier state"]
+    second = (rd.logs_dir / "attempt_02.out").read_text()
+    assert f"--run.from_checkpoint {resume['checkpoint']}" in second
+    # The u knob reached SafeDreamer as --pessimistic; the baseline ran without it.
+    assert "--pessimistic True" in second
+    base_rd = run_dir_of(store, "v2_baseline", 0)
+    assert "--pessimistic False" in (base_rd.logs_dir / "attempt_01.out").read_text()
+
+    # --- the second seed of one config, in another sweep on the same store.
+    log_b = tmp_path / "sweep_b.log"
+    sweep_b = sds_popen(sweep_args(store, "config=v2_baseline", "seed=0,1"), env, log_b)
+    assert sweep_b.wait(timeout=1800) == 0, log_b.read_text()[-4000:]
+    assert "1 to submit" in log_b.read_text(), log_b.read_text()[-3000:]
+
+    # --- ID and OOD episodes of every cell, in the cell and in the report.
+    import pandas as pd
+
+    cells = {(c, s): run_dir_of(store, c, s) for c, s in (("v2_baseline", 0), ("v2_u_only", 0), ("v2_baseline", 1))}
+    for (config, seed), cell_rd in cells.items():
+        for kind, env_id in (("id", "SafetyPointGoal1-v0"), ("ood", "SafetyCarGoal1-v0")):
+            doc = cell_rd.read_eval(kind)
+            assert doc and doc["env_id"] == env_id and len(doc["episodes"]) >= 1, (config, seed, kind, doc)
+            assert all(e["return"] is not None and e["cost"] is not None for e in doc["episodes"])
+            assert doc["checkpoint_step"] > 0 and doc["checkpoint_behind"] == doc["trained_steps"] - doc["checkpoint_step"]
+    report = store / "report"
+    evals = pd.read_parquet(report / "evals.parquet")
+    for (config, seed), _ in cells.items():
+        for kind in ("id", "ood"):
+            assert len(evals[(evals.config == config) & (evals.seed == seed) & (evals.kind == kind)]) >= 1
+    text = "\n".join(p.read_text() for p in report.glob("*.md"))
+    assert "v2_u_only seed 0: attempt 2 resumed from env step" in text and "did not restore: replay buffer" in text
+
+    # --- a re-run plans nothing.
+    rerun = subprocess.run([sys.executable, "-m", "safedreamer_sweep", *args_a], cwd=ROOT, env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "0 to submit" in rerun.stdout + rerun.stderr, rerun.stdout + rerun.stderr
+    print(f"\n[safedreamer] sweep A:\n{out_a[-2500:]}")
