@@ -200,7 +200,7 @@ def test_error_stops_with_traceback_exit_1_and_hooks_run_once(tmp_path):
 
 @pytest.mark.slow
 def test_detach_then_watch_reattaches_until_done(tmp_path):
-    from safedreamer_sweep.sweep.supervise import watch
+    from safedreamer_sweep.sweep.watch import watch
 
     store = tmp_path / "store"
     p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, "hydra.launcher.wait=false",
@@ -250,7 +250,7 @@ def test_overlapping_sweeps_never_run_a_cell_twice(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_cells_running_and_watch_finishes_the_rest(tmp_path):
-    from safedreamer_sweep.sweep.supervise import watch
+    from safedreamer_sweep.sweep.watch import watch
 
     store = tmp_path / "store"
     budget = [o for o in TINY if not o.startswith(("trainer.total_steps", "trainer.eval_every"))] + [

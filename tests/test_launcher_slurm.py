@@ -164,7 +164,7 @@ def test_racing_two_partitions_keeps_the_first_starter(tmp_path):
 
 
 def test_detached_array_then_watch_reattaches_and_retries_until_done(tmp_path):
-    from safedreamer_sweep.sweep.supervise import watch
+    from safedreamer_sweep.sweep.watch import watch
 
     store = tmp_path / "store"
     t0 = time.time()

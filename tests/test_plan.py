@@ -256,7 +256,7 @@ def test_an_interpolated_seed_falls_back_to_composing_every_job(hydra_loader):
 
 
 def test_launcher_options_out_of_range_are_refused_by_name():
-    from safedreamer_sweep.sweep.supervise import check_launcher_params
+    from safedreamer_sweep.sweep.launch import check_launcher_params
 
     for bad, named in (({"max_parallel": 0}, "hydra.launcher.max_parallel=0"), ({"poll_s": -1}, "hydra.launcher.poll_s=-1"),
                        ({"max_attempts": 0}, "max_attempts"), ({"stall_after": 0}, "stall_after")):
@@ -269,7 +269,7 @@ def test_launcher_options_out_of_range_are_refused_by_name():
 def test_the_retry_exclude_override_is_one_value_not_a_sweep():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from safedreamer_sweep.sweep.supervise import exclude_override
+    from safedreamer_sweep.sweep.watch import exclude_override
 
     for nodes in (["vm"], ["node1", "node2"], ["gpu[01-03]", "cpu07"]):
         ov = OverridesParser.create().parse_override(exclude_override(nodes))
@@ -280,7 +280,7 @@ def test_the_retry_exclude_override_is_one_value_not_a_sweep():
 def test_local_submitit_folder_creates_no_literal_job_id_template(tmp_path):
     import submitit
 
-    from safedreamer_sweep.sweep.supervise import submitit_folder
+    from safedreamer_sweep.sweep.launch import submitit_folder
 
     assert "%j" in str(submitit_folder("slurm", {}, tmp_path))
     folder = submitit_folder("local", {}, tmp_path)

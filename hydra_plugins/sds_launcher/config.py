@@ -13,6 +13,9 @@ class SdsBaseConf:
     dry_run: bool = False
     # false: submit, record the jobs in the store's sweep manifest, return (reattach: `watch STORE`)
     wait: bool = True
+    # foreground progress while supervising: rich (a live view in a terminal; plain lines when stdout
+    # is not a terminal), plain (a line when counts change, at most every 5 s), none
+    progress: str = "rich"
     # seconds between polls of scheduler state and heartbeats
     poll_s: float = 5.0
     # a live cell whose env_step did not move for this many seconds is stalled (killed, resumed)

@@ -1,10 +1,10 @@
-"""The launcher: plan against the store, claim, submit through submitit, supervise, return one
-JobReturn per override. The work lives in safedreamer_sweep (plan, claim, submit, supervise,
-failures, hooks); heavy imports happen inside methods so plugin discovery stays fast."""
+"""The launcher: plan against the store, claim, submit through submitit, supervise, report, and
+return one JobReturn per override. `launch()` is that pipeline in order; each stage lives in
+safedreamer_sweep (sweep/launch.py and the modules it names); heavy imports happen inside methods
+so plugin discovery stays fast."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,8 +12,6 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
-
-log = logging.getLogger(__name__)
 
 
 class SdsLauncher(Launcher):
@@ -32,12 +30,34 @@ class SdsLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from safedreamer_sweep.sweep.supervise import launch_sweep
+        from safedreamer_sweep.report import build_report
+        from safedreamer_sweep.sweep.launch import plan_sweep, say
+        from safedreamer_sweep.sweep.plan import format_plan
+        from safedreamer_sweep.sweep.progress import Progress
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        return launch_sweep(backend=self._EXECUTOR, params=self.params, config=self.config,
-                            hydra_context=self.hydra_context, task_function=self.task_function,
-                            job_overrides=job_overrides, initial_job_idx=initial_job_idx)
+        sweep = plan_sweep(self._EXECUTOR, self.params, self.config, self.hydra_context, job_overrides)
+        say(format_plan(sweep.cells))
+        if sweep.dry_run:
+            return sweep.dry_run_returns()
+        sweep.record()
+        backend = sweep.make_backend(self.hydra_context, self.task_function, initial_job_idx)
+        sup = sweep.supervisor(backend, sweep.claim())
+        if not sweep.wait:
+            return sweep.detach(sup)
+        with Progress(sweep.progress, *sweep.settled()) as progress:
+            if sweep.progress != "none":
+                sup.on_tick = progress.tick
+            finished = sweep.supervise(sup)
+        returns, summary = sweep.job_returns(finished)
+        try:  # the report is idempotent and runs even when cells failed
+            say(f"[sds] report: {build_report(sweep.store.root, cfg=sweep.report_settings())}")
+        except Exception as e:  # noqa: BLE001 (the sweep's outcome must not hinge on the report)
+            say(f"[sds] report not built ({type(e).__name__}: {e}); build it later with: "
+                f"safedreamer-sweep report {sweep.store.root}")
+        sweep.run_hooks(sup)
+        say(f"[sds] {summary}")
+        return returns
 
 
 class SdsLocalLauncher(SdsLauncher):

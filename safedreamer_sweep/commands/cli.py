@@ -70,7 +70,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Reattach: supervise the store's detached sweeps (supervise.watch) while a rich Live view
+    """Reattach: supervise the store's detached sweeps (sweep/watch.py) while a rich Live view
     redraws the status; keeps drawing until no cell runs (another process may be supervising)."""
     from rich.live import Live
 
@@ -93,13 +93,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
             live.update(r)
 
         try:
-            from safedreamer_sweep.sweep import supervise
+            from safedreamer_sweep.sweep import watch
         except ImportError:
-            supervise = None  # type: ignore[assignment]
-            console.log("supervise.py is not available: showing status only")
+            watch = None  # type: ignore[assignment]
+            console.log("sweep/watch.py is not available: showing status only")
         try:
-            if supervise is not None:
-                code = supervise.watch(args.store, on_tick=on_tick, poll_s=args.poll)
+            if watch is not None:
+                code = watch.watch(args.store, on_tick=on_tick, poll_s=args.poll)
             on_tick()
             # Cells still moving under a foreground sweep in another terminal: keep showing them.
             while any(c["phase"] in ("running", "stalled") or c.get("last_outcome") == "submitted"

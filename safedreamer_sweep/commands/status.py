@@ -73,7 +73,7 @@ def _slurm_backend(store: Store) -> bool:
 def slurm_job_state() -> Callable[[str], str | None]:
     """`job_id -> Slurm state` (squeue, then sacct; cached): the supervisor's own lookup, so status
     and supervision read the scheduler the same way."""
-    from safedreamer_sweep.sweep.supervise import slurm_state_lookup
+    from safedreamer_sweep.sweep.backends.slurm import slurm_state_lookup
 
     return slurm_state_lookup()
 

@@ -233,6 +233,28 @@ class CellTask:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+@dataclass
+class CellTasks:
+    """Builds the CellTask of each planned cell: what the launcher hands every job besides the
+    cell itself (Hydra's context and task function, the sweep, the time limits)."""
+
+    hydra_context: Any
+    task_function: Any
+    singleton_state: Any
+    initial_job_idx: int
+    store_root: str
+    sweep_id: str
+    timeout_min: float = 0
+    signal_delay_s: float = 0
+
+    def __call__(self, cell: Any, env: dict[str, str], resources: dict[str, Any], race: bool = False) -> CellTask:
+        return CellTask(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.cfg,
+                        overrides=list(cell.overrides), job_num=self.initial_job_idx + cell.index,
+                        singleton_state=self.singleton_state, run_dir=str(cell.run_dir.path),
+                        store_root=self.store_root, env=env, resources=resources, sweep_id=self.sweep_id,
+                        race=race, timeout_min=self.timeout_min, signal_delay_s=self.signal_delay_s)
+
+
 # ----------------------------------------------------------------------------- backends
 
 

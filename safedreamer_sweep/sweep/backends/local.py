@@ -1,0 +1,160 @@
+"""The local backend: submitit's LocalExecutor, at most `max_parallel` cells at once, each in a
+slot pinned to one GPU; a job's id is its controller pid, so liveness and kills go through pids.
+Slurm enforces `mem_gb` itself; here the supervisor polls each cell's process tree instead."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from safedreamer_sweep.core.store import host
+from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
+from safedreamer_sweep.sweep.observe import pid_alive
+from safedreamer_sweep.sweep.submit import (
+    CellTasks,
+    SlotPool,
+    Submission,
+    cell_resources,
+    make_executor,
+    pre_register,
+)
+
+
+def local_state(job_id: str) -> str | None:
+    """A local submitit job's id is its controller pid."""
+    try:
+        return "RUNNING" if pid_alive(int(job_id)) else "ENDED"
+    except ValueError:
+        return None
+
+
+def _sigkill(pid: Any) -> None:
+    try:
+        os.kill(int(pid), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, ValueError, TypeError):
+        pass
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """The job's process starts with its slot's environment (submitit's local executor forks ours)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _stdio_to_devnull() -> Iterator[None]:
+    """A detached job must not hold our stdout/stderr open (a caller reading them to EOF would wait
+    for the cell); the cell's output goes to its run dir's logs/ anyway."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fds = (os.dup(1), os.dup(2))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        os.close(fds[0])
+        os.close(fds[1])
+
+
+class LocalBackend(Backend):
+    """Cells as local processes. Without `tasks` (reattaching with `watch`) it only observes and kills."""
+
+    name = "local"
+
+    def __init__(self, *, pool: SlotPool | None = None, tasks: CellTasks | None = None,
+                 folder: Path | None = None, params: dict[str, Any] | None = None, detached: bool = False) -> None:
+        self.pool, self.tasks, self.folder, self.params = pool, tasks, folder, params or {}
+        self.detached = detached
+        self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
+
+    def has_room(self, active: int, picked: int) -> bool:
+        return self.pool is not None and len(self.pool.busy) + picked < self.pool.capacity
+
+    def submit(self, cells: list[Tracked], exclude: list[str]) -> list[tuple[Tracked, Started | Refused]]:
+        out: list[tuple[Tracked, Started | Refused]] = []
+        for t in cells:
+            try:
+                out.append((t, self._submit_one(t)))
+            except Exception as e:  # noqa: BLE001 (one cell's failure must not sink the others)
+                out.append((t, Refused(f"submission failed: {e}")))
+        return out
+
+    def _submit_one(self, t: Tracked) -> Started:
+        assert self.pool is not None and self.tasks is not None and self.folder is not None
+        _ = t.payload.cfg  # compose the job (if planning did not) before taking a slot: a failure holds none
+        slot = self.pool.acquire(t.key)
+        assert slot is not None
+        env = self.pool.env(slot, self.base_env)
+        ex = make_executor("local", self.folder, self.params)
+        gpu = self.pool.gpu_of(slot)
+        if gpu is not None and gpu.isdigit():
+            ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),))
+        res = cell_resources("local", self.params, mem_gb=t.mem_gb, gpus=gpu)
+        try:
+            with _environ(env), (_stdio_to_devnull() if self.detached else contextlib.nullcontext()):
+                job = ex.submit(self.tasks(t.payload, env, {**res, "env": env}))
+        except BaseException:
+            self.pool.release(slot)
+            raise
+        pre_register(t.rd, job_id=str(job.job_id), resources={**res, "env": env}, sweep_id=self.tasks.sweep_id,
+                     partition=None, exclude=None)
+        t.slot_gpu = gpu
+        return [Submission(key=t.key, job=job, job_id=str(job.job_id), backend="local", slot=slot, resources=res)]
+
+    def alive(self, t: Tracked, sub: Any) -> bool:
+        process = getattr(getattr(sub, "job", None), "_process", None)
+        if process is not None:
+            return process.poll() is None
+        return bool(pid_alive(int(sub.job_id)))
+
+    def kill(self, t: Tracked, view: Any) -> None:
+        # The training process runs here: SIGKILL it directly, so a frozen process cannot wake up and go on.
+        if view.pid and view.host == host():
+            _sigkill(view.pid)
+        for sub in t.subs:
+            _sigkill(sub.job_id)
+
+    def cancel(self, sub: Any) -> None:
+        _sigkill(sub.job_id)
+
+    def over_memory(self, t: Tracked, view: Any) -> str | None:
+        if not t.mem_gb or not view.pid or view.host != host():
+            return None
+        try:
+            import psutil
+
+            proc = psutil.Process(int(view.pid))
+            rss = sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        except (ImportError, psutil.Error, ValueError):
+            return None
+        if rss <= t.mem_gb * 1024**3:
+            return None
+        return (f"exceeded memory limit: pid {view.pid} RSS {rss / 1024**3:.2f} GB > "
+                f"hydra.launcher.mem_gb={t.mem_gb} GB (local limit, enforced by the supervisor)")
+
+    def end_evidence(self, sub: Any, last: dict[str, Any]) -> dict[str, Any]:
+        # the submitit controller's exit code is not the cell's: name the cell's pid instead
+        return {**super().end_evidence(sub, last), "pid": last.get("pid")}
+
+    def release(self, t: Tracked, sub: Any) -> None:
+        if self.pool is not None and sub is not None and sub.slot is not None:
+            self.pool.release(sub.slot)

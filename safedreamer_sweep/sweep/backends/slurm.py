@@ -1,0 +1,189 @@
+"""The Slurm backend: cells go out as submitit job arrays (one array per memory size, optionally
+one copy per racing partition); state comes from squeue (live jobs, array tasks expanded) and
+sacct (finished jobs), kills from scancel."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safedreamer_sweep.core.store import atomic_write_json, host, read_json
+from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
+from safedreamer_sweep.sweep.observe import SLURM_ALIVE
+from safedreamer_sweep.sweep.submit import (
+    CellTasks,
+    Submission,
+    cell_resources,
+    make_executor,
+    pre_register,
+)
+
+
+def have_slurm() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+class SlurmQueue:
+    """Job state from squeue (live jobs, array tasks expanded) and sacct (finished jobs)."""
+
+    def __init__(self) -> None:
+        self.info: dict[str, dict[str, str]] = {}
+
+    def refresh(self, job_ids: list[str]) -> None:
+        ids = [j for j in dict.fromkeys(job_ids) if re.fullmatch(r"\d+(_\d+)?", j)]
+        self.info = {}
+        if not ids:
+            return
+        q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N|%r"], check=False, capture_output=True, text=True, timeout=60)
+        for line in q.stdout.splitlines():
+            jid, st, node, reason = (line.split("|") + ["", "", "", ""])[:4]
+            if jid in ids:
+                self.info[jid] = {"State": st, "NodeList": node, "Reason": reason, "source": "squeue"}
+        missing = [j for j in ids if j not in self.info]
+        if missing:
+            a = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(missing),
+                                "--format=JobID,State,ExitCode,NodeList,MaxRSS,ReqMem,Elapsed"],
+                               check=False, capture_output=True, text=True, timeout=60)
+            for line in a.stdout.splitlines():
+                f = line.split("|")
+                if len(f) < 7:
+                    continue
+                jid = f[0]
+                base = jid.split(".")[0]
+                if base in missing and jid == base:
+                    self.info[base] = {"State": f[1], "ExitCode": f[2], "NodeList": f[3], "ReqMem": f[5],
+                                       "Elapsed": f[6], "source": "sacct", "steps": ""}
+                elif base in missing and base in self.info:  # steps: batch / .0 carry MaxRSS and the kill
+                    self.info[base]["steps"] += f"{jid.split('.', 1)[1]}={f[1]} exit {f[2]} maxrss {f[4] or '-'}; "
+
+    def state(self, job_id: str) -> str | None:
+        return (self.info.get(job_id) or {}).get("State")
+
+    @staticmethod
+    def cancel(job_id: str, kill: bool = False) -> None:
+        """scancel the job. kill=True (a hung cell): SIGKILL every process of the job at once; a plain
+        scancel would SIGCONT+SIGTERM a frozen process, which then trains on until KillWait."""
+        if kill:
+            subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=False, capture_output=True, timeout=60)
+        subprocess.run(["scancel", job_id], check=False, capture_output=True, timeout=60)
+
+
+def slurm_state_lookup() -> Callable[[str], str | None]:
+    """`job_id -> state` for observe/claim (one squeue/sacct call per job id, cached)."""
+    q = SlurmQueue()
+    cache: dict[str, str | None] = {}
+
+    def lookup(job_id: str) -> str | None:
+        if job_id not in cache:
+            q.refresh([job_id])
+            cache[job_id] = q.state(job_id)
+        return cache[job_id]
+
+    return lookup
+
+
+class SlurmBackend(Backend):
+    """Cells as Slurm jobs. Without `tasks` (reattaching with `watch`) it only observes and cancels."""
+
+    name = "slurm"
+
+    def __init__(self, *, tasks: CellTasks | None = None, folder: Path | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        self.tasks, self.folder, self.params = tasks, folder, params or {}
+        self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
+        self.queue = SlurmQueue()
+
+    def submit(self, cells: list[Tracked], exclude: list[str]) -> list[tuple[Tracked, Started | Refused]]:
+        """One job array per memory size (a retried OOM cell asks for more); compose each job first,
+        so one failure does not sink the array."""
+        out: list[tuple[Tracked, Started | Refused]] = []
+        by_mem: dict[float | None, list[Tracked]] = {}
+        for t in cells:
+            try:
+                _ = t.payload.cfg
+                by_mem.setdefault(t.mem_gb, []).append(t)
+            except Exception as e:  # noqa: BLE001
+                out.append((t, Refused(f"composing the job failed: {e}", cause="error")))
+        for mem_gb, ts in by_mem.items():
+            out += self._submit_array(ts, mem_gb, exclude)
+        return out
+
+    def _submit_array(self, ts: list[Tracked], mem_gb: float | None,
+                      exclude: list[str]) -> list[tuple[Tracked, Started | Refused]]:
+        assert self.tasks is not None and self.folder is not None
+        races = list(self.params.get("race_partitions") or [])
+        copies: dict[str, list[Any]] = {t.key: [] for t in ts}
+        res = cell_resources("slurm", self.params, mem_gb=mem_gb, gpus=None)
+        for partition in (races or [self.params.get("partition")]):
+            ex = make_executor("slurm", self.folder, self.params, mem_gb=mem_gb, exclude=exclude, partition=partition)
+            try:
+                with ex.batch():
+                    jobs = [ex.submit(self.tasks(t.payload, dict(self.base_env), res, race=bool(races))) for t in ts]
+            except Exception as e:  # noqa: BLE001 (sbatch refused, e.g. every node excluded: say why, per cell)
+                why = (f"sbatch refused the submission (partition {partition}, exclude {','.join(exclude) or '-'}, "
+                       f"mem {mem_gb} GB): {str(e).strip()[-400:]}")
+                return [(t, copies[t.key] or Refused(why)) for t in ts]
+            for t, job in zip(ts, jobs):
+                if races:
+                    self._record_race(t, races, first=partition == races[0])
+                if not copies[t.key]:
+                    pre_register(t.rd, job_id=str(job.job_id), resources=res, sweep_id=self.tasks.sweep_id,
+                                 partition=partition, exclude=exclude)
+                copies[t.key].append(Submission(key=t.key, job=job, job_id=str(job.job_id), backend="slurm",
+                                                partition=partition, resources=res))
+        return [(t, copies[t.key]) for t in ts]
+
+    @staticmethod
+    def _record_race(t: Tracked, races: list[str], first: bool) -> None:
+        """The claim names the racing partitions; the first copy to start writes itself as the winner."""
+        with t.rd.lock():
+            doc = read_json(t.rd.claim_path) or {}
+            doc.update(race=races, race_winner=None) if first else doc.update(race=races)
+            atomic_write_json(t.rd.claim_path, doc)
+
+    def refresh(self, active: list[Tracked]) -> None:
+        self.queue.refresh([s.job_id for t in active for s in t.subs])
+
+    def state_lookup(self) -> Callable[[str], str | None]:
+        return self.queue.state
+
+    def alive(self, t: Tracked, sub: Any) -> bool:
+        st = self.queue.state(sub.job_id)
+        if st is None:  # just submitted, not visible yet: give the scheduler a minute
+            first = t.first_seen_unknown.setdefault(sub.job_id, time.time())
+            return time.time() - first < 60
+        return st.split()[0] in SLURM_ALIVE
+
+    def kill(self, t: Tracked, view: Any) -> None:
+        # A supervisor on the compute node itself SIGKILLs the training process directly first.
+        if view.pid and view.host == host():
+            try:
+                os.kill(int(view.pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+        for sub in t.subs:
+            SlurmQueue.cancel(sub.job_id, kill=True)
+
+    def cancel(self, sub: Any) -> None:
+        SlurmQueue.cancel(sub.job_id)
+
+    def end_evidence(self, sub: Any, last: dict[str, Any]) -> dict[str, Any]:
+        info = self.queue.info.get(sub.job_id, {}) if sub is not None else {}
+        ev: dict[str, Any] = {"slurm_state": info.get("State"),
+                              "node": info.get("NodeList") or last.get("node") or last.get("host")}
+        code = info.get("ExitCode")
+        if code is not None:
+            ev["exit_code"] = code
+            m = re.match(r"^(-?\d+):(\d+)$", str(code))
+            if m and m.group(2) != "0":
+                ev["signal"] = int(m.group(2))
+        if info.get("steps"):
+            ev["sacct_steps"] = info["steps"]
+        return ev

@@ -1,0 +1,315 @@
+"""The launch stages the launcher calls in order (hydra_plugins/sds_launcher/launcher.py): plan the
+sweep against the store, record it, claim its cells, build the backend and the supervisor, detach
+or supervise, and turn the outcome into one JobReturn per override, in order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import CompactHydraException
+
+from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.backends import Backend
+from safedreamer_sweep.sweep.backends.local import LocalBackend
+from safedreamer_sweep.sweep.backends.slurm import (
+    SlurmBackend,
+    have_slurm,
+    slurm_state_lookup,
+)
+from safedreamer_sweep.sweep.claim import try_claim
+from safedreamer_sweep.sweep.failures import RetryPolicy
+from safedreamer_sweep.sweep.hooks import run_on_complete
+from safedreamer_sweep.sweep.observe import JobState, observe_run
+from safedreamer_sweep.sweep.plan import (
+    RUNNABLE,
+    PlanError,
+    PlannedCell,
+    absolute_store_root,
+    check_store_root,
+    plan_cells,
+)
+from safedreamer_sweep.sweep.submit import CellTasks, SlotPool, visible_gpus
+from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
+
+log = logging.getLogger("sds_launcher")
+
+
+class SweepIncomplete(CompactHydraException):
+    """Raised through Hydra for a cell that is not done. A CompactHydraException, so Hydra prints
+    just the one-line summary (no traceback) and exits 1."""
+
+
+def say(msg: str) -> None:
+    """The launcher's own lines go to the terminal (Hydra's log goes to files)."""
+    print(msg, flush=True)
+    log.debug(msg)
+
+
+# launcher options with a range: (name, smallest allowed, what it means, allowed to be unset)
+_RANGES = (("max_parallel", 1, "cells at once (unset: one per CPU core)", True),
+           ("poll_s", 0.1, "seconds between polls", False),
+           ("stall_after", 1, "seconds without env-step progress before a cell is stalled", False),
+           ("max_attempts", 1, "attempts per cell", False),
+           ("mem_factor", 1, "memory factor after an out-of-memory kill", False),
+           ("runs_per_gpu", 1, "cells sharing one GPU", True),
+           ("timeout_min", 1, "job time limit in minutes", True))
+PROGRESS_MODES = ("rich", "plain", "none")
+
+
+def check_launcher_params(params: dict) -> None:
+    """PlanError naming the option and its valid range for a launcher setting out of range (e.g.
+    max_parallel=0 would otherwise silently mean every core)."""
+    for name, low, what, may_be_unset in _RANGES:
+        if name not in params:
+            continue
+        v = params.get(name)
+        if v is None and may_be_unset:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+            raise PlanError(f"hydra.launcher.{name}={v!r} is out of range: {what}, must be >= {low}"
+                            + (" (or unset)" if may_be_unset else "")
+                            + f". Fix: e.g. hydra.launcher.{name}={max(low, 1) if name != 'poll_s' else 5}")
+    if params.get("progress", "rich") not in PROGRESS_MODES:
+        raise PlanError(f"hydra.launcher.progress={params.get('progress')!r} is not one of {'|'.join(PROGRESS_MODES)}. "
+                        f"Fix: hydra.launcher.progress=plain (one line every few seconds) or none")
+
+
+def submitit_folder(backend: str, params: dict, store_root: Path) -> Path:
+    """Where submitit keeps its pickles and logs. Slurm gets a folder per job (`%j`, substituted by
+    submitit); locally submitit's controller would mkdir the template literally, so local jobs share
+    one folder (submitit names every file after its job id anyway)."""
+    from submitit.core.utils import JobPaths
+
+    folder = Path(params.get("submitit_folder") or Path(store_root) / "launcher" / "submitit" / "%j")
+    if backend == "local":
+        folder = JobPaths.get_first_id_independent_folder(folder)
+    return folder
+
+
+def _objective(result: dict, path: str | None) -> Any:
+    """`sweep.objective` ("ood.return_mean") picked out of a cell result as a float (for sweepers)."""
+    if not path:
+        return result
+    cur: Any = result
+    for part in str(path).split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    if cur is None:
+        raise SweepIncomplete(f"sweep.objective={path!r} is missing from the result of {result.get('config')} "
+                              f"seed {result.get('seed')} (keys: {sorted(result)})")
+    return float(cur)
+
+
+@dataclass
+class Sweep:
+    """One launch: its id, store, launcher settings and planned cells; each stage is a method."""
+
+    id: str
+    backend: str
+    params: dict[str, Any]
+    config: Any
+    store: Store
+    cells: list[PlannedCell]
+    policy: RetryPolicy
+    job_state: JobState | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stall_after(self) -> float:
+        return float(self.params.get("stall_after", 600))
+
+    @property
+    def wait(self) -> bool:
+        return bool(self.params.get("wait", True))
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.params.get("dry_run", False))
+
+    @property
+    def progress(self) -> str:
+        return str(self.params.get("progress", "rich"))
+
+    def settings(self, key: str) -> dict[str, Any]:
+        """A settings group (sweep, cost, report, store) as plain data; the same for every job of
+        the sweep, so the first cell's is read (no job is composed for it)."""
+        from omegaconf import OmegaConf
+
+        s = self.cells[0].settings if self.cells else None
+        if s is None or key not in s:
+            return {}
+        return OmegaConf.to_container(s[key], resolve=True) or {}  # type: ignore[return-value]
+
+    def job_return(self, c: PlannedCell, ok: bool, value: Any) -> Any:
+        from hydra.core.utils import JobReturn, JobStatus
+
+        # cfg: the job's composed config when it was composed (submitted cells); Hydra does not read it
+        return JobReturn(overrides=list(c.overrides), cfg=c.composed, hydra_cfg=None, working_dir=None,
+                         task_name=str(self.config.hydra.job.name),
+                         status=JobStatus.COMPLETED if ok else JobStatus.FAILED, _return_value=value)
+
+    def cached_return(self, c: PlannedCell) -> Any:
+        """A done cell's JobReturn: its stored result (or the objective picked out of it)."""
+        from safedreamer_sweep.tasks.run import cell_result
+
+        try:
+            return self.job_return(c, True, _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective")))
+        except SweepIncomplete as e:
+            return self.job_return(c, False, e)
+
+    def settled(self) -> tuple[int, int, int]:
+        """For the progress view: distinct cells, and how many were already done / failed at plan time."""
+        first = {c.spec.key: c.verdict for c in reversed(self.cells)}
+        return len(first), sum(v == "done" for v in first.values()), sum(v == "failed" for v in first.values())
+
+    # --- the stages, in order
+    def dry_run_returns(self) -> list[Any]:
+        say("[sds] dry run: nothing submitted")
+        return [self.job_return(c, True, {"verdict": c.verdict, "reason": c.reason, "run_dir": str(c.run_dir.path)})
+                for c in self.cells]
+
+    def record(self) -> None:
+        """The sweep manifest in the store: what `watch` needs to reattach and `status` to explain."""
+        from omegaconf import OmegaConf
+
+        hydra_ov = [o for o in OmegaConf.to_container(self.config.hydra.overrides.hydra) or []  # type: ignore[union-attr]
+                    if not re.match(r"hydra\.launcher\.(wait|mem_gb|exclude|dry_run)=", str(o))]
+        self.manifest = {
+            "created_at": time.time(), "detached": not self.wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
+            "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
+                       "verdict": c.verdict} for c in self.cells],
+            "on_complete_commands": [str(x) for x in (self.settings("sweep").get("on_complete") or [])],
+            "launcher": {"backend": self.backend, **{k: v for k, v in self.params.items() if not k.startswith("_")}},
+            "jobs": {}, "cost": self.settings("cost"),
+        }
+        self.store.write_sweep_manifest(self.id, self.manifest)
+
+    def claim(self) -> list[Tracked]:
+        """Claim each runnable cell (two overlapping sweeps never run one cell twice); a cell another
+        live sweep holds is only watched; done and failed cells are not tracked."""
+        tracked: dict[str, Tracked] = {}
+        for c in self.cells:
+            if c.spec.key in tracked or c.verdict not in RUNNABLE | {"running-elsewhere"}:
+                continue
+            t = Tracked(key=c.spec.key, rd=c.run_dir, label=c.label, payload=c,
+                        mem_gb=float(self.params["mem_gb"]) if self.params.get("mem_gb") else None)
+            if c.verdict == "running-elsewhere":
+                if "duplicate of job" in c.reason:
+                    continue
+                t.watch_only = True
+            else:
+                c.run_dir.ensure_spec(c.spec.spec_document())
+                ok, why = try_claim(c.run_dir, self.id, backend=self.backend, stall_after=self.stall_after,
+                                    job_state=self.job_state)
+                if not ok:
+                    say(f"[sds] {c.label}: not claimed ({why}); watching it instead")
+                    t.watch_only = True
+            tracked[c.spec.key] = t
+        return list(tracked.values())
+
+    def make_backend(self, hydra_context: Any, task_function: Any, initial_job_idx: int) -> Backend:
+        from hydra.core.singleton import Singleton
+
+        tasks = CellTasks(hydra_context=hydra_context, task_function=task_function,
+                          singleton_state=Singleton.get_state(), initial_job_idx=initial_job_idx,
+                          store_root=str(self.store.root), sweep_id=self.id,
+                          timeout_min=float(self.params.get("timeout_min") or 0),
+                          signal_delay_s=float(self.params.get("signal_delay_s") or 0))
+        folder = submitit_folder(self.backend, self.params, self.store.root)
+        if self.backend == "slurm":
+            return SlurmBackend(tasks=tasks, folder=folder, params=self.params)
+        pool = SlotPool(max_parallel=int(self.params.get("max_parallel") or os.cpu_count() or 1),  # None: every core
+                        gpus=visible_gpus(self.params.get("gpus")), runs_per_gpu=int(self.params.get("runs_per_gpu") or 1))
+        return LocalBackend(pool=pool, tasks=tasks, folder=folder, params=self.params, detached=not self.wait)
+
+    def supervisor(self, backend: Backend, tracked: list[Tracked]) -> Supervisor:
+        sup = Supervisor(store=self.store, backend=backend, sweep_id=self.id, stall_after=self.stall_after,
+                         policy=self.policy, poll_s=float(self.params.get("poll_s", 5.0)), log=say,
+                         exclude=[x for x in (self.params.get("exclude") or "").split(",") if x])
+        for t in tracked:
+            sup.add(t)
+        return sup
+
+    def detach(self, sup: Supervisor) -> list[Any]:
+        """Submit what has room now, record the jobs for `watch`, and return without waiting."""
+        sup.submit_ready()
+        self._record_jobs({t.key: [s.job_id for s in t.subs] for t in sup.tracked if t.subs}, detached=True)
+        say(f"[sds] detached: {sum(len(t.subs) for t in sup.tracked)} job(s) submitted; "
+            f"reattach with: safedreamer-sweep watch {self.store.root}")
+        by_key = {t.key: t for t in sup.tracked}
+        return [self.cached_return(c) if c.verdict == "done" else self.job_return(c, True, {
+                    "detached": True, "verdict": c.verdict,
+                    "jobs": [s.job_id for s in by_key[c.spec.key].subs] if c.spec.key in by_key else []})
+                for c in self.cells]
+
+    def supervise(self, sup: Supervisor) -> dict[str, Tracked]:
+        """Run the supervisor to the end. Ctrl-C stops supervising, not the cells: their jobs are
+        recorded so `watch` can reattach."""
+        try:
+            finished = {t.key: t for t in sup.run()}
+        except KeyboardInterrupt:
+            self._record_jobs({t.key: [s.job_id for s in t.subs] for t in sup.active if t.subs}, detached=True)
+            say(f"[sds] interrupted: {len(sup.active)} cell(s) keep running, {len(sup.queue)} not submitted; "
+                f"reattach with: safedreamer-sweep watch {self.store.root}")
+            raise
+        self._record_jobs({k: sorted({str(a.get("job_id")) for a in t.rd.read_state().get("attempts", [])
+                                      if a.get("job_id")}) for k, t in finished.items()})
+        return finished
+
+    def _record_jobs(self, jobs: dict[str, list[str]], detached: bool | None = None) -> None:
+        self.manifest["jobs"] = jobs
+        if detached is not None:
+            self.manifest["detached"] = detached
+        self.store.write_sweep_manifest(self.id, self.manifest)
+
+    def job_returns(self, finished: dict[str, Tracked]) -> tuple[list[Any], str]:
+        """One JobReturn per override in order (a cell not done is FAILED with SweepIncomplete), and
+        the one-line summary of the sweep."""
+        why_not: dict[int, str] = {}
+        for c in self.cells:
+            view = observe_run(c.run_dir, stall_after=self.stall_after) if c.run_dir.spec_path.exists() else None
+            if view is None or view.phase != "done":
+                tf = finished.get(c.spec.key)
+                why_not[c.index] = tf.reason if tf is not None and tf.reason else f"{c.verdict}: {c.reason}"
+        done = f"{len(self.cells) - len(why_not)}/{len(self.cells)} cells done"
+        summary = (f"sweep {self.id}: {done}" + ("; not done: " + "; ".join(
+            f"{c.label} ({why_not[c.index][:200]})" for c in self.cells if c.index in why_not) if why_not else ""))
+        out = [self.cached_return(c) if c.index not in why_not else self.job_return(c, False, SweepIncomplete(
+                   f"{c.label} is not done ({why_not[c.index][:400]}); sweep {self.id}: {done} "
+                   f"(status: safedreamer-sweep status {self.store.root})"))
+               for c in self.cells]
+        return out, summary
+
+    def report_settings(self) -> dict[str, Any] | None:
+        """What the end-of-sweep report reads from the config (report, cost, sweep, store)."""
+        return {k: v for k in ("report", "cost", "sweep", "store") if (v := self.settings(k))} or None
+
+    def run_hooks(self, sup: Supervisor) -> None:
+        all_terminal = all(t.result is not None for t in sup.finished) and not sup.active and not sup.queue
+        run_on_complete(list(self.settings("sweep").get("on_complete") or []), store=self.store, sweep_id=self.id,
+                        all_terminal=all_terminal, dry_run=False, log=say)
+
+
+def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context: Any,
+               job_overrides: Sequence[Sequence[str]]) -> Sweep:
+    """Check the launcher settings and plan every job against the store. Reads only: a PlanError (a
+    CompactHydraException: Hydra prints its message, no traceback, exit 1) leaves the store untouched."""
+    check_launcher_params(params)
+    store = Store(check_store_root(absolute_store_root(config)))
+    _ = str(config.hydra.sweep.dir)  # resolve ${now:} once so every job shares one sweep dir
+    sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    lookup = slurm_state_lookup() if backend == "slurm" and have_slurm() else None
+    stall_after = float(params.get("stall_after", 600))
+    policy = RetryPolicy(max_attempts=int(params.get("max_attempts", 3)), mem_factor=float(params.get("mem_factor", 1.5)),
+                         retry_errors=bool(params.get("retry_errors", False)))
+    cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,
+                       stall_after=stall_after, policy=policy, job_state=lookup, sweep_id=sweep_id, log=say,
+                       fast=bool(params.get("plan_fast", True)))
+    return Sweep(id=sweep_id, backend=backend, params=params, config=config, store=store, cells=cells,
+                 policy=policy, job_state=lookup)

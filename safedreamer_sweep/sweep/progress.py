@@ -1,0 +1,155 @@
+"""Live progress of a foreground sweep (`hydra.launcher.progress=rich|plain|none`): cells done /
+running / queued / failed, aggregate env steps per second, ETA and the newest failure cause.
+
+`rich` draws a live view that refreshes in place when stdout is a terminal and falls back to
+`plain` otherwise (CI logs, Slurm output files): one line when the counts change, at most one every
+`PLAIN_EVERY_S` seconds, and one every `PLAIN_QUIET_S` seconds while nothing changes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+PLAIN_EVERY_S = 5.0
+PLAIN_QUIET_S = 60.0
+
+
+def duration(seconds: float | None) -> str:
+    """3h05m, 4m10s, 12s; `-` when unknown."""
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclass
+class Snapshot:
+    """The sweep at one poll. `done`/`failed` include cells settled at plan time."""
+
+    total: int
+    done: int
+    running: int
+    queued: int
+    failed: int
+    steps_per_s: float
+    eta_s: float | None
+    failure: str | None  # "<cell>: <cause>: <evidence>" of the newest failed attempt
+    rows: list[tuple[str, str, int | None, int | None, float | None]]  # running cells: label, phase, step, total, rate
+
+    @property
+    def counts(self) -> tuple[int, int, int, int]:
+        return self.done, self.running, self.queued, self.failed
+
+    def line(self) -> str:
+        rate = f"{self.steps_per_s:,.0f} env steps/s" if self.running else "no cell running"
+        return (f"[sds] progress: {self.done}/{self.total} done, {self.running} running, {self.queued} queued, "
+                f"{self.failed} failed | {rate} | ETA {duration(self.eta_s)}"
+                + (f" | newest failure: {self.failure[:160]}" if self.failure else ""))
+
+
+def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_before: int = 0) -> Snapshot:
+    """Count the supervisor's tracked cells (`supervise.Tracked`) and estimate the rest of the sweep:
+    ETA = env steps left (running cells' remainders + queued cells x the mean cell budget) divided by
+    the running cells' summed env steps/s."""
+    done = failed = running = queued = 0
+    rate = 0.0
+    left = 0
+    budgets = [c.view.total_steps for c in cells if c.view is not None and c.view.total_steps]
+    mean_budget = sum(budgets) / len(budgets) if budgets else None
+    rows = []
+    newest: tuple[float, str] | None = None
+    for c in cells:
+        v = c.view
+        if c.failure is not None and (newest is None or c.failure[0] > newest[0]):
+            newest = (c.failure[0], f"{c.label}: {c.failure[1]}: {c.failure[2]}")
+        if c.result == "done":
+            done += 1
+        elif c.result is not None:
+            failed += 1
+        elif v is not None and v.phase in ("running", "stalled"):
+            running += 1
+            rate += v.steps_per_s or 0.0
+            if v.total_steps and v.env_step is not None:
+                left += max(0, v.total_steps - v.env_step)
+            rows.append((c.label, v.phase, v.env_step, v.total_steps, v.steps_per_s))
+        else:
+            queued += 1
+            left += int(mean_budget or 0)
+    eta = left / rate if rate > 0 and (mean_budget or not queued) else None
+    return Snapshot(total=total, done=done + done_before, running=running, queued=queued,
+                    failed=failed + failed_before, steps_per_s=rate, eta_s=eta,
+                    failure=newest[1] if newest else None, rows=rows)
+
+
+def render(s: Snapshot, elapsed_s: float) -> Any:
+    """The rich live view: one summary line, then the running cells."""
+    from rich.table import Table
+
+    table = Table(title=(f"[bold]{s.done}/{s.total} done[/]  [cyan]{s.running} running[/]  {s.queued} queued  "
+                         + (f"[red]{s.failed} failed[/]" if s.failed else "0 failed")
+                         + f"  |  {s.steps_per_s:,.0f} env steps/s  |  ETA {duration(s.eta_s)}"
+                         + f"  |  elapsed {duration(elapsed_s)}"),
+                  title_justify="left", caption=f"newest failure: {s.failure[:200]}" if s.failure else None,
+                  caption_justify="left", caption_style="red", expand=False)
+    for col in ("cell", "phase", "env step", "steps/s"):
+        table.add_column(col, justify="right" if col in ("env step", "steps/s") else "left")
+    for label, phase, step, budget, rate in s.rows[:12]:
+        table.add_row(label, phase, f"{step if step is not None else '-'}/{budget or '?'}",
+                      f"{rate:,.0f}" if rate else "-")
+    if len(s.rows) > 12:
+        table.add_row(f"... and {len(s.rows) - 12} more", "", "", "")
+    return table
+
+
+class Progress:
+    """Draws snapshots on every supervisor tick (`Supervisor.on_tick`). A context manager: the live
+    view starts on enter and is left on screen, final, on exit."""
+
+    def __init__(self, mode: str, total: int, done_before: int = 0, failed_before: int = 0, *,
+                 out: IO[str] | None = None) -> None:
+        self.out = out or sys.stdout
+        is_tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.mode = "plain" if mode == "rich" and not is_tty else mode
+        self.total, self.done_before, self.failed_before = total, done_before, failed_before
+        self.started = time.time()
+        self._live: Any = None
+        self._last_line_at = 0.0
+        self._last_counts: tuple[int, ...] | None = None
+        self._pending: Snapshot | None = None  # a change not yet printed (plain, rate-limited)
+
+    def __enter__(self) -> Progress:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        if self.mode == "rich":
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(file=self.out), refresh_per_second=2, transient=False,
+                              redirect_stdout=True, redirect_stderr=True)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        elif self._pending is not None:
+            self._print(self._pending)
+
+    def tick(self, cells: list[Any]) -> None:
+        s = snapshot(cells, total=self.total, done_before=self.done_before, failed_before=self.failed_before)
+        if self.mode == "rich" and self._live is not None:
+            self._live.update(render(s, time.time() - self.started), refresh=True)
+        elif self.mode == "plain":
+            now = time.time()
+            changed = s.counts != self._last_counts
+            if now - self._last_line_at >= (PLAIN_EVERY_S if changed else PLAIN_QUIET_S):
+                self._print(s)
+            elif changed:
+                self._pending = s
+
+    def _print(self, s: Snapshot) -> None:
+        print(s.line(), file=self.out, flush=True)
+        self._last_line_at, self._last_counts, self._pending = time.time(), s.counts, None
