@@ -3,7 +3,7 @@
 Data flows one way: plan -> launch -> run -> store -> report. The sub-packages are the stages:
 
     core/       what a cell is (identity), where it lives (store): the single source of truth
-    sweep/      the launcher's stages: plan (dedupe), claim, submit, supervise, failures, observe
+    sweep/      the launcher's stages: plan (dedupe), claim, submit (local/slurm backends), supervise
     tasks/      what a cell runs: the built-in task, any external training script, progress probes
     trainer/    the built-in JAX PPO-Lagrangian trainer on Safety-Gymnasium (envs, policy, evaluation)
     report/     tables, statistics, figures and the decision report, read only from the store

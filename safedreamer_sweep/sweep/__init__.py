@@ -1,1 +1,2 @@
-"""The sweep stages, in data-flow order: plan (dedupe), claim, submit, supervise, failures, observe."""
+"""The sweep stages, in data-flow order: launch (the stages the launcher calls), plan (dedupe),
+claim, submit (backends/: local, slurm), supervise (failures, observe, progress), watch (reattach), hooks."""
