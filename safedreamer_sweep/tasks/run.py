@@ -1,11 +1,18 @@
 """The task of one cell: train (resuming from the newest checkpoint), evaluate ID and OOD, and
-record every step of it in the cell's run directory. Writes nowhere else."""
+record every step of it in the cell's run directory. Writes nowhere else.
+
+Each attempt of the built-in trainer records its `timeline` in state.json (process start, imports,
+JAX compiles, env construction, training, evaluation, checkpoints; wall and CPU seconds), the
+split bench/sweep_efficiency.py reports."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -21,6 +28,7 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
+    timeline = Timeline.start()
     spec, rd = cell_run_dir(cfg, spec)
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
@@ -32,20 +40,26 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         platform = cfg.get("trainer", {}).get("platform")
         if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
             os.environ.setdefault("JAX_PLATFORMS", str(platform))
-        from safedreamer_sweep.trainer.evaluate import evaluate
-        from safedreamer_sweep.trainer.ppo_lag import train
+        with timeline.phase("imports"):
+            from safedreamer_sweep.trainer.evaluate import evaluate
+            from safedreamer_sweep.trainer.ppo_lag import train
+        rd = TimedRunDir(rd.path)
+        timeline.watch_builtin_trainer()
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
     ckpts = rd.checkpoints()
     attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0)
     try:
         _inject_fault(attempt)
         if not rd.trained:
-            final_step = train(cfg, rd)
+            with timeline.phase("train"):
+                final_step = train(cfg, rd)
             rd.update_state(lambda s: s.update(trained=True, trained_steps=int(final_step)))
         for kind in EVAL_KINDS:
             if rd.read_eval(kind) is None:
                 rd.set_phase(f"eval-{kind}")
-                rd.write_eval(kind, evaluate(cfg, rd, kind))
+                with timeline.phase("final_eval"):
+                    result = evaluate(cfg, rd, kind)
+                rd.write_eval(kind, result)
     except (KeyboardInterrupt, SystemExit) as e:
         # The launcher's requeue handler (submit.CellTask.checkpoint) says why it stops the cell.
         cause = os.environ.get("SDS_INTERRUPT_CAUSE", "interrupted")
@@ -56,12 +70,137 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     except BaseException as e:
         tail = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
         rd.end_attempt("failed", cause="error", evidence=f"{type(e).__name__}: {e}", traceback_tail=tail,
-                       end_step=_env_step(rd))
+                       end_step=_env_step(rd), timeline=timeline.document())
         rd.set_phase("failed")
         raise
-    rd.end_attempt("done", end_step=_env_step(rd))
+    rd.end_attempt("done", end_step=_env_step(rd), timeline=timeline.document())
     rd.set_phase("done")
     return cell_result(spec, rd)
+
+
+# ----------------------------------------------------------------------------- the cell's timeline
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_JAX = {"compile_s": 0.0, "compiles": 0, "cache_hits": 0, "cache_misses": 0}
+_JAX_WATCHED = False
+
+
+def _watch_jax() -> None:
+    """Sum JAX's own compile-time events (tracing, lowering, XLA compile or cache load) in _JAX."""
+    global _JAX_WATCHED
+    if _JAX_WATCHED:
+        return
+    import jax.monitoring
+
+    def on_duration(event: str, duration_secs: float, **_: str | int) -> None:
+        if event in _COMPILE_EVENTS:
+            _JAX["compile_s"] += duration_secs
+            _JAX["compiles"] += event == _COMPILE_EVENTS[-1]
+
+    def on_event(event: str, **_: str | int) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            _JAX["cache_hits"] += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            _JAX["cache_misses"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+    _JAX_WATCHED = True
+
+
+_CHECKPOINT = {"s": 0.0, "cpu_s": 0.0, "n": 0}
+
+
+@dataclass(frozen=True)
+class TimedRunDir(RunDir):
+    """The cell's RunDir, with the wall and CPU seconds of its checkpoint writes counted."""
+
+    def save_checkpoint(self, env_step: int, payload: Any, keep: int = 3) -> Path:
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            return super().save_checkpoint(env_step, payload, keep)
+        finally:
+            _CHECKPOINT["s"] += time.perf_counter() - w
+            _CHECKPOINT["cpu_s"] += time.process_time() - c
+            _CHECKPOINT["n"] += 1
+
+
+class Timeline:
+    """Where one attempt's wall and CPU time went, as counters read at phase boundaries: the
+    process start (creation to run_cell), imports, the training call split into JAX compiles, env
+    construction, periodic evaluation, checkpoint writes and the rest (training proper), and the
+    final evaluation. Counters, not a profiler: nothing is slower for being measured."""
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {"process_created": _process_created(), "task_entered": time.time(),
+                                    "process_start_cpu_s": time.process_time()}
+        self._builtin = False
+
+    @classmethod
+    def start(cls) -> Timeline:
+        return cls()
+
+    def watch_builtin_trainer(self) -> None:
+        _watch_jax()
+        self._builtin = True
+
+    def _counters(self) -> dict[str, float]:
+        out = {"wall": time.perf_counter(), "cpu": time.process_time(), **{f"ck_{k}": v for k, v in _CHECKPOINT.items()},
+               **{f"jax_{k}": float(v) for k, v in _JAX.items()}}
+        if self._builtin:
+            from safedreamer_sweep.trainer.envs import CLOCK
+
+            out.update({f"env_{k}": float(v) for k, v in CLOCK.snapshot().items() if v is not None})
+        return out
+
+    def phase(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+    def add(self, name: str, before: dict[str, float], after: dict[str, float]) -> None:
+        d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+        acc = self.doc.setdefault(name, {})
+        for key, value in (("wall_s", d["wall"]), ("cpu_s", d["cpu"]), ("compile_s", d["jax_compile_s"]),
+                           ("compiles", d["jax_compiles"]), ("cache_hits", d["jax_cache_hits"]),
+                           ("cache_misses", d["jax_cache_misses"]), ("checkpoint_s", d["ck_s"]),
+                           ("checkpoint_cpu_s", d["ck_cpu_s"]), ("checkpoints", d["ck_n"]),
+                           ("env_construct_s", d.get("env_construct_s", 0.0)),
+                           ("env_construct_cpu_s", d.get("env_construct_cpu_s", 0.0)),
+                           ("eval_env_steps", d.get("env_single_steps", 0.0)),
+                           ("eval_env_s", d.get("env_single_s", 0.0)),
+                           ("eval_env_cpu_s", d.get("env_single_cpu_s", 0.0))):
+            acc[key] = round(acc.get(key, 0.0) + value, 6)
+        acc.setdefault("started", time.time() - d["wall"])
+        acc["ended"] = time.time()
+
+    def document(self) -> dict[str, Any]:
+        if self._builtin:
+            from safedreamer_sweep.trainer.envs import CLOCK
+
+            self.doc["first_env_step"] = CLOCK.first_vector_step_at
+        self.doc["process_cpu_s"] = time.process_time()
+        return self.doc
+
+
+class _Phase:
+    def __init__(self, timeline: Timeline, name: str) -> None:
+        self.timeline, self.name = timeline, name
+
+    def __enter__(self) -> None:
+        self.before = self.timeline._counters()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timeline.add(self.name, self.before, self.timeline._counters())
+
+
+def _process_created() -> float | None:
+    """Epoch time this process was created (psutil; None where it cannot tell)."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 (a missing figure, never a failed cell)
+        return None
 
 
 def _env_step(rd: RunDir) -> int | None:

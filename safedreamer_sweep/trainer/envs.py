@@ -13,6 +13,9 @@ into a 3259x3259x6 RGB texture (190 MB) every time: ~1.1 s per reset for 1,000-s
 
 The switch is per env: the hook in `safety_gymnasium.world` only acts while an env wrapped in
 `FastReset` is resetting, so any other env in the same process behaves exactly as stock.
+
+`CLOCK` counts, per process, what building envs and stepping evaluation envs cost (wall and CPU
+seconds, env steps): the cell's timeline (tasks/run.py) splits its wall time with it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import contextvars
 import copy
 import os
+import time
 import types
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium
@@ -89,8 +94,54 @@ class FastReset(gymnasium.Wrapper):
             _FAST.reset(token)
 
 
+@dataclass
+class EnvClock:
+    """What this process spent on envs outside training rollouts: building them (`make_env`, the
+    safety_gymnasium import and VectorEnv's explicit resets included) and stepping/resetting envs
+    made one at a time (the
+    evaluation envs; VectorEnv's training envs are not counted). Wall and CPU seconds."""
+
+    construct_s: float = 0.0
+    construct_cpu_s: float = 0.0
+    single_steps: int = 0
+    single_s: float = 0.0
+    single_cpu_s: float = 0.0
+    first_vector_step_at: float | None = None  # epoch time of the first training env step
+
+    def snapshot(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CLOCK = EnvClock()
+
+
+class _Clocked(gymnasium.Wrapper):
+    """Adds the wall and CPU time of every step and reset of one evaluation env to CLOCK (two clock
+    reads a call, ~1 us against ~500 us for a step)."""
+
+    def step(self, action: Any):
+        w, c = time.perf_counter(), time.process_time()
+        out = self.env.step(action)
+        CLOCK.single_s += time.perf_counter() - w
+        CLOCK.single_cpu_s += time.process_time() - c
+        CLOCK.single_steps += 1
+        return out
+
+    def reset(self, **kwargs: Any):
+        w, c = time.perf_counter(), time.process_time()
+        out = self.env.reset(**kwargs)
+        CLOCK.single_s += time.perf_counter() - w
+        CLOCK.single_cpu_s += time.process_time() - c
+        return out
+
+
 def make_env(env_id: str, fast_reset: bool = True, **kwargs: Any) -> gymnasium.Env:
     """One Safety-Gymnasium env whose step returns (obs, reward, cost, terminated, truncated, info)."""
+    return _Clocked(_make_env(env_id, fast_reset, **kwargs))
+
+
+def _make_env(env_id: str, fast_reset: bool = True, **kwargs: Any) -> gymnasium.Env:
+    w, c = time.perf_counter(), time.process_time()
     import safety_gymnasium
 
     try:
@@ -100,6 +151,9 @@ def make_env(env_id: str, fast_reset: bool = True, **kwargs: Any) -> gymnasium.E
             f"env id {env_id!r} could not be made by safety_gymnasium 1.0.0 ({type(e).__name__}: {e}). "
             f"Fix: use a registered id such as SafetyPointGoal1-v0 (env.id / eval.id_env / eval.ood_env)."
         ) from e
+    finally:
+        CLOCK.construct_s += time.perf_counter() - w
+        CLOCK.construct_cpu_s += time.process_time() - c
     return FastReset(env) if fast_reset and kwargs.get("render_mode") is None else env
 
 
@@ -111,7 +165,7 @@ class VectorEnv:
     (return, cost, length) of every finished episode until `pop_episodes` is called."""
 
     def __init__(self, env_id: str, num_envs: int, fast_reset: bool = True):
-        self.envs = [make_env(env_id, fast_reset=fast_reset) for _ in range(num_envs)]
+        self.envs = [_make_env(env_id, fast_reset=fast_reset) for _ in range(num_envs)]
         self.num_envs = num_envs
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
@@ -122,12 +176,18 @@ class VectorEnv:
 
     def reset(self, seeds: Sequence[int]) -> np.ndarray:
         """Reset every env with its own seed; later auto-resets continue each env's own RNG stream."""
+        w, c = time.perf_counter(), time.process_time()
         self._ret[:] = 0.0
         self._cost[:] = 0.0
         self._len[:] = 0
-        return np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)]).astype(np.float32)
+        obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)]).astype(np.float32)
+        CLOCK.construct_s += time.perf_counter() - w  # the first reset builds the MuJoCo world
+        CLOCK.construct_cpu_s += time.process_time() - c
+        return obs
 
     def step(self, actions: np.ndarray):
+        if CLOCK.first_vector_step_at is None:
+            CLOCK.first_vector_step_at = time.time()
         obs, rew, cost = [], np.zeros(self.num_envs), np.zeros(self.num_envs)
         term = np.zeros(self.num_envs, dtype=bool)
         trunc = np.zeros(self.num_envs, dtype=bool)

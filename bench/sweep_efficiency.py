@@ -1,0 +1,293 @@
+"""Whole-sweep efficiency: where a real local sweep's wall time goes, per cell and in total, against
+the raw env stepping rate of the same cores measured in the same run (issue 15).
+
+    .venv/bin/python bench/sweep_efficiency.py [--budgets short,demo] [--raw-seconds 10] [--json F]
+
+The machine may be shared, so every ratio is taken within one run: the raw rate is measured
+before, between and after the sweeps (interleaved), and each sweep is compared with the mean of
+the raw measurements on either side of it. Every figure is printed with the load average.
+
+1. Raw rate: `cores` processes at once, each stepping SafetyPointGoal1-v0 x2 (the training env:
+   fast_reset, auto-reset, VectorEnv) with uniform random actions; env steps per second of wall
+   time and per CPU-second, per process. No learning, no IO: the ceiling of a core.
+2. Each sweep: `python -m safedreamer_sweep -m config=<4 configs> seed=0,1` (the demo matrix, 8
+   cells) on the local launcher with max_parallel = cores and the launcher's default poll; a fresh
+   store (its JAX compilation cache starts empty). Budgets: `short` = 2,048 training steps and one
+   ID + one OOD episode a cell; `demo` = conf/sweep.yaml's demo budget (total_steps, eval.episodes).
+3. The split of each cell's wall time (submitted -> attempt ended), from state.json: the attempt's
+   timestamps and the `timeline` tasks/run.py records (process start = submitted -> run_cell
+   entered, imports, JAX compiles, env construction, training, evaluation, checkpoints, other), and
+   of the sweep's: launch (Hydra start-up + planning, to the first submission), slot refill gaps
+   (a cell ended -> the next cell submitted on its slot), the tail (last cell ended -> launcher
+   exit: supervisor notices, report, hooks) and the report rebuilt alone on the same store.
+4. Figures against the goals of issue 15:
+   - efficiency = env steps done (training + evaluation) / (wall x cores x raw rate per core):
+     >= 0.6 on 2,048-step cells, >= 0.8 on the demo budget;
+   - per-cell fixed cost = submitted -> first training env step, plus evaluation time beyond its
+     env steps at the raw rate: <= 3 s;
+   - CPU-time efficiency of training alone = (trained steps / CPU-s of training proper) / raw env
+     steps per CPU-s: >= 0.9 (training proper = the training call minus compiles, env
+     construction, periodic evaluation and checkpoints; compile CPU taken as its wall time);
+   - a freed slot refilled within 0.5 s; the end-of-sweep report in <= 2 s.
+Prints MET / NOT MET against each goal; never asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONFIGS = "v2_baseline,v2_u_only,v2_cert_only,v2_full"
+GOALS = {"fixed_cost_s": 3.0, "refill_s": 0.5, "report_s": 2.0, "eff_short": 0.6, "eff_demo": 0.8, "train_cpu_eff": 0.9}
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ----------------------------------------------------------------------------- raw rate
+
+
+def _raw_worker(num_envs: int, seconds: float, seed: int, q: Any) -> None:
+    import numpy as np
+
+    from safedreamer_sweep.trainer.envs import make_vector_env
+
+    venv = make_vector_env("SafetyPointGoal1-v0", num_envs, fast_reset=True)
+    venv.reset([seed * 100 + i for i in range(num_envs)])
+    rng = np.random.default_rng(seed)
+    shape = (num_envs, *venv.single_action_space.shape)
+    steps, w0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - w0 < seconds:
+        venv.step(rng.uniform(-1, 1, size=shape).astype(np.float32))
+        steps += num_envs
+    q.put((steps, time.perf_counter() - w0, time.process_time() - c0))
+    venv.close()
+
+
+def raw_rate(cores: int, num_envs: int, seconds: float) -> dict[str, float]:
+    """Env steps per second of wall (per core: the mean over `cores` processes run at once) and per
+    CPU-second."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=_raw_worker, args=(num_envs, seconds, i, q)) for i in range(cores)]
+    for p in ps:
+        p.start()
+    out = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    steps = sum(o[0] for o in out)
+    return {"per_core": statistics.mean(o[0] / o[1] for o in out), "per_cpu_s": steps / sum(o[2] for o in out),
+            "load": os.getloadavg()[0]}
+
+
+# ----------------------------------------------------------------------------- one sweep
+
+
+def run_sweep(work: Path, name: str, cores: int, overrides: list[str]) -> dict[str, Any]:
+    store = work / f"store_{name}"
+    env = dict(os.environ)
+    # A fresh cache for this sweep, where tasks/run.py keeps it (in the store): the first cell of each
+    # shape compiles, the others may load. Older code read the same variable.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(store / "cache" / "jax")
+    argv = [sys.executable, "-m", "safedreamer_sweep", "-m", f"config={CONFIGS}", "seed=0,1", f"store.root={store}",
+            "hydra/launcher=sds_local", f"hydra.launcher.max_parallel={cores}",
+            f"hydra.sweep.dir={work / ('multirun_' + name)}", *overrides]
+    load_before = os.getloadavg()[0]
+    t0 = time.time()
+    p = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    t_exit = time.time()
+    if p.returncode != 0:
+        print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
+    from safedreamer_sweep.core.store import Store
+    from safedreamer_sweep.report import build_report
+
+    runs = list(Store(store).iter_runs())
+    w = time.perf_counter()
+    build_report(store, out=work / f"report_{name}")
+    report_alone = time.perf_counter() - w
+    cells = []
+    for rd in runs:
+        state = rd.read_state()
+        att = [a for a in state.get("attempts", []) if a.get("outcome") == "done"]
+        if not att:
+            continue
+        cells.append({"config": rd.path.parts[-3], "seed": rd.path.parts[-2], "trained": int(state.get("trained_steps") or 0),
+                      **att[-1]})
+    return {"name": name, "t0": t0, "t_exit": t_exit, "wall": t_exit - t0, "exit": p.returncode, "cells": cells,
+            "expected": 8, "report_alone_s": report_alone, "load": (load_before + os.getloadavg()[0]) / 2,
+            "stdout_tail": p.stdout[-1500:]}
+
+
+def split_cell(c: dict[str, Any], raw_core: float) -> dict[str, float]:
+    """The wall time of one cell (submitted -> attempt ended) by part, and its env steps."""
+    tl = c.get("timeline") or {}
+    tr, fe, im = tl.get("train", {}), tl.get("final_eval", {}), tl.get("imports", {})
+    sub, end = float(c["submitted_at"]), float(c["ended_at"])
+    parts = {
+        "process start": float(tl["task_entered"]) - sub,
+        "imports": im.get("wall_s", 0.0),
+        "compile": tr.get("compile_s", 0.0) + fe.get("compile_s", 0.0),
+        "env construction": tr.get("env_construct_s", 0.0) + fe.get("env_construct_s", 0.0),
+        "training": tr.get("wall_s", 0.0) - tr.get("compile_s", 0.0) - tr.get("env_construct_s", 0.0)
+        - tr.get("eval_env_s", 0.0) - tr.get("checkpoint_s", 0.0),
+        "evaluation": tr.get("eval_env_s", 0.0) + fe.get("wall_s", 0.0) - fe.get("env_construct_s", 0.0)
+        - fe.get("compile_s", 0.0),
+        "checkpoints": tr.get("checkpoint_s", 0.0),
+    }
+    wall = end - sub
+    parts["other"] = wall - sum(parts.values())
+    eval_steps = int(tr.get("eval_env_steps", 0) + fe.get("eval_env_steps", 0))
+    first = tl.get("first_env_step")
+    start_to_first = (float(first) - sub) if first else float("nan")
+    eval_overhead = parts["evaluation"] - eval_steps / raw_core
+    train_cpu = tr.get("cpu_s", 0.0) - tr.get("compile_s", 0.0) - tr.get("env_construct_cpu_s", 0.0) \
+        - tr.get("eval_env_cpu_s", 0.0) - tr.get("checkpoint_cpu_s", 0.0)
+    return {**parts, "wall": wall, "train_steps": c["trained"], "eval_steps": eval_steps,
+            "start_to_first_step": start_to_first, "eval_overhead": eval_overhead,
+            "fixed_cost": start_to_first + eval_overhead,
+            "overhead_all": wall - (c["trained"] + eval_steps) / raw_core,
+            "train_cpu_s": train_cpu, "train_proper_s": parts["training"],
+            "compiles": tr.get("compiles", 0), "cache_hits": tr.get("cache_hits", 0),
+            "cache_misses": tr.get("cache_misses", 0)}
+
+
+def slot_gaps(sweep: dict[str, Any], cores: int) -> tuple[float, list[float]]:
+    """(launch: sweep start -> first submission, refill gaps: a slot's cell ended -> its next cell
+    submitted). Slots are assigned greedily in submission order, as the launcher fills them."""
+    cells = sorted(sweep["cells"], key=lambda c: c["submitted_at"])
+    free = [sweep["t0"]] * cores
+    gaps = []
+    for i, c in enumerate(cells):
+        free.sort()
+        slot_free = free.pop(0)
+        if i >= cores:
+            gaps.append(float(c["submitted_at"]) - slot_free)
+        free.append(float(c["ended_at"]))
+    launch = float(cells[0]["submitted_at"]) - sweep["t0"] if cells else float("nan")
+    return launch, gaps
+
+
+PARTS = ["process start", "imports", "compile", "env construction", "training", "evaluation", "checkpoints", "other"]
+
+
+def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> dict[str, Any]:
+    raw_core, raw_cpu = raw["per_core"], raw["per_cpu_s"]
+    rows = [(c, split_cell(c, raw_core)) for c in sorted(sweep["cells"], key=lambda c: c["submitted_at"])]
+    launch, gaps = slot_gaps(sweep, cores)
+    last_end = max((float(c["ended_at"]) for c, _ in rows), default=sweep["t0"])
+    tail = sweep["t_exit"] - last_end
+    steps = sum(s["train_steps"] + s["eval_steps"] for _, s in rows)
+    eff = steps / (sweep["wall"] * cores * raw_core)
+    train_steps = sum(s["train_steps"] for _, s in rows)
+    train_cpu = sum(s["train_cpu_s"] for _, s in rows)
+    cpu_eff = (train_steps / train_cpu) / raw_cpu if train_cpu > 0 else float("nan")
+    wall_eff = (train_steps / sum(s["train_proper_s"] for _, s in rows)) / raw_core if rows else float("nan")
+
+    print(f"\n== sweep `{sweep['name']}`: {len(rows)}/{sweep['expected']} cells done (exit {sweep['exit']}), "
+          f"{sweep['wall']:.1f} s wall, {load()} (mean 1-min load during the sweep {sweep['load']:.2f})")
+    print(f"   raw rate for it (mean of the measurements on either side): {raw_core:,.0f} env steps/s per core, "
+          f"{raw_cpu:,.0f} per CPU-s")
+    head = "   cell               " + "".join(f"{p[:11]:>12}" for p in PARTS) + f"{'cell wall':>11}{'steps':>9}" \
+        f"{'fixed':>8}{'compiles':>10}"
+    print(head)
+    for c, s in rows:
+        label = f"{c['config'][3:]}/{c['seed'][5:]}"
+        print(f"   {label:<19}" + "".join(f"{s[p]:>12.2f}" for p in PARTS) + f"{s['wall']:>11.2f}"
+              f"{s['train_steps'] + s['eval_steps']:>9,}{s['fixed_cost']:>8.2f}"
+              f"{s['compiles']:>5.0f} ({s['cache_hits']:.0f} hit)")
+    n = max(len(rows), 1)
+    print("   mean per cell      " + "".join(f"{sum(s[p] for _, s in rows) / n:>12.2f}" for p in PARTS)
+          + f"{sum(s['wall'] for _, s in rows) / n:>11.2f}")
+    total_cell = sum(s["wall"] for _, s in rows)
+    print(f"   sweep level: launch (Hydra start-up + planning -> first submission) {launch:.2f} s; "
+          f"slot refill gaps {', '.join(f'{g:.2f}' for g in gaps)} s (sum {sum(gaps):.1f}); tail (last cell "
+          f"ended -> launcher exit: notice, report, exit) {tail:.2f} s; the report rebuilt alone {sweep['report_alone_s']:.2f} s")
+    print(f"   cell-seconds {total_cell:.1f} of {sweep['wall'] * cores:.1f} slot-seconds ({cores} slots x wall); env steps "
+          f"done {steps:,} (training {train_steps:,}, evaluation {steps - train_steps:,})")
+    fixed = [s["fixed_cost"] for _, s in rows]
+    out = {"name": sweep["name"], "wall_s": sweep["wall"], "cells_done": len(rows), "efficiency": eff,
+           "train_cpu_efficiency": cpu_eff, "train_wall_efficiency": wall_eff, "launch_s": launch, "refill_gaps_s": gaps,
+           "tail_s": tail, "report_alone_s": sweep["report_alone_s"], "fixed_cost_s": fixed,
+           "start_to_first_step_s": [s["start_to_first_step"] for _, s in rows],
+           "eval_overhead_s": [s["eval_overhead"] for _, s in rows],
+           "overhead_all_s": [s["overhead_all"] for _, s in rows], "raw": raw, "load": sweep["load"],
+           "mean_split_s": {p: sum(s[p] for _, s in rows) / n for p in PARTS},
+           "steps": steps, "train_steps": train_steps}
+    print(f"   efficiency = {steps:,} / ({sweep['wall']:.1f} s x {cores} x {raw_core:,.0f}) = {eff:.2f}")
+    print(f"   training alone: {cpu_eff:.2f} of the raw rate per CPU-s, {wall_eff:.2f} per wall-s")
+    print(f"   per-cell fixed cost (submitted -> first env step {statistics.median(out['start_to_first_step_s']):.2f} s "
+          f"median, + evaluation beyond its env steps {statistics.median(out['eval_overhead_s']):.2f} s): median "
+          f"{statistics.median(fixed):.2f} s, max {max(fixed):.2f} s; all overhead (cell wall - its env steps at the raw "
+          f"rate) median {statistics.median(out['overhead_all_s']):.2f} s")
+    return out
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budgets", default="short,demo", help="comma list of short, demo")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="raw processes and max_parallel")
+    ap.add_argument("--raw-seconds", type=float, default=10.0)
+    ap.add_argument("--demo-steps", type=int, default=None, help="override the demo budget (default: conf/sweep.yaml)")
+    ap.add_argument("--json", default=None, help="write every figure here")
+    args = ap.parse_args()
+
+    budgets = {"short": ["trainer.total_steps=2048", "eval.episodes=1"],
+               "demo": [f"trainer.total_steps={args.demo_steps}"] if args.demo_steps else []}
+    names = [b for b in args.budgets.split(",") if b]
+    print(f"{time.strftime('%H:%M:%S')} sweep efficiency on {args.cores} cores, {load()}")
+    work = Path(tempfile.mkdtemp(prefix="sds_efficiency_"))
+    results = []
+    try:
+        raws = [raw_rate(args.cores, 2, args.raw_seconds)]
+        print(f"raw: {raws[-1]['per_core']:,.0f} env steps/s per core, {raws[-1]['per_cpu_s']:,.0f} per CPU-s ({load()})")
+        sweeps = []
+        for name in names:
+            sweeps.append(run_sweep(work, name, args.cores, budgets[name]))
+            print(f"{time.strftime('%H:%M:%S')} sweep `{name}` took {sweeps[-1]['wall']:.1f} s ({load()})")
+            raws.append(raw_rate(args.cores, 2, args.raw_seconds))
+            print(f"raw: {raws[-1]['per_core']:,.0f} env steps/s per core, {raws[-1]['per_cpu_s']:,.0f} per CPU-s ({load()})")
+        for i, sw in enumerate(sweeps):
+            raw = {k: (raws[i][k] + raws[i + 1][k]) / 2 for k in ("per_core", "per_cpu_s", "load")}
+            results.append(report_sweep(sw, raw, args.cores))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n== goals of issue 15 ({load()})")
+    for r in results:
+        goal = GOALS["eff_short"] if r["name"] == "short" else GOALS["eff_demo"]
+        print(f"   [{r['name']}] whole-sweep efficiency {r['efficiency']:.2f} (goal >= {goal}): {verdict(r['efficiency'] >= goal)}")
+        print(f"   [{r['name']}] per-cell fixed cost max {max(r['fixed_cost_s']):.2f} s, median "
+              f"{statistics.median(r['fixed_cost_s']):.2f} s (goal <= {GOALS['fixed_cost_s']} s): "
+              f"{verdict(max(r['fixed_cost_s']) <= GOALS['fixed_cost_s'])}")
+        gap = max(r["refill_gaps_s"], default=float("nan"))
+        print(f"   [{r['name']}] slot refill max {gap:.2f} s (goal <= {GOALS['refill_s']} s): {verdict(gap <= GOALS['refill_s'])}")
+        rep = max(r["tail_s"], r["report_alone_s"])
+        print(f"   [{r['name']}] end of sweep: tail {r['tail_s']:.2f} s, report alone {r['report_alone_s']:.2f} s "
+              f"(goal <= {GOALS['report_s']} s): {verdict(rep <= GOALS['report_s'])}")
+        print(f"   [{r['name']}] training alone, CPU-time efficiency {r['train_cpu_efficiency']:.2f} (goal >= "
+              f"{GOALS['train_cpu_eff']}): {verdict(r['train_cpu_efficiency'] >= GOALS['train_cpu_eff'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": args.cores,
+                                               "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
