@@ -182,17 +182,23 @@ def job_spec(config_loader: Any, config: DictConfig, overrides: Sequence[str],
     the seed, the base or a key outside the identity. PlanError for a config that is not a valid
     cell (e.g. a seed that is not an integer)."""
     sweep_cfg = compose_job(config_loader, config, overrides, cwd)
-    swept = swept_keys(config) if swept is None else swept
-    base, base_key = cell_base(sweep_cfg)
     try:
-        sds = OmegaConf.to_container(sweep_cfg.sds, resolve=True) if "sds" in sweep_cfg else {}
-        excluded = (*IDENTITY_EXCLUDE, *declared_exclusions({"sds": sds}))
-        label = cell_label(base, [(k, v) for k, v in map(_override_key, task_overrides(overrides))
-                                  if k in swept and k not in ("seed", base_key) and not identity_excluded(k, excluded)])
-        spec = RunSpec.from_cfg(sweep_cfg, config_name=label, overrides=task_overrides(overrides))
+        spec = cell_spec(sweep_cfg, overrides, swept_keys(config) if swept is None else swept)
     except ValueError as e:
         raise PlanError(f"job {' '.join(overrides)}: {e}") from e
     return spec, sweep_cfg
+
+
+def cell_spec(cfg: DictConfig, overrides: Sequence[str], swept: set[str]) -> RunSpec:
+    """The RunSpec of one job's composed config: label = cell_base, then the job's overrides of
+    `swept` keys other than the seed, the base and keys outside the identity. ValueError for a
+    config that is not a valid cell (a seed that is not an integer, a bad sds.identity_exclude)."""
+    base, base_key = cell_base(cfg)
+    sds = OmegaConf.to_container(cfg.sds, resolve=True) if "sds" in cfg else {}
+    excluded = (*IDENTITY_EXCLUDE, *declared_exclusions({"sds": sds}))
+    label = cell_label(base, [(k, v) for k, v in map(_override_key, task_overrides(overrides))
+                              if k in swept and k not in ("seed", base_key) and not identity_excluded(k, excluded)])
+    return RunSpec.from_cfg(cfg, config_name=label, overrides=task_overrides(overrides))
 
 
 def validate_job(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -1,0 +1,144 @@
+"""A Hydra Callback that keeps the store's tables current under any launcher (basic,
+hydra-submitit-launcher, sds_local/sds_slurm):
+
+    hydra:
+      callbacks:
+        sds_report:
+          _target_: safedreamer_sweep.report.callback.ReportCallback
+
+Hydra skips `on_multirun_end` when a job failed, so the tables are refreshed as each job ends too:
+a sweep with a failed job still leaves current tables. Refreshing = build_report (tables, figures,
+decision report) when the store holds cells of the package's own tasks, and results.csv/.md for
+cells of any other app (report/returns.py).
+
+Under a launcher that does not record cells itself (basic, submitit), the callback records each job
+of an app in the store (spec, attempt, outcome with cause and traceback, the return value) and
+hands the app its run directory (SDS_RUN_DIR, so safedreamer_sweep.heartbeat and ${sds_run_dir:}
+work there too). The package's own tasks record themselves, and inside an sds cell the launcher
+does, so it records nothing then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from safedreamer_sweep.core.cell import RUN_DIR_ENV, register_resolver
+from safedreamer_sweep.core.store import RunDir, Store
+
+log = logging.getLogger(__name__)
+register_resolver()  # ${sds_run_dir:} under any launcher: Hydra imports this before it composes a job
+
+# What report settings build_report reads from an app's config (when it has them).
+SETTING_KEYS = ("report", "cost", "sweep", "store")
+
+
+def report_settings(cfg: DictConfig | None) -> dict | None:
+    """The report/cost/sweep/store nodes of a config as plain containers (None: none of them)."""
+    if cfg is None:
+        return None
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SETTING_KEYS if k in cfg}
+    return out or None
+
+
+def refresh(store_root: str | Path, cfg: DictConfig | None = None, say: Any = log.info) -> list[Path]:
+    """Rebuild the store's tables: build_report when it holds cells of the package's own tasks,
+    results.csv/.md for any other app's cells. Returns the directories written. Never raises: a
+    report that cannot be built is logged with the command that builds it later."""
+    from safedreamer_sweep.report.returns import write_results
+
+    store = Store(store_root)
+    written: list[Path] = []
+    try:
+        kinds = {(rd.read_spec() or {}).get("done_when", "eval") for rd in store.iter_runs()}
+        if "eval" in kinds:
+            from safedreamer_sweep.report import build_report
+
+            written.append(build_report(store.root, cfg=report_settings(cfg)))
+        out = write_results(store.root)
+        if out is not None:
+            written.append(out)
+    except Exception as e:  # noqa: BLE001 (a sweep's outcome must never hinge on its report)
+        say(f"[sds] report not refreshed ({type(e).__name__}: {e}); build it later with: "
+            f"safedreamer-sweep report {store.root}")
+    return written
+
+
+class ReportCallback(Callback):
+    """See the module docstring. `store_root` overrides where the store is (default: the app's
+    store.root, else hydra.launcher.store_root, else $SDS_STORE, else ./sds_store)."""
+
+    def __init__(self, store_root: str | None = None, refresh_on_job_end: bool = True) -> None:
+        self.store_root = store_root
+        self.refresh_on_job_end = refresh_on_job_end
+        self.swept: set[str] | None = None
+        self._recording: tuple[RunDir, str | None] | None = None
+
+    def _root(self, config: DictConfig) -> Path:
+        from safedreamer_sweep.sweep.plan import absolute_store_root
+
+        if self.store_root:
+            return absolute_store_root(OmegaConf.create({"store": {"root": self.store_root}}))
+        return absolute_store_root(config)
+
+    # --- the launching process
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from safedreamer_sweep.sweep.plan import swept_keys
+
+        self.swept = swept_keys(config)  # carried to the jobs: launchers pickle the callbacks with them
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        refresh(self._root(config), config)
+
+    # --- the job (in-process for basic, in the worker for submitit and sds)
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get(RUN_DIR_ENV):
+            return  # inside an sds cell: the launcher records it
+        from safedreamer_sweep.sweep.plan import cell_spec
+
+        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+        spec = cell_spec(config, overrides, self.swept or set())
+        if spec.done_when != "return":
+            return  # the package's own tasks record themselves
+        rd = Store(self._root(config)).run_dir(spec.config, spec.seed, spec.hash)
+        rd.ensure_spec(spec.spec_document())
+        rd.begin_attempt(launcher=str(OmegaConf.select(config, "hydra.launcher._target_", default="?")))
+        self._recording = (rd, os.environ.get(RUN_DIR_ENV))
+        os.environ[RUN_DIR_ENV] = str(rd.path)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if self._recording is not None:
+            rd, before = self._recording
+            self._recording = None
+            if before is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = before
+            record_outcome(rd, job_return)
+        if self.refresh_on_job_end:
+            refresh(self._root(config), config)
+
+
+def record_outcome(rd: RunDir, job_return: JobReturn) -> None:
+    """Close the job's attempt: the return value stored and phase done, or failed with the
+    exception as evidence and its traceback tail."""
+    value = job_return._return_value
+    if job_return.status == JobStatus.COMPLETED:
+        rd.write_result(value)
+        rd.end_attempt("done")
+        rd.set_phase("done")
+        return
+    if isinstance(value, BaseException):
+        tail = "".join(traceback.format_exception(type(value), value, value.__traceback__))[-4000:]
+        evidence = f"{type(value).__name__}: {value}"
+    else:
+        tail, evidence = "", f"job status {job_return.status.name}"
+    rd.end_attempt("failed", cause="error", evidence=evidence, traceback_tail=tail)
+    rd.set_phase("failed")
