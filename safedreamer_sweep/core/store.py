@@ -11,11 +11,16 @@
       eval/ood.json    final evaluation out-of-distribution
       result.pkl       the task function's return value (any app), handed back on a re-run
       logs/            stdout/stderr of every attempt, never overwritten
-      claim.json       which sweep / job holds the cell right now
+      claim.json       which sweep / job holds the cell right now: a lease with a generation number
 
 Every JSON document is replaced atomically (write a temp file, fsync, rename), so a kill -9 at
 any instant leaves either the old or the new version, never half of one. Read-modify-write of
 state.json and claim.json happens under a per-run file lock (`filelock`).
+
+Fencing: a RunDir opened with the lease `generation` its holder was given (the launcher's, or the
+cell's through $SDS_LEASE) checks, under the run lock, that claim.json still carries that generation
+before every write of state, progress, curves, a checkpoint or a result. A holder that lost its lease
+(taken over by another host after it stopped renewing) gets LeaseLost and its write does not land.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ EVAL_KINDS = ("id", "ood")
 
 class StoreError(Exception):
     """A store file is missing, corrupt or inconsistent. The message names the file and the fix."""
+
+
+class LeaseLost(StoreError):
+    """A write by a holder whose lease generation is no longer the run's: the write was dropped."""
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -124,6 +133,14 @@ def host() -> str:
     return socket.gethostname()
 
 
+def lease_from_env(path: Path) -> int | None:
+    """The lease generation a cell process was given for run dir `path` ($SDS_LEASE=<hash8>:<generation>,
+    set by the launcher for the cell it submits), None when it names another run or is unset."""
+    value = os.environ.get("SDS_LEASE", "")
+    name, _, gen = value.rpartition(":")
+    return int(gen) if name and name == Path(path).name and gen.isdigit() else None
+
+
 # ----------------------------------------------------------------------------- a run directory
 
 
@@ -132,6 +149,12 @@ class RunDir:
     """One run identity's directory and every read or write the rest of the code does in it."""
 
     path: Path
+    # The lease generation this writer holds (fenced writes), None for readers and unfenced tools.
+    generation: int | None = None
+
+    def fenced(self, generation: int | None) -> RunDir:
+        """The same run directory, writing only while `generation` is the run's lease."""
+        return RunDir(self.path, generation)
 
     # --- paths
     @property
@@ -186,11 +209,59 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return filelock.FileLock(str(self.path / ".lock"), timeout=timeout)
 
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """The run lock, plus the fence check when this writer holds a lease generation."""
+        with self.lock():
+            self._check_fence()
+            yield
+
+    def _check_fence(self) -> None:
+        """LeaseLost unless claim.json still carries this writer's generation (call under the lock)."""
+        if self.generation is None:
+            return
+        claim = read_json(self.claim_path) or {}
+        held = claim.get("generation")
+        if held != self.generation:
+            raise LeaseLost(
+                f"{self.path}: lease generation {self.generation} is no longer held (claim.json has generation "
+                f"{held}, sweep {claim.get('sweep_id')} on {claim.get('host')}); this write was dropped. "
+                f"Another holder runs the cell now; this process stops.")
+
+    def fs_now(self) -> float:
+        """The shared filesystem's clock: the mtime of a file created now (the file server's time on
+        NFS), so a lease's age never mixes two hosts' wall clocks."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        probe = self.path / f".clock.{host()}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            probe.touch()
+            return probe.stat().st_mtime
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                probe.unlink()
+
+    def renew_lease(self) -> bool:
+        """Renew this writer's lease (claim.json's mtime set by the filesystem): False when it is lost."""
+        if self.generation is None or not self.claim_path.exists():
+            return False
+        with self.lock():
+            try:
+                self._check_fence()
+            except LeaseLost:
+                return False
+            os.utime(self.claim_path)
+            return True
+
     def read_spec(self) -> dict | None:
         return read_json(self.spec_path)
 
     def ensure_spec(self, spec: dict) -> None:
-        """Write spec.json once. A run directory never changes identity."""
+        """Write spec.json once. A run directory never changes identity; when the code that computes
+        it changed, `spec["code_change"]` (refuse, rerun, accept) decides (identity.settle_code_change)."""
+        from safedreamer_sweep.core.identity import settle_code_change
+
+        policy = str(spec.get("code_change") or "refuse")
+        spec = {k: v for k, v in spec.items() if k != "code_change"}
         with self.lock():
             old = self.read_spec()
             if old is None:
@@ -201,6 +272,23 @@ class RunDir:
                     f"requested; a run directory never changes identity. Fix: use a clean store "
                     f"or move the directory aside."
                 )
+            else:
+                settle_code_change(self, old, spec, policy)
+
+    def supersede(self, why: str) -> Path:
+        """Move everything this run dir holds (but its lock and its claim) to superseded/<time>-<why>/
+        inside it, leaving it as new: work by other code is kept, never deleted, and never read again
+        by planning, status or the report. Returns the folder it went to (call under the run lock)."""
+        base = self.path / "superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{why}"
+        dest, n = base, 1
+        while dest.exists():
+            n += 1
+            dest = base.with_name(f"{base.name}.{n}")
+        dest.mkdir(parents=True)
+        for entry in self.path.iterdir():
+            if entry.name not in (".lock", "claim.json", "superseded"):
+                os.replace(entry, dest / entry.name)
+        return dest
 
     # --- state
     def read_state(self) -> dict:
@@ -209,7 +297,7 @@ class RunDir:
 
     def update_state(self, change: Callable[[dict], None]) -> dict:
         """Apply `change` to state.json under the run lock and replace the file atomically."""
-        with self.lock():
+        with self._write_lock():
             state = self.read_state()
             change(state)
             state["updated_at"] = now()
@@ -274,7 +362,10 @@ class RunDir:
             "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SDS_JOB_ID"),
         }
         doc.update(fields)
-        atomic_write_json(self.progress_path, doc)
+        with self._write_lock():
+            atomic_write_json(self.progress_path, doc)
+            if self.generation is not None:
+                os.utime(self.claim_path)  # a beating holder renews its lease
 
     def read_progress(self) -> dict | None:
         return read_json(self.progress_path)
@@ -283,7 +374,7 @@ class RunDir:
         """Append one JSON line (each row carries `env_step`)."""
         path = path or self.metrics_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
+        with self._write_lock(), open(path, "a") as f:
             f.write(json.dumps(row, default=_json_default) + "\n")
             f.flush()
 
@@ -296,6 +387,8 @@ class RunDir:
     def truncate_curves_after(self, env_step: int) -> None:
         """On resume from a checkpoint at `env_step`: drop curve rows past it (they will be logged
         again), so the curves have no gap and no duplicated step. Replaced atomically."""
+        with self.lock():
+            self._check_fence()
         for path in (self.metrics_path, self.eval_curve_path):
             if not path.exists():
                 continue
@@ -318,7 +411,8 @@ class RunDir:
         """Write checkpoint `env_step` atomically (pickle + sha256 trailer) and keep the newest `keep`."""
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
         path = self.checkpoints_dir / f"ckpt_{int(env_step):012d}.pkl"
-        atomic_write_bytes(path, data + hashlib.sha256(data).digest())
+        with self._write_lock():
+            atomic_write_bytes(path, data + hashlib.sha256(data).digest())
         for _, old in self.checkpoints()[:-keep] if keep > 0 else []:
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
@@ -356,7 +450,8 @@ class RunDir:
 
     # --- evaluation
     def write_eval(self, kind: str, result: dict) -> None:
-        atomic_write_json(self.eval_path(kind), result)
+        with self._write_lock():
+            atomic_write_json(self.eval_path(kind), result)
 
     def read_eval(self, kind: str) -> dict | None:
         return read_json(self.eval_path(kind))
@@ -421,9 +516,8 @@ class Store:
 
     def run_dir(self, config: str, seed: int | None, hash8: str) -> RunDir:
         """runs/<config>/seed_<seed>/<hash8>, or runs/<label>/<hash8> for an app without a seed."""
-        if seed is None:
-            return RunDir(self.runs_dir / config / hash8)
-        return RunDir(self.runs_dir / config / f"seed_{int(seed)}" / hash8)
+        path = self.runs_dir / config / hash8 if seed is None else self.runs_dir / config / f"seed_{int(seed)}" / hash8
+        return RunDir(path, lease_from_env(path))  # fenced by $SDS_LEASE when this process is that cell
 
     def find(self, config: str, seed: int | None) -> list[RunDir]:
         """Every run directory for (config, seed), whatever its identity hash."""

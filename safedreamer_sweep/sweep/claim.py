@@ -1,41 +1,72 @@
-"""Claims: which sweep holds a cell right now, so two overlapping sweeps never run it twice.
+"""Claims: which sweep holds a cell right now, as a lease with a generation number (fencing).
 
-A claim is `claim.json` in the run directory, read and written under the run's file lock. A claim
-can be taken over only when its holder is dead: the launcher pid is gone (same host), no job of it
-is alive in the scheduler, and env_step did not move for `stall_after` seconds.
+A claim is `claim.json` in the run directory, read and written under the run's file lock. Every new
+claim and every takeover bumps its `generation`; the holder writes the cell's state, progress,
+curves, checkpoints and results only through a RunDir fenced with its generation (core/store.py),
+so a holder that lost the lease cannot land a write. The holder renews the lease by touching
+claim.json (the launcher each poll for every cell it tracks, queued or running; the cell with every
+heartbeat). The lease's age is read on the filesystem's clock (claim.json's mtime against a probe
+file's), never by comparing two hosts' wall clocks.
+
+A claim is alive while: its launcher pid is alive (same host); a local job pid of it is alive (same
+host); the scheduler says a Slurm job of it is alive; or its lease was renewed within `lease_s`.
+Only a claim that is none of these can be taken over.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from safedreamer_sweep.core.store import RunDir, atomic_write_json, host, read_json
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE, JobState, pid_alive
 
+LEASE_S = 60.0  # default lease: renewed every poll (seconds) and every heartbeat, so 60 s is many renewals
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The outcome of a claim: `ok`, why, and the generation a holder writes with."""
+
+    ok: bool
+    why: str
+    generation: int | None = None
+
+
+def lease_age(claim_rd: RunDir) -> float | None:
+    """Seconds since claim.json was last written or renewed, on the store's own clock."""
+    try:
+        mtime = claim_rd.claim_path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return max(0.0, claim_rd.fs_now() - mtime)
+
 
 def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobState | None = None,
-                 now: float | None = None) -> tuple[bool, str]:
+                 now: float | None = None, lease_s: float | None = None) -> tuple[bool, str]:
     """Is the sweep named in `claim` still working on the cell? Returns (alive, evidence)."""
     t = time.time() if now is None else now
+    lease_s = LEASE_S if lease_s is None else lease_s
     if not claim or claim.get("released_at"):
         return False, "no active claim"
+    gen = f" (lease generation {claim.get('generation')})" if claim.get("generation") is not None else ""
     same_host = claim.get("host") == host()
     if same_host and pid_alive(claim.get("pid"), claim.get("pid_started_at")):
-        return True, f"launcher pid {claim['pid']} on {claim['host']} is alive"
+        return True, f"launcher pid {claim['pid']} on {claim['host']} is alive{gen}"
     jobs = [str(j) for j in (claim.get("job_ids") or ([claim["job_id"]] if claim.get("job_id") else []))]
     checked = []
     for jid in jobs:
         if claim.get("backend") == "local":
             if same_host:
                 if pid_alive(int(jid)):
-                    return True, f"local job pid {jid} is alive"
+                    return True, f"local job pid {jid} is alive{gen}"
                 checked.append(f"local job pid {jid} gone")
         elif job_state is not None:
             st = job_state(jid)
             if st and st.split()[0] in SLURM_ALIVE:
-                return True, f"job {jid} is {st}"
+                return True, f"job {jid} is {st}{gen}"  # the scheduler's word, whatever the lease says
             if st:
                 checked.append(f"job {jid} {st}")
     if same_host and jobs and len(checked) == len(jobs):
@@ -48,29 +79,41 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
         # the last breath of a crashed holder, not a sign of life.
         return False, (f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} and training "
                        f"pid {prog['pid']} on {host()} are dead")
-    moved = prog.get("env_step_moved_at")
-    if moved and t - moved <= stall_after:
-        return True, f"env_step {prog.get('env_step')} moved {t - moved:.0f}s ago (pid {prog.get('pid')} on {prog.get('host')})"
-    if claim.get("claimed_at") and t - claim["claimed_at"] <= stall_after and claim.get("host") != host():
-        return True, f"claimed {t - claim['claimed_at']:.0f}s ago from another host"
-    return False, f"holder {claim.get('sweep_id')} (pid {claim.get('pid')} on {claim.get('host')}) is gone"
+    if same_host and prog.get("host") == host():
+        moved = prog.get("env_step_moved_at")  # written by this host's clock: comparable here
+        if moved and t - moved <= stall_after:
+            return True, f"env_step {prog.get('env_step')} moved {t - moved:.0f}s ago (pid {prog.get('pid')} on {prog.get('host')})"
+    if same_host and claim.get("backend") == "local":
+        # Every process that could renew the lease would be on this host, and none is alive.
+        return False, (f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} on {host()} is dead "
+                       f"and no job or training process of it is alive")
+    age = lease_age(rd)
+    if age is not None and age <= lease_s:
+        return True, (f"lease of sweep {claim.get('sweep_id')} on {claim.get('host')}{gen} renewed {age:.0f}s ago "
+                      f"(lease_s={lease_s:.0f}, store clock)")
+    what = f"lease not renewed for {age:.0f}s > lease_s={lease_s:.0f}" if age is not None else "no lease"
+    return False, f"holder {claim.get('sweep_id')} (pid {claim.get('pid')} on {claim.get('host')}{gen}) is gone: {what}"
 
 
-def try_claim(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
-              job_state: JobState | None = None) -> tuple[bool, str]:
-    """Claim the cell for `sweep_id`. Returns (claimed, why). Re-claiming our own claim succeeds."""
+def try_lease(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
+              job_state: JobState | None = None, lease_s: float | None = None) -> Lease:
+    """Claim the cell for `sweep_id`: a new generation unless we hold it already (re-claiming our own
+    keeps it). A live holder's claim is refused with its evidence."""
     with rd.lock():
         old = read_json(rd.claim_path) or {}
+        took: dict[str, Any] = {}
         if old and not old.get("released_at") and old.get("sweep_id") != sweep_id:
-            alive, why = holder_alive(old, rd, stall_after=stall_after, job_state=job_state)
+            alive, why = holder_alive(old, rd, stall_after=stall_after, job_state=job_state, lease_s=lease_s)
             if alive:
-                return False, f"held by sweep {old.get('sweep_id')}: {why}"
-            took = {"took_over_from": old.get("sweep_id"), "took_over_because": why}
-        else:
-            took = {}
+                return Lease(False, f"held by sweep {old.get('sweep_id')}: {why}")
+            took = {"took_over_from": old.get("sweep_id"), "took_over_because": why,
+                    "took_over_generation": old.get("generation")}
+        ours = old.get("sweep_id") == sweep_id and not old.get("released_at") and old.get("host") == host()
+        generation = int(old.get("generation") or 0) + (0 if ours and old.get("generation") else 1)
         doc: dict[str, Any] = {"sweep_id": sweep_id, "host": host(), "pid": os.getpid(),
-                               "pid_started_at": time.time(), "backend": backend,
-                               "claimed_at": time.time(), "job_ids": [], **took}
+                               "pid_started_at": time.time(), "backend": backend, "generation": generation,
+                               "lease_s": LEASE_S if lease_s is None else lease_s,
+                               "claimed_at": time.time(), "job_ids": old.get("job_ids", []) if ours else [], **took}
         try:
             import psutil
 
@@ -78,7 +121,30 @@ def try_claim(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
         except (ImportError, OSError):  # keep the wall-clock start time
             doc["pid_started_at"] = time.time()
         atomic_write_json(rd.claim_path, doc)
-        return True, (f"took over: {took['took_over_because']}" if took else "claimed")
+        why = f"took over: {took['took_over_because']}" if took else "claimed"
+        return Lease(True, why, generation)
+
+
+def try_claim(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
+              job_state: JobState | None = None, lease_s: float | None = None) -> tuple[bool, str]:
+    """try_lease as (claimed, why)."""
+    got = try_lease(rd, sweep_id, backend=backend, stall_after=stall_after, job_state=job_state, lease_s=lease_s)
+    return got.ok, got.why
+
+
+def still_held(rd: RunDir, sweep_id: str, generation: int | None) -> tuple[bool, str]:
+    """Does `sweep_id` still hold the lease at `generation`? Checked before submitting a queued cell."""
+    doc = read_json(rd.claim_path) or {}
+    if doc.get("sweep_id") == sweep_id and doc.get("generation") == generation and not doc.get("released_at"):
+        return True, f"lease generation {generation} held"
+    return False, (f"lease generation {generation} of sweep {sweep_id} was taken over: claim.json holds generation "
+                   f"{doc.get('generation')} of sweep {doc.get('sweep_id')} on {doc.get('host')}"
+                   + (f" ({doc.get('took_over_because')})" if doc.get("took_over_because") else ""))
+
+
+def renew(rd: RunDir, sweep_id: str, generation: int | None) -> bool:
+    """Renew our lease (touch claim.json under the lock); False when it was taken over."""
+    return rd.fenced(generation).renew_lease() if generation is not None else False
 
 
 def add_jobs(rd: RunDir, sweep_id: str, job_ids: list[str]) -> None:
@@ -97,7 +163,8 @@ def release(rd: RunDir, sweep_id: str, outcome: str) -> None:
     """Mark our claim released (the file stays as a record of who ran the cell last)."""
     with rd.lock():
         doc = read_json(rd.claim_path) or {}
-        if doc.get("sweep_id") == sweep_id and not doc.get("released_at"):
+        if doc.get("sweep_id") == sweep_id and not doc.get("released_at") and (
+                rd.generation is None or doc.get("generation") == rd.generation):
             doc.update(released_at=time.time(), outcome=outcome)
             atomic_write_json(rd.claim_path, doc)
 

@@ -4,7 +4,12 @@ Verdicts: done (skip, return the cached result), eval-only (trained, an evaluati
 resume (a checkpoint exists), retry (failed, attempts left, cause retryable), running-elsewhere
 (another live sweep or job holds it), new, conflict (same config+seed, different resolved-config
 hash: refused, naming the differing keys, unless sweep.new_variant=true), failed (attempts used up
-or a non-retryable error; shown, not run).
+or a non-retryable error; shown, not run). A cell whose work was computed by other code (its
+spec.json code fingerprint differs from this code's) gets sweep.code_change's verdict:
+code-changed (refuse, the default: the plan is refused naming the cells and both fingerprints),
+rerun (trained again from scratch; the old work is moved to superseded/ in its run dir), or, with
+accept, its own verdict with the change named (recorded in spec.json when it runs, and in the
+sweep manifest; the report's first warning lists which cells came from which code).
 
 Any Hydra app can be planned: a cell's label is the `config` choice (the built-in app) or the app's
 job name, followed by the overrides the sweep itself varies, so keys swept on the command line, in
@@ -16,9 +21,10 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +32,18 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safedreamer_sweep.core.identity import (
+    CODE_CHANGE,
     IDENTITY_EXCLUDE,
     RunSpec,
+    absolute_code_globs,
     cell_label,
     config_choice,
     config_hash,
     declared_exclusions,
+    describe_code,
     diff_keys,
     identity_excluded,
+    recorded_fingerprint,
     resolved_without_hydra,
 )
 from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
@@ -41,8 +51,9 @@ from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RESUMABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import JobState, observe_run
 
-VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "conflict", "failed")
-RUNNABLE = {"eval-only", "resume", "retry", "new"}
+VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "rerun", "conflict", "code-changed",
+            "failed")
+RUNNABLE = {"eval-only", "resume", "retry", "new", "rerun"}
 
 
 class PlanError(CompactHydraException):
@@ -65,6 +76,7 @@ class PlannedCell:
     composed: DictConfig | None = field(default=None, repr=False)
     settings: DictConfig | None = field(default=None, repr=False)  # the sweep/store/cost settings of this job
     composer: Callable[[], DictConfig] | None = field(default=None, repr=False, compare=False)
+    code_note: dict | None = None  # work by other code: {"recorded": ..., "now": ..., "code_change": ...}
 
     @property
     def label(self) -> str:
@@ -116,6 +128,12 @@ def check_store_root(root: Path) -> Path:
         what = "is a file" if p == root else f"sits under {p}, which is a file"
         raise PlanError(f"store.root={root} is not a directory: it {what}. Fix: point store.root at a directory "
                         f"(it is created if missing), e.g. store.root={root.parent if p == root else p.parent}/store")
+    try:  # a real probe (root ignores permission bits; a read-only mount refuses everyone)
+        os.rmdir(tempfile.mkdtemp(prefix=".sds-writable-", dir=p))
+    except OSError as e:
+        raise PlanError(f"store.root={root} is not writable: {p} refuses new files ({e.strerror}). Fix: point "
+                        f"store.root at a directory you can write (e.g. store.root=$HOME/sds-store), or fix the "
+                        f"permissions or the mount of {p}") from None
     return root
 
 
@@ -126,6 +144,9 @@ def compose_job(config_loader: Any, config: DictConfig, overrides: Sequence[str]
     if OmegaConf.select(sweep_cfg, "store.root", default=None) is not None:
         with open_dict(sweep_cfg):
             sweep_cfg.store.root = str(absolute_store_root(sweep_cfg, cwd))
+    if OmegaConf.select(sweep_cfg, "task.kind", default=None) == "external" and sweep_cfg.task.get("code"):
+        with open_dict(sweep_cfg):  # a cell process started elsewhere hashes the same files
+            sweep_cfg.task.code = absolute_code_globs(sweep_cfg)
     return sweep_cfg
 
 
@@ -207,6 +228,12 @@ def validate_job(cfg: DictConfig, overrides: Sequence[str]) -> None:
     check (jax-free), or the external adapter's template/probe check."""
     if "task" not in cfg or "kind" not in (cfg.task or {}):  # any other app: its own code checks its config
         return
+    from safedreamer_sweep.core.schema import check_cell, check_env_ids
+
+    refused = check_cell(cfg) or check_env_ids(cfg)  # every key's declared type and range (core/schema.py)
+    if refused:
+        raise PlanError(f"job {' '.join(overrides)}: refused before anything was written:\n"
+                        + "\n".join(f"  {r}" for r in refused))
     try:
         if (cfg.get("task") or {}).get("kind", "builtin") == "external":
             from safedreamer_sweep.tasks.external import validate_task
@@ -283,10 +310,12 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
         g = groups.get(split[0]) if split else None
         if g is not None and g.fast:
             seed = split[1]  # type: ignore[index]
+            if seed < 0:  # the one key a derived job does not get checked by validate_job
+                raise PlanError(f"job {' '.join(ov)}: seed={seed} is not allowed: must be an integer >= 0. Fix: seed=0")
             rc = dict(g.spec.run_config)
             rc["seed"] = seed
             spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
-                           overrides=task_overrides(ov), done_when=g.spec.done_when)
+                           overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code)
             out.append((spec, g.cfg, None))
             continue
         spec, cfg = job_spec(config_loader, config, ov, swept=swept)
@@ -365,7 +394,43 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     return "new", "run directory without checkpoint" + phase, rd
 
 
-def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] = frozenset()) -> None:
+def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_change: str
+                 ) -> tuple[str, str, dict | None]:
+    """(verdict, reason, note) of a cell once the code that computed its work is compared with this
+    code's (spec.code): unchanged, without work or without declared code, the verdict stands;
+    otherwise `code-changed` (refuse), `rerun`, or with accept the verdict stands, the change named."""
+    now = spec.code or {}
+    if not now.get("fingerprint") or verdict in ("new", "conflict", "running-elsewhere"):
+        return verdict, reason, None  # nothing computed here yet, someone else's, or nothing to compare
+    old = rd.read_spec() or {}
+    if recorded_fingerprint(old) == now["fingerprint"]:
+        return verdict, reason, None
+    recorded = (old.get("code_accepted") or [old.get("code")])[-1]
+    note = {"recorded": recorded, "now": now, "code_change": code_change}
+    what = f"its work was computed by code {describe_code(recorded)}; this code is {describe_code(now)}"
+    if code_change == "refuse":
+        return "code-changed", what, note
+    if code_change == "rerun":
+        return "rerun", f"{what}: trained again by this code (the old work moves to superseded/)", note
+    return verdict, f"{reason}; {what}: accepted (sweep.code_change=accept)", note
+
+
+def refuse_code_changes(cells: list[PlannedCell]) -> None:
+    """PlanError naming every cell whose work other code computed, and both fingerprints."""
+    changed = [c for c in cells if c.verdict == "code-changed"]
+    if not changed:
+        return
+    lines = [f"  {c.label}: {c.reason}" for c in changed[:20]]
+    if len(changed) > 20:
+        lines.append(f"  ... and {len(changed) - 20} more")
+    raise PlanError(f"refusing to launch: {len(changed)} cell(s) hold work computed by other code "
+                    f"(sweep.code_change=refuse):\n" + "\n".join(lines) + "\nFix: sweep.code_change=rerun "
+                    "trains them again with this code (the old work is moved to superseded/ in each run dir, "
+                    "nothing is deleted); sweep.code_change=accept keeps them as they are (recorded; the report "
+                    "lists which cells came from which code); or restore the code they were computed by")
+
+
+def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] | frozenset[str] = frozenset()) -> None:
     """Call the status engineer's confound check (safedreamer_sweep/core/confounds.py) when it exists.
     With sweep.strict_confounds=true a confound stops the launch. Keys the sweep varies itself
     (`swept`, part of each cell's label) are knobs by construction."""
@@ -423,30 +488,37 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
-    per_settings: dict[int, tuple[Store, bool, bool]] = {}  # id(settings): what a verdict needs from it
+    per_settings: dict[int, tuple[Store, bool, bool, str]] = {}  # id(settings): what a verdict needs from it
     for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
         got = per_settings.get(id(settings))
         if got is None:
             sw = settings.get("sweep", {}) or {}
             st = store or Store(check_store_root(absolute_store_root(settings)))
+            code_change = str(sw.get("code_change", "refuse"))
+            if code_change not in CODE_CHANGE:
+                raise PlanError(f"sweep.code_change={code_change!r} is not one of {', '.join(CODE_CHANGE)}. Fix: "
+                                f"sweep.code_change=refuse (default), rerun or accept")
             got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
-                                                bool(sw.get("retry_failed", False)))
-        st, new_variant, retry_failed = got
+                                                bool(sw.get("retry_failed", False)), code_change)
+        st, new_variant, retry_failed, code_change = got
         try:
             v, why, rd = verdict_for(st, spec, new_variant=new_variant, stall_after=stall_after, policy=policy,
                                      job_state=job_state, sweep_id=sweep_id, retry_failed=retry_failed)
         except NotADirectoryError as e:
             raise PlanError(f"store.root={st.root}: {e.filename} is not a directory. Fix: point store.root at "
                             f"a store directory (or a new path)") from e
+        v, why, note = code_verdict(spec, rd, v, why, code_change)
         if spec.key in seen:  # the same cell twice in one sweep (e.g. seed=1,1): run it once
             v, why = "running-elsewhere", f"duplicate of job #{seen[spec.key]} in this sweep"
         seen.setdefault(spec.key, i)
+        spec = replace(spec, code_change=code_change)  # RunDir.ensure_spec applies it when the cell is claimed
         cells.append(PlannedCell(index=i, overrides=list(ov), spec=spec, run_dir=rd, verdict=v, reason=why,
-                                 composed=composed, settings=settings,
+                                 composed=composed, settings=settings, code_note=note,
                                  composer=None if composed is not None else _composer(config_loader, config, ov, spec)))
     conflicts = [c for c in cells if c.verdict == "conflict"]
     if conflicts:
         raise PlanError("refusing to launch: " + "\n".join(f"{c.label}: {c.reason}" for c in conflicts))
+    refuse_code_changes(cells)
     return cells
 
 
