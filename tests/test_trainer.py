@@ -138,6 +138,68 @@ def test_certified_step_backtracks_to_a_fraction_within_budget():
     assert 0.0 < frac < 1.0
 
 
+def test_certified_step_ignores_the_mean_of_the_cost_advantage():
+    """Shifting A_c by a constant changes nothing: the estimate uses the centred advantage, as the PPO
+    loss does (the raw one added mean(A_c) * mean(ratio - 1), unrelated to the step)."""
+    old, new, batch, ratio_minus_1 = _actor_batch()
+    for shift in (5.0, -5.0):
+        a = float(trainer.cost_surrogate(new, batch["obs"], batch["actions"], batch["logp"], ratio_minus_1))
+        b = float(trainer.cost_surrogate(new, batch["obs"], batch["actions"], batch["logp"], ratio_minus_1 + shift))
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    full = 1000 * float(trainer.cost_surrogate(new, batch["obs"], batch["actions"], batch["logp"], ratio_minus_1))
+    fracs = {trainer.certify_step(old, new, batch, ratio_minus_1 + shift, episode_cost=25.0 - 0.3 * full,
+                                  episode_length=1000, cost_limit=25.0, backtrack_steps=6, decay=0.5)[1]
+             for shift in (0.0, 3.0, -3.0)}
+    assert len(fracs) == 1 and 0.0 < fracs.pop() < 1.0
+
+
+# ----------------------------------------------------------------------------- u: targets and advantage
+
+
+def _rollout(heads: int, T: int = 16, N: int = 2, obs_dim: int = 5):
+    rng = np.random.default_rng(3)
+    p = trainer.init_params(1, obs_dim, 2, [8], heads=heads, init_log_std=-0.5)
+    p["cf"][-1] = (rng.normal(size=p["cf"][-1][0].shape).astype(np.float32), rng.normal(size=heads).astype(np.float32))
+    done = np.zeros((T, N))
+    done[7, 0] = 1.0
+    acfg = OmegaConf.create({"gamma": 0.9, "lam": 0.8, "cost_gamma": 0.95, "cost_lam": 0.7})
+    return (p, rng.normal(size=(T, N, obs_dim)), rng.normal(size=(N, obs_dim)), rng.normal(size=(T, N)),
+            rng.uniform(size=(T, N)), done, [(3, 1)], rng.normal(size=(1, obs_dim)), acfg)
+
+
+def test_cost_heads_regress_on_their_own_returns_and_only_the_advantage_is_pessimistic():
+    *args, acfg = _rollout(heads=5)
+    calm = trainer.rollout_targets(*args, acfg, kappa=0.0)
+    scared = trainer.rollout_targets(*args, acfg, kappa=3.0)
+    assert calm[3].shape == (16, 2, 5)
+    np.testing.assert_array_equal(calm[3], scared[3])  # each head's target ignores kappa: no compounding
+    assert not np.allclose(calm[2], scared[2])  # the cost advantage carries the pessimism
+    assert np.all(scared[4] > 0) and np.all(calm[4] == 0)  # risk = kappa * std over the heads
+    np.testing.assert_array_equal(calm[0], scared[0])
+    # head k's returns are the GAE returns of the cost with head k's own values
+    p, obs, last, _rew, cost, done, _final_at, final_obs = args
+    heads = trainer.mlp(p["cf"], obs.reshape(-1, 5)).reshape(16, 2, 5)
+    last_h, final_h = trainer.mlp(p["cf"], last), trainer.mlp(p["cf"], final_obs)
+    for k in range(5):
+        cost_b = cost.copy()
+        cost_b[3, 1] += 0.95 * final_h[0, k]
+        _, ret = trainer.gae(cost_b, heads[..., k], last_h[:, k], done, 0.95, 0.7)
+        np.testing.assert_allclose(calm[3][..., k], ret, rtol=1e-6)
+
+
+def test_with_one_cost_head_the_targets_are_plain_gae():
+    *args, acfg = _rollout(heads=1)
+    _, _, adv_c, ret_c, risk = trainer.rollout_targets(*args, acfg, kappa=1.0)
+    p, obs, last, _rew, cost, done, _final_at, final_obs = args
+    c = trainer.mlp(p["cf"], obs.reshape(-1, 5)).reshape(16, 2)
+    cost_b = cost.copy()
+    cost_b[3, 1] += 0.95 * trainer.mlp(p["cf"], final_obs)[0, 0]
+    adv, ret = trainer.gae(cost_b, c, trainer.mlp(p["cf"], last)[:, 0], done, 0.95, 0.7)
+    np.testing.assert_allclose(adv_c, adv, rtol=1e-6)
+    np.testing.assert_allclose(ret_c[..., 0], ret, rtol=1e-6)
+    assert np.all(risk == 0)
+
+
 # ----------------------------------------------------------------------------- config checks
 
 

@@ -7,11 +7,16 @@ rollouts act with a numpy copy of the networks (refreshed after each update) and
 for GAE in numpy too; JAX runs once per update: all epochs and minibatches in one jitted call.
 
 The two ablation knobs (conf/agent/ppo_lag.yaml documents them as implemented here):
-- `u`: the cost critic has K heads, each trained on its own bootstrap mask of the batch; the cost
-  value used for the cost advantage is mean + kappa * std over the heads (`risk_penalty` logs the
-  batch mean of kappa * std).
+- `u`: the cost critic has K heads, each trained on its own bootstrap mask of the batch to the
+  GAE returns bootstrapped from its own values (so pessimism never compounds through the targets);
+  only the cost advantage uses the pessimistic value mean + kappa * std over the heads
+  (`risk_penalty` logs the batch mean of kappa * std).
 - `cert`: after each update, the episode cost of the new policy is estimated from the cost
-  surrogate; if it would exceed the limit while increasing, the actor step is backtracked.
+  surrogate on the centred cost advantage (as in the PPO loss); if it would exceed the limit while
+  increasing, the actor step is backtracked.
+
+A metrics row holds the mean over the updates of its logging window (losses, approx_kl,
+risk_penalty, cert_step_frac; `updates` says how many), the multiplier as it stands at the row.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 import time
 from collections import deque
 from functools import partial
+from typing import Any
 
 # The PPO update takes seconds to compile; every cell of a sweep compiles the same program, so keep
 # compiled programs across processes (set JAX_COMPILATION_CACHE_DIR to move or share the cache).
@@ -140,8 +146,8 @@ def ppo_loss(params: dict, mb: dict, clip: float, ent_coef: float):
     policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv))
     entropy = jnp.sum(log_std + 0.5 * (LOG_2PI + 1.0))
     value_loss = 0.5 * jnp.mean((mlp(params["vf"], mb["obs"])[:, 0] - mb["ret"]) ** 2)
-    heads = mlp(params["cf"], mb["obs"])  # [B, K], each head on its bootstrap mask
-    cost_value_loss = 0.5 * jnp.sum(mb["mask"] * (heads - mb["cret"][:, None]) ** 2) / jnp.maximum(mb["mask"].sum(), 1.0)
+    heads = mlp(params["cf"], mb["obs"])  # [B, K], each head on its bootstrap mask, to its own returns [B, K]
+    cost_value_loss = 0.5 * jnp.sum(mb["mask"] * (heads - mb["cret"]) ** 2) / jnp.maximum(mb["mask"].sum(), 1.0)
     total = policy_loss - ent_coef * entropy + value_loss + cost_value_loss
     approx_kl = jnp.mean((ratio - 1.0) - log_ratio)
     return total, {"policy_loss": policy_loss, "value_loss": value_loss, "cost_value_loss": cost_value_loss,
@@ -182,9 +188,12 @@ def actor_logp(actor, obs, actions):
 
 
 def cost_surrogate(actor, obs, actions, logp_old, cost_adv):
-    """E_old[(ratio - 1) * A_c]: the first-order change in per-step cost advantage of moving from
-    the rollout policy to `actor` (zero at the rollout policy itself)."""
-    return jnp.mean((jnp.exp(actor_logp(actor, obs, actions) - logp_old) - 1.0) * cost_adv)
+    """E_old[(ratio - 1) * (A_c - mean A_c)]: the first-order change in per-step cost advantage of
+    moving from the rollout policy to `actor` (zero at the rollout policy itself). Centred, as the
+    PPO loss uses A_c: with the raw advantage, mean(A_c) * mean(ratio - 1) would add a term that
+    has nothing to do with the step."""
+    centred = cost_adv - jnp.mean(cost_adv)
+    return jnp.mean((jnp.exp(actor_logp(actor, obs, actions) - logp_old) - 1.0) * centred)
 
 
 @jax.jit
@@ -213,6 +222,60 @@ def certify_step(old_actor, new_actor, batch, cost_adv, episode_cost, episode_le
         if episode_cost + delta <= cost_limit or delta <= 0.0:
             return (new_actor if frac == 1.0 else interpolate(old_actor, new_actor, jnp.float32(frac))), float(frac)
     return old_actor, 0.0
+
+
+# ----------------------------------------------------------------------------- critics on a rollout
+
+
+def critic_values(p: dict, obs_n: np.ndarray, kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For normalised observations [B, obs] and numpy parameters `p`: the reward value [B], the cost
+    signals [B, K + 1] (the K cost heads, then the pessimistic cost value mean + kappa * std over
+    the heads, which is the mean when K = 1), and kappa * std [B] (the risk penalty)."""
+    v = mlp(p["vf"], obs_n)[..., 0]
+    heads = mlp(p["cf"], obs_n)
+    risk = kappa * heads.std(axis=-1) if heads.shape[-1] > 1 else np.zeros_like(v)
+    return v, np.concatenate([heads, (heads.mean(axis=-1) + risk)[..., None]], axis=-1), risk
+
+
+def rollout_targets(p: dict, obs_n: np.ndarray, last_obs_n: np.ndarray, rew: np.ndarray, cost: np.ndarray,
+                    done: np.ndarray, final_at: list[tuple[int, int]], final_obs_n: np.ndarray, acfg: Any,
+                    kappa: float) -> tuple[np.ndarray, ...]:
+    """GAE advantages and returns of a [T, N] rollout, in one pass over [reward, cost head 1..K,
+    pessimistic cost]: each cost head's returns bootstrap from that head's own values (its
+    regression target, so pessimism never compounds through the targets); only the cost advantage
+    uses the pessimistic value. A truncated step (t, i) in `final_at` adds gamma * V(its final obs,
+    row of `final_obs_n`) to its reward and cost. Returns (adv_r [T, N], ret_r [T, N], adv_c [T, N],
+    ret_c [T, N, K], risk [T * N])."""
+    T, N = rew.shape
+    v, c, risk = critic_values(p, obs_n.reshape(T * N, -1), kappa)
+    k1 = c.shape[-1]  # K + 1
+    v, c = v.reshape(T, N), c.reshape(T, N, k1)
+    last_v, last_c, _ = critic_values(p, last_obs_n, kappa)
+    rew_b, cost_b = rew.astype(np.float64), np.repeat(cost[..., None], k1, axis=-1).astype(np.float64)
+    if final_at:
+        fv, fc, _ = critic_values(p, final_obs_n, kappa)
+        for j, (t, i) in enumerate(final_at):
+            rew_b[t, i] += float(acfg.gamma) * fv[j]
+            cost_b[t, i] += float(acfg.cost_gamma) * fc[j]
+    adv, ret = gae(np.concatenate([rew_b[..., None], cost_b], -1), np.concatenate([v[..., None], c], -1),
+                   np.concatenate([last_v[..., None], last_c], -1), done[..., None],
+                   np.array([acfg.gamma] + [acfg.cost_gamma] * k1, float),
+                   np.array([acfg.lam] + [acfg.cost_lam] * k1, float))
+    return adv[..., 0], ret[..., 0], adv[..., -1], ret[..., 1:-1], risk
+
+
+class Window:
+    """The per-update statistics of one logging window; a metrics row holds their mean."""
+
+    def __init__(self, rows: list[dict] | None = None):
+        self.rows: list[dict] = list(rows or [])
+
+    def add(self, stats: dict) -> None:
+        self.rows.append(dict(stats))
+
+    def means(self) -> dict:
+        keys = self.rows[0].keys() if self.rows else ()
+        return {k: float(np.mean([r[k] for r in self.rows])) for k in keys} | {"updates": len(self.rows)}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -290,6 +353,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
         episodes = 0
         np_rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1]))
         wall_before = 0.0
+        window, window_eps = Window(), []
     else:
         env_step, ck = resumed
         if (ck.get("obs_dim"), ck.get("act_dim"), ck.get("heads")) != (obs_dim, act_dim, heads):
@@ -306,6 +370,8 @@ def train(cfg: DictConfig, run: RunDir) -> int:
         np_rng = np.random.default_rng()
         np_rng.bit_generator.state = ck["rng"]["numpy"]
         wall_before = float(ck.get("wall_time_s", 0.0))
+        # a checkpoint inside a logging window keeps the window's updates and episodes
+        window, window_eps = Window(ck.get("window_updates")), list(ck.get("window_episodes", []))
         log(f"[train] resuming {run.path} from checkpoint step {env_step}")
     run.truncate_curves_after(env_step)  # rows past the checkpoint are re-logged: no gap, no duplicate
 
@@ -316,6 +382,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             "normalizer": norm.state_dict(), "lagrange": {"multiplier": multiplier, "cost_limit": cost_limit},
             "recent_episodes": list(recent), "episodes": episodes,
             "rng": {"jax_key": np.asarray(key), "numpy": np_rng.bit_generator.state},
+            "window_updates": window.rows, "window_episodes": window_eps,
             "wall_time_s": wall_before + time.time() - t_start,
         }, keep=int(tcfg.keep_checkpoints))
 
@@ -331,7 +398,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     buf_rew, buf_cost, buf_done = (np.zeros((T, n_envs)) for _ in range(3))
     t_start = time.time()
     start_step = env_step
-    window_step, window_t, window_eps = env_step, t_start, []  # the current logging window
+    window_step, window_t = env_step, t_start  # the current logging window
     hb = Heartbeat(run, total, float(tcfg.heartbeat_every_s))
     hb.env_step = env_step
     log(f"[train] {cfg.env.id} x{n_envs}, {total} env steps, rollout {T * n_envs}, heads {heads}, "
@@ -359,21 +426,12 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             recent.extend(finished)
             window_eps.extend(finished)
 
-            # --- advantages for reward and cost (truncated episodes bootstrap from their final obs)
+            # --- advantages and returns (truncated episodes bootstrap from their final obs)
             flat = buf_obs.reshape(T * n_envs, obs_dim)
-            v, c, risk = policy.values(flat)
-            v, c = v.reshape(T, n_envs), c.reshape(T, n_envs)
-            last_v, last_c, _ = policy.values(policy.normalize(obs))
-            rew_b, cost_b = buf_rew.copy(), buf_cost.copy()
-            if finals:
-                fv, fc, _ = policy.values(policy.normalize(np.stack([f[2] for f in finals])))
-                for j, (t, i, _) in enumerate(finals):
-                    rew_b[t, i] += float(acfg.gamma) * fv[j]
-                    cost_b[t, i] += float(acfg.cost_gamma) * fc[j]
-            adv, ret = gae(np.stack([rew_b, cost_b], -1), np.stack([v, c], -1), np.stack([last_v, last_c], -1),
-                           buf_done[..., None], np.array([acfg.gamma, acfg.cost_gamma], float),
-                           np.array([acfg.lam, acfg.cost_lam], float))  # reward and cost in one pass
-            adv_r, adv_c, ret_r, ret_c = adv[..., 0], adv[..., 1], ret[..., 0], ret[..., 1]
+            final_obs = policy.normalize(np.stack([f[2] for f in finals])) if finals else np.zeros((0, obs_dim))
+            adv_r, ret_r, adv_c, ret_c, risk = rollout_targets(
+                policy.p, buf_obs, policy.normalize(obs), buf_rew, buf_cost, buf_done,
+                [(t, i) for t, i, _ in finals], final_obs, acfg, kappa)
 
             # --- Lagrange multiplier from the episode costs measured in this rollout
             if finished:
@@ -384,7 +442,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             batch = {
                 "obs": flat, "actions": buf_act.reshape(T * n_envs, act_dim),
                 "adv": ((a_r - multiplier * a_c) / (1.0 + multiplier)).reshape(-1).astype(np.float32),
-                "ret": ret_r.reshape(-1).astype(np.float32), "cret": ret_c.reshape(-1).astype(np.float32),
+                "ret": ret_r.reshape(-1).astype(np.float32), "cret": ret_c.reshape(-1, heads).astype(np.float32),
             }
             batch = to_jax(batch)
             old_actor = params["actor"]
@@ -397,8 +455,8 @@ def train(cfg: DictConfig, run: RunDir) -> int:
                                                   clip=float(acfg.clip), ent_coef=float(acfg.ent_coef))
             step_frac = 1.0
             if acfg.cert.enabled and recent:
-                actor, step_frac = certify_step(
-                    old_actor, params["actor"], batch, jnp.asarray(adv_c.reshape(-1), jnp.float32),
+                actor, step_frac = certify_step(  # on the centred cost advantage, as the PPO loss uses it
+                    old_actor, params["actor"], batch, jnp.asarray(a_c.reshape(-1), jnp.float32),
                     float(np.mean([e[1] for e in recent])), float(np.mean([e[2] for e in recent])), cost_limit,
                     int(acfg.cert.backtrack_steps), float(acfg.cert.decay))
                 params = {**params, "actor": actor}
@@ -408,6 +466,7 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             if not all(math.isfinite(x) for x in stats.values()):
                 raise FloatingPointError(f"non-finite loss at env step {env_step}: {stats}. Fix: lower agent.lr "
                                          f"or check the env's observations for NaN")
+            window.add({**stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac})
 
             # --- cadences in env steps: log, periodic eval, checkpoint
             now = time.time()
@@ -418,15 +477,15 @@ def train(cfg: DictConfig, run: RunDir) -> int:
                 mean = [float(x) for x in ep.mean(0)] if len(ep) else [None] * 3
                 row = {"env_step": env_step, "episode_return": mean[0], "episode_cost": mean[1],
                        "episode_length": mean[2], "episodes": episodes, "lagrange_multiplier": multiplier,
-                       **stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac,
+                       **window.means(),  # means over the window's updates
                        "steps_per_s": (env_step - window_step) / max(now - window_t, 1e-9),
                        "wall_time_s": wall_before + now - t_start}
                 run.append_metrics(row)
                 fmt = (lambda x: "-" if x is None else f"{x:.2f}")
                 log(f"[train] step {env_step}/{total} return {fmt(row['episode_return'])} cost "
-                    f"{fmt(row['episode_cost'])} lagrange {multiplier:.3f} kl {stats['approx_kl']:.4f} "
-                    f"risk {row['risk_penalty']:.3f} cert {step_frac:.2f} {row['steps_per_s']:.0f} steps/s")
-                window_step, window_t, window_eps = env_step, now, []
+                    f"{fmt(row['episode_cost'])} lagrange {multiplier:.3f} kl {row['approx_kl']:.4f} "
+                    f"risk {row['risk_penalty']:.3f} cert {row['cert_step_frac']:.2f} {row['steps_per_s']:.0f} steps/s")
+                window_step, window_t, window_eps, window = env_step, now, [], Window()
             if crossed(prev, env_step, int(tcfg.eval_every_steps)) or env_step >= total:
                 eval_policy = NumpyPolicy(params, norm if acfg.obs_norm else None)
                 seeds = [int(s) for s in np.random.SeedSequence([int(cfg.seed), 2, env_step]).generate_state(
