@@ -40,6 +40,7 @@ def make_cfg(root: Path, total: int = 1200, **vars_):
         "seed": 0,
         "store": {"root": str(root)},
         "trainer": {"total_steps": total},
+        "agent": {"u": {"enabled": False}, "cert": {"enabled": False}},  # the knobs the task maps
         "eval": OmegaConf.load(ROOT / "conf" / "eval" / "id_ood.yaml"),
         "task": OmegaConf.load(ROOT / "conf" / "task" / "external.yaml"),
     })

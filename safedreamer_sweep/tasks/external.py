@@ -223,8 +223,9 @@ def knob_settings(task: ExternalTask, values: Mapping[str, Any], cfg: DictConfig
         what = f"task.knobs[{knob!r}]"
         v = _config_value(cfg, knob)
         if v is _MISSING or isinstance(v, DictConfig):
-            raise ExternalTaskError(f"{what}: {knob} is not a single config value. Fix: name a leaf key of the "
-                                    f"config, e.g. agent.u.enabled")
+            raise ExternalTaskError(f"{what}: {knob} is {'not in the config' if v is _MISSING else 'a config group'}"
+                                    f". Fix: name a single value of the config (e.g. agent.u.enabled), or drop "
+                                    f"it from task.knobs")
         kv = {**values, "value": v}
         toks = decl.get("args") or []
         if isinstance(toks, Mapping):
@@ -360,8 +361,8 @@ def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
     task = ExternalTask.from_cfg(cfg)
     run = run or RunDir(Path("/nonexistent/run_dir"))
     values = cell_values(cfg, run, task, _validating=True)
-    kargs, _ = knob_settings(task, values, cfg)
-    render_command(task.command, values, cfg, "task.command", resume=None, knobs=kargs)
+    render_command(task.command, values, cfg, "task.command", resume=None)
+    knob_settings(task, values, cfg)
     for i, a in enumerate(task.resume_args):
         render(a, values, cfg, f"task.resume_args[{i}]")
     if task.resume_args and not task.checkpoint_glob:
