@@ -121,3 +121,22 @@ def test_an_evaluation_that_moves_its_episodes_is_not_stalled(tmp_path):
     assert observe_run(rd, stall_after=600, now=later).phase == "running"
     atomic_write_json(rd.progress_path, progress)  # no episode for an hour: stalled
     assert observe_run(rd, stall_after=600, now=later).phase == "stalled"
+
+
+def test_status_and_report_flag_an_evaluation_of_a_checkpoint_older_than_the_trained_steps(tmp_path):
+    from safedreamer_sweep.commands.status import _why, collect
+    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.report.build import compute_report
+    from safedreamer_sweep.report.synthetic import write_store
+
+    cell = {"id_returns": [10.0], "id_costs": [5.0], "ood_returns": [8.0], "ood_costs": [7.0]}
+    store = write_store(tmp_path / "store", {"v2_baseline": lambda s: cell}, [0, 1])  # trained 16384 steps
+    rd = store.run_dir("v2_baseline", 1, next(r.path.name for r in store.find("v2_baseline", 1)))
+    atomic_write_json(rd.eval_path("ood"), {**rd.read_eval("ood"), "checkpoint_step": 12288})
+    doc = collect(store.root, sample_cpu=False)
+    by_seed = {c["seed"]: c for c in doc["cells"]}
+    assert by_seed[0]["stale_eval"] is None
+    assert by_seed[1]["stale_eval"] == "OOD eval of checkpoint 12288 < 16384 trained steps"
+    assert "STALE: OOD eval of checkpoint 12288 < 16384 trained steps" in _why(by_seed[1])
+    stale = [w.text for w in compute_report(store.root).warnings if w.kind == "stale_eval"]
+    assert len(stale) == 1 and stale[0].startswith("v2_baseline seed 1: OOD eval of checkpoint 12288 < 16384")

@@ -30,7 +30,7 @@ DEFAULT_STALL_AFTER_S = 600.0
 CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
                "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
                "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood",
-               "proc_status", "cpu_percent", "other_identities", "cost")
+               "proc_status", "cpu_percent", "other_identities", "cost", "stale_eval")
 
 
 class StatusError(Exception):
@@ -373,6 +373,8 @@ def _where(c: dict) -> str:
 
 def _why(c: dict) -> str:
     bits = []
+    if c.get("stale_eval"):  # the numbers shown are not those of the trained policy
+        bits.append(f"STALE: {c['stale_eval']}")
     if c.get("cause"):
         bits.append(f"{c['cause']}: {c.get('evidence') or ''}".strip())
     if c.get("detail") and c["phase"] != "done" and c.get("run_dir"):

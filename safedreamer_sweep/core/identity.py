@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +43,7 @@ IDENTITY_EXCLUDE: tuple[str, ...] = (
     "task.stop_grace_s",
     "task.stderr_tail_lines",
     "task.description",
+    "task.code",  # which files are the task's code: their content is the code fingerprint, not identity
 )
 
 PACKAGES = ("safedreamer-sweep", "jax", "jaxlib", "numpy", "safety-gymnasium", "gymnasium", "mujoco",
@@ -149,6 +151,11 @@ class RunSpec:
     run_config: dict = field(repr=False, compare=False)
     overrides: tuple[str, ...] = field(default=(), compare=False)
     done_when: str = field(default="eval", compare=False)
+    # The code that computes the cell (code_fingerprint), and what a run dir holding work by other
+    # code does when this spec is written: refuse (a cell process never reruns or mixes on its own),
+    # or the sweep's sweep.code_change, which the planner sets on the cells it plans.
+    code: dict | None = field(default=None, repr=False, compare=False)
+    code_change: str = field(default="refuse", compare=False)
 
     @property
     def label(self) -> str:
@@ -169,10 +176,10 @@ class RunSpec:
         rc = run_config(cfg)
         seed = check_seed(rc["seed"]) if "seed" in rc else None
         return cls(config=config_name, seed=seed, hash=config_hash(rc), run_config=rc,
-                   overrides=tuple(overrides), done_when=done_when_of(rc))
+                   overrides=tuple(overrides), done_when=done_when_of(rc), code=code_fingerprint(cfg))
 
     def spec_document(self) -> dict:
-        """What spec.json holds."""
+        """What spec.json holds (`code_change` is not written: RunDir.ensure_spec applies it)."""
         return {
             "config": self.config,
             "seed": self.seed,
@@ -181,6 +188,8 @@ class RunSpec:
             "run_config": self.run_config,
             "overrides": list(self.overrides),
             "code_version": code_version(),
+            "code": self.code,
+            "code_change": self.code_change,
             "packages": package_versions(),
             "python": platform.python_version(),
         }
@@ -235,8 +244,179 @@ def config_choice(cfg: DictConfig) -> str:
     return str(choice)
 
 
+# ----------------------------------------------------------------------------- code fingerprint
+# Which code computed a cell. The fingerprint is a content hash of the files that train and
+# evaluate it, not the git commit: it stays the same across commits that touch only tests, docs, the
+# launcher or the report, and is the same in a git checkout and in an installed (non-git) copy of
+# the same code. The git commit, and whether those files differ from it, are recorded beside it for
+# people. Cells done under another fingerprint are a verdict of their own at plan time
+# (sweep.code_change: refuse, rerun or accept; safedreamer_sweep/sweep/plan.py).
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # safedreamer_sweep/
+# The built-in task's training code: the trainer and its evaluation (policy, envs, budget included).
+BUILTIN_CODE = ("trainer/*.py",)
+CODE_CHANGE = ("refuse", "rerun", "accept")
+
+
+class CodeFilesError(ValueError):
+    """A task's declared code (task.code / sds.code) cannot be read. Names the glob and the fix."""
+
+
+def declared_code(cfg: DictConfig | dict) -> tuple[str, list[str]] | None:
+    """(what, globs) of the code a cell runs: the package's trainer for the built-in task, the
+    task's `task.code` for an external one, `sds.code` for any other app; None when an external
+    task or an app declares none (its cells are then not compared)."""
+    task = cfg.get("task") or {}
+    kind = task.get("kind") if isinstance(task, (dict, DictConfig)) else None
+    if kind == "builtin":
+        return "built-in trainer", [f"{PACKAGE_ROOT.name}/{g}" for g in BUILTIN_CODE]
+    declared = task.get("code") if kind == "external" else (cfg.get("sds") or {}).get("code")
+    key = "task.code" if kind == "external" else "sds.code"
+    if not declared:
+        return None
+    if isinstance(declared, str):
+        declared = [declared]
+    return key, [str(g) for g in declared]
+
+
+def code_base_dir(cfg: DictConfig | dict) -> Path:
+    """Where relative task.code globs start: task.cwd when it is a plain path, else the directory
+    the sweep was launched from (where a relative command runs)."""
+    cwd = (cfg.get("task") or {}).get("cwd") if isinstance(cfg.get("task"), (dict, DictConfig)) else None
+    base = Path(str(cwd)).expanduser() if cwd and "{" not in str(cwd) else Path.cwd()
+    return base if base.is_absolute() else Path.cwd() / base
+
+
+def absolute_code_globs(cfg: DictConfig | dict) -> list[str] | None:
+    """The declared code globs made absolute (the planner writes them back into the job's config, so a
+    cell process started in another directory hashes the same files). None when none are declared."""
+    found = declared_code(cfg)
+    if found is None:
+        return None
+    if found[0] == "built-in trainer":
+        return [str(PACKAGE_ROOT / g) for g in BUILTIN_CODE]
+    base = code_base_dir(cfg)
+    return [g if os.path.isabs(os.path.expanduser(g)) else str(base / g) for g in found[1]]
+
+
+def _code_files(what: str, globs: list[str]) -> list[Path]:
+    import glob as globlib
+
+    files: set[Path] = set()
+    for g in globs:
+        hits = [Path(h) for h in globlib.glob(os.path.expanduser(g), recursive=True)]
+        hits = [h for h in hits if h.is_file() and "__pycache__" not in h.parts]
+        if not hits:
+            raise CodeFilesError(f"{what}: {g!r} matches no file, so the cell's code cannot be fingerprinted. "
+                                 f"Fix: point {what} at the files the task runs (globs relative to task.cwd or "
+                                 f"to the directory the sweep is launched from, `**` recurses), or set it to []")
+        files.update(h.resolve() for h in hits)
+    return sorted(files)
+
+
+def _common_root(files: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(f.parent) for f in files])) if files else Path("/")
+
+
+_CODE_CACHE: dict[tuple, dict] = {}
+
+
+def code_fingerprint(cfg: DictConfig | dict) -> dict:
+    """What spec.json records as `code`: {fingerprint, of, files, commit, uncommitted}. `fingerprint`
+    (12 hex digits of the sha256 over every file's path relative to the files' common folder and its
+    bytes) is what plans compare; None when the task declares no code. Cached per process against
+    the files' sizes and modification times, so planning 10k cells hashes them once."""
+    found = declared_code(cfg)
+    if found is None:
+        return {"fingerprint": None, "of": "not declared (task.code / sds.code)", "files": 0, "commit": None,
+                "uncommitted": None}
+    what, _ = found
+    globs = absolute_code_globs(cfg) or []
+    files = _code_files(what, globs)
+    stats = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    key = (what, tuple(globs), stats)
+    if key not in _CODE_CACHE:
+        root = _common_root(files)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+        commit, uncommitted = _git_state(root, files)
+        _CODE_CACHE[key] = {"fingerprint": h.hexdigest()[:12], "of": f"{what}: {', '.join(found[1])}",
+                            "files": len(files), "commit": commit, "uncommitted": uncommitted}
+    return dict(_CODE_CACHE[key])
+
+
+def _git_state(root: Path, files: list[Path]) -> tuple[str | None, bool | None]:
+    """(short commit of the git checkout holding the files, whether any of them differs from it);
+    (SDS_CODE_VERSION or None, None) outside git (an installed copy)."""
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        if rev.returncode == 0:
+            diff = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *map(str, files)],
+                                  capture_output=True, text=True, timeout=5, check=False)
+            return rev.stdout.strip(), bool(diff.stdout.strip()) if diff.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("SDS_CODE_VERSION"), None
+
+
+def recorded_fingerprint(spec: dict) -> str | None:
+    """The fingerprint of the code that last worked on a cell, from its spec.json: the newest
+    accepted code change, else the code it was first run with (None: recorded before fingerprints)."""
+    accepted = spec.get("code_accepted") or []
+    if accepted:
+        return accepted[-1].get("fingerprint")
+    return (spec.get("code") or {}).get("fingerprint")
+
+
+def describe_code(code: dict | None) -> str:
+    """`3f2a9c1b0d4e (commit 97c8f4e + uncommitted changes)` for messages."""
+    if not code or not code.get("fingerprint"):
+        return "unknown (recorded before code fingerprints)"
+    commit = code.get("commit")
+    where = f"commit {commit}" if commit else "not a git checkout"
+    return f"{code['fingerprint']} ({where}{' + uncommitted changes' if code.get('uncommitted') else ''})"
+
+
+def has_work(rd: Any) -> bool:
+    """True when a run dir holds anything computed (a checkpoint, a curve, an evaluation, a result)."""
+    state = rd.read_state()
+    return bool(state.get("trained") or rd.checkpoints() or rd.metrics_path.exists()
+                or any(rd.eval_path(k).exists() for k in ("id", "ood")) or (rd.path / "result.pkl").exists())
+
+
+def settle_code_change(rd: Any, old: dict, new: dict, policy: str) -> None:
+    """Called by RunDir.ensure_spec (under the run lock) when spec.json exists with the same identity.
+    If the code recorded in it differs from `new`'s and the run dir holds work: `rerun` moves that
+    work to superseded/ (nothing is deleted) and writes `new`; `accept` appends the new code to
+    spec.json's `code_accepted` and keeps the work; `refuse` raises StoreError naming both. Without
+    work, spec.json simply takes the new code. A task that declares no code is never compared."""
+    from safedreamer_sweep.core.store import StoreError, atomic_write_json
+
+    new_code = new.get("code") or {}
+    if not new_code.get("fingerprint") or recorded_fingerprint(old) == new_code["fingerprint"]:
+        return
+    if not has_work(rd):
+        atomic_write_json(rd.spec_path, new)
+        return
+    was = describe_code(old.get("code") if not old.get("code_accepted") else old["code_accepted"][-1])
+    if policy == "rerun":
+        moved = rd.supersede(f"code-{recorded_fingerprint(old) or 'unknown'}")
+        atomic_write_json(rd.spec_path, {**new, "supersedes": {"code": old.get("code"), "moved_to": str(moved)}})
+    elif policy == "accept":
+        atomic_write_json(rd.spec_path, {**old, "code_accepted": [*(old.get("code_accepted") or []),
+                                                                    {**new_code, "at": time.time()}]})
+    else:
+        raise StoreError(f"{rd.path}: its work was computed by code {was}; this process runs code "
+                         f"{describe_code(new_code)}, so the two would be mixed in one cell. Fix: plan the "
+                         f"sweep again with sweep.code_change=rerun (train it again; the old work is moved to "
+                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code")
+
+
 def code_version() -> str | None:
-    root = Path(__file__).resolve().parents[2]
+    """The package's git commit (`-dirty` with uncommitted changes), for people; None outside git."""
+    root = PACKAGE_ROOT.parent
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5, check=False)

@@ -59,6 +59,7 @@ class CellView:
     eval_ood: dict | None = None
     state_phase: str | None = None
     detail: str | None = field(default=None)
+    stale_eval: str | None = None  # an evaluation of a checkpoint older than the trained steps (stale_evaluations)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +89,17 @@ def pid_alive(pid: int | None, started_at: float | None = None) -> bool | None:
         return False
 
 
+def stale_evaluations(checkpoint_steps: dict[str, int | None], trained_steps: int | None) -> str | None:
+    """`ID eval of checkpoint 30720 < 40960 trained steps` when an evaluation ran on a checkpoint
+    older than what the cell trained (its newest checkpoint was unreadable, or an external script
+    saves on a wall-clock timer); None when every evaluation is of the trained policy."""
+    if trained_steps is None:
+        return None
+    stale = [f"{kind.upper()} eval of checkpoint {step} < {int(trained_steps)} trained steps"
+             for kind, step in checkpoint_steps.items() if step is not None and int(step) < int(trained_steps)]
+    return "; ".join(stale) or None
+
+
 def _last_attempt(state: dict) -> dict:
     attempts = state.get("attempts") or []
     return attempts[-1] if attempts else {}
@@ -113,13 +125,16 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
         return CellView(config=spec.get("config", "?"), seed=_seed(spec), hash=spec.get("hash"),
                         run_dir=str(rd.path), phase="failed", cause="corrupt", evidence=str(e))
     last = _last_attempt(state)
-    evals = {k: (rd.read_eval(k) or {}).get("summary") if rd.eval_path(k).exists() else None for k in EVAL_KINDS}
+    docs = {k: (rd.read_eval(k) or {}) if rd.eval_path(k).exists() else None for k in EVAL_KINDS}
+    evals = {k: d.get("summary") if d is not None else None for k, d in docs.items()}
     cause, evidence = _last_cause(state)
     v = CellView(config=spec.get("config", rd.path.parent.parent.name), seed=_seed(spec),
                  hash=spec.get("hash", rd.path.name), run_dir=str(rd.path), phase="pending",
                  attempts=len(state.get("attempts") or []), cause=cause, evidence=evidence,
                  trained=bool(state.get("trained")), eval_id=evals["id"], eval_ood=evals["ood"],
-                 state_phase=state.get("phase"))
+                 state_phase=state.get("phase"),
+                 stale_eval=stale_evaluations({k: (d or {}).get("checkpoint_step") for k, d in docs.items()},
+                                              state.get("trained_steps")))
     v.env_step = progress.get("env_step", state.get("trained_steps"))
     v.total_steps = progress.get("total_steps") or (spec.get("run_config") or {}).get("trainer", {}).get("total_steps")
     v.steps_per_s = progress.get("steps_per_s")
