@@ -1,7 +1,7 @@
 """Decision-grade reports from the run store (reads only the store).
 
     aggregate.py  tidy frames: cells, evaluations, per-seed metrics, curves (Parquet)
-    stats.py      IQM, one stratified bootstrap, probability of improvement, seeds needed
+    stats.py      t intervals, Holm, IQM and P(improvement) (rliable), seeds needed
     tables.py     coverage, main results, ablation vs the baseline (CSV, Markdown, LaTeX)
     figures.py    learning curves, ID vs OOD, per-seed lines, coverage heatmap (PNG)
     decision.py   warnings and the configurable recommendation rule

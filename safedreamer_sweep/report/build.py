@@ -156,18 +156,20 @@ def render_artifacts(r: Report) -> dict[str, bytes]:
         "main.csv": r.main.to_csv(index=False).encode(),
         "main.md": tables.to_markdown(tables.main_wide(r.main)).encode(),
         "main.tex": tables.to_latex(r.main.drop(columns=["metric"]), "Main results per config (mean, std, IQM, "
-                                    f"{int(s.confidence * 100)}\\% bootstrap CI, n seeds)", "tab:main").encode(),
+                                    f"{int(s.confidence * 100)}\\% Student t CI, -- below 3 seeds; n seeds)",
+                                    "tab:main").encode(),
         "ablation.csv": r.ablation.to_csv(index=False).encode(),
         "ablation.md": tables.to_markdown(tables.ablation_wide(r.ablation)).encode(),
         "ablation.tex": tables.to_latex(r.ablation.drop(columns=["metric"]), f"Each config minus {s.baseline} "
-                                        f"(difference, {int(s.confidence * 100)}\\% CI, probability of improvement)",
+                                        f"(difference, {int(s.confidence * 100)}\\% Welch t CI, -- below 3 seeds a side; "
+                                        f"probability of improvement)",
                                         "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
     if s.figures:
         files["coverage.png"] = figures.figure_png(figures.coverage_heatmap(cov))
         files["learning_curves.png"] = figures.figure_png(figures.learning_curves(
-            r.frames.curves, r.cost_limit, confidence=s.confidence, seed=s.bootstrap_seed))
+            r.frames.curves, r.cost_limit, confidence=s.confidence))
         files["id_ood.png"] = figures.figure_png(figures.id_ood_bars(r.frames.seeds, r.cost_limit))
         files["per_seed.png"] = figures.figure_png(figures.per_seed(r.frames.curves, gap_ratio=s.bimodal_gap_ratio))
     for name, text in docs.items():
@@ -195,7 +197,7 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     """Write the report of the store at `store_root` into `out` (default: report.out, else
     <store>/report) and return that directory.
 
-    Idempotent: the same store gives byte-identical text artifacts (the bootstrap is seeded).
+    Idempotent: the same store gives byte-identical text artifacts (no statistic is random).
     Holes never raise: they are the first thing the report says. A path that is not a store
     raises NotAStoreError; an unknown template placeholder raises TemplateRenderError before any
     file is written. Each file is replaced atomically; files the report does not write are left

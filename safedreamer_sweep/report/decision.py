@@ -4,14 +4,26 @@ The rule (report.rule in conf/sweep.yaml), for every config other than the basel
 
   recommended      the evidence is complete (every expected cell of the config and of the baseline
                    trained and evaluated, at least report.min_seeds seeds), AND its
-                   `cost_metric` `cost_bound` (default: the upper 95% CI bound of the OOD cost) is
-                   below the cost limit, AND the CI of its `return_metric` difference to the
-                   baseline lies above `min_return_gain` (default 0: the CI excludes 0).
+                   `cost_metric` `cost_bound` (default: the upper 95% Student t CI bound of the OOD
+                   cost) is below the cost limit, AND the Welch t CI of its `return_metric`
+                   difference to the baseline lies above `min_return_gain` (default 0: the CI
+                   excludes 0), AND both still hold after Holm's correction across every config
+                   compared with the baseline (below).
   not recommended  the evidence is complete and either the cost is above the limit beyond doubt
                    (CI lower bound >= limit; with cost_bound=mean, the mean >= limit) or the return
                    difference's CI lies entirely below `min_return_gain`.
-  inconclusive     anything else: holes, too few seeds, or a CI that straddles the threshold.
-                   The report then estimates how many seeds the observed variance needs.
+  inconclusive     anything else: holes, too few seeds, a CI that straddles the threshold, or a
+                   config that passes alone but not after the correction. The report then
+                   estimates how many seeds the observed variance needs.
+
+Multiplicity. Each config's claim "safe and better" is two one-sided tests at level a/2 (a = 1 -
+report.confidence): Welch t for the return gain, one-sample t for the cost against the limit (the
+same t distributions as the printed CIs, so "CI above 0" is "p < a/2"). The claim's p-value is the
+larger of the two (an intersection-union test needs no correction within a config). Across the m
+configs compared with the baseline, Holm's step-down method adjusts these p-values; a config is
+recommended only when its adjusted p-value is below a/2. The chance of recommending any config when
+none truly differs stays at most a/2 however many configs the sweep has (bench/ci_coverage.py
+measures it). The decision report names the correction.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ class Verdict:
     baseline_std: float = math.nan
     prob_improvement: float = math.nan
     seeds_needed: float = math.nan     # per config, to settle the rule (nan when settled)
+    p_value: float = math.nan          # one-sided p of "safe and better" (max of the rule's two tests)
+    p_adjusted: float = math.nan       # the same after Holm's correction across the compared configs
 
 
 @dataclass
@@ -64,6 +78,7 @@ class Decision:
     verdicts: list[Verdict]
     cost_limit: float
     flips: pd.DataFrame                # which numbers would change a decision, nearest first
+    correction: str = ""               # the multiplicity correction applied, in words
 
 
 def _row(table: pd.DataFrame, config: str, metric: str) -> dict:
@@ -171,77 +186,43 @@ def find_config_confounds(frames: Frames, settings: ReportSettings) -> list[str]
 def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
            settings: ReportSettings) -> Decision:
     """Apply the rule (module docstring) to every non-baseline config."""
-    rule = settings.rule
     limit = frames.cost_limits[0] if len(frames.cost_limits) == 1 else (
         max(frames.cost_limits) if frames.cost_limits else math.nan)
     n_ok = complete_seeds(cov)
     configs = sorted(frames.cells["config"].unique()) if len(frames.cells) else []
     incomplete = set(cov.loc[cov["status"] != "done", "config"]) if len(cov) else set()
+    half_alpha = (1.0 - settings.confidence) / 2.0
     verdicts: list[Verdict] = []
+    pending: list[tuple[Verdict, list[str], list[str]]] = []
     for config in configs:
         if config == settings.baseline:
             continue
         v = Verdict(config=config, verdict=INCONCLUSIVE)
-        v.n = int(n_ok.get(config, 0))
-        cost = _row(main, config, rule.cost_metric)
-        ret = _row(ablation, config, rule.return_metric)
-        ret_main = _row(main, config, rule.return_metric)
-        base_main = _row(main, settings.baseline, rule.return_metric)
-        v.cost_mean, v.cost_std = cost.get("mean", math.nan), cost.get("std", math.nan)
-        v.cost_ci = (cost.get("ci_low", math.nan), cost.get("ci_high", math.nan))
-        v.cost_value = v.cost_mean if rule.cost_bound == "mean" else v.cost_ci[1]
-        v.return_diff = ret.get("diff", math.nan)
-        v.return_ci = (ret.get("ci_low", math.nan), ret.get("ci_high", math.nan))
-        v.prob_improvement = ret.get("prob_improvement", math.nan)
-        v.return_std, v.baseline_std = ret_main.get("std", math.nan), base_main.get("std", math.nan)
-        n_base = int(n_ok.get(settings.baseline, 0))
-        v.complete = (config not in incomplete and settings.baseline not in incomplete
-                      and v.n >= settings.min_seeds and n_base >= settings.min_seeds)
+        fails, unsure = _apply_tests(v, frames, cov, main, ablation, settings, limit, n_ok, configs, incomplete)
+        verdicts.append(v)
+        pending.append((v, fails, unsure))
 
-        fails, unsure = [], []
-        if settings.baseline not in configs:
-            unsure.append(f"no baseline {settings.baseline!r} to compare with")
-        if config in incomplete:
-            unsure.append(f"{config} has holes in the matrix")
-        if settings.baseline in incomplete:
-            unsure.append(f"the baseline {settings.baseline} has holes in the matrix")
-        if v.n < settings.min_seeds or n_base < settings.min_seeds:
-            unsure.append(f"{v.n} complete seed(s) for {config} and {n_base} for the baseline, "
-                          f"report.min_seeds={settings.min_seeds}")
-        # Cost against the limit.
-        cost_name = f"{METRICS[rule.cost_metric][0]} {'mean' if rule.cost_bound == 'mean' else 'CI upper bound'}"
-        if not math.isfinite(limit) or not math.isfinite(v.cost_value):
-            unsure.append(f"{cost_name} or the cost limit is unknown")
-        elif v.cost_value < limit:
-            v.reasons.append(f"{cost_name} {v.cost_value:.2f} < cost limit {limit:g}")
-        elif rule.cost_bound == "mean" or v.cost_ci[0] >= limit:
-            fails.append(f"{cost_name} {v.cost_value:.2f} >= cost limit {limit:g}")
-        else:
-            unsure.append(f"{METRICS[rule.cost_metric][0]} CI [{v.cost_ci[0]:.2f}, {v.cost_ci[1]:.2f}] "
-                          f"straddles the cost limit {limit:g}")
-        # Return against the baseline.
-        ret_name = f"{METRICS[rule.return_metric][0]} difference to {settings.baseline}"
-        lo, hi = v.return_ci
-        if not math.isfinite(lo):
-            unsure.append(f"{ret_name} is unknown")
-        elif lo > rule.min_return_gain:
-            v.reasons.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] above {rule.min_return_gain:g}")
-        elif hi < rule.min_return_gain:
-            fails.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] below {rule.min_return_gain:g}")
-        else:
-            unsure.append(f"{ret_name} {v.return_diff:+.2f} has a CI [{lo:.2f}, {hi:.2f}] that includes "
-                          f"{rule.min_return_gain:g}")
-
+    # Holm across every config compared with the baseline (module docstring: Multiplicity).
+    for v, adj in zip(verdicts, stats.holm([v.p_value for v in verdicts])):
+        v.p_adjusted = adj
+    m = len(verdicts)
+    for v, fails, unsure in pending:
         if v.complete and fails:
             v.verdict = NOT_RECOMMENDED
             v.reasons = fails + v.reasons
-        elif v.complete and not unsure:
-            v.verdict = RECOMMENDED
-        else:
-            v.verdict = INCONCLUSIVE
-            v.reasons = unsure + [f"(points to: {f})" for f in fails] + v.reasons
-            v.seeds_needed = _seeds_needed(v, limit, settings)
-        verdicts.append(v)
+            continue
+        if v.complete and not unsure:
+            if v.p_adjusted < half_alpha:
+                v.verdict = RECOMMENDED
+                if m > 1:
+                    v.reasons.append(f"Holm-adjusted p = {v.p_adjusted:.3g} < {half_alpha:g} across {m} configs")
+                continue
+            unsure.append(f"passes on its own (p = {v.p_value:.3g}) but not after Holm's correction across {m} "
+                          f"configs compared with {settings.baseline} (adjusted p = {v.p_adjusted:.3g}, "
+                          f"needs < {half_alpha:g})")
+        v.verdict = INCONCLUSIVE
+        v.reasons = unsure + [f"(points to: {f})" for f in fails] + v.reasons
+        v.seeds_needed = _seeds_needed(v, limit, settings)
 
     holes = int((cov["status"] != "done").sum()) if len(cov) else 0
     rec = [v for v in verdicts if v.verdict == RECOMMENDED]
@@ -265,7 +246,101 @@ def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.D
                                       "the evidence does not settle the rule for " +
                                       ", ".join(_with_seeds(v) for v in verdicts if v.verdict == INCONCLUSIVE) + ".")
     return Decision(headline=headline, summary=summary, verdicts=verdicts, cost_limit=limit,
-                    flips=decision_flips(verdicts, limit, settings))
+                    flips=decision_flips(verdicts, limit, settings),
+                    correction=correction_text(m, settings))
+
+
+def correction_text(m: int, settings: ReportSettings) -> str:
+    """The multiplicity correction the rule applied, in one sentence for the decision report."""
+    half_alpha = (1.0 - settings.confidence) / 2.0
+    tests = ("a Welch t test of the return gain and a one-sample t test of the cost against the limit; "
+             "its p-value is the larger of the two" if settings.rule.cost_bound == "ci_high" else
+             "a Welch t test of the return gain (the cost is compared by its mean, untested)")
+    if m <= 1:
+        return (f"No multiplicity correction needed: one config is compared with the baseline. Its claim is "
+                f"tested one-sided at level {half_alpha:g}: {tests}.")
+    return (f"Holm's step-down correction across the {m} configs compared with {settings.baseline} "
+            f"(family-wise error rate {half_alpha:g}, one-sided): each config's claim \"safe and better\" is "
+            f"{tests}; a config is recommended only when its Holm-adjusted p-value is below {half_alpha:g}, "
+            f"so picking the best of {m} does not inflate the chance of a false recommendation.")
+
+
+def _apply_tests(v: Verdict, frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
+                 settings: ReportSettings, limit: float, n_ok: pd.Series, configs: list[str],
+                 incomplete: set) -> tuple[list[str], list[str]]:
+    """Fill `v` with the rule's numbers and its unadjusted p-value; return (fails, unsure) reasons."""
+    rule, config = settings.rule, v.config
+    v.n = int(n_ok.get(config, 0))
+    cost = _row(main, config, rule.cost_metric)
+    ret = _row(ablation, config, rule.return_metric)
+    ret_main = _row(main, config, rule.return_metric)
+    base_main = _row(main, settings.baseline, rule.return_metric)
+    v.cost_mean, v.cost_std = cost.get("mean", math.nan), cost.get("std", math.nan)
+    v.cost_ci = (cost.get("ci_low", math.nan), cost.get("ci_high", math.nan))
+    v.cost_value = v.cost_mean if rule.cost_bound == "mean" else v.cost_ci[1]
+    v.return_diff = ret.get("diff", math.nan)
+    v.return_ci = (ret.get("ci_low", math.nan), ret.get("ci_high", math.nan))
+    v.prob_improvement = ret.get("prob_improvement", math.nan)
+    v.return_std, v.baseline_std = ret_main.get("std", math.nan), base_main.get("std", math.nan)
+    n_base = int(n_ok.get(settings.baseline, 0))
+    v.complete = (config not in incomplete and settings.baseline not in incomplete
+                  and v.n >= settings.min_seeds and n_base >= settings.min_seeds)
+    v.p_value = _claim_p_value(frames.seeds, config, settings, limit)
+
+    fails, unsure = [], []
+    if settings.baseline not in configs:
+        unsure.append(f"no baseline {settings.baseline!r} to compare with")
+    if config in incomplete:
+        unsure.append(f"{config} has holes in the matrix")
+    if settings.baseline in incomplete:
+        unsure.append(f"the baseline {settings.baseline} has holes in the matrix")
+    if v.n < settings.min_seeds or n_base < settings.min_seeds:
+        unsure.append(f"{v.n} complete seed(s) for {config} and {n_base} for the baseline, "
+                      f"report.min_seeds={settings.min_seeds}")
+    # Cost against the limit.
+    cost_label = METRICS[rule.cost_metric][0]
+    cost_name = f"{cost_label} {'mean' if rule.cost_bound == 'mean' else 'CI upper bound'}"
+    if math.isfinite(v.cost_mean) and not math.isfinite(v.cost_value):
+        unsure.append(f"{cost_label}: {stats.no_interval_text(int(cost.get('n', 0)))}")
+    elif not math.isfinite(limit) or not math.isfinite(v.cost_value):
+        unsure.append(f"{cost_name} or the cost limit is unknown")
+    elif v.cost_value < limit:
+        v.reasons.append(f"{cost_name} {v.cost_value:.2f} < cost limit {limit:g}")
+    elif rule.cost_bound == "mean" or v.cost_ci[0] >= limit:
+        fails.append(f"{cost_name} {v.cost_value:.2f} >= cost limit {limit:g}")
+    else:
+        unsure.append(f"{cost_label} CI [{v.cost_ci[0]:.2f}, {v.cost_ci[1]:.2f}] straddles the cost limit {limit:g}")
+    # Return against the baseline.
+    ret_name = f"{METRICS[rule.return_metric][0]} difference to {settings.baseline}"
+    lo, hi = v.return_ci
+    if math.isfinite(v.return_diff) and not math.isfinite(lo):
+        unsure.append(f"{ret_name} {v.return_diff:+.2f}: "
+                      f"{stats.no_interval_text(int(ret.get('n', 0)), int(ret.get('n_baseline', 0)))}")
+    elif not math.isfinite(lo):
+        unsure.append(f"{ret_name} is unknown")
+    elif lo > rule.min_return_gain:
+        v.reasons.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] above {rule.min_return_gain:g}")
+    elif hi < rule.min_return_gain:
+        fails.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] below {rule.min_return_gain:g}")
+    else:
+        unsure.append(f"{ret_name} {v.return_diff:+.2f} has a CI [{lo:.2f}, {hi:.2f}] that includes "
+                      f"{rule.min_return_gain:g}")
+    return fails, unsure
+
+
+def _claim_p_value(seeds: pd.DataFrame, config: str, settings: ReportSettings, limit: float) -> float:
+    """One-sided p-value of "config is safe and better than the baseline": the larger of the
+    return test's (Welch t) and, with cost_bound=ci_high, the cost test's (t against the limit)."""
+    rule = settings.rule
+    if not len(seeds) or rule.return_metric not in seeds or rule.cost_metric not in seeds:
+        return math.nan
+    mine = seeds[seeds["config"] == config]
+    base = seeds[seeds["config"] == settings.baseline]
+    p = stats.p_greater(mine[rule.return_metric].to_numpy(dtype=float),
+                        base[rule.return_metric].to_numpy(dtype=float), rule.min_return_gain)
+    if rule.cost_bound == "ci_high":
+        p = max(p, stats.p_below(mine[rule.cost_metric].to_numpy(dtype=float), limit))
+    return p
 
 
 def _with_seeds(v: Verdict) -> str:

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from safedreamer_sweep.report import tables
+from safedreamer_sweep.report import stats, tables
 from safedreamer_sweep.report.aggregate import METRICS
 from safedreamer_sweep.report.decision import INCONCLUSIVE
 from safedreamer_sweep.report.result import Report
@@ -73,10 +73,11 @@ def decision_markdown(r: Report) -> str:
           f"`{s.baseline}` only if every expected cell of both is trained and evaluated with at least "
           f"{s.min_seeds} seeds (report.min_seeds), its {METRICS[rule.cost_metric][0]} "
           f"{'mean' if rule.cost_bound == 'mean' else f'{int(s.confidence * 100)}% CI upper bound'} is below the "
-          f"cost limit ({d.cost_limit:g}), and the {int(s.confidence * 100)}% CI of its "
+          f"cost limit ({d.cost_limit:g}), and the {int(s.confidence * 100)}% Welch t CI of its "
           f"{METRICS[rule.return_metric][0]} difference to the baseline lies above {rule.min_return_gain:g}. "
           "It is *not recommended* when complete evidence puts it beyond either threshold; otherwise it is "
-          "*inconclusive*."), ""]
+          "*inconclusive*."), "",
+          f"Multiplicity: {d.correction}", ""]
     if d.verdicts:
         L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
         for v in d.verdicts:
@@ -92,16 +93,26 @@ def decision_markdown(r: Report) -> str:
 
     L += ["## 4. Key metrics", "",
           (f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
-          f"stratified-bootstrap CI of the mean ({s.bootstrap_reps} resamples, percentile), and n = seeds "
-          f"behind the number. Violation rate = fraction of evaluation episodes with cost > the cost limit; "
-          f"risk penalty = the final training row's `risk_penalty`. (main.csv / main.md / main.tex)"), "",
+          f"Student t CI of the mean, and n = seeds behind the number. With fewer than "
+          f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds no interval is shown: at n = 2 an honest one spans about "
+          f"±9 standard deviations and a narrower one would be false comfort. Violation rate = fraction of "
+          f"evaluation episodes with cost > the cost limit; risk penalty = the final training row's "
+          f"`risk_penalty`. (main.csv / main.md / main.tex)"), "",
           tables.to_markdown(tables.main_wide(r.main)),
           (f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
-          f"{int(s.confidence * 100)}% stratified-bootstrap CI (each config's seeds resampled on their own), "
-          f"and the probability of improvement P(a random seed of the config beats a random seed of the "
-          f"baseline; lower is better for cost, violations and risk). (ablation.csv / .md / .tex)"), "",
+          f"{int(s.confidence * 100)}% Welch t CI (no shared variance assumed; none when either side has "
+          f"fewer than {stats.MIN_SEEDS_FOR_INTERVAL} seeds), and the probability of improvement P(a random "
+          f"seed of the config beats a random seed of the baseline; lower is better for cost, violations "
+          f"and risk). (ablation.csv / .md / .tex)"), "",
           tables.to_markdown(tables.ablation_wide(r.ablation)),
-          ("Figures: learning_curves.png (return and cost vs env steps, CI bands, cost limit), id_ood.png "
+          ("IQM and P(improvement) are computed with rliable (Agarwal et al., 2021) and shown as point "
+          "estimates only. rliable's stratified-bootstrap CIs for them are built for aggregates over many "
+          "runs x tasks; with one task and a few seeds they cover the truth less often than they claim "
+          "(bench/ci_coverage.py --rliable), so they are not printed. With 5 seeds per side P(improvement) "
+          "moves in steps of 1/25 and a value of 0.8 can arise with no true difference: read it as a "
+          "description of these seeds, not as a test. The decision uses the t intervals above."), "",
+          ("Figures: learning_curves.png (return and cost vs env steps, Student t CI bands where at least "
+          f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds reached the point, cost limit), id_ood.png "
           "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds)."), ""]
 
     L += ["## 5. Which numbers would change a decision", ""]

@@ -48,9 +48,10 @@ def _empty(fig: Figure, text: str) -> Figure:
 
 
 def learning_curves(curves: pd.DataFrame, cost_limit: float = math.nan, *, source: str = "train",
-                    confidence: float = 0.95, reps: int = 500, seed: int = 0) -> Figure:
-    """Return and cost vs env steps, one line per config (mean over seeds) with a bootstrap CI
-    band (seeds resampled), and the cost limit drawn on the cost panel."""
+                    confidence: float = 0.95) -> Figure:
+    """Return and cost vs env steps, one line per config (mean over seeds) with a Student t CI
+    band (stats.curve_bands: none where fewer than 3 seeds reached a point), and the cost limit
+    drawn on the cost panel."""
     _theme()
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), constrained_layout=True)
     ycols = ("episode_return", "episode_cost") if source == "train" else ("return_mean", "cost_mean")
@@ -65,7 +66,7 @@ def learning_curves(curves: pd.DataFrame, cost_limit: float = math.nan, *, sourc
             g = data[data["config"] == config]
             wide = g.pivot_table(index="seed", columns="env_step", values=col, aggfunc="last")
             n = wide.shape[0]
-            m, lo, hi = stats.curve_bands(wide.to_numpy(), reps=reps, confidence=confidence, seed=seed)
+            m, lo, hi = stats.curve_bands(wide.to_numpy(), confidence=confidence)
             x = wide.columns.to_numpy(dtype=float)
             ax.plot(x, m, color=pal[config], label=f"{config} (n={n})", lw=2)
             ax.fill_between(x, lo, hi, color=pal[config], alpha=0.2, lw=0)

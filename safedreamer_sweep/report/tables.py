@@ -43,19 +43,20 @@ def holes(cov: pd.DataFrame) -> pd.DataFrame:
 
 
 def main_table(seeds: pd.DataFrame, settings: ReportSettings) -> pd.DataFrame:
-    """Per config and metric: n seeds, mean, std, IQM and the bootstrap CI of the mean."""
+    """Per config and metric: n seeds, mean, std, IQM and the Student t CI of the mean (NaN below
+    stats.MIN_SEEDS_FOR_INTERVAL seeds)."""
     rows = []
     for config, g in seeds.groupby("config", sort=True):
         for metric, (label, _) in METRICS.items():
-            s = stats.summarize(g[metric].to_numpy(dtype=float), reps=settings.bootstrap_reps,
-                                confidence=settings.confidence, seed=settings.bootstrap_seed)
+            s = stats.summarize(g[metric].to_numpy(dtype=float), confidence=settings.confidence)
             rows.append({"config": config, "metric": metric, "label": label, **s})
     return pd.DataFrame(rows, columns=["config", "metric", "label", "n", "mean", "std", "iqm", "ci_low", "ci_high"])
 
 
 def ablation_table(seeds: pd.DataFrame, settings: ReportSettings) -> pd.DataFrame:
     """Every config against the baseline, per metric: difference of means (config - baseline) with
-    its stratified bootstrap CI and the probability of improvement (lower is better for costs)."""
+    its Welch t CI (NaN when either side has fewer than stats.MIN_SEEDS_FOR_INTERVAL seeds) and the
+    probability of improvement (lower is better for costs)."""
     cols = ["config", "metric", "label", "n", "n_baseline", "diff", "ci_low", "ci_high", "prob_improvement"]
     base = seeds[seeds["config"] == settings.baseline]
     rows = []
@@ -64,8 +65,7 @@ def ablation_table(seeds: pd.DataFrame, settings: ReportSettings) -> pd.DataFram
             continue
         for metric, (label, higher) in METRICS.items():
             c = stats.compare(g[metric].to_numpy(dtype=float), base[metric].to_numpy(dtype=float),
-                              higher_is_better=higher, reps=settings.bootstrap_reps,
-                              confidence=settings.confidence, seed=settings.bootstrap_seed)
+                              higher_is_better=higher, confidence=settings.confidence)
             rows.append({"config": config, "metric": metric, "label": label, **c})
     return pd.DataFrame(rows, columns=cols)
 
@@ -83,15 +83,17 @@ def fmt(x: float, digits: int = 2) -> str:
 
 
 def main_wide(main: pd.DataFrame) -> pd.DataFrame:
-    """The main table as one row per config: "mean ± std (IQM) [CI] n=" per metric."""
+    """The main table as one row per config: "mean ± std (IQM) [CI] n=" per metric; below
+    stats.MIN_SEEDS_FOR_INTERVAL seeds the CI is replaced by "no interval (...)"."""
     if main.empty:
         return pd.DataFrame()
 
     def cell(r: pd.Series) -> str:
         if r["n"] == 0:
             return "n/a (n=0)"
-        return (f"{fmt(r['mean'])} ± {fmt(r['std'])} (IQM {fmt(r['iqm'])}) "
-                f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] n={int(r['n'])}")
+        ci = (f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if r["n"] >= stats.MIN_SEEDS_FOR_INTERVAL
+              else stats.no_interval_text(int(r["n"])))
+        return f"{fmt(r['mean'])} ± {fmt(r['std'])} (IQM {fmt(r['iqm'])}) {ci} n={int(r['n'])}"
 
     w = main.assign(text=main.apply(cell, axis=1)).pivot(index="config", columns="label", values="text")
     order = [lab for lab, _ in METRICS.values() if lab in w.columns]
@@ -99,15 +101,18 @@ def main_wide(main: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_wide(abl: pd.DataFrame) -> pd.DataFrame:
-    """The ablation table as one row per config: "diff [CI] P(impr.)" per metric."""
+    """The ablation table as one row per config: "diff [CI] P(impr.)" per metric; the CI is replaced
+    by "no interval (...)" when either side has fewer than stats.MIN_SEEDS_FOR_INTERVAL seeds."""
     if abl.empty:
         return pd.DataFrame()
 
     def cell(r: pd.Series) -> str:
         if not math.isfinite(r["diff"]):
             return f"n/a (n={int(r['n'])} vs {int(r['n_baseline'])})"
-        return (f"{r['diff']:+.2f} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
-                f"P(impr.)={fmt(r['prob_improvement'])}")
+        n, nb = int(r["n"]), int(r["n_baseline"])
+        ci = (f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if min(n, nb) >= stats.MIN_SEEDS_FOR_INTERVAL
+              else stats.no_interval_text(n, nb))
+        return f"{r['diff']:+.2f} {ci} P(impr.)={fmt(r['prob_improvement'])}"
 
     w = abl.assign(text=abl.apply(cell, axis=1)).pivot(index="config", columns="label", values="text")
     order = [lab for lab, _ in METRICS.values() if lab in w.columns]

@@ -2,7 +2,8 @@
 placeholders the report fills with the current numbers (numbers change, structure does not).
 
     {{ main['v2_full'].ood_return }}          -> "12.34 ± 5.67" (mean ± std over seeds)
-    {{ main['v2_full'].ood_return.ci }}       -> "[8.10, 16.20]"
+    {{ main['v2_full'].ood_return.ci }}       -> "[8.10, 16.20]" (Student t; below 3 seeds the
+                                                 words "no interval (n=2; ...)" instead)
     {{ main['v2_full'].ood_return.n }}        -> 5
     {{ ablation['v2_full'].id_return }}       -> "+3.21 [0.50, 6.00]"
     {{ decision.headline }}, {{ coverage.done }} / {{ coverage.total }}, {{ cost.device_hours }}
@@ -20,6 +21,7 @@ from typing import Any
 import jinja2
 
 from safedreamer_sweep.report.settings import PROJECT_ROOT
+from safedreamer_sweep.report.stats import MIN_SEEDS_FOR_INTERVAL, no_interval_text
 from safedreamer_sweep.report.tables import fmt
 
 
@@ -40,6 +42,8 @@ class Number:
 
     @property
     def ci(self) -> str:
+        if self.n < MIN_SEEDS_FOR_INTERVAL:
+            return no_interval_text(self.n)
         return f"[{fmt(self.ci_low)}, {fmt(self.ci_high)}]"
 
     def __str__(self) -> str:
@@ -50,7 +54,8 @@ class Number:
 
 @dataclass(frozen=True)
 class Difference:
-    """A config minus the baseline; renders as "+diff [low, high]"."""
+    """A config minus the baseline; renders as "+diff [low, high]" (or "+diff no interval (...)"
+    when either side has fewer than MIN_SEEDS_FOR_INTERVAL seeds)."""
 
     diff: float
     ci_low: float
@@ -61,6 +66,8 @@ class Difference:
 
     @property
     def ci(self) -> str:
+        if min(self.n, self.n_baseline) < MIN_SEEDS_FOR_INTERVAL:
+            return no_interval_text(self.n, self.n_baseline)
         return f"[{fmt(self.ci_low)}, {fmt(self.ci_high)}]"
 
     def __str__(self) -> str:
