@@ -94,6 +94,23 @@ def test_report_is_idempotent_and_keeps_user_files(tmp_path):
     assert (out / "my_notes.md").read_text() == "mine"
 
 
+def test_summary_first_then_figures_writes_the_same_report(tmp_path):
+    """on_summary sees the text artifacts written and no figure yet; the finished report equals the
+    one-pass build byte for byte (the end-of-sweep summary can show before the figures are drawn)."""
+    store = complete_store(tmp_path / "store")
+    one_pass = build_report(store.root, out=tmp_path / "one")
+    seen: dict = {}
+
+    def on_summary(out: Path, r) -> None:
+        seen.update(files={p.name for p in out.iterdir()}, headline=r.decision.headline)
+
+    two_pass = build_report(store.root, out=tmp_path / "two", on_summary=on_summary)
+    figures = {"coverage.png", "learning_curves.png", "id_ood.png", "per_seed.png"}
+    assert {"decision.md", "report.json", "main.md"} <= seen["files"] and not figures & seen["files"]
+    assert "v2_full" in seen["headline"]
+    assert {p.name: p.read_bytes() for p in one_pass.iterdir()} == {p.name: p.read_bytes() for p in two_pass.iterdir()}
+
+
 def test_store_with_holes_leads_with_them_and_is_inconclusive(tmp_path):
     root = tmp_path / "store"
     full, u_only = cell(30, 5), cell(12, 10)

@@ -38,8 +38,10 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         )
     else:
         platform = cfg.get("trainer", {}).get("platform")
-        if platform and "jax" not in sys.modules:  # must be set before JAX initialises its backends
-            os.environ.setdefault("JAX_PLATFORMS", str(platform))
+        if "jax" not in sys.modules:  # read when JAX is imported
+            if platform:
+                os.environ.setdefault("JAX_PLATFORMS", str(platform))
+            use_store_jax_cache(cfg)
         with timeline.phase("imports"):
             from safedreamer_sweep.trainer.evaluate import evaluate
             from safedreamer_sweep.trainer.ppo_lag import train
@@ -201,6 +203,16 @@ def _process_created() -> float | None:
         return float(psutil.Process().create_time())
     except Exception:  # noqa: BLE001 (a missing figure, never a failed cell)
         return None
+
+
+def use_store_jax_cache(cfg: DictConfig) -> None:
+    """Keep JAX's persistent compilation cache in the store (<store.root>/cache/jax), every program
+    included: the cells of a sweep share their compiled programs (same shapes, same key), on this
+    host and on every node that mounts the store, and a cell loads them instead of compiling.
+    JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(str(cfg.store.root)).expanduser() / "cache" / "jax"))
+    # Small programs too: loading one is faster than compiling it (JAX's default caches only >= 1 s).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def _env_step(rd: RunDir) -> int | None:
