@@ -140,3 +140,12 @@ def test_status_and_report_flag_an_evaluation_of_a_checkpoint_older_than_the_tra
     assert "STALE: OOD eval of checkpoint 12288 < 16384 trained steps" in _why(by_seed[1])
     stale = [w.text for w in compute_report(store.root).warnings if w.kind == "stale_eval"]
     assert len(stale) == 1 and stale[0].startswith("v2_baseline seed 1: OOD eval of checkpoint 12288 < 16384")
+
+
+def test_the_evaluation_heartbeat_keeps_the_trainings_evidence(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.heartbeat(4096, 4096, steps_per_s=812.5, peak_rss_mb=300.0)
+    ev.EvalHeartbeat(rd, "id", step=2048, total_steps=4096, episodes=3)(1)
+    p = rd.read_progress()
+    assert (p["env_step"], p["steps_per_s"], p["peak_rss_mb"]) == (4096, 812.5, 300.0)
+    assert (p["phase"], p["eval_episodes_done"], p["eval_episodes"]) == ("eval-id", 1, 3)

@@ -50,17 +50,27 @@ def run_episodes(env, act: Callable[[np.ndarray], np.ndarray], seeds: Sequence[i
 
 
 class EvalHeartbeat:
-    """Rewrites progress.json with the episodes an evaluation has done, each time one ends. The env
-    step stays the evaluated checkpoint's; `eval_moved_at` is when the episode count last moved
-    (what the stall check reads during an eval phase)."""
+    """Rewrites progress.json with the episodes an evaluation has done, each time one ends.
+    `eval_moved_at` is when the episode count last moved (what the stall check reads during an eval
+    phase). The env step and the training's evidence (steps/s, peak memory) of the last heartbeat
+    are kept; without one, the env step is the evaluated checkpoint's."""
+
+    _OWN = ("env_step", "total_steps", "updated_at", "env_step_moved_at", "host", "pid", "job_id")
 
     def __init__(self, run: RunDir, kind: str, step: int, total_steps: int, episodes: int):
-        self.run, self.kind, self.step, self.total, self.episodes = run, kind, step, total_steps, episodes
+        try:
+            prev = run.read_progress() or {}
+        except StoreError:  # a corrupt progress.json is replaced by the first beat
+            prev = {}
+        self.keep = {k: v for k, v in prev.items() if k not in self._OWN}
+        self.run, self.kind, self.episodes = run, kind, episodes
+        self.step, self.total = int(prev.get("env_step", step)), int(prev.get("total_steps") or total_steps)
 
     def __call__(self, done: int) -> None:
         try:
-            self.run.heartbeat(self.step, self.total, phase=f"eval-{self.kind}", eval_kind=self.kind,
-                               eval_episodes_done=int(done), eval_episodes=self.episodes, eval_moved_at=time.time())
+            self.run.heartbeat(self.step, self.total, **{**self.keep, "phase": f"eval-{self.kind}",
+                               "eval_kind": self.kind, "eval_episodes_done": int(done),
+                               "eval_episodes": self.episodes, "eval_moved_at": time.time()})
         except OSError as e:  # a full disk must not fail the evaluation; status shows a stale heartbeat
             print(f"[eval] heartbeat to {self.run.progress_path} failed: {e}", file=sys.stderr, flush=True)
 
