@@ -320,6 +320,19 @@ def test_exit_zero_short_of_total_steps_is_not_trained(tmp_path):
     assert not run_dir(cfg).read_state().get("trained")
 
 
+def test_exit_zero_vouches_when_the_task_says_its_files_lag_at_the_end(tmp_path):
+    # SafeDreamer writes nothing at the end: exit 0 of its loop is the evidence (task.exit_0_is_done).
+    cfg = make_cfg(tmp_path / "store", total=1200)
+    cfg.task.command = str(cfg.task.command).replace("--run.steps {total_steps}", "--run.steps 1000")
+    cfg.task.exit_0_is_done = True
+    run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
+    rd = run_dir(cfg)
+    assert rd.read_state()["trained"] and rd.read_state()["trained_steps"] == 1200
+    assert rd.read_state()["trained_by"] == "exit 0" and rd.read_state()["probed_step"] == 1000
+    ev = rd.read_eval("id")
+    assert ev["trained_steps"] == 1200 and ev["checkpoint_behind"] == 1200 - ev["checkpoint_step"] == 200
+
+
 def test_through_the_launcher_a_finished_run_is_skipped_and_its_results_reach_the_report(tmp_path):
     from conftest import sds
 

@@ -41,6 +41,12 @@ class SdsBaseConf:
     # plan by composing once per set of non-seed overrides and substituting the seed (checked to be
     # exact); false composes every job through Hydra at plan time
     plan_fast: bool = True
+    # seconds a claim lives without renewal (renewed every poll and every heartbeat); another host
+    # takes a cell over only after this long with no renewal and no live scheduler job. null: 60
+    lease_s: float | None = None
+    # the store of an app without its own `store.root` (any Hydra app); default $SDS_STORE, else
+    # ./sds_store (relative paths: against the directory the sweep is launched from)
+    store_root: str | None = None
 
 
 @dataclass

@@ -30,7 +30,7 @@ class SdsLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from safedreamer_sweep.report import build_report
+        from safedreamer_sweep.report.callback import refresh
         from safedreamer_sweep.sweep.launch import plan_sweep, say
         from safedreamer_sweep.sweep.plan import format_plan
         from safedreamer_sweep.sweep.progress import Progress
@@ -50,11 +50,9 @@ class SdsLauncher(Launcher):
                 sup.on_tick = progress.tick
             finished = sweep.supervise(sup)
         returns, summary = sweep.job_returns(finished)
-        try:  # the report is idempotent and runs even when cells failed
-            say(f"[sds] report: {build_report(sweep.store.root, cfg=sweep.report_settings())}")
-        except Exception as e:  # noqa: BLE001 (the sweep's outcome must not hinge on the report)
-            say(f"[sds] report not built ({type(e).__name__}: {e}); build it later with: "
-                f"safedreamer-sweep report {sweep.store.root}")
+        # the report is idempotent, runs even when cells failed, and never raises
+        for out in refresh(sweep.store.root, sweep.report_settings(), say=say):
+            say(f"[sds] report: {out}")
         sweep.run_hooks(sup)
         say(f"[sds] {summary}")
         return returns

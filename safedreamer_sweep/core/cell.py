@@ -71,7 +71,7 @@ def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     if not final and now - _Beat.written_at < every:
         return False
     # lazy: only a cell that beats pays for the store's imports
-    from safedreamer_sweep.core.store import RunDir
+    from safedreamer_sweep.core.store import RunDir, lease_from_env
 
     rate = None
     if _Beat.step is not None and now > _Beat.written_at and step >= _Beat.step:
@@ -79,6 +79,7 @@ def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     fields: dict[str, Any] = {"source": "heartbeat", "metrics": metrics}
     if rate is not None:
         fields["steps_per_s"] = rate
-    RunDir(Path(path)).heartbeat(int(step), None if total is None else int(total), **fields)
+    # fenced by the cell's lease ($SDS_LEASE), which each beat renews
+    RunDir(Path(path), lease_from_env(Path(path))).heartbeat(int(step), None if total is None else int(total), **fields)
     _Beat.written_at, _Beat.step = now, int(step)
     return True

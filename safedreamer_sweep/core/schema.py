@@ -177,6 +177,7 @@ class Launcher(BaseModel):
     plan_fast: bool = True
     progress: Literal["rich", "plain", "none"] = "rich"
     lease_s: float | None = Field(default=None, gt=0, description="claim lease; default 60 s")
+    store_root: str | None = None
     # local
     max_parallel: int | None = Field(default=None, ge=1, le=4096)
     gpus: int | list[int] | str | None = None

@@ -48,9 +48,10 @@ def report_settings(cfg: DictConfig | None) -> dict | None:
     return out or None
 
 
-def refresh(store_root: str | Path, cfg: DictConfig | None = None, say: Any = log.info) -> list[Path]:
+def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log.info) -> list[Path]:
     """Rebuild the store's tables: build_report when it holds cells of the package's own tasks,
-    results.csv/.md for any other app's cells. Returns the directories written. Never raises: a
+    results.csv/.md for any other app's cells (`settings`: report_settings). Returns the directories
+    written. Never raises: a
     report that cannot be built is logged with the command that builds it later."""
     from safedreamer_sweep.report.returns import write_results
 
@@ -61,7 +62,7 @@ def refresh(store_root: str | Path, cfg: DictConfig | None = None, say: Any = lo
         if "eval" in kinds:
             from safedreamer_sweep.report import build_report
 
-            written.append(build_report(store.root, cfg=report_settings(cfg)))
+            written.append(build_report(store.root, cfg=settings))
         out = write_results(store.root)
         if out is not None:
             written.append(out)
@@ -95,7 +96,7 @@ class ReportCallback(Callback):
         self.swept = swept_keys(config)  # carried to the jobs: launchers pickle the callbacks with them
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        refresh(self._root(config), config)
+        refresh(self._root(config), report_settings(config))
 
     # --- the job (in-process for basic, in the worker for submitit and sds)
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -123,7 +124,7 @@ class ReportCallback(Callback):
                 os.environ[RUN_DIR_ENV] = before
             record_outcome(rd, job_return)
         if self.refresh_on_job_end:
-            refresh(self._root(config), config)
+            refresh(self._root(config), report_settings(config))
 
 
 def record_outcome(rd: RunDir, job_return: JobReturn) -> None:

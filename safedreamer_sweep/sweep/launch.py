@@ -147,17 +147,38 @@ class Sweep:
         return OmegaConf.to_container(s[key], resolve=True) or {}  # type: ignore[return-value]
 
     def job_return(self, c: PlannedCell, ok: bool, value: Any) -> Any:
+        """The JobReturn of one job as Hydra's own launchers fill it: the job's config without `hydra`,
+        its hydra config with the job id and number it ran with, and Hydra's output directory of the
+        job (noted by tasks/app.py in the newest attempt). A cell not composed in this sweep (done
+        before, planned from its group's config) has no cfg: composing it would cost a Hydra compose."""
         from hydra.core.utils import JobReturn, JobStatus
+        from omegaconf import OmegaConf, open_dict
 
-        # cfg: the job's composed config when it was composed (submitted cells); Hydra does not read it
-        return JobReturn(overrides=list(c.overrides), cfg=c.composed, hydra_cfg=None, working_dir=None,
+        cfg = hydra_cfg = working_dir = None
+        if c.composed is not None:
+            cfg = OmegaConf.masked_copy(c.composed, [str(k) for k in c.composed if k != "hydra"])
+            hydra_cfg = OmegaConf.masked_copy(c.composed, ["hydra"])
+            attempts = c.run_dir.read_state().get("attempts") or [] if c.run_dir.state_path.exists() else []
+            note = next((a["hydra"] for a in reversed(attempts) if a.get("hydra")), {})
+            with open_dict(hydra_cfg):
+                hydra_cfg.hydra.job.id = note.get("job_id", f"sds-{self.id}-{c.index}")
+                hydra_cfg.hydra.job.num = note.get("job_num", c.index)
+            working_dir = note.get("output_dir")
+        return JobReturn(overrides=list(c.overrides), cfg=cfg, hydra_cfg=hydra_cfg, working_dir=working_dir,
                          task_name=str(self.config.hydra.job.name),
                          status=JobStatus.COMPLETED if ok else JobStatus.FAILED, _return_value=value)
 
     def cached_return(self, c: PlannedCell) -> Any:
-        """A done cell's JobReturn: its stored result (or the objective picked out of it)."""
+        """A done cell's JobReturn: the task function's stored return value (any app), or the package's
+        own result read from its evaluations (or the sweep.objective picked out of it)."""
+        from safedreamer_sweep.core.store import StoreError
         from safedreamer_sweep.tasks.run import cell_result
 
+        if c.spec.done_when == "return":
+            try:
+                return self.job_return(c, True, c.run_dir.read_result())
+            except StoreError as e:
+                return self.job_return(c, False, SweepIncomplete(str(e)))
         try:
             return self.job_return(c, True, _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective")))
         except SweepIncomplete as e:

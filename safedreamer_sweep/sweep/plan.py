@@ -482,9 +482,11 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     if not specs:
         return []
     # A derived job differs from its group's composed first job only by the seed, which is never a
-    # confound: the composed jobs alone carry every value the confound check compares.
-    check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log,
-                    swept=swept_keys(config, job_overrides))
+    # confound: the composed jobs alone carry every value the confound check compares. Confounds are
+    # differences between the configs of a `config` axis: an app without that group has none.
+    if cell_base(specs[0][1])[1] == "config":
+        check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log,
+                        swept=swept_keys(config, job_overrides))
     check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}

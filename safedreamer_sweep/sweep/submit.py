@@ -161,9 +161,10 @@ class CellTask:
         import submitit
         from hydra.core.singleton import Singleton
         from hydra.core.utils import JobStatus, run_job, setup_globals
-        from omegaconf import open_dict
+        from omegaconf import OmegaConf, open_dict
 
         from safedreamer_sweep.sweep.claim import race_start
+        from safedreamer_sweep.tasks.app import RecordedTask
 
         os.environ.update(self.env)
         os.environ.update(SDS_ATTEMPT_STARTED=str(time.time()), SDS_TIMEOUT_MIN=str(self.timeout_min),
@@ -197,11 +198,14 @@ class CellTask:
             cfg = self.config.copy() if self.config is not None else \
                 self.hydra_context.config_loader.load_sweep_config(self.config, list(self.overrides))
             with open_dict(cfg):
-                cfg.store.root = self.store_root
+                if OmegaConf.select(cfg, "store.root", default=None) is not None:  # an app with its own store setting
+                    cfg.store.root = self.store_root
                 cfg.hydra.job.id = job_id
                 cfg.hydra.job.num = self.job_num
-            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            # any task function, recorded as the cell (tasks/app.py); Hydra's output dir, chdir and
+            # callbacks as run_job does them for every launcher
+            ret = run_job(hydra_context=self.hydra_context, task_function=RecordedTask(self.task_function, rd.path),
+                          config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             if ret.status == JobStatus.FAILED:
                 raise ret._return_value
             return ret._return_value

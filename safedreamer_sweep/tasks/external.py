@@ -263,6 +263,7 @@ class ExternalTask:
     curves: dict
     knobs: dict[str, dict] = dataclasses.field(default_factory=dict)  # knob -> {args, env} (see knob_settings)
     resume_not_restored: list[str] = dataclasses.field(default_factory=list)  # what resume_args do not bring back
+    exit_0_is_done: bool = False  # exit 0 proves the script trained total_steps, whatever its files show
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> ExternalTask:
@@ -274,7 +275,7 @@ class ExternalTask:
         assert isinstance(c, dict)
         known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
                  "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
-                 "curves", "knobs", "resume_not_restored", "code"}
+                 "curves", "knobs", "resume_not_restored", "exit_0_is_done", "code"}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
@@ -308,6 +309,7 @@ class ExternalTask:
             curves=dict(c.get("curves") or {}),
             knobs=_knob_declarations(c.get("knobs")),
             resume_not_restored=[str(x) for x in (c.get("resume_not_restored") or [])],
+            exit_0_is_done=bool(c.get("exit_0_is_done", False)),
         )
 
 
@@ -785,6 +787,12 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     marker = render(task.done_marker, values, cfg, "task.done_marker") if task.done_marker else None
     if marker and not os.path.isabs(marker):
         marker = str(run.path / marker)
+    if progress.env_step < task.total_steps and task.exit_0_is_done:
+        # The script exits 0 only once its own loop reached its budget, but its files can lag behind
+        # (SafeDreamer: no checkpoint, metrics row or replay flush at the end): the exit is the evidence.
+        run.heartbeat(task.total_steps, task.total_steps, probe="exit 0", phase="train", probes=progress.read())
+        run.update_state(lambda s: s.update(trained_by="exit 0", probed_step=progress.env_step))
+        return task.total_steps
     if progress.env_step < task.total_steps and not (marker and P.expand_glob(marker)):
         raise ExternalTaskError(
             f"{run.path}: the training command exited 0 but its probes show env step {progress.env_step} "

@@ -1,0 +1,81 @@
+"""Hydra's own launcher conformance suites (hydra.test_utils.launcher_common_tests), the ones
+hydra-submitit-launcher and hydra-joblib-launcher run against themselves, run against sds_local and
+(on the local Slurm, marker `slurm`) sds_slurm. Nothing is skipped: any Hydra app is a cell.
+
+Each test gets its own store ($SDS_STORE), and each app invocation of the integration suite its own
+store too (hydra.launcher.store_root, through the suite's documented generate_custom_cmd hook): the
+suites run one config several times (test_to_absolute_path_multirun re-invokes the same config with a
+new task file) and expect it to run again, while this launcher by design hands a finished cell's
+stored result back without running it (tests/test_any_app.py checks that). These suites check
+Hydra's conventions (output dirs, cwd, job names, returns), which a fresh store exercises fully.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.test_utils.launcher_common_tests import (
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
+
+from hydra_plugins.sds_launcher.launcher import SdsLocalLauncher, SdsSlurmLauncher
+
+FAST = ["hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none"]
+SLURM = ["hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5"]
+
+
+@pytest.fixture(autouse=True)
+def own_store(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SDS_STORE", str(tmp_path_factory.mktemp("store")))
+
+
+_INVOCATION = itertools.count()
+
+
+class FreshStorePerInvocation:
+    def generate_custom_cmd(self):
+        def fun(cmd, filename):
+            # `env` sets the store of this invocation only (the suite appends -m and overrides after cmd)
+            return ["env", f"SDS_STORE={os.environ['SDS_STORE']}/invocation_{next(_INVOCATION)}", *cmd]
+
+        return fun
+
+
+@pytest.mark.parametrize("cls", [SdsLocalLauncher, SdsSlurmLauncher])
+def test_discovery(cls):
+    assert cls.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("sds_local", FAST)])
+class TestSdsLocalLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [(
+    {"defaults": [{"override hydra/launcher": "sds_local"}, {"override hydra/job_logging": "disabled"}],
+     "hydra": {"launcher": {"poll_s": 0.2, "progress": "none"}}},
+    ["-m"],
+)])
+class TestSdsLocalLauncherIntegration(FreshStorePerInvocation, IntegrationTestSuite):
+    pass
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("launcher_name, overrides", [("sds_slurm", [*FAST, *SLURM])])
+class TestSdsSlurmLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [(
+    {"defaults": [{"override hydra/launcher": "sds_slurm"}, {"override hydra/job_logging": "disabled"}],
+     "hydra": {"launcher": {"poll_s": 0.2, "progress": "none", "mem_gb": 1, "timeout_min": 5}}},
+    ["-m"],
+)])
+class TestSdsSlurmLauncherIntegration(FreshStorePerInvocation, IntegrationTestSuite):
+    pass
