@@ -76,3 +76,20 @@ def test_holm_keeps_a_config_that_passes_alone_from_being_picked_among_three(tmp
     assert any("not after Holm's correction across 3 configs" in r for r in full.reasons)
     assert three.decision.headline == INCONCLUSIVE
     assert "Holm's step-down correction across the 3 configs" in decision_markdown(three)
+
+
+def test_two_seeds_print_no_interval_anywhere(tmp_path):
+    # At n=2 every place that would show an interval says so in words instead.
+    from safedreamer_sweep.report import build_report
+    from safedreamer_sweep.report.synthetic import write_store
+
+    store = write_store(tmp_path / "store", {"v2_baseline": _cell(10, 5), "v2_full": _cell(14, 5)}, [0, 1])
+    out = build_report(store.root, cfg={"report": {"figures": False}})
+    main_md, abl_md = (out / "main.md").read_text(), (out / "ablation.md").read_text()
+    assert "no interval (n=2;" in main_md and "[" not in main_md
+    assert "no interval (n=2 vs 2;" in abl_md and "[" not in abl_md
+    slides = (out / "slides.md").read_text()
+    assert "+4.00 no interval (n=2 vs 2;" in slides
+    doc = (out / "decision.md").read_text()
+    assert "ID return difference to v2_baseline +4.00: no interval (n=2 vs 2;" in doc
+    assert "CI [nan" not in doc and "[n/a" not in doc
