@@ -55,8 +55,9 @@ def sweep_args(store: Path, *overrides: str) -> list[str]:
             f"task.total_steps={TOTAL}",
             "task.vars.log_every=3600",     # metrics.jsonl: one row at the start, then stale for an hour
             "task.vars.save_every=10",      # a checkpoint (and the partial replay chunk) every 10 s
-            # one episode per kind: 201 agent steps, run by eval_only in blocks of 100; every step is rendered
-            "task.vars.eval_agent_steps=201", "eval.episodes=1",
+            # eval_only renders every step at 1024x1024 (~0.3 s each on a CPU): 100 agent steps per kind, in
+            # episodes cut at 50 agent steps (--wrapper.length 49; the last flag wins), at least one episode
+            "task.vars.eval_agent_steps=100", 'task.vars.eval_args=["--wrapper.length","49"]', "eval.episodes=1",
             "task.probe_every_s=2", "hydra.launcher.progress=plain", "hydra.launcher.max_parallel=2",
             "hydra.launcher.stall_after=900", *overrides]
 
