@@ -38,6 +38,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,6 +79,26 @@ def _raw_worker(num_envs: int, seconds: float, seed: int, q: Any) -> None:
     venv.close()
 
 
+def ood_cost_ratio(seconds: float = 3.0) -> float:
+    """CPU per step of the OOD eval env (SafetyPointGoal2-v0) over the raw env's (SafetyPointGoal1-v0),
+    both stepped x2 with random actions in this process."""
+    import numpy as np
+
+    from safedreamer_sweep.trainer.envs import make_vector_env
+
+    per_step = []
+    for env_id in ("SafetyPointGoal1-v0", "SafetyPointGoal2-v0"):
+        venv = make_vector_env(env_id, 2, fast_reset=True)
+        venv.reset([0, 1])
+        rng, steps, w0, c0 = np.random.default_rng(0), 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - w0 < seconds:
+            venv.step(rng.uniform(-1, 1, size=(2, 2)).astype(np.float32))
+            steps += 2
+        per_step.append((time.process_time() - c0) / steps)
+        venv.close()
+    return per_step[1] / per_step[0]
+
+
 def raw_rate(cores: int, num_envs: int, seconds: float) -> dict[str, float]:
     """Env steps per second of wall (per core: the mean over `cores` processes run at once) and per
     CPU-second."""
@@ -107,13 +128,16 @@ def run_sweep(work: Path, name: str, cores: int, overrides: list[str]) -> dict[s
             "hydra/launcher=sds_local", f"hydra.launcher.max_parallel={cores}",
             f"hydra.sweep.dir={work / ('multirun_' + name)}", *overrides]
     load_before = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     p = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
     t_exit = time.time()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
     out = read_sweep(store, name, t0, t_exit, exit_code=p.returncode, load=(load_before + os.getloadavg()[0]) / 2)
     out["stdout_tail"] = p.stdout[-1500:]
+    out["cpu_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)  # every reaped descendant
     return out
 
 
@@ -155,10 +179,15 @@ def report_in_fresh_process(store: Path, out: Path) -> tuple[float, float]:
     return time.time() - t0, float(p.stdout.strip().splitlines()[-1])
 
 
-def split_cell(c: dict[str, Any], raw_core: float) -> dict[str, float]:
+def split_cell(c: dict[str, Any], raw_core: float, ood_cost: float = 1.0) -> dict[str, Any]:
     """The wall time of one cell (submitted -> attempt ended) by part, and its env steps."""
     tl = c.get("timeline") or {}
-    tr, fe, im = tl.get("train", {}), tl.get("final_eval", {}), tl.get("imports", {})
+    tr, im = tl.get("train", {}), tl.get("imports", {})
+    kinds = [tl[k] for k in ("eval_id", "eval_ood") if k in tl] or [tl.get("final_eval", {})]
+    fe = {k: sum(d.get(k, 0.0) for d in kinds) for k in ("wall_s", "cpu_s", "compile_s", "env_construct_s",
+                                                          "env_construct_cpu_s", "eval_env_steps")}
+    # OOD steps in raw-env (SafetyPointGoal1) step equivalents: the OOD env costs `ood_cost` x as much a step.
+    ood_steps = tl["eval_ood"].get("eval_env_steps", 0.0) if "eval_ood" in tl else fe["eval_env_steps"] / 2
     sub, end = float(c["submitted_at"]), float(c["ended_at"])
     parts = {
         "process start": float(tl["task_entered"]) - sub,
@@ -176,14 +205,29 @@ def split_cell(c: dict[str, Any], raw_core: float) -> dict[str, float]:
     eval_steps = int(tr.get("eval_env_steps", 0) + fe.get("eval_env_steps", 0))
     first = tl.get("first_env_step")
     start_to_first = (float(first) - sub) if first else float("nan")
-    eval_overhead = parts["evaluation"] - eval_steps / raw_core
-    train_cpu = tr.get("cpu_s", 0.0) - tr.get("compile_s", 0.0) - tr.get("env_construct_cpu_s", 0.0) \
-        - tr.get("eval_env_cpu_s", 0.0) - tr.get("checkpoint_cpu_s", 0.0)
+    eval_equiv = eval_steps + (ood_cost - 1.0) * ood_steps
+    eval_overhead = parts["evaluation"] - eval_equiv / raw_core
+    # JAX reports compile durations in wall time only: its CPU is taken at the training call's own
+    # CPU/wall ratio (the share of a core the process got while training).
+    share = min(1.0, tr.get("cpu_s", 0.0) / tr["wall_s"]) if tr.get("wall_s") else 1.0
+    compile_cpu = share * tr.get("compile_s", 0.0)
+    cpu = {
+        "process start": float(tl.get("process_start_cpu_s", 0.0)),
+        "imports": im.get("cpu_s", 0.0),
+        "compile": compile_cpu,
+        "env construction": tr.get("env_construct_cpu_s", 0.0) + fe.get("env_construct_cpu_s", 0.0),
+        "training": tr.get("cpu_s", 0.0) - compile_cpu - tr.get("env_construct_cpu_s", 0.0)
+        - tr.get("eval_env_cpu_s", 0.0) - tr.get("checkpoint_cpu_s", 0.0),
+        "evaluation": tr.get("eval_env_cpu_s", 0.0) + fe.get("cpu_s", 0.0) - fe.get("env_construct_cpu_s", 0.0),
+        "checkpoints": tr.get("checkpoint_cpu_s", 0.0),
+    }
+    cpu["other"] = float(tl.get("process_cpu_s", 0.0)) - sum(cpu.values())
     return {**parts, "wall": wall, "train_steps": c["trained"], "eval_steps": eval_steps,
             "start_to_first_step": start_to_first, "eval_overhead": eval_overhead,
             "fixed_cost": start_to_first + eval_overhead,
-            "overhead_all": wall - (c["trained"] + eval_steps) / raw_core,
-            "train_cpu_s": train_cpu, "train_proper_s": parts["training"],
+            "overhead_all": wall - (c["trained"] + eval_equiv) / raw_core, "eval_equiv": eval_equiv,
+            "train_cpu_s": cpu["training"], "train_proper_s": parts["training"], "cpu": cpu,
+            "cpu_total": float(tl.get("process_cpu_s", 0.0)),
             "compiles": tr.get("compiles", 0), "cache_hits": tr.get("cache_hits", 0),
             "cache_misses": tr.get("cache_misses", 0)}
 
@@ -209,7 +253,8 @@ PARTS = ["process start", "imports", "compile", "env construction", "training", 
 
 def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> dict[str, Any]:
     raw_core, raw_cpu = raw["per_core"], raw["per_cpu_s"]
-    rows = [(c, split_cell(c, raw_core)) for c in sorted(sweep["cells"], key=lambda c: c["submitted_at"])]
+    ood_cost = raw.get("ood_cost", 1.0)
+    rows = [(c, split_cell(c, raw_core, ood_cost)) for c in sorted(sweep["cells"], key=lambda c: c["submitted_at"])]
     launch, gaps = slot_gaps(sweep, cores)
     last_end = max((float(c["ended_at"]) for c, _ in rows), default=sweep["t0"])
     tail = sweep["t_exit"] - last_end
@@ -235,6 +280,15 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     n = max(len(rows), 1)
     print("   mean per cell      " + "".join(f"{sum(s[p] for _, s in rows) / n:>12.2f}" for p in PARTS)
           + f"{sum(s['wall'] for _, s in rows) / n:>11.2f}")
+    print("   CPU-seconds of each cell's own process by part (what an idle core would take; the launcher's "
+          "submitit controller and exit watcher are not in it)")
+    print("   cell               " + "".join(f"{p[:11]:>12}" for p in PARTS) + f"{'cell CPU':>11}{'CPU eff':>9}")
+    for c, s in rows:
+        label = f"{c['config'][3:]}/{c['seed'][5:]}"
+        ce = (s["train_steps"] + s["eval_steps"]) / (s["cpu_total"] * raw_cpu) if s["cpu_total"] else float("nan")
+        print(f"   {label:<19}" + "".join(f"{s['cpu'][p]:>12.2f}" for p in PARTS) + f"{s['cpu_total']:>11.2f}{ce:>9.2f}")
+    print("   mean per cell      " + "".join(f"{sum(s['cpu'][p] for _, s in rows) / n:>12.2f}" for p in PARTS)
+          + f"{sum(s['cpu_total'] for _, s in rows) / n:>11.2f}")
     total_cell = sum(s["wall"] for _, s in rows)
     print(f"   sweep level: launch (Hydra start-up + planning -> first submission) {launch:.2f} s; "
           f"slot refill gaps {', '.join(f'{g:.2f}' for g in gaps)} s (sum {sum(gaps):.1f}); tail (last cell "
@@ -253,6 +307,19 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
            "mean_split_s": {p: sum(s[p] for _, s in rows) / n for p in PARTS},
            "steps": steps, "train_steps": train_steps}
     print(f"   efficiency = {steps:,} / ({sweep['wall']:.1f} s x {cores} x {raw_core:,.0f}) = {eff:.2f}")
+    if ood_cost != 1.0:
+        equiv = sum(s["train_steps"] + s["eval_equiv"] for _, s in rows)
+        out["efficiency_goal1_equiv"] = equiv / (sweep["wall"] * cores * raw_core)
+        print(f"   counting an OOD step (SafetyPointGoal2: more hazards and vases) as the {ood_cost:.1f} raw steps its CPU "
+              f"costs: {out['efficiency_goal1_equiv']:.2f}")
+    cells_cpu = sum(s["cpu_total"] for _, s in rows)
+    if sweep.get("cpu_s"):
+        cpu_eff_all = steps / (sweep["cpu_s"] * raw_cpu)
+        out.update(sweep_cpu_s=sweep["cpu_s"], cpu_efficiency=cpu_eff_all)
+        print(f"   by CPU time: the sweep used {sweep['cpu_s']:.1f} CPU-s (launcher, submitit controllers, exit watchers "
+              f"and cells; the cells' own processes {cells_cpu:.1f}); env steps / (CPU-s x raw per CPU-s) = {cpu_eff_all:.2f}")
+    out["mean_cpu_split_s"] = {p: sum(s["cpu"][p] for _, s in rows) / n for p in PARTS}
+    out["cells_cpu_s"] = cells_cpu
     print(f"   training alone: {cpu_eff:.2f} of the raw rate per CPU-s, {wall_eff:.2f} per wall-s")
     print(f"   per-cell fixed cost (submitted -> first env step {statistics.median(out['start_to_first_step_s']):.2f} s "
           f"median, + evaluation beyond its env steps {statistics.median(out['eval_overhead_s']):.2f} s): median "
@@ -302,6 +369,9 @@ def main() -> None:
     ap.add_argument("--raw-seconds", type=float, default=10.0)
     ap.add_argument("--demo-steps", type=int, default=None, help="override the demo budget (default: conf/sweep.yaml)")
     ap.add_argument("--json", default=None, help="write every figure here")
+    ap.add_argument("--keep", action="store_true", help="keep the stores (printed) for --analyze")
+    ap.add_argument("--ood-cost", type=float, default=None, help="with --analyze: the OOD/raw step cost ratio "
+                    "(default: measured now)")
     ap.add_argument("--analyze", nargs=5, metavar=("STORE", "T0", "T_EXIT", "RAW_PER_CORE", "RAW_PER_CPU_S"),
                     help="split a sweep that already ran into STORE (launched at epoch T0, launcher exit at T_EXIT) "
                          "against a raw rate measured beside it, instead of running one")
@@ -310,11 +380,13 @@ def main() -> None:
         store, t0, t_exit, per_core, per_cpu = args.analyze
         sw = read_sweep(Path(store), Path(store).name.removeprefix("store_"), float(t0), float(t_exit), exit_code=0,
                         load=os.getloadavg()[0])
-        results = [report_sweep(sw, {"per_core": float(per_core), "per_cpu_s": float(per_cpu), "load": 0.0}, args.cores)]
-        print_goals(results)
+        oc = args.ood_cost if args.ood_cost is not None else ood_cost_ratio()
+        raw_given = {"per_core": float(per_core), "per_cpu_s": float(per_cpu), "load": 0.0, "ood_cost": oc}
+        res = [report_sweep(sw, raw_given, args.cores)]
+        print_goals(res)
         if args.json:
             Path(args.json).write_text(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": args.cores,
-                                                   "results": results}, indent=2) + "\n")
+                                                   "results": res}, indent=2) + "\n")
         return
 
     budgets = {"short": ["trainer.total_steps=2048", "eval.episodes=1"],
@@ -322,11 +394,13 @@ def main() -> None:
     names = [b for b in args.budgets.split(",") if b]
     print(f"{time.strftime('%H:%M:%S')} sweep efficiency on {args.cores} cores, {load()}")
     work = Path(tempfile.mkdtemp(prefix="sds_efficiency_"))
-    results = []
+    results: list[dict[str, Any]] = []
+    sweeps: list[dict[str, Any]] = []
     try:
+        ood_cost = ood_cost_ratio()
+        print(f"a SafetyPointGoal2-v0 (OOD) step costs {ood_cost:.2f} x the CPU of a SafetyPointGoal1-v0 step ({load()})")
         raws = [raw_rate(args.cores, 2, args.raw_seconds)]
         print(f"raw: {raws[-1]['per_core']:,.0f} env steps/s per core, {raws[-1]['per_cpu_s']:,.0f} per CPU-s ({load()})")
-        sweeps = []
         for name in names:
             sweeps.append(run_sweep(work, name, args.cores, budgets[name]))
             if name == "demo" and args.demo_steps:
@@ -335,9 +409,13 @@ def main() -> None:
             raws.append(raw_rate(args.cores, 2, args.raw_seconds))
             print(f"raw: {raws[-1]['per_core']:,.0f} env steps/s per core, {raws[-1]['per_cpu_s']:,.0f} per CPU-s ({load()})")
             raw = {k: (raws[-2][k] + raws[-1][k]) / 2 for k in ("per_core", "per_cpu_s", "load")}
+            raw["ood_cost"] = ood_cost
             results.append(report_sweep(sweeps[-1], raw, args.cores))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"stores kept in {work} (t0/t_exit: {[(sw['name'], sw['t0'], sw['t_exit']) for sw in sweeps]})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     print_goals(results)
     if args.json:

@@ -59,7 +59,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         for kind in EVAL_KINDS:
             if rd.read_eval(kind) is None:
                 rd.set_phase(f"eval-{kind}")
-                with timeline.phase("final_eval"):
+                with timeline.phase(f"eval_{kind}"):
                     result = evaluate(cfg, rd, kind)
                 rd.write_eval(kind, result)
     except (KeyboardInterrupt, SystemExit) as e:
