@@ -172,9 +172,11 @@ def _labels(cells: Iterable[dict], max_groups: int = 6) -> str:
     """`v2_full seeds 2 3, v2_u_only seed 1`: one group per exact config name; past `max_groups`
     configs the line says how many more (the table below lists every cell)."""
     groups: dict[str, list[int]] = {}
-    for c in cells:
-        groups.setdefault(c["config"], []).append(int(c["seed"]))
-    shown = [f"{cfg} seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}"
+    for c in cells:  # an app without a seed: its cells are listed by label alone
+        seeds = groups.setdefault(c["config"], [])
+        if c["seed"] is not None:
+            seeds.append(int(c["seed"]))
+    shown = [f"{cfg} seed{'s' if len(s) > 1 else ''} {' '.join(map(str, sorted(s)))}" if s else cfg
              for cfg, s in list(groups.items())[:max_groups]]
     rest = len(groups) - max_groups
     return ", ".join(shown) + (f" and {rest} more config{'s' if rest > 1 else ''}" if rest > 0 else "")
@@ -487,7 +489,7 @@ def cell_history(doc: dict, config: str, seed: int) -> dict[str, Any]:
     `status STORE --cell CONFIG:SEED` shows. KeyError when the store has no such cell."""
 
     for c in doc["cells"]:
-        if c["config"] == config and int(c["seed"]) == int(seed):
+        if c["config"] == config and str(c["seed"]) == str(seed):
             break
     else:
         have = ", ".join(f"{c['config']}:{c['seed']}" for c in doc["cells"]) or "none"

@@ -166,17 +166,22 @@ def _add(into: dict[str, dict[str, float]], by_device: Mapping[str, Mapping[str,
             tgt[k] += float(b.get(k, 0.0))
 
 
-def _cells(states: Any) -> Iterable[tuple[str, int, Mapping]]:
+def _seed(seed: Any) -> int | None:
+    """A cell's seed; None for an app without one (its cell key is `<label>/seed_None`)."""
+    return None if seed is None else int(seed)
+
+
+def _cells(states: Any) -> Iterable[tuple[str, int | None, Mapping]]:
     if isinstance(states, Mapping):
         for (config, seed), st in states.items():
-            yield str(config), int(seed), st
+            yield str(config), _seed(seed), st
         return
     for item in states:
         if isinstance(item, Mapping):
-            yield str(item["config"]), int(item["seed"]), item["state"]
+            yield str(item["config"]), _seed(item["seed"]), item["state"]
         else:
             config, seed, st = item
-            yield str(config), int(seed), st
+            yield str(config), _seed(seed), st
 
 
 def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None = None,
@@ -220,9 +225,9 @@ def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = 
             state = _with_last_seen(rd.read_state(), rd.read_progress())
         except StoreError:  # a corrupt file: status shows it as `corrupt`; its hours are unknown
             continue
-        items.append((spec.get("config", rd.path.parent.parent.name), int(spec.get("seed", -1)), state))
+        items.append((spec.get("config", rd.path.parent.parent.name), _seed(spec.get("seed", -1)), state))
     # Several identities of one (config, seed) are merged by summing their attempts' hours.
-    merged: dict[tuple[str, int], dict] = {}
+    merged: dict[tuple[str, int | None], dict] = {}
     for config, seed, st in items:
         key = (config, seed)
         if key not in merged:

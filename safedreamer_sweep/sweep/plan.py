@@ -80,7 +80,7 @@ class PlannedCell:
 
     @property
     def label(self) -> str:
-        return f"{self.spec.config} seed {self.spec.seed} [{self.spec.hash}]"
+        return f"{self.spec.label} [{self.spec.hash}]"
 
     @property
     def cfg(self) -> DictConfig | None:
