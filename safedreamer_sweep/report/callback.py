@@ -62,7 +62,9 @@ def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log
         if "eval" in kinds:
             from safedreamer_sweep.report import build_report
 
-            written.append(build_report(store.root, cfg=settings))
+            # The verdict is on screen as soon as the tables are written; the figures follow.
+            written.append(build_report(store.root, cfg=settings, on_summary=lambda out, r: say(
+                f"[sds] decision: {r.decision.headline} ({out / 'decision.md'}; drawing the figures)")))
         out = write_results(store.root)
         if out is not None:
             written.append(out)
