@@ -59,6 +59,20 @@ def test_external_code_globs_start_at_task_cwd_and_a_glob_matching_nothing_is_re
     assert identity.code_fingerprint(_external([]))["fingerprint"] is None  # nothing declared: never compared
 
 
+def test_the_shipped_external_task_declares_its_code_and_it_is_not_part_of_the_identity(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    monkeypatch.chdir(ROOT)  # relative task.code globs start where the sweep is launched
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("sweep", overrides=["hydra/launcher=basic", "task=external"])
+        other = compose("sweep", overrides=["hydra/launcher=basic", "task=external", "task.code=[tests/*.py]"])
+    spec = identity.RunSpec.from_cfg(cfg, config_name="v2_baseline")
+    assert spec.code["of"] == "task.code: tests/fake_safedreamer.py" and spec.code["files"] == 1
+    assert spec.code["fingerprint"] == identity.code_fingerprint(_external([str(ROOT / "tests" / "fake_safedreamer.py")]))[
+        "fingerprint"]
+    assert identity.RunSpec.from_cfg(other, config_name="v2_baseline").hash == spec.hash  # which files: not identity
+
+
 # ----------------------------------------------------------------------------- a run dir whose code changed
 
 
