@@ -44,7 +44,8 @@ RECOMMENDED, NOT_RECOMMENDED, INCONCLUSIVE = "recommended", "not recommended", "
 
 @dataclass
 class Warning_:
-    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit | resume
+    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit | resume |
+                # code | stale_eval | policy
     text: str
 
 
@@ -146,7 +147,64 @@ def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings
     if len(frames.cost_limits) > 1:
         out.append(Warning_("cost_limit", f"evaluations used different cost limits {frames.cost_limits}; "
                                           f"violation rates are not comparable across them."))
+    out.extend(stale_eval_warnings(frames))
+    out.extend(policy_warnings(frames))
+    code = code_origin_warning(frames)  # first: numbers from different code are not one experiment
+    return ([code] if code else []) + out
+
+
+def _code_label(spec: dict) -> str:
+    """`3f2a9c1b0d4e (commit 97c8f4e)`, or `A (...) then B (...)` for a cell continued under accepted code."""
+    from safedreamer_sweep.core.identity import describe_code
+
+    chain = [spec.get("code"), *(spec.get("code_accepted") or [])]
+    return " then ".join(describe_code(c) for c in chain)
+
+
+def code_origin_warning(frames: Frames) -> Warning_ | None:
+    """Which cells came from which code, when the cells in the tables were not all computed by the
+    same code (fingerprints in spec.json; sweep.code_change=accept keeps such cells)."""
+    groups: dict[str, list[str]] = {}
+    for (config, seed), spec in sorted(frames.specs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        if spec and "run_config" in spec:
+            groups.setdefault(_code_label(spec), []).append(f"{config} seed {seed}")
+    if len(groups) < 2:
+        return None
+    parts = [f"code {label}: {', '.join(cells)}" for label, cells in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+    return Warning_("code", f"the cells came from {len(groups)} different versions of the code that trains them "
+                            f"(accepted with sweep.code_change=accept, or recorded before code fingerprints), so "
+                            f"differences between them may be the code's, not the configs': " + "; ".join(parts) + ".")
+
+
+def stale_eval_warnings(frames: Frames) -> list[Warning_]:
+    """Cells whose evaluation ran on a checkpoint older than their trained steps."""
+    from safedreamer_sweep.sweep.observe import stale_evaluations
+
+    es, cells = frames.eval_status, frames.cells
+    if not len(es) or "trained_steps" not in cells:
+        return []
+    trained = {(r.config, r.seed): r.trained_steps for r in cells.itertuples()}
+    out: list[Warning_] = []
+    for (config, seed), g in es.groupby(["config", "seed"], sort=True):
+        steps = {str(r.kind): (None if pd.isna(r.checkpoint_step) else int(r.checkpoint_step)) for r in g.itertuples()}
+        t = trained.get((config, seed))
+        text = stale_evaluations(steps, None if t is None or pd.isna(t) else int(t))
+        if text:
+            out.append(Warning_("stale_eval", f"{config} seed {seed}: {text}; its numbers are those of an older "
+                                              f"policy (the newest checkpoint was unreadable, or the script saves on "
+                                              f"a timer). Fix: evaluate it again from its newest checkpoint."))
     return out
+
+
+def policy_warnings(frames: Frames) -> list[Warning_]:
+    """The built-in trainer enforces the cost limit on the policy it trains, evaluation runs another."""
+    kinds = {((spec.get("run_config") or {}).get("task") or {}).get("kind") for spec in frames.specs.values() if spec}
+    if "builtin" not in kinds:
+        return []
+    return [Warning_("policy", "the cost limit was enforced during training on the stochastic policy (sampled "
+                               "actions: the Lagrange multiplier and the certified step see those episodes' costs), "
+                               "while every evaluation here runs the deterministic policy (the mean action), whose "
+                               "cost can be lower or higher: read the cost numbers as the deterministic policy's.")]
 
 
 def resume_caveats(cells: pd.DataFrame) -> list[str]:
