@@ -204,7 +204,8 @@ class Sweep:
         self.manifest = {
             "created_at": time.time(), "detached": not self.wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
             "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
-                       "verdict": c.verdict} for c in self.cells],
+                       "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
+                      for c in self.cells],  # code_change: work by other code, and what sweep.code_change did
             "on_complete_commands": [str(x) for x in (self.settings("sweep").get("on_complete") or [])],
             "launcher": {"backend": self.backend, **{k: v for k, v in self.params.items() if not k.startswith("_")}},
             "jobs": {}, "cost": self.settings("cost"),
