@@ -130,13 +130,24 @@ def run_sweep(work: Path, name: str, cores: int, overrides: list[str]) -> dict[s
     load_before = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    p = subprocess.run(argv, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
-    t_exit = time.time()
+    lines: list[tuple[float, str]] = []  # the launcher's output, time-stamped as it arrives
+    with open(work / f"launcher_{name}.err", "w+") as err:
+        p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.append((time.time(), line.rstrip()))
+        p.wait()
+        t_exit = time.time()
+        err.seek(0)
+        stderr = err.read()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stdout = "\n".join(text for _, text in lines)
     if p.returncode != 0:
-        print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
+        print(stdout[-3000:], stderr[-3000:], file=sys.stderr)
     out = read_sweep(store, name, t0, t_exit, exit_code=p.returncode, load=(load_before + os.getloadavg()[0]) / 2)
-    out["stdout_tail"] = p.stdout[-1500:]
+    out["stdout_tail"] = stdout[-1500:]
+    said = [t for t, text in lines if "[sds] decision:" in text or "[sds] report:" in text]
+    out["summary_said_at"] = said[0] if said else None
     out["cpu_s"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)  # every reaped descendant
     return out
 
@@ -258,6 +269,8 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     launch, gaps = slot_gaps(sweep, cores)
     last_end = max((float(c["ended_at"]) for c, _ in rows), default=sweep["t0"])
     tail = sweep["t_exit"] - last_end
+    said = sweep.get("summary_said_at")
+    summary_after = (said - last_end) if said else float("nan")
     steps = sum(s["train_steps"] + s["eval_steps"] for _, s in rows)
     eff = steps / (sweep["wall"] * cores * raw_core)
     train_steps = sum(s["train_steps"] for _, s in rows)
@@ -292,14 +305,15 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     total_cell = sum(s["wall"] for _, s in rows)
     print(f"   sweep level: launch (Hydra start-up + planning -> first submission) {launch:.2f} s; "
           f"slot refill gaps {', '.join(f'{g:.2f}' for g in gaps)} s (sum {sum(gaps):.1f}); tail (last cell "
-          f"ended -> launcher exit: notice, report, exit) {tail:.2f} s; the report rebuilt alone (a fresh "
+          f"ended -> launcher exit: notice, report, exit) {tail:.2f} s, of which to the decision on screen "
+          f"{summary_after:.2f} s; the report rebuilt alone (a fresh "
           f"process, imports included) {sweep['report_alone_s']:.2f} s, its summary at {sweep['report_summary_s']:.2f} s")
     print(f"   cell-seconds {total_cell:.1f} of {sweep['wall'] * cores:.1f} slot-seconds ({cores} slots x wall); env steps "
           f"done {steps:,} (training {train_steps:,}, evaluation {steps - train_steps:,})")
     fixed = [s["fixed_cost"] for _, s in rows]
     out = {"name": sweep["name"], "wall_s": sweep["wall"], "cells_done": len(rows), "efficiency": eff,
            "train_cpu_efficiency": cpu_eff, "train_wall_efficiency": wall_eff, "launch_s": launch, "refill_gaps_s": gaps,
-           "tail_s": tail, "report_alone_s": sweep["report_alone_s"], "report_summary_s": sweep["report_summary_s"],
+           "tail_s": tail, "summary_on_screen_s": summary_after, "report_alone_s": sweep["report_alone_s"], "report_summary_s": sweep["report_summary_s"],
            "fixed_cost_s": fixed,
            "start_to_first_step_s": [s["start_to_first_step"] for _, s in rows],
            "eval_overhead_s": [s["eval_overhead"] for _, s in rows],
@@ -440,8 +454,8 @@ def print_goals(results: list[dict[str, Any]]) -> None:
         rep = r["report_summary_s"]
         print(f"   [{r['name']}] end-of-sweep report: summary written after {rep:.2f} s, figures included "
               f"{r['report_alone_s']:.2f} s (a fresh process, imports included; goal <= {GOALS['report_s']} s to the "
-              f"summary): {verdict(rep <= GOALS['report_s'])}; the sweep's tail (last cell ended -> launcher exit) "
-              f"{r['tail_s']:.2f} s")
+              f"summary): {verdict(rep <= GOALS['report_s'])}; in the sweep: last cell ended -> decision on screen "
+              f"{r.get('summary_on_screen_s', float('nan')):.2f} s, -> launcher exit {r['tail_s']:.2f} s")
         print(f"   [{r['name']}] training alone, CPU-time efficiency {r['train_cpu_efficiency']:.2f} (goal >= "
               f"{GOALS['train_cpu_eff']}): {verdict(r['train_cpu_efficiency'] >= GOALS['train_cpu_eff'])}")
 

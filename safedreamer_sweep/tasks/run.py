@@ -28,7 +28,7 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
-    timeline = Timeline.start()
+    timeline = Timeline()
     spec, rd = cell_run_dir(cfg, spec)
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
@@ -138,10 +138,6 @@ class Timeline:
         self.doc: dict[str, Any] = {"process_created": _process_created(), "task_entered": time.time(),
                                     "process_start_cpu_s": time.process_time()}
         self._builtin = False
-
-    @classmethod
-    def start(cls) -> Timeline:
-        return cls()
 
     def watch_builtin_trainer(self) -> None:
         _watch_jax()
