@@ -299,19 +299,29 @@ def absolute_code_globs(cfg: DictConfig | dict) -> list[str] | None:
     return [g if os.path.isabs(os.path.expanduser(g)) else str(base / g) for g in found[1]]
 
 
-def _code_files(what: str, globs: list[str]) -> list[Path]:
+def _code_files(what: str, globs: list[str]) -> dict[str, os.stat_result]:
+    """Every regular file the globs match (absolute path -> its stat), one stat call per file."""
     import glob as globlib
+    import stat
 
-    files: set[Path] = set()
+    files: dict[str, os.stat_result] = {}
     for g in globs:
-        hits = [Path(h) for h in globlib.glob(os.path.expanduser(g), recursive=True)]
-        hits = [h for h in hits if h.is_file() and "__pycache__" not in h.parts]
-        if not hits:
+        hit = False
+        for h in globlib.glob(os.path.expanduser(g), recursive=True):
+            if "__pycache__" in h:
+                continue
+            try:
+                st = os.stat(h)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                files[os.path.abspath(h)] = st
+                hit = True
+        if not hit:
             raise CodeFilesError(f"{what}: {g!r} matches no file, so the cell's code cannot be fingerprinted. "
                                  f"Fix: point {what} at the files the task runs (globs relative to task.cwd or "
                                  f"to the directory the sweep is launched from, `**` recurses), or set it to []")
-        files.update(h.resolve() for h in hits)
-    return sorted(files)
+    return files
 
 
 def _common_root(files: list[Path]) -> Path:
@@ -332,10 +342,10 @@ def code_fingerprint(cfg: DictConfig | dict) -> dict:
                 "uncommitted": None}
     what, _ = found
     globs = absolute_code_globs(cfg) or []
-    files = _code_files(what, globs)
-    stats = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    key = (what, tuple(globs), stats)
+    found_files = _code_files(what, globs)
+    key = (what, tuple(globs), tuple((f, st.st_mtime_ns, st.st_size) for f, st in sorted(found_files.items())))
     if key not in _CODE_CACHE:
+        files = [Path(f) for f in sorted(found_files)]
         root = _common_root(files)
         h = hashlib.sha256()
         for f in files:
