@@ -280,6 +280,18 @@ def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
     curve = [r["env_step"] for r in rd.read_metrics()]
     assert curve == sorted(set(curve)) and curve[-1] == total
     assert any(s < resumed for s in curve) and any(s > resumed for s in curve)
+    # The resume is recorded in the cell (what it restarted from, the frames trained twice, what the
+    # script does not restore) and the report says it.
+    resume, = state["resumes"]
+    assert resume["attempt"] == 2 and resume["from_step"] == ckpt_step or resume["from_step"] >= ckpt_step
+    assert resume["reached"] >= resume["from_step"] and resume["lost_frames"] == resume["reached"] - resume["from_step"]
+    import pandas as pd
+
+    from safedreamer_sweep.report.decision import resume_caveats
+
+    text, = resume_caveats(pd.DataFrame([{"config": "fake", "seed": 0, "run_dir": str(rd.path)}]))
+    assert text.startswith(f"fake seed 0: attempt 2 resumed from env step {resume['from_step']}")
+    assert "the resume did not restore: nothing declared" in text
 
 
 def test_ctrl_c_of_the_cell_stops_the_scripts_process_group_and_records_interrupted(tmp_path):

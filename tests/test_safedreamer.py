@@ -68,8 +68,9 @@ def sds_popen(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 def status_cells(store: Path) -> dict[str, dict]:
-    p = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store), "--json"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120, check=True)
+    # `safedreamer-sweep status STORE --json` (exits 0 only when every cell is done)
+    p = subprocess.run([sys.executable, "-m", "safedreamer_sweep.commands.cli", "status", str(store), "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     doc = json.loads(p.stdout)
     return {f"{c['config']}/{c['seed']}": c for c in doc["cells"]}
 

@@ -211,6 +211,8 @@ def resume_caveats(cells: pd.DataFrame) -> list[str]:
     """What a resumed cell's resume did not restore (state.json `resumes`, written by the external
     task adapter: e.g. SafeDreamer's replay buffer and PID-Lagrangian state), and the frames it
     trained twice. A resumed run is not the same experiment as an uninterrupted one."""
+    from pathlib import Path
+
     from safedreamer_sweep.core.store import RunDir
 
     out = []
@@ -218,12 +220,13 @@ def resume_caveats(cells: pd.DataFrame) -> list[str]:
         if not isinstance(getattr(r, "run_dir", None), str):
             continue
         try:
-            resumes = RunDir(r.run_dir).read_state().get("resumes") or []
+            resumes = RunDir(Path(r.run_dir)).read_state().get("resumes") or []
         except Exception:  # noqa: BLE001, S112  an unreadable state is reported as corrupt elsewhere
             continue
         for e in resumes:
             missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
-            out.append(f"{r.config} seed {r.seed}: attempt {e.get('attempt')} resumed from env step "
+            seed = int(r.seed) if isinstance(r.seed, (int, float)) and r.seed == r.seed else r.seed
+            out.append(f"{r.config} seed {seed}: attempt {e.get('attempt')} resumed from env step "
                        f"{e.get('from_step')} (the previous attempt had reached {e.get('reached')}: "
                        f"{e.get('lost_frames')} frames trained again); the resume did not restore: {missing}.")
     return out

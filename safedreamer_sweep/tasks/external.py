@@ -729,7 +729,7 @@ def record_resume(run: RunDir, task: ExternalTask, attempt: int, checkpoint: Pat
     that are trained again (lost), and what the script's resume does not restore
     (`task.resume_not_restored`, e.g. SafeDreamer's replay buffer). The report repeats it."""
     prog = run.read_progress() or {}
-    reached = int(prog.get("env_step") or step)
+    reached = max(int(prog.get("env_step") or 0), int(step))  # the checkpoint can be newer than the last heartbeat
     entry = {"attempt": attempt, "checkpoint": str(checkpoint), "from_step": int(step), "reached": reached,
              "lost_frames": max(0, reached - int(step)), "not_restored": list(task.resume_not_restored),
              "at": now()}
