@@ -162,6 +162,14 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
         v.phase = "done"
         return v
 
+    return _phase(v, state, last, progress, job_state=job_state, stall_after=stall_after, now=t)
+
+
+def _phase(v: CellView, state: dict, last: dict, progress: dict, *, job_state: JobState | None,
+           stall_after: float, now: float) -> CellView:
+    """Set the phase of a cell that is not done from its newest attempt and the liveness of its
+    process (same host) or job (scheduler), else its heartbeat's age."""
+    t = now
     outcome = last.get("outcome")
     if v.job_id and job_state is not None:
         try:
