@@ -50,7 +50,7 @@ def safedreamer_env() -> dict[str, str]:
     pytest.skip(reason)
 
 
-def sweep_args(store: Path, *overrides: str) -> list[str]:
+def sweep_args(store: Path, *overrides: str, max_parallel: int = 2) -> list[str]:
     return ["-m", "task=safedreamer", f"store.root={store}", f"task.vars.agent_steps={AGENT_STEPS}",
             f"task.total_steps={TOTAL}",
             "task.vars.log_every=3600",     # metrics.jsonl: one row at the start, then stale for an hour
@@ -58,7 +58,7 @@ def sweep_args(store: Path, *overrides: str) -> list[str]:
             # eval_only renders every step at 1024x1024 (~0.3 s each on a CPU): 100 agent steps per kind, in
             # episodes cut at 50 agent steps (--wrapper.length 49; the last flag wins), at least one episode
             "task.vars.eval_agent_steps=100", 'task.vars.eval_args=["--wrapper.length","49"]', "eval.episodes=1",
-            "task.probe_every_s=2", "hydra.launcher.progress=plain", "hydra.launcher.max_parallel=2",
+            "task.probe_every_s=2", "hydra.launcher.progress=plain", f"hydra.launcher.max_parallel={max_parallel}",
             "hydra.launcher.stall_after=900", *overrides]
 
 
@@ -105,7 +105,8 @@ def run_dir_of(store: Path, config: str, seed: int) -> RunDir | None:
 def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
     env = safedreamer_env()
     store = tmp_path / "store"
-    log_a = tmp_path / "sweep_a.log"
+    log_a, log_b = tmp_path / "sweep_a.log", tmp_path / "sweep_b.log"
+    sweep_b: subprocess.Popen | None = None
     args_a = sweep_args(store, "config=v2_baseline,v2_u_only", "seed=0")
     sweep = sds_popen(args_a, env, log_a)
     try:
@@ -121,6 +122,10 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
         killed_at = int((rd.read_progress() or {})["env_step"])
         last_ckpt = max(s for s, _ in rd.checkpoints())
         os.kill(int(rd.read_state()["attempts"][-1]["pid"]), signal.SIGKILL)
+        # --- the second seed of one config, in another sweep on the same store, started now so that the
+        # two cores stay busy (each SafeDreamer process compiles for minutes).
+        sweep_b = sds_popen(sweep_args(store, "config=v2_baseline", "seed=1", max_parallel=1),
+                            env, log_b)
 
         # --- v2_baseline meanwhile: RUNNING with a moving env step while metrics.jsonl is stale.
         metrics = next((base_rd.path / "sd").glob("*/metrics.jsonl"))
@@ -136,11 +141,14 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
         assert len(mtimes) == 1, "metrics.jsonl was rewritten: it should be stale (log_every=3600 s)"
         assert seen[-1][3].get("probe") == "replay", seen[-1][3]  # the replay chunks, not metrics.jsonl
         assert sweep.wait(timeout=2400) == 0, log_a.read_text()[-4000:]
+        assert sweep_b.wait(timeout=1800) == 0, log_b.read_text()[-4000:]
     finally:
-        if sweep.poll() is None:
-            sweep.send_signal(signal.SIGINT)
-            sweep.wait(timeout=120)
+        for p in (sweep, sweep_b):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=120)
         stop_cells_of(store)
+    assert "1 to submit" in log_b.read_text(), log_b.read_text()[-3000:]
     out_a = log_a.read_text()
 
     state = rd.read_state()
@@ -156,12 +164,6 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
     assert "--pessimistic True" in second
     assert "--pessimistic False" in (base_rd.logs_dir / "attempt_01.out").read_text()
 
-    # --- the second seed of one config, in another sweep on the same store.
-    log_b = tmp_path / "sweep_b.log"
-    sweep_b = sds_popen(sweep_args(store, "config=v2_baseline", "seed=0,1"), env, log_b)
-    assert sweep_b.wait(timeout=1800) == 0, log_b.read_text()[-4000:]
-    assert "1 to submit" in log_b.read_text(), log_b.read_text()[-3000:]
-
     # --- ID and OOD episodes of every cell, in the cell and in the report.
     import pandas as pd
 
@@ -172,7 +174,9 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
             assert doc and doc["env_id"] == env_id and len(doc["episodes"]) >= 1, (config, seed, kind, doc)
             assert all(e["return"] is not None and e["cost"] is not None for e in doc["episodes"])
             assert doc["checkpoint_step"] > 0 and doc["checkpoint_behind"] == doc["trained_steps"] - doc["checkpoint_step"]
-    report = store / "report"
+    from safedreamer_sweep.report import build_report
+
+    report = build_report(store)  # both sweeps wrote one at their end; this one sees every cell finished
     evals = pd.read_parquet(report / "evals.parquet")
     for config, seed in cells:
         for kind in ("id", "ood"):
