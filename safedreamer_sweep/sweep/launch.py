@@ -196,7 +196,9 @@ class Sweep:
                 for c in self.cells]
 
     def record(self) -> None:
-        """The sweep manifest in the store: what `watch` needs to reattach and `status` to explain."""
+        """The sweep manifest in the store: what `watch` needs to reattach and `status` to explain.
+        Hydra's sweep dir is created too, as Hydra's own launchers leave it even when no job runs here
+        (every cell done): sweepers write their results there (Optuna's optimization_results.yaml)."""
         from omegaconf import OmegaConf
 
         hydra_ov = [o for o in OmegaConf.to_container(self.config.hydra.overrides.hydra) or []  # type: ignore[union-attr]
