@@ -201,6 +201,8 @@ class Sweep:
         (every cell done): sweepers write their results there (Optuna's optimization_results.yaml)."""
         from omegaconf import OmegaConf
 
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
         hydra_ov = [o for o in OmegaConf.to_container(self.config.hydra.overrides.hydra) or []  # type: ignore[union-attr]
                     if not re.match(r"hydra\.launcher\.(wait|mem_gb|exclude|dry_run)=", str(o))]
         self.manifest = {
