@@ -12,10 +12,11 @@
 #
 # Why a separate venv: SafeDreamer runs on JAX 0.4.13 with numpy 1.23.5 (the oldest cp310 jaxlib on
 # PyPI; its README's 0.3.25 has no cp310 wheel), the sweep on JAX 0.6.2 with numpy 1.26.4.
-# The one source change: when tensorflow is not installed, train.py's TensorBoardOutput logger (which
-# imports tensorflow in a background thread and crashes later) is commented out. An unpacked tarball
-# is patched in DEST/src; a checkout is patched in place only with SDS_SAFEDREAMER_PATCH=1 (otherwise
-# install tensorflow into the venv yourself: DEST/venv/bin/pip install tensorflow-cpu).
+# Two one-line source changes: when tensorflow is not installed, train.py's TensorBoardOutput logger
+# (which imports tensorflow in a background thread and crashes later) is commented out; and eval_only's
+# diagnostic plots are skipped when the model report has no cost predictions (an upstream KeyError, 3b
+# below). An unpacked tarball is patched in DEST/src; a checkout is patched in place only with
+# SDS_SAFEDREAMER_PATCH=1 (for the first, installing tensorflow-cpu into the venv also does).
 # Prints, on stdout, "SAFEDREAMER_SRC=<dir holding SafeDreamer/train.py>" then the python path.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -98,6 +99,22 @@ if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null && grep -q "^      em
   else
     log "warning: tensorflow is not installed and $TRAIN logs to TensorBoard: training will crash." \
         "Fix: $VENV/bin/pip install tensorflow-cpu, or re-run with SDS_SAFEDREAMER_PATCH=1 to comment that line out"
+  fi
+fi
+
+# 3b) an upstream crash (not a tensorflow matter, so always in an unpacked tarball, in a checkout only with
+#     SDS_SAFEDREAMER_PATCH=1): eval_only.py plots the world model's cost predictions whenever it decodes a
+#     vector observation, but agent.py computes them (openl_cost) only when use_cost is False, so eval_only
+#     of every use_cost=True vector agent dies with KeyError 'openl_cost' at the end of its first episode.
+#     The fix skips those diagnostic plots when there is nothing to plot; the episodes are untouched.
+EVAL=$CODE/SafeDreamer/embodied/run/eval_only.py
+if grep -q "^    if 'openl_observation' in model_report.keys():$" "$EVAL"; then
+  if [ "$PATCH" = 1 ]; then
+    log "patching $EVAL: skip the cost-prediction plots when the report has no openl_cost (upstream KeyError)"
+    sed -i "s|^    if 'openl_observation' in model_report.keys():$|    if 'openl_observation' in model_report.keys() and 'openl_cost' in model_report.keys():  # sds: upstream KeyError|" "$EVAL"
+  else
+    log "warning: $EVAL crashes (KeyError 'openl_cost') at the end of the first episode of a use_cost=True" \
+        "vector agent. Fix: re-run with SDS_SAFEDREAMER_PATCH=1 to guard that line"
   fi
 fi
 
