@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,13 @@ CASES = [
          ["trainer.total_steps", "-5"]),
     Case("zero-max-parallel", [*L, "config=v2_baseline", "seed=4", S, *TINY, *LOCAL, *DRY, "hydra.launcher.max_parallel=0"],
          ["max_parallel"]),
+    Case("zero-ensemble", [*L, "config=v2_full", "seed=4", S, *TINY, *LOCAL, *DRY, "agent.u.ensemble=0"],
+         ["agent.u.ensemble=0", ">= 1", "Fix"], note="trained until a NaN loss and blamed the learning rate (issue 14)"),
+    Case("negative-mem-gb", [*L, "config=v2_baseline", "seed=4", S, *TINY, *LOCAL, *DRY, "hydra.launcher.mem_gb=-4"],
+         ["hydra.launcher.mem_gb", "> 0", "Fix"]),
+    Case("unknown-env-id", [*L, "config=v2_baseline", "seed=4", S, *TINY, *LOCAL, *DRY, "eval.ood_env=SafetyPointGoal9-v0"],
+         ["eval.ood_env", "SafetyPointGoal9-v0", "Safety-Gymnasium env id", "Fix"],
+         note="was found only when the cell started"),
     Case("negative-poll", [*L, "config=v2_baseline", "seed=4", S, *TINY, *LOCAL, *DRY, "hydra.launcher.poll_s=-1"],
          ["poll_s"]),
     Case("store-root-is-a-file", [*L, "config=v2_baseline", "seed=0", "store.root={S}/runs/{SPEC}", *TINY, *LOCAL],
@@ -221,3 +229,84 @@ def test_bad_input_is_refused_clearly_and_leaves_the_store_byte_identical(case: 
 
 def test_the_battery_has_at_least_20_distinct_inputs():
     assert len({c.id for c in CASES}) == len(CASES) >= 20
+
+
+# ----------------------------------------------------------------------------- generated from the schema
+
+
+def _override(value) -> str:
+    """A Hydra override value for `value` (the malformed values are str, int, float, list)."""
+    if isinstance(value, str):
+        return "''" if value == "" else value
+    if isinstance(value, list):
+        return "[" + ",".join(map(str, value)) + "]"
+    return repr(value)
+
+
+@pytest.fixture(scope="module")
+def planner(tmp_path_factory):
+    """The real plan stage (sweep/launch.plan_sweep) over the real conf/ through Hydra's compose API."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from safedreamer_sweep.sweep.launch import plan_sweep
+
+    store = tmp_path_factory.mktemp("generated") / "store"
+    store.mkdir()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        ctx = SimpleNamespace(config_loader=GlobalHydra.instance().config_loader())
+
+        def plan(job: list[str], params: dict) -> None:
+            config = compose(config_name="sweep", overrides=[f"store.root={store}"], return_hydra_config=True)
+            plan_sweep("local", params, config, ctx, [["config=v2_baseline", f"store.root={store}", *job]])
+
+        yield plan, store
+
+
+GENERATED = __import__("safedreamer_sweep.core.schema", fromlist=["malformed_values"]).malformed_values()
+
+
+@pytest.mark.parametrize(("schema", "key", "bad"), GENERATED, ids=[f"{s}:{k}" for s, k, _ in GENERATED])
+def test_a_generated_malformed_value_for_every_key_is_refused_before_anything_is_written(planner, schema, key, bad):
+    import dataclasses
+
+    from hydra_plugins.sds_launcher.config import SdsLocalConf
+    from safedreamer_sweep.sweep.plan import PlanError
+
+    plan, store = planner
+    params = dataclasses.asdict(SdsLocalConf())
+    job = ["seed=0"]
+    if schema == "launcher":
+        params[key] = bad
+        name = f"hydra.launcher.{key}"
+    else:
+        job = [o for o in job if not o.startswith(f"{key}=")] + [f"{key}={_override(bad)}"]
+        name = key
+    with pytest.raises(PlanError) as refused:
+        plan(job, params)
+    text = str(refused.value)
+    assert name in text and "Fix:" in text and "Traceback" not in text, text
+    assert list(store.iterdir()) == [], "the store was touched"
+
+
+def test_an_unwritable_store_root_is_refused_without_a_traceback(tmp_path):
+    store = tmp_path / "ro"
+    store.mkdir()
+    ro = subprocess.run(["sh", "-c", f"mount --bind {store} {store} && mount -o remount,ro,bind {store}"],
+                        capture_output=True, text=True, check=False)
+    if ro.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.skip(f"cannot make a read-only mount here: {ro.stderr.strip()}")
+        store.chmod(0o555)
+    try:
+        p = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0",
+                            f"store.root={store}/sub", *TINY, *LOCAL], check=False, cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(store)], check=False, capture_output=True)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1 and f"store.root={store}/sub is not writable" in out and "Fix:" in out, out[-3000:]
+    assert "Traceback (most recent call last)" not in out
+    assert list(store.iterdir()) == []

@@ -184,17 +184,17 @@ def test_error_stops_with_traceback_exit_1_and_hooks_run_once(tmp_path):
     marker = tmp_path / "hook.txt"
     hook = f"sweep.on_complete=['echo ran >> {marker}']"
     dry = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, hook,
-              "env.id=NoSuchEnv-v0", "hydra.launcher.dry_run=true", timeout=120)
+              "trainer.platform=tpu", "hydra.launcher.dry_run=true", timeout=120)
     assert dry.returncode == 0 and "dry run: nothing submitted" in dry.stdout and not marker.exists()
     assert not (store / "runs").exists()
-    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, hook, "env.id=NoSuchEnv-v0",
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *LOCAL, hook, "trainer.platform=tpu",
             "sweep.strict_confounds=false", timeout=300)
     assert p.returncode == 1
     assert "0/1 cells done" in p.stdout and "cause error" in p.stdout and "traceback tail" in p.stdout
     assert "v2_baseline seed 0" in p.stderr and "is not done (error" in p.stderr and "Traceback" not in p.stderr
     (st,) = states(store).values()
     assert st["phase"] == "failed" and len(st["attempts"]) == 1  # an exception is not retried
-    assert st["attempts"][0]["cause"] == "error" and "NoSuchEnv" in st["attempts"][0]["traceback_tail"]
+    assert st["attempts"][0]["cause"] == "error" and "backend 'tpu'" in st["attempts"][0]["traceback_tail"]
     assert marker.read_text() == "ran\n"  # every cell terminal: the hook ran, once
 
 

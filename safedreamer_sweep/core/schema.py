@@ -329,13 +329,23 @@ def check_launcher(params: Mapping[str, Any]) -> list[Refusal]:
     return _refusals(Launcher, dict(_plain(params)), "hydra.launcher.")
 
 
+_LIST_IDS = ("import json, gymnasium, safety_gymnasium; "
+             "print(json.dumps(sorted(k for k in gymnasium.registry if k.startswith('Safety'))))")
+
+
 @functools.lru_cache(maxsize=1)
 def safety_gymnasium_ids() -> frozenset[str]:
-    """Every env id Safety-Gymnasium registers (imports it once per process: ~2 s)."""
-    import gymnasium
-    import safety_gymnasium  # noqa: F401 (registers its envs)
+    """Every env id Safety-Gymnasium registers, read once per process in a child interpreter (~2 s):
+    importing it here would load MuJoCo and gymnasium-robotics into the launcher for good."""
+    import json
+    import subprocess
+    import sys
 
-    return frozenset(k for k in gymnasium.registry if k.startswith("Safety"))
+    out = subprocess.run([sys.executable, "-c", _LIST_IDS], capture_output=True, text=True, check=False, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot list Safety-Gymnasium's env ids (import safety_gymnasium failed: "
+                           f"{out.stderr.strip().splitlines()[-1:]}). Fix: bash scripts/venv.sh")
+    return frozenset(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def check_env_ids(cfg: Any) -> list[Refusal]:

@@ -23,7 +23,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
     have_slurm,
     slurm_state_lookup,
 )
-from safedreamer_sweep.sweep.claim import try_claim
+from safedreamer_sweep.sweep.claim import try_lease
 from safedreamer_sweep.sweep.failures import RetryPolicy
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
@@ -66,6 +66,11 @@ PROGRESS_MODES = ("rich", "plain", "none")
 def check_launcher_params(params: dict) -> None:
     """PlanError naming the option and its valid range for a launcher setting out of range (e.g.
     max_parallel=0 would otherwise silently mean every core)."""
+    from safedreamer_sweep.core.schema import check_launcher
+
+    refused = check_launcher(params)  # every option's declared type and range (core/schema.py)
+    if refused:
+        raise PlanError("launcher settings refused before anything was written:\n" + "\n".join(f"  {r}" for r in refused))
     for name, low, what, may_be_unset in _RANGES:
         if name not in params:
             continue
@@ -231,11 +236,13 @@ class Sweep:
                 t.watch_only = True
             else:
                 c.run_dir.ensure_spec(c.spec.spec_document())
-                ok, why = try_claim(c.run_dir, self.id, backend=self.backend, stall_after=self.stall_after,
-                                    job_state=self.job_state)
-                if not ok:
-                    say(f"[sds] {c.label}: not claimed ({why}); watching it instead")
+                lease = try_lease(c.run_dir, self.id, backend=self.backend, stall_after=self.stall_after,
+                                  job_state=self.job_state, lease_s=self.params.get("lease_s"))
+                if not lease.ok:
+                    say(f"[sds] {c.label}: not claimed ({lease.why}); watching it instead")
                     t.watch_only = True
+                else:  # every write for this cell, ours and its process's, is fenced by the lease
+                    c.run_dir = t.rd = c.run_dir.fenced(lease.generation)
             tracked[c.spec.key] = t
         return list(tracked.values())
 

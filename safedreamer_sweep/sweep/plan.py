@@ -105,7 +105,10 @@ def store_root_setting(cfg: DictConfig) -> str:
 def absolute_store_root(cfg: DictConfig, cwd: str | os.PathLike | None = None) -> Path:
     """The store root (store_root_setting) made absolute against the original working directory
     (jobs may run elsewhere)."""
-    root = Path(store_root_setting(cfg)).expanduser()
+    setting = store_root_setting(cfg)
+    if not setting.strip():  # Path("") would silently be the working directory
+        raise PlanError("store.root='' is not allowed: must be a directory path. Fix: e.g. store.root=experiments")
+    root = Path(setting).expanduser()
     if not root.is_absolute():
         base = cwd
         if base is None:

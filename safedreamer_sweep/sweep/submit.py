@@ -252,6 +252,9 @@ class CellTasks:
     signal_delay_s: float = 0
 
     def __call__(self, cell: Any, env: dict[str, str], resources: dict[str, Any], race: bool = False) -> CellTask:
+        if cell.run_dir.generation is not None:
+            # the cell writes fenced by the lease generation this launcher holds (core/store.py)
+            env = {**env, "SDS_LEASE": f"{cell.run_dir.path.name}:{cell.run_dir.generation}"}
         return CellTask(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.cfg,
                         overrides=list(cell.overrides), job_num=self.initial_job_idx + cell.index,
                         singleton_state=self.singleton_state, run_dir=str(cell.run_dir.path),
@@ -286,7 +289,9 @@ def make_executor(backend: str, folder: Path, params: dict[str, Any], *, mem_gb:
     import submitit
 
     if backend == "local":
-        lex = submitit.LocalExecutor(folder=str(folder))
+        # exitwatch.py is the cell's parent: it records the exit status submitit's controller drops
+        lex = submitit.LocalExecutor(folder=str(folder), python=f"{sys.executable} -m safedreamer_sweep.sweep.exitwatch "
+                                                                f"{sys.executable}")
         lex.update_parameters(timeout_min=params.get("timeout_min") or 60 * 24 * 7,
                               signal_delay_s=int(params.get("signal_delay_s") or 30))
         return lex

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import Store, read_json
+from safedreamer_sweep.core.store import LeaseLost, Store, read_json
 from safedreamer_sweep.sweep.backends import Backend, Refused, Tracked
-from safedreamer_sweep.sweep.claim import add_jobs, holder_alive, release
+from safedreamer_sweep.sweep.claim import add_jobs, holder_alive, release, still_held
 from safedreamer_sweep.sweep.failures import RetryPolicy, classify_failure
 from safedreamer_sweep.sweep.observe import CellView, observe_run
 
@@ -47,11 +47,14 @@ class Supervisor:
     def run(self) -> list[Tracked]:
         """Poll until every tracked cell is terminal. Returns them all."""
         while self.queue or self.active:
+            self._renew_leases()
             self.submit_ready()
             self.backend.refresh(self.active)
             for t in list(self.active):
                 try:
                     self._check(t)
+                except LeaseLost as e:
+                    self._lost_lease(t, str(e))
                 except OSError as e:
                     # e.g. ENOSPC on the store: the supervisor must outlive it (the cell's own
                     # attempt records the failure); try again next poll.
@@ -66,12 +69,34 @@ class Supervisor:
                 self._wake_at = float("inf")
         return self.finished
 
+    # --- leases (sweep/claim.py): renewed every poll; a cell whose lease was taken over is only watched
+    def _renew_leases(self) -> None:
+        for t in [*self.queue, *self.active]:
+            if not t.watch_only and t.rd.generation is not None and not t.rd.renew_lease():
+                self._lost_lease(t, still_held(t.rd, self.sweep_id, t.rd.generation)[1])
+
+    def _lost_lease(self, t: Tracked, why: str) -> None:
+        """Another sweep took the cell over: stop acting on it (its writes, and those of any process
+        of ours still running it, are fenced off) and watch it until it is terminal."""
+        self.log(f"[sds] {t.label}: {why}; no longer running it here, watching it")
+        if t in self.queue:
+            self.queue.remove(t)
+        if t not in self.active:
+            self.active.append(t)
+        t.watch_only = True
+
     # --- starting cells
     def submit_ready(self) -> None:
-        """Hand the backend every queued cell it has room for, in order."""
+        """Hand the backend every queued cell it has room for, in order (each re-checked to hold
+        its lease: a cell queued here may have been taken over while it waited)."""
         batch: list[Tracked] = []
         while self.queue and self.backend.has_room(len(self.active), len(batch)):
-            batch.append(self.queue.pop(0))
+            t = self.queue.pop(0)
+            held, why = (True, "") if t.rd.generation is None else still_held(t.rd, self.sweep_id, t.rd.generation)
+            if held:
+                batch.append(t)
+            else:
+                self._lost_lease(t, why)
         if not batch:
             return
         for t, outcome in self.backend.submit(batch, list(self.exclude)):
@@ -197,6 +222,12 @@ class Supervisor:
         stderr tails (submitit's and the attempt's), and the cell's own closing record."""
         ev: dict[str, Any] = dict(t.stall or {})
         ev.update(self.backend.end_evidence(sub, last))
+        if sub is not None and getattr(sub, "job", None) is not None and getattr(sub.job, "_process", None) is not None:
+            from safedreamer_sweep.sweep.exitwatch import read_exit_record
+
+            rec = read_exit_record(sub.job.paths.folder, str(sub.job_id))  # local: how the cell process ended
+            if rec:
+                ev["exit_record"] = rec
         steps = ev.pop("sacct_steps", None)
         stderr = ""
         if sub is not None:
