@@ -85,6 +85,9 @@ def build_store(store_root: Path, jobs: list[list[str]], done: int, base: dict[s
 
     store = Store(store_root)
     t0 = time.perf_counter()
+    from safedreamer_sweep.core.identity import code_fingerprint
+
+    code = code_fingerprint({"task": {"kind": "builtin"}})
     rng = random.Random(0)
     chosen = rng.sample(range(len(jobs)), done)
     now = time.time()
@@ -93,7 +96,7 @@ def build_store(store_root: Path, jobs: list[list[str]], done: int, base: dict[s
         spec = spec_for(config, seed, base)
         rd = store.run_dir(config, seed, spec.hash)
         doc = {"config": config, "seed": seed, "hash": spec.hash, "run_config": spec.run_config,
-               "overrides": list(spec.overrides)}
+               "overrides": list(spec.overrides), "code": code}  # done by this code: not a code change
         atomic_write_json(rd.spec_path, doc)
         atomic_write_json(rd.state_path, {"phase": "done", "trained": True, "trained_steps": 1024, "updated_at": now,
                                           "attempts": [{"n": 1, "outcome": "done", "started_at": now - 60,
