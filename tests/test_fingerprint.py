@@ -181,8 +181,12 @@ def test_changing_the_trainer_after_a_finished_sweep_makes_the_next_plan_refuse_
     assert f"this code is {second}" in out and "sweep.code_change=rerun" in out
     assert not (run / "superseded").exists()  # a refused plan writes nothing
 
-    accepted = _sweep(proj, store, "hydra.launcher.dry_run=true", "sweep.code_change=accept")
+    accepted = _sweep(proj, store, "sweep.code_change=accept")  # done: nothing runs, the acceptance is recorded
     assert accepted.returncode == 0 and "accepted (sweep.code_change=accept)" in accepted.stdout, accepted.stdout[-2000:]
+    manifest = max((json.loads(m.read_text()) for m in (store / "sweeps").glob("*.json")), key=lambda d: d["created_at"])
+    (cell,) = manifest["cells"]
+    assert cell["verdict"] == "done" and cell["code_change"]["code_change"] == "accept"
+    assert (cell["code_change"]["recorded"]["fingerprint"], cell["code_change"]["now"]["fingerprint"]) == (first, second)
 
     rerun = _sweep(proj, store, "sweep.code_change=rerun")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
