@@ -86,7 +86,10 @@ def read_exit_record(folder: str | os.PathLike, job_id: str, task: int = 0) -> d
         return None
 
 
-def _die_with_parent() -> None:
+def _in_child() -> None:
+    # Its own process group: a terminal's Ctrl-C reaches the cell once (forwarded by this watcher),
+    # not twice (directly and forwarded) which would break its interrupt handling.
+    os.setpgid(0, 0)
     # If this watcher is SIGKILLed (submitit's kill_tasks), the cell must not run on as an orphan.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
@@ -101,7 +104,7 @@ def main(argv: list[str]) -> int:
     cgroups = memory_cgroups()
     before = oom_kill_count(cgroups)
     started = time.time()
-    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no threads exist here)
+    child = subprocess.Popen(argv, preexec_fn=_in_child)  # noqa: PLW1509 (no threads exist here)
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: child.send_signal(s))
     while True:
