@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import subprocess
-import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -387,41 +386,6 @@ def describe_code(code: dict | None) -> str:
     commit = code.get("commit")
     where = f"commit {commit}" if commit else "not a git checkout"
     return f"{code['fingerprint']} ({where}{' + uncommitted changes' if code.get('uncommitted') else ''})"
-
-
-def has_work(rd: Any) -> bool:
-    """True when a run dir holds anything computed (a checkpoint, a curve, an evaluation, a result)."""
-    state = rd.read_state()
-    return bool(state.get("trained") or rd.checkpoints() or rd.metrics_path.exists()
-                or any(rd.eval_path(k).exists() for k in ("id", "ood")) or (rd.path / "result.pkl").exists())
-
-
-def settle_code_change(rd: Any, old: dict, new: dict, policy: str) -> None:
-    """Called by RunDir.ensure_spec (under the run lock) when spec.json exists with the same identity.
-    If the code recorded in it differs from `new`'s and the run dir holds work: `rerun` moves that
-    work to superseded/ (nothing is deleted) and writes `new`; `accept` appends the new code to
-    spec.json's `code_accepted` and keeps the work; `refuse` raises StoreError naming both. Without
-    work, spec.json simply takes the new code. A task that declares no code is never compared."""
-    from safedreamer_sweep.core.store import StoreError, atomic_write_json
-
-    new_code = new.get("code") or {}
-    if not new_code.get("fingerprint") or recorded_fingerprint(old) == new_code["fingerprint"]:
-        return
-    if not has_work(rd):
-        atomic_write_json(rd.spec_path, new)
-        return
-    was = describe_code(old.get("code") if not old.get("code_accepted") else old["code_accepted"][-1])
-    if policy == "rerun":
-        moved = rd.supersede(f"code-{recorded_fingerprint(old) or 'unknown'}")
-        atomic_write_json(rd.spec_path, {**new, "supersedes": {"code": old.get("code"), "moved_to": str(moved)}})
-    elif policy == "accept":
-        atomic_write_json(rd.spec_path, {**old, "code_accepted": [*(old.get("code_accepted") or []),
-                                                                    {**new_code, "at": time.time()}]})
-    else:
-        raise StoreError(f"{rd.path}: its work was computed by code {was}; this process runs code "
-                         f"{describe_code(new_code)}, so the two would be mixed in one cell. Fix: plan the "
-                         f"sweep again with sweep.code_change=rerun (train it again; the old work is moved to "
-                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code")
 
 
 def code_version() -> str | None:
