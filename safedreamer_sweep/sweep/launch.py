@@ -164,7 +164,7 @@ class Sweep:
             cfg = OmegaConf.masked_copy(c.composed, [str(k) for k in c.composed if k != "hydra"])
             hydra_cfg = OmegaConf.masked_copy(c.composed, ["hydra"])
             attempts = c.run_dir.read_state().get("attempts") or [] if c.run_dir.state_path.exists() else []
-            note = next((a["hydra"] for a in reversed(attempts) if a.get("hydra")), {})
+            note: dict[str, Any] = next((a["hydra"] for a in reversed(attempts) if a.get("hydra")), {})
             with open_dict(hydra_cfg):
                 hydra_cfg.hydra.job.id = note.get("job_id", f"sds-{self.id}-{c.index}")
                 hydra_cfg.hydra.job.num = note.get("job_num", c.index)
