@@ -48,7 +48,8 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
                  now: float | None = None, lease_s: float | None = None) -> tuple[bool, str]:
     """Is the sweep named in `claim` still working on the cell? Returns (alive, evidence)."""
     t = time.time() if now is None else now
-    lease_s = LEASE_S if lease_s is None else lease_s
+    # the holder's own promise (it renews within the lease_s it recorded), else the caller's, else 60 s
+    lease_s = float(claim.get("lease_s") or (LEASE_S if lease_s is None else lease_s)) if claim else LEASE_S
     if not claim or claim.get("released_at"):
         return False, "no active claim"
     gen = f" (lease generation {claim.get('generation')})" if claim.get("generation") is not None else ""

@@ -48,7 +48,7 @@ from safedreamer_sweep.core.identity import (
 )
 from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
 from safedreamer_sweep.sweep.claim import holder_alive
-from safedreamer_sweep.sweep.failures import RESUMABLE, RetryPolicy
+from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import JobState, observe_run
 
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "rerun", "conflict", "code-changed",
@@ -373,7 +373,8 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     if view.phase == "failed":
         cause = view.cause or "error"
         used = policy.counted_attempts(attempts)
-        if retry_failed or ((cause in RESUMABLE or policy.retry_errors) and used < policy.max_attempts):
+        # a cancelled cell is resumed by launching the sweep again (the user asking again is the retry)
+        if retry_failed or ((cause in RELAUNCHABLE or policy.retry_errors) and used < policy.max_attempts):
             return "retry", f"last attempt failed ({cause}: {view.evidence}); {used}/{policy.max_attempts} used", rd
         tail = (attempts[-1].get("traceback_tail") or "").strip().splitlines()[-3:] if attempts else []
         return "failed", (f"{cause}: {view.evidence}; {used}/{policy.max_attempts} attempts used; "
