@@ -98,6 +98,19 @@ def submitit_folder(backend: str, params: dict, store_root: Path) -> Path:
     return folder
 
 
+def app_command() -> list[str]:
+    """How to start the app that launched this sweep again (`python -m pkg` or `python app.py`),
+    from the interpreter's own argv: `watch` resubmits a detached cell with it."""
+    import sys
+
+    argv = list(getattr(sys, "orig_argv", []) or [])
+    if len(argv) > 2 and argv[1] == "-m":
+        return [sys.executable, "-m", argv[2]]
+    if len(argv) > 1 and argv[1].endswith(".py"):
+        return [sys.executable, os.path.abspath(argv[1])]
+    return [sys.executable, "-m", "safedreamer_sweep"]
+
+
 def _objective(result: dict, path: str | None) -> Any:
     """`sweep.objective` ("ood.return_mean") picked out of a cell result as a float (for sweepers)."""
     if not path:
@@ -212,6 +225,7 @@ class Sweep:
                     if not re.match(r"hydra\.launcher\.(wait|mem_gb|exclude|dry_run)=", str(o))]
         self.manifest = {
             "created_at": time.time(), "detached": not self.wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
+            "app_command": app_command(),  # what `watch` runs to resubmit a cell of this (any) app
             "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
                        "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
                       for c in self.cells],  # code_change: work by other code, and what sweep.code_change did

@@ -64,7 +64,8 @@ class Reattached(Backend):
             extra.append(f"hydra.launcher.mem_gb={t.mem_gb}")
         if exclude:
             extra.append(exclude_override(exclude))
-        cmd = [sys.executable, "-m", "safedreamer_sweep", "-m", *c["manifest"].get("hydra_overrides", []),
+        app = c["manifest"].get("app_command") or [sys.executable, "-m", "safedreamer_sweep"]  # the app that swept it
+        cmd = [*app, "-m", *c["manifest"].get("hydra_overrides", []),
                *c.get("overrides", []), *extra]
         before = {d["id"] for d in self.store.read_sweep_manifests()}
         p = subprocess.run(cmd, cwd=c["manifest"].get("cwd") or os.getcwd(), check=False, capture_output=True, text=True)
@@ -104,7 +105,7 @@ def _manifest_cells(store: Store) -> list[dict]:
             continue
         jobs = doc.get("jobs") or {}
         for c in doc.get("cells", []):
-            key = f"{c['config']}/seed_{c['seed']}/{c['hash']}"
+            key = f"{c['config']}/{c['hash']}" if c["seed"] is None else f"{c['config']}/seed_{c['seed']}/{c['hash']}"
             out.append({**c, "key": key, "job_ids": jobs.get(key, []), "manifest": doc})
     return out
 
@@ -117,8 +118,9 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
         if c["key"] in seen:
             continue
         seen.add(c["key"])
-        rd = store.run_dir(c["config"], int(c["seed"]), c["hash"])
-        t = Tracked(key=c["key"], rd=rd, label=f"{c['config']} seed {c['seed']} [{c['hash']}]", payload=c,
+        rd = store.run_dir(c["config"], c["seed"], c["hash"])  # seed None: an app without one
+        seed = "" if c["seed"] is None else f" seed {c['seed']}"
+        t = Tracked(key=c["key"], rd=rd, label=f"{c['config']}{seed} [{c['hash']}]", payload=c,
                     mem_gb=mem_gb)
         t.subs = [_Sub(key=c["key"], job_id=str(j), backend=backend) for j in c["job_ids"]]
         view = observe_run(rd, stall_after=sup.stall_after) if rd.spec_path.exists() else None
