@@ -446,7 +446,7 @@ def render(doc: dict):
         sps = c.get("steps_per_s")
         cost = c.get("cost") or {}
         detail.add_row(
-            f"{c['config']} s{c['seed']}",
+            f"{c['config']}" + ("" if c['seed'] is None else f" s{c['seed']}"),  # no seed: the label alone
             Text("queued" if _queued(c) else c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
             _step_text(c),
             f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
