@@ -1,9 +1,12 @@
-"""Each ablation knob of the built-in trainer takes effect in a short real run on
-SafetyPointGoal1-v0, composed from the real conf/config/ files: `risk_penalty` > 0 only when u is
+"""Each ablation knob of the built-in trainer takes effect in a short real run on Safety-Gymnasium,
+composed from the real conf/config/ files: `risk_penalty` > 0 only when u is
 on; `cert_step_frac` < 1 at least once only when cert is on. The cost limit is 0 (every episode
 that touches a hazard exceeds it) and the multiplier stays 0 (lagrangian.lr=0), so the PPO step
 follows the reward alone and is left to the certified step: one that raises the estimated cost
-must be backtracked. Two runs cover both knobs on and off: v2_u_only and v2_cert_only."""
+must be backtracked. Training runs on SafetyPointGoal2-v0 (the same robot and observations, more
+hazards), so most rollouts hold some cost and the certified step has something to estimate (with
+no cost in a rollout, its estimate is exactly 0 and every step passes). Two runs cover both knobs
+on and off: v2_u_only and v2_cert_only."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the certified step is tried on updates 2..6. One metrics row per update.
 SHORT = ["trainer.total_steps=6144", "trainer.num_envs=2", "trainer.rollout_steps=1024",
          "trainer.log_every_steps=1024", "trainer.eval_every_steps=0", "trainer.checkpoint_every_steps=6144",
-         "agent.lagrangian.cost_limit=0.0", "agent.lagrangian.lr=0.0"]
+         "agent.lagrangian.cost_limit=0.0", "agent.lagrangian.lr=0.0", "env.id=SafetyPointGoal2-v0"]
 
 
 _RUNS: dict[tuple[str, int], list[dict]] = {}
@@ -54,7 +57,7 @@ def test_each_knob_takes_effect_in_a_real_run(config, u, cert, tmp_path):
     else:
         assert all(x == 0 for x in risk), risk
     if cert:
-        assert min(fracs) < 1.0, fracs
+        assert sum(f < 1.0 for f in fracs) >= 2, fracs  # (3 of 6 updates on this machine)
         steps = [0.0] + [0.5**k for k in range(6)]  # cert.decay 0.5, backtrack_steps 5, or reverted
         assert all(min(abs(f - s) for s in steps) < 1e-6 for f in fracs), fracs
     else:
