@@ -200,7 +200,7 @@ def main() -> None:
           f"{worst:.3f} (goal >= {GOAL_COVERAGE}) -> {'met' if worst >= GOAL_COVERAGE else 'NOT met'}")
     print(f"\nFalse-recommendation rate of the decision rule (3 configs vs baseline, n=5, no true difference, "
           f"{args.decision_sims} sweeps):")
-    for shape in SHAPES[:2]:
+    for shape in SHAPES[:2] if args.decision_sims > 0 else []:
         rate = false_recommendation_rate(args.decision_sims, shape)
         se = math.sqrt(max(rate * (1 - rate), 1e-12) / args.decision_sims)
         print(f"  returns {shape.name:<20} {rate:.3f} (± {1.96 * se:.3f}; goal <= {GOAL_FALSE_REC}) -> "

@@ -14,9 +14,10 @@ Methods, and why (coverage measured by bench/ci_coverage.py, simulated at n = 2,
   valid but about ±9 standard deviations wide, and any narrower one is false comfort; the report
   says "no interval" in words instead.
 - IQM and probability of improvement: rliable's `aggregate_iqm` and `probability_of_improvement`
-  (Agarwal et al., 2021). Its authors attach stratified-bootstrap CIs to them for aggregates over
-  many runs x tasks; with one task and a few seeds those CIs under-cover (bench/ci_coverage.py
-  --rliable), so the report shows both as point estimates only.
+  (Agarwal et al., 2021). Its authors attach stratified percentile-bootstrap CIs to them for
+  aggregates over many runs x tasks; at a few seeds of one task the percentile bootstrap
+  under-covers (0.86 for the mean at n = 5), so the report shows both as point estimates only
+  (bench/ci_coverage.py --rliable measures rliable's IQM CI itself).
 - Multiplicity: `holm` adjusts the p-values of the configs compared with one baseline
   (statsmodels' multipletests, method "holm"), so that recommending the best of several configs
   keeps the rule's error rate.
