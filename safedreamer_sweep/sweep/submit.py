@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir, host, read_json
+from safedreamer_sweep.core.store import RunDir, host, lease_from_env, read_json
 
 # ----------------------------------------------------------------------------- local GPU slots
 
@@ -169,7 +169,7 @@ class CellTask:
         os.environ.update(self.env)
         os.environ.update(SDS_ATTEMPT_STARTED=str(time.time()), SDS_TIMEOUT_MIN=str(self.timeout_min),
                           SDS_SIGNAL_DELAY_S=str(self.signal_delay_s))
-        rd = RunDir(Path(self.run_dir))
+        rd = RunDir(Path(self.run_dir), lease_from_env(Path(self.run_dir)))  # fenced by SDS_LEASE
         job_id = str(submitit.JobEnvironment().job_id)
         os.environ["SDS_JOB_ID"] = job_id
         if self.race:
@@ -230,7 +230,7 @@ class CellTask:
         os.environ["SDS_INTERRUPT_EVIDENCE"] = evidence
         # No lock here (a signal handler must not wait on a lock the main thread may hold): a side
         # note the next run of the cell uses to close this attempt if the cell cannot.
-        rd = RunDir(Path(self.run_dir))
+        rd = RunDir(Path(self.run_dir), lease_from_env(Path(self.run_dir)))  # fenced by SDS_LEASE
         n = len(rd.read_state().get("attempts") or [])
         atomic_write_json(rd.path / ".requeue.json", {"n": n, "cause": cause, "evidence": evidence, "at": time.time(),
                                                       "job_id": os.environ.get("SDS_JOB_ID")})

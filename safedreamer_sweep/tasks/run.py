@@ -45,7 +45,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         with timeline.phase("imports"):
             from safedreamer_sweep.trainer.evaluate import evaluate
             from safedreamer_sweep.trainer.ppo_lag import train
-        rd = TimedRunDir(rd.path)
+        rd = TimedRunDir(rd.path, rd.generation)  # keeps the lease fence (core/store.py)
         timeline.watch_builtin_trainer()
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
     ckpts = rd.checkpoints()
