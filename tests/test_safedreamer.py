@@ -127,19 +127,26 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
         sweep_b = sds_popen(sweep_args(store, "config=v2_baseline", "seed=1", max_parallel=1),
                             env, log_b)
 
-        # --- v2_baseline meanwhile: RUNNING with a moving env step while metrics.jsonl is stale.
-        metrics = next((base_rd.path / "sd").glob("*/metrics.jsonl"))
-        seen = []
-        for _ in range(3):
-            cell = status_cells(store)["v2_baseline/0"]
-            seen.append((cell["phase"], cell["env_step"], metrics.stat().st_mtime, base_rd.read_progress() or {}))
-            if len(seen) < 3:
-                time.sleep(12)
-        phases, steps, mtimes = [x[0] for x in seen], [x[1] for x in seen], {x[2] for x in seen}
-        assert set(phases) == {"running"}, seen
-        assert steps[-1] > steps[0], f"env step did not move: {seen}"
-        assert len(mtimes) == 1, "metrics.jsonl was rewritten: it should be stale (log_every=3600 s)"
-        assert seen[-1][3].get("probe") == "replay", seen[-1][3]  # the replay chunks, not metrics.jsonl
+        # --- the resumed v2_u_only: RUNNING with a moving env step while its metrics.jsonl is stale. Its
+        # new attempt trains from the checkpoint (fresh log dir) once it has compiled again.
+        def resumed_and_saving() -> bool:
+            resumes = rd.read_state().get("resumes") or []
+            return bool(resumes) and max(s for s, _ in rd.checkpoints()) > resumes[0]["from_step"]
+
+        wait_for(resumed_and_saving, 1500, "the resumed attempt's first timer checkpoint", sweep, log_a)
+        metrics = max((rd.path / "sd").glob("*/metrics.jsonl"))  # the newest log dir: this attempt's
+        seen: list[tuple] = []
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            cell = status_cells(store)["v2_u_only/0"]
+            seen.append((cell["phase"], cell["env_step"], metrics.stat().st_mtime, (rd.read_progress() or {}).get("probe")))
+            a, b = seen[-2:] if len(seen) > 1 else (None, None)
+            if a and a[0] == b[0] == "running" and b[1] > a[1] and a[2] == b[2] and b[3] == "replay":
+                break  # the env step moved (from the replay chunks) while metrics.jsonl was not written
+            time.sleep(4)
+        else:
+            raise AssertionError(f"no two status reads showed RUNNING with a moving env step and a stale "
+                                 f"metrics.jsonl (phase, env_step, metrics mtime, probe): {seen}")
         assert sweep.wait(timeout=2400) == 0, log_a.read_text()[-4000:]
         assert sweep_b.wait(timeout=1800) == 0, log_b.read_text()[-4000:]
     finally:
