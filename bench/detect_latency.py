@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from safedreamer_sweep.core.store import RunDir, Store
-from safedreamer_sweep.sweep.observe import observe_run
 from safedreamer_sweep.sweep.backends.slurm import slurm_state_lookup
+from safedreamer_sweep.sweep.observe import observe_run
 
 BUDGET = ["trainer.total_steps=12288", "trainer.num_envs=1", "trainer.rollout_steps=512",
           "trainer.checkpoint_every_steps=1024", "trainer.log_every_steps=512", "trainer.eval_every_steps=4096",

@@ -125,8 +125,6 @@ class Report(_Group):
     baseline: str = Field(min_length=1)
     templates: list[str]
     confidence: float = Field(gt=0, lt=1)
-    bootstrap_reps: int = Field(ge=100, le=10_000_000)
-    bootstrap_seed: NonNegInt
     bimodal_gap_ratio: float = Field(gt=0)
     bimodal_metrics: list[str]
     power: float = Field(gt=0, lt=1)

@@ -32,8 +32,6 @@ class ReportSettings:
     baseline: str = "v2_baseline"
     templates: tuple[str, ...] = ("templates/slides.md.j2",)
     confidence: float = 0.95
-    bootstrap_reps: int = 2000
-    bootstrap_seed: int = 0
     bimodal_gap_ratio: float = 2.0
     bimodal_metrics: tuple[str, ...] = ("id_return", "ood_return", "final_train_return")
     power: float = 0.8
