@@ -129,12 +129,10 @@ def test_concurrency_limit_slot_env_logs_and_a_rerun_that_submits_nothing(tmp_pa
     for rd in Store(store).iter_runs():
         out_log, err_log = rd.attempt_log_paths(1)
         assert "[train]" in out_log.read_text() and err_log.exists()
-    # a second invocation plans zero submissions and returns fast, exit 0
-    t0 = time.time()
+    # a second invocation plans zero submissions, exit 0 (how fast: bench/plan_scale.py)
     again = sds(*args, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "plan: 3 cells, 0 to submit | done 3" in again.stdout and "submitted" not in again.stdout
-    assert time.time() - t0 < 30
     assert states(store) == st  # nothing was touched
 
 

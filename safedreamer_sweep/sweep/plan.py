@@ -435,7 +435,7 @@ def refuse_code_changes(cells: list[PlannedCell]) -> None:
 
 
 def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] | frozenset[str] = frozenset()) -> None:
-    """Call the status engineer's confound check (safedreamer_sweep/core/confounds.py) when it exists.
+    """Call the confound check (safedreamer_sweep/core/confounds.py) when it exists.
     With sweep.strict_confounds=true a confound stops the launch. Keys the sweep varies itself
     (`swept`, part of each cell's label) are knobs by construction."""
     try:

@@ -60,12 +60,14 @@ class Supervisor:
                     # attempt records the failure); try again next poll.
                     self.log(f"[sds] {t.label}: cannot update {t.rd.path}: {e}. Fix: free space or "
                              f"permissions on the store; retrying in {self.poll_s:.0f}s")
+            self.submit_ready()  # a slot freed by a cell that just ended is refilled now, not a poll later
             if self.on_tick:
                 self.on_tick(self.tracked)
             if self.queue or self.active:
                 # Sleep one poll, or less when a live cell would cross stall_after sooner: a hang is
                 # then noticed at stall_after, not up to one poll later.
-                time.sleep(max(0.05, min(self.poll_s, self._wake_at - time.time())))
+                # The backend wakes early when a cell ends (locally: its process exits).
+                self.backend.wait(self.active, max(0.05, min(self.poll_s, self._wake_at - time.time())))
                 self._wake_at = float("inf")
         return self.finished
 

@@ -4,6 +4,7 @@ supervisor only talks to this interface, so adding a backend touches no supervis
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,3 +89,8 @@ class Backend:
 
     def release(self, t: Tracked, sub: Any) -> None:
         """The cell ended: give back whatever it held (a local slot)."""
+
+    def wait(self, active: list[Tracked], timeout: float) -> None:
+        """Sleep until the next look, at most `timeout` seconds. A backend that can tell when a cell
+        ends returns as soon as one does, so its slot is refilled at once, not a poll later."""
+        time.sleep(timeout)

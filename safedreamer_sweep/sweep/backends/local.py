@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from safedreamer_sweep.sweep.submit import (
     pre_register,
 )
 
+WAKE_S = 0.1  # how soon after a cell's process exits the supervisor notices (and refills its slot)
 
 def local_state(job_id: str) -> str | None:
     """A local submitit job's id is its controller pid."""
@@ -158,3 +160,14 @@ class LocalBackend(Backend):
     def release(self, t: Tracked, sub: Any) -> None:
         if self.pool is not None and sub is not None and sub.slot is not None:
             self.pool.release(sub.slot)
+
+    def wait(self, active: list[Tracked], timeout: float) -> None:
+        """Sleep up to `timeout`, waking within WAKE_S of any running cell's process exiting (a
+        non-blocking waitpid per cell: cheap), so a freed slot is refilled at once."""
+        procs = [p for t in active for sub in t.subs
+                 if (p := getattr(getattr(sub, "job", None), "_process", None)) is not None and p.poll() is None]
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if any(p.poll() is not None for p in procs):
+                return
+            time.sleep(min(WAKE_S, left))
