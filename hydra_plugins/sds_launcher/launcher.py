@@ -5,6 +5,8 @@ so plugin discovery stays fast."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +47,7 @@ class SdsLauncher(Launcher):
         sup = sweep.supervisor(backend, sweep.claim())
         if not sweep.wait:
             return sweep.detach(sup)
+        warm_report_imports()  # pandas, scipy, rliable ...: loaded while cells run, so the verdict follows the last cell at once
         with Progress(sweep.progress, *sweep.settled()) as progress:
             if sweep.progress != "none":
                 sup.on_tick = progress.tick
@@ -56,6 +59,20 @@ class SdsLauncher(Launcher):
         sweep.run_hooks(sup)
         say(f"[sds] {summary}")
         return returns
+
+
+def warm_report_imports() -> None:
+    """Import the report's heavy modules in a background thread while the supervisor waits: the
+    launcher is idle then, and the end-of-sweep verdict no longer pays ~2 CPU-s of imports."""
+
+    def load() -> None:
+        try:
+            import safedreamer_sweep.report.build
+            import safedreamer_sweep.report.cost  # noqa: F401
+        except Exception as e:  # noqa: BLE001 (the end-of-sweep report says it again, with the fix)
+            logging.getLogger(__name__).debug("warming the report's imports failed: %s", e)
+
+    threading.Thread(target=load, name="sds-warm-report", daemon=True).start()
 
 
 class SdsLocalLauncher(SdsLauncher):
