@@ -17,12 +17,19 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from safedreamer_sweep.core.cell import RUN_DIR_ENV
 from safedreamer_sweep.core.identity import RunSpec
-from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, lease_from_env
 
 
 def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec, RunDir]:
+    """The cell's run directory. Under the sds launchers it is the one the planner claimed
+    ($SDS_RUN_DIR): its label carries the keys the sweep varied (an Optuna trial's `agent.lr`),
+    which the cell's own config cannot tell."""
     spec = spec or RunSpec.from_cfg(cfg)
+    planned = os.environ.get(RUN_DIR_ENV)
+    if planned and Path(planned).name == spec.hash:
+        return spec, RunDir(Path(planned), lease_from_env(Path(planned)))
     return spec, Store(cfg.store.root).run_dir(spec.config, spec.seed, spec.hash)
 
 
