@@ -63,8 +63,11 @@ def spawn_cell(cfg, tmp_path: Path) -> subprocess.Popen:
     """Run one cell in its own process (so it can be SIGKILLed like a lost node)."""
     path = tmp_path / "cell.yaml"
     path.write_text(OmegaConf.to_yaml(cfg))
+    # As a terminal's foreground process: SIGINT at its default even when pytest runs as a
+    # background job (which ignores SIGINT, and exec keeps SIG_IGN).
     return subprocess.Popen([sys.executable, "-c", RUN_ONE_CELL, str(path)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 (pytest starts no threads here)
 
 
 def wait_for(cond, timeout: float = 30.0, what: str = "condition"):

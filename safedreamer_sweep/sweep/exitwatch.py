@@ -90,6 +90,10 @@ def _in_child() -> None:
     # Its own process group: a terminal's Ctrl-C reaches the cell once (forwarded by this watcher),
     # not twice (directly and forwarded) which would break its interrupt handling.
     os.setpgid(0, 0)
+    # Signals reach the cell only through this watcher, so it must act on them even when the
+    # launcher was started with some ignored (a background job ignores SIGINT; exec keeps SIG_IGN).
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
     # If this watcher is SIGKILLed (submitit's kill_tasks), the cell must not run on as an orphan.
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
