@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import resource
 import sys
 import threading
@@ -32,11 +31,9 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-# The PPO update takes seconds to compile; every cell of a sweep compiles the same program, so keep
-# compiled programs across processes (set JAX_COMPILATION_CACHE_DIR to move or share the cache).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "safedreamer_sweep", "jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
+# The PPO update takes seconds to compile; a cell keeps its compiled programs in the store
+# (tasks/run.py: use_store_jax_cache, set before jax is imported). Not set here: an import must not
+# change the environment that every later child process of the importer inherits.
 import jax
 import jax.numpy as jnp
 import numpy as np
