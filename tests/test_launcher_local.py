@@ -141,7 +141,7 @@ def test_stalled_and_killed_cells_are_resumed_to_done(tmp_path):
     store = tmp_path / "store"
     budget = [o for o in TINY if not o.startswith("trainer.total_steps")] + ["trainer.total_steps=4096"]
     p = popen_sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget, *LOCAL,
-                  "hydra.launcher.max_parallel=2", "hydra.launcher.stall_after=8")
+                  "hydra.launcher.max_parallel=2", "hydra.launcher.stall_after=30")
     acted: dict[str, str] = {}
     deadline = time.time() + 240
     while len(acted) < 2 and time.time() < deadline and p.poll() is None:
