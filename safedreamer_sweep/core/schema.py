@@ -1,7 +1,7 @@
 """The declared type and range of every config key, checked for every cell before the store is touched.
 
 One pydantic model per config group of conf/ (agent, trainer, env, eval, task, store, sweep, report,
-cost, the seed) and one for the launcher's options (hydra_plugins/sds_launcher/config.py). Groups are
+cost, the seed) and one for the launcher's options (derived from core/launcher_options.py). Groups are
 strict (a bool is not a number, "3" is not an int); keys the code does not read may be added (`+key=`),
 and `task`'s external adapter keys are checked by tasks/external.validate_task.
 `check_cell(cfg)` / `check_launcher(params)` return one `Refusal` per bad key: the key, the value, the
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -153,46 +153,26 @@ class Cell(BaseModel):
     cost: Cost | None = None
 
 
-class Launcher(BaseModel):
-    """hydra.launcher.* (hydra_plugins/sds_launcher/config.py): both backends' keys."""
+def _launcher_model() -> type[BaseModel]:
+    """hydra.launcher.* of both backends, derived from the options' dataclasses
+    (core/launcher_options.py): each field's type, default and range, declared there once."""
+    import dataclasses
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    target_: str | None = Field(default=None, alias="_target_")
-    dry_run: bool = False
-    wait: bool = True
-    poll_s: float = Field(default=5.0, gt=0, le=3600)
-    stall_after: float = Field(default=600.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    retry_errors: bool = False
-    mem_factor: float = Field(default=1.5, ge=1, le=16)
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_min: int = Field(default=1440, ge=1)
-    cpus_per_task: int | None = Field(default=None, ge=1, le=4096)
-    mem_gb: float | None = Field(default=None, gt=0, le=65536)
-    signal_delay_s: int = Field(default=90, ge=0)
-    submitit_folder: str | None = None
-    name: str = Field(default="sds", min_length=1)
-    plan_fast: bool = True
-    progress: Literal["rich", "plain", "none"] = "rich"
-    lease_s: float | None = Field(default=None, gt=0, description="claim lease; default 60 s")
-    store_root: str | None = None
-    # local
-    max_parallel: int | None = Field(default=None, ge=1, le=4096)
-    gpus: int | list[int] | str | None = None
-    runs_per_gpu: int = Field(default=1, ge=1, le=64)
-    # slurm
-    partition: str | None = None
-    qos: str | None = None
-    account: str | None = None
-    constraint: str | None = None
-    exclude: str | None = None
-    gres: str | None = None
-    gpus_per_node: int | None = Field(default=None, ge=0, le=64)
-    array_parallelism: int = Field(default=256, ge=1)
-    setup: list[str] = Field(default_factory=list)
-    additional_parameters: dict[str, Any] = Field(default_factory=dict)
-    max_num_timeout: int = Field(default=3, ge=0, le=100)
-    race_partitions: list[str] = Field(default_factory=list)
+    from safedreamer_sweep.core.launcher_options import LocalOptions, SlurmOptions
+
+    fields: dict[str, Any] = {"target_": (str | None, Field(default=None, alias="_target_"))}
+    for options in (LocalOptions, SlurmOptions):
+        for f in dataclasses.fields(options):
+            if f.name in fields:
+                continue
+            typ = f.metadata.get("schema_type") or f.type
+            default = ({"default_factory": f.default_factory} if f.default_factory is not dataclasses.MISSING
+                       else {"default": f.default})
+            fields[f.name] = (typ, Field(**default, **f.metadata.get("bounds", {})))
+    return create_model("Launcher", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+Launcher = _launcher_model()
 
 
 # ----------------------------------------------------------------------------- refusals
