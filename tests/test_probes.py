@@ -116,6 +116,26 @@ def test_files_probe_rebases_on_a_checkpoint_so_a_prefill_before_the_restore_is_
     assert probe.read() == 2000 + 60 * 5
 
 
+def test_files_probe_does_not_count_twice_the_steps_a_checkpoint_covers_before_their_file_lands(tmp_path):
+    # A checkpoint at agent step 359 is seen while only full 32-step chunks up to 352 are on disk; the
+    # chunk holding steps 353-384 lands later (SafeDreamer: the partial chunk flushed just after the
+    # checkpoint). Counting that whole chunk on top of 359 would claim 391 (seen in CI: 2404 of 2400).
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    probe, = P.build_probes([{"name": "replay", "type": "files", "glob": "replay/*.npz",
+                              "size_regex": r"-(\d+)\.npz$", "key_regex": r"^c(\d+)-"}], base_dir=tmp_path)
+    probe.start(0)
+    for i in range(11):  # 11 x 32 = 352 steps
+        (replay / f"c{i}-32.npz").write_bytes(b"")
+    probe.rebase(359)
+    assert probe.read() == 359
+    (replay / "c11-32.npz").write_bytes(b"")  # steps 353-384
+    assert probe.read() == 384
+    probe.rebase(384)  # the next checkpoint, its chunk already on disk: nothing pending
+    (replay / "c12-32.npz").write_bytes(b"")
+    assert probe.read() == 416
+
+
 def test_files_probe_needs_exactly_one_size_rule():
     with pytest.raises(P.ProbeConfigError, match="exactly one"):
         P.FilesProbe("r", glob="*.npz")

@@ -799,11 +799,6 @@ def train(cfg: DictConfig, run: RunDir) -> int:
             f"< task.total_steps {task.total_steps} (readings {progress.read()}), and no done marker"
             f"{' matches ' + marker if marker else ' is declared'}. The cell is not marked trained. Fix: make "
             f"task.total_steps match the script's step budget, fix the probes, or declare task.done_marker.")
-    if progress.env_step > task.total_steps:
-        # A files probe re-anchored on a checkpoint can count a chunk flushed just after it twice (a
-        # few steps); a script that exited 0 ran its budget, so the excess is kept as evidence only.
-        run.update_state(lambda s: s.update(probed_step=progress.env_step))
-        return task.total_steps
     return progress.env_step  # the probed truth, even when the done marker vouches for completion
 
 

@@ -172,6 +172,7 @@ class FilesProbe:
     base_dir: Path | None = None
     base: int = 0
     _offset: dict[str, int] = field(default_factory=dict, repr=False)  # units per key already counted in base
+    _pending: float = field(default=0.0, repr=False)  # units the anchor covers that no file held yet
     _sizes: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -183,14 +184,21 @@ class FilesProbe:
 
     def start(self, base: int = 0) -> None:
         """Remember what exists now (it belongs to earlier attempts) and the resume step."""
-        self.base = int(base)
+        self.base, self._pending = int(base), 0.0
         self._offset = self._units() if self.since_start else {}
 
     def rebase(self, step: int) -> None:
-        """A checkpoint holding env step `step` was just written: count from it (since_start only)."""
-        if self.since_start:
-            self.base = int(step)
-            self._offset = self._units()
+        """A checkpoint holding env step `step` was just written: count from it (since_start only).
+        The steps it covers that no file holds yet (a partial chunk flushed after the checkpoint,
+        or written only when full) are remembered as pending, so their file is not counted again
+        on top of `step`."""
+        if not self.since_start:
+            return
+        units = self._units()
+        grown = sum(max(0, v - self._offset.get(k, 0)) for k, v in units.items())
+        covered = (int(step) - self.base) / ((self.per_file or 1.0) * self.scale)
+        self._pending = max(0.0, covered - (grown - self._pending))
+        self.base, self._offset = int(step), units
 
     def _size(self, path: str) -> int:
         if path not in self._sizes:
@@ -215,7 +223,9 @@ class FilesProbe:
         if not grown:
             return self.base if self.since_start and self.base else None
         per = self.per_file if self.per_file is not None else 1.0
-        return (self.base if self.since_start else 0) + int(grown * per * self.scale)
+        if not self.since_start:
+            return int(grown * per * self.scale)
+        return self.base + int(max(0.0, grown - self._pending) * per * self.scale)
 
 
 @dataclass
