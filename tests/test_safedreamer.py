@@ -31,7 +31,7 @@ from safedreamer_sweep.core.store import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.safedreamer, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.safedreamer, pytest.mark.timeout(3600)]  # scripts/test.sh runs it at nice 19 beside the suite
 
 AGENT_STEPS = 1000                # per cell: 5,000 env frames (action repeat 5), 1,000 of them the prefill
 TOTAL = AGENT_STEPS * 5
@@ -136,7 +136,7 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
         wait_for(resumed_and_saving, 1500, "the resumed attempt's first timer checkpoint", sweep, log_a)
         metrics = max((rd.path / "sd").glob("*/metrics.jsonl"))  # the newest log dir: this attempt's
         seen: list[tuple] = []
-        deadline = time.time() + 150
+        deadline = time.time() + 300
         while time.time() < deadline:
             cell = status_cells(store)["v2_u_only/0"]
             seen.append((cell["phase"], cell["env_step"], metrics.stat().st_mtime, (rd.read_progress() or {}).get("probe")))
