@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Episode has {ep_len} steps and return {ep_ret:.1f}.", flush=True)
                 episodes, ep_ret, ep_cost, ep_len = episodes + 1, 0.0, 0.0, 0
                 x = rng.standard_normal(a.dim)
+            time.sleep(a.step_sleep)
         return 0
 
     replay = logdir / "replay"

@@ -493,3 +493,24 @@ def test_a_task_external_sweep_whose_configs_render_the_same_command_is_refused_
     # With the shipped mapping (--pessimistic {value}) the same sweep plans both cells.
     p = sds(*args, "hydra.launcher.dry_run=true", timeout=120)
     assert p.returncode == 0 and "2 to submit" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_a_long_external_evaluation_moves_its_heartbeat_per_episode_and_is_not_called_stalled(tmp_path):
+    from safedreamer_sweep.sweep.observe import observe_run
+
+    cfg = make_cfg(tmp_path / "store", total=300)
+    # 500 eval steps at 20 ms: about 10 s per kind, one 50-step episode a second; stall_after 4 s
+    cfg.task.eval.command = str(cfg.task.eval.command).replace("--fake.step_sleep 0", "--fake.step_sleep 0.02")
+    rd = run_dir(cfg)
+    cell = spawn_cell(cfg, tmp_path)
+    try:
+        wait_for(lambda: progress(rd).get("phase") == "eval-id" and progress(rd).get("eval_episodes_done", 0) >= 1,
+                 60, "the ID evaluation's first episode")
+        time.sleep(5)  # longer than stall_after below, shorter than the evaluation
+        p = progress(rd)
+        assert p["phase"] == "eval-id" and p["eval_episodes_done"] >= 3 and p["eval_kind"] == "id", p
+        view = observe_run(rd, stall_after=4)
+        assert view.phase == "running", (view.phase, view.progress_age_s, p)
+    finally:
+        cell.wait(timeout=120)
+    assert cell.returncode == 0 and len(rd.read_eval("id")["episodes"]) == 10

@@ -822,6 +822,16 @@ def summarize(episodes: list[dict], cost_limit: float | None) -> dict:
             "violation_rate": vr, "episodes": len(episodes)}
 
 
+def _results_since(pattern: str, started: float) -> list[Path]:
+    """The result files matching `pattern` written since `started` (never a stale file)."""
+    files = []
+    for p in sorted(P.expand_glob(pattern)):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mtime >= started:
+                files.append(p)
+    return files
+
+
 def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     """Run `task.eval.command` for `kind` (id or ood), read its episodes from `task.eval.results`,
     and return them in the store's eval schema (docs/CONTRACTS.md)."""
@@ -855,24 +865,32 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     out_path, err_path = run.attempt_log_paths(attempt)
     prog = run.read_progress() or {}
     step = int(prog.get("env_step", 0))
+    res = ev.get("results") or {}
+    pattern = _render_glob(str(res["glob"]), values, cfg, "task.eval.results.glob", eval_dir)
+    started = now() - 1.0
+    seen = {"episodes": 0, "moved_at": time.time()}
 
     def tick(pid: int) -> None:
-        run.heartbeat(step, task.total_steps, phase=f"eval-{kind}", child_pid=pid, probe=prog.get("probe"))
+        # The stall check reads eval_moved_at during an evaluation (sweep/observe.py): it moves with
+        # every episode the script writes, so a long evaluation is not taken for a stalled cell.
+        try:
+            n = len(P.read_episodes(_results_since(pattern, started), str(res.get("format", "jsonl")),
+                                    dict(res.get("keys") or {}), records=res.get("records")))
+        except (OSError, P.ProbeConfigError):
+            n = seen["episodes"]
+        if n > seen["episodes"]:
+            seen.update(episodes=n, moved_at=time.time())
+        run.heartbeat(step, task.total_steps, phase=f"eval-{kind}", child_pid=pid, probe=prog.get("probe"),
+                      eval_kind=kind, eval_episodes_done=seen["episodes"], eval_episodes=ev.get("episodes"),
+                      eval_moved_at=seen["moved_at"])
 
-    started = now() - 1.0
     code, tail = run_command(argv, cwd=_cwd(task, values, cfg), env=env, out_path=out_path, err_path=err_path,
                              on_tick=tick, tick_s=task.probe_every_s, stop_grace_s=task.stop_grace_s,
                              tail_lines=task.stderr_tail_lines, header=f"eval {kind} attempt {attempt}")
     if code != 0:
         raise ExternalCommandFailed(f"{run.path}: the {kind} evaluation command {_exit_text(code)}; full output "
                                     f"in {err_path}. Command: {shlex.join(argv)}\n--- stderr tail ---\n{tail}")
-    res = ev.get("results") or {}
-    pattern = _render_glob(str(res["glob"]), values, cfg, "task.eval.results.glob", eval_dir)
-    files = []
-    for p in sorted(P.expand_glob(pattern)):
-        with contextlib.suppress(FileNotFoundError):
-            if p.stat().st_mtime >= started:  # results of this evaluation only, never a stale file
-                files.append(p)
+    files = _results_since(pattern, started)
     episodes = P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
                                records=res.get("records"))
     if not episodes:
