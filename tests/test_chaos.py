@@ -48,7 +48,7 @@ def check(res: dict) -> None:
 
 @pytest.mark.slow
 def test_reduced_chaos_campaign_local(tmp_path: Path):
-    res = chaos.run_campaign("local", cells=4, kills=1, budget=BUDGET, work=tmp_path, seed=1, stall_after=30,
+    res = chaos.run_campaign("local", cells=4, kills=1, budget=BUDGET, work=tmp_path, seed=1, stall_after=60,
                              timeout_s=420)
     check(res)
 
@@ -56,6 +56,6 @@ def test_reduced_chaos_campaign_local(tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_reduced_chaos_campaign_slurm(tmp_path: Path):
-    res = chaos.run_campaign("slurm", cells=3, kills=1, budget=BUDGET, work=tmp_path, seed=2, stall_after=30,
+    res = chaos.run_campaign("slurm", cells=3, kills=1, budget=BUDGET, work=tmp_path, seed=2, stall_after=60,
                              enospc=False, timeout_s=420)
     check(res)
