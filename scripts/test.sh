@@ -26,7 +26,8 @@ fi
 sd_log=$(mktemp -t sds-safedreamer-tests.XXXXXX)
 nice -n 19 python -m pytest -m safedreamer -p no:cacheprovider >"$sd_log" 2>&1 &
 sd_pid=$!
-trap 'kill "$sd_pid" 2>/dev/null || true' INT TERM
+# SIGINT, not TERM: pytest then runs the test's cleanup, which stops its sweeps and SafeDreamer processes
+trap 'kill -INT "$sd_pid" 2>/dev/null || true' INT TERM
 echo "[test] the safedreamer test runs beside the rest (pid $sd_pid); its output follows the rest's" >&2
 rest=0
 python -m pytest -m "not safedreamer" || rest=$?

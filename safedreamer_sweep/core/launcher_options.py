@@ -39,7 +39,7 @@ class BaseOptions:
     # memory factor applied after an out-of-memory kill
     mem_factor: float = opt(1.5, ge=1, le=16)
     # environment variables for every cell, e.g. {MUJOCO_GL: egl}
-    env: dict[str, str] = opt(factory=dict)
+    env: dict[str, str] = opt(factory=dict)  # noqa: RUF009 (opt returns a dataclasses.field)
     # job time limit (minutes); a timeout requeues the cell and it resumes from its checkpoint
     timeout_min: int = opt(60 * 24, ge=1)
     cpus_per_task: int | None = opt(None, ge=1, le=4096)
@@ -67,7 +67,7 @@ class LocalOptions(BaseOptions):
     # cells at once (default: the number of CPU cores)
     max_parallel: int | None = opt(None, ge=1, le=4096)
     # GPUs to use: a count or a list of ids (default: CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`)
-    gpus: Any = opt(None, schema_type=int | list[int] | str | None)
+    gpus: Any = opt(None, schema_type=int | list[int] | str | None)  # noqa: RUF009 (opt returns a dataclasses.field)
     # cells sharing one GPU (each gets XLA_PYTHON_CLIENT_MEM_FRACTION=1/runs_per_gpu)
     runs_per_gpu: int = opt(1, ge=1, le=64)
 
@@ -85,10 +85,10 @@ class SlurmOptions(BaseOptions):
     # cells of one job array running at once (QOS limits)
     array_parallelism: int = opt(256, ge=1)
     # shell lines run in the sbatch script before the cell (module load ..., conda activate ...)
-    setup: list[str] = opt(factory=list)
+    setup: list[str] = opt(factory=list)  # noqa: RUF009 (opt returns a dataclasses.field)
     # any other sbatch option, e.g. {mail-type: END}
-    additional_parameters: dict[str, Any] = opt(factory=dict)
+    additional_parameters: dict[str, Any] = opt(factory=dict)  # noqa: RUF009 (opt returns a dataclasses.field)
     # timeouts requeued per job before it counts as a failed attempt
     max_num_timeout: int = opt(3, ge=0, le=100)
     # submit each cell to each of these partitions; the copies that do not start first are cancelled
-    race_partitions: list[str] = opt(factory=list)
+    race_partitions: list[str] = opt(factory=list)  # noqa: RUF009 (opt returns a dataclasses.field)

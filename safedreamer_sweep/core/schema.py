@@ -12,12 +12,15 @@ itself, one out-of-range or ill-typed value per key (tests/test_schema.py sweeps
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from safedreamer_sweep.core.launcher_options import LocalOptions, SlurmOptions
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -156,10 +159,6 @@ class Cell(BaseModel):
 def _launcher_model() -> type[BaseModel]:
     """hydra.launcher.* of both backends, derived from the options' dataclasses
     (core/launcher_options.py): each field's type, default and range, declared there once."""
-    import dataclasses
-
-    from safedreamer_sweep.core.launcher_options import LocalOptions, SlurmOptions
-
     fields: dict[str, Any] = {"target_": (str | None, Field(default=None, alias="_target_"))}
     for options in (LocalOptions, SlurmOptions):
         for f in dataclasses.fields(options):

@@ -870,12 +870,16 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     started = now() - 1.0
     seen = {"episodes": 0, "moved_at": time.time()}
 
+    def episodes_written() -> tuple[list[Path], list[dict]]:
+        files = _results_since(pattern, started)
+        return files, P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
+                                      records=res.get("records"))
+
     def tick(pid: int) -> None:
         # The stall check reads eval_moved_at during an evaluation (sweep/observe.py): it moves with
         # every episode the script writes, so a long evaluation is not taken for a stalled cell.
         try:
-            n = len(P.read_episodes(_results_since(pattern, started), str(res.get("format", "jsonl")),
-                                    dict(res.get("keys") or {}), records=res.get("records")))
+            n = len(episodes_written()[1])
         except (OSError, P.ProbeConfigError):
             n = seen["episodes"]
         if n > seen["episodes"]:
@@ -890,9 +894,7 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     if code != 0:
         raise ExternalCommandFailed(f"{run.path}: the {kind} evaluation command {_exit_text(code)}; full output "
                                     f"in {err_path}. Command: {shlex.join(argv)}\n--- stderr tail ---\n{tail}")
-    files = _results_since(pattern, started)
-    episodes = P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
-                               records=res.get("records"))
+    files, episodes = episodes_written()
     if not episodes:
         raise ExternalTaskError(
             f"{run.path}: the {kind} evaluation exited 0 but no episode was found: {len(files)} file(s) written "

@@ -196,7 +196,7 @@ class FilesProbe:
             return
         units = self._units()
         grown = sum(max(0, v - self._offset.get(k, 0)) for k, v in units.items())
-        covered = (int(step) - self.base) / ((self.per_file or 1.0) * self.scale)
+        covered = (int(step) - self.base) / self._steps_per_unit()
         self._pending = max(0.0, covered - (grown - self._pending))
         self.base, self._offset = int(step), units
 
@@ -222,10 +222,13 @@ class FilesProbe:
         grown = sum(max(0, v - self._offset.get(k, 0)) for k, v in self._units().items())
         if not grown:
             return self.base if self.since_start and self.base else None
-        per = self.per_file if self.per_file is not None else 1.0
         if not self.since_start:
-            return int(grown * per * self.scale)
-        return self.base + int(max(0.0, grown - self._pending) * per * self.scale)
+            return int(grown * self._steps_per_unit())
+        return self.base + int(max(0.0, grown - self._pending) * self._steps_per_unit())
+
+    def _steps_per_unit(self) -> float:
+        """Env steps per counted unit (a file with per_file, else one unit of the captured size)."""
+        return (self.per_file if self.per_file is not None else 1.0) * self.scale
 
 
 @dataclass
