@@ -118,7 +118,23 @@ if grep -q "^    if 'openl_observation' in model_report.keys():$" "$EVAL"; then
   fi
 fi
 
-# 4) headless OpenGL: eval_only renders every step (safetygymcoor's eval mode), through EGL (MUJOCO_GL=egl)
+# 3c) eval_only's speed on a CPU (in an unpacked tarball, in a checkout only with SDS_SAFEDREAMER_PATCH=1):
+#     safetygymcoor's eval mode renders a 1024x1024 frame every step for its episode videos whatever
+#     --env.safetygymcoor.render says (0.3-1.4 s per agent step in software OpenGL, most of an evaluation's
+#     time). The fix makes eval mode honour the flag; conf/task/safedreamer.yaml passes
+#     task.vars.eval_video (default false) there. Observations, returns and costs are untouched.
+COOR=$CODE/SafeDreamer/embodied/envs/safetygymcoor.py
+if grep -q "^    self._render = render if mode=='train' else True$" "$COOR"; then
+  if [ "$PATCH" = 1 ]; then
+    log "patching $COOR: eval mode renders its videos only when --env.safetygymcoor.render is True"
+    sed -i "s|^    self._render = render if mode=='train' else True$|    self._render = render  # sds: eval videos only when asked for (task.vars.eval_video)|" "$COOR"
+  else
+    log "note: $COOR renders every evaluation step at 1024x1024 (slow on a CPU)." \
+        "Fix: re-run with SDS_SAFEDREAMER_PATCH=1 so that task.vars.eval_video=false turns it off"
+  fi
+fi
+
+# 4) headless OpenGL: eval_only renders its videos (task.vars.eval_video=true), through EGL (MUJOCO_GL=egl)
 #    and Mesa's software rasterizer on a machine without a GPU.
 if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' && ! ldconfig -p | grep -q 'libEGL_nvidia.so.0'; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -2,13 +2,14 @@
 # The test suite: creates .venv, starts the single-node Slurm (root only; installs Debian's packages
 # the first time), then runs pytest. Extra arguments go to pytest (one pytest run, as given).
 #
-# Without arguments, and with the real SafeDreamer installed (SDS_SAFEDREAMER_PYTHON set, as .ci/run
-# does), the `safedreamer` test runs in a second pytest process beside the rest of the suite: it is one
-# test of ~15 min whose SafeDreamer processes keep both cores compiling, while the rest of the suite
-# keeps about one core busy (Hydra start-ups, tiny cells, Slurm waits). Its output is printed after the
-# rest; the exit code is nonzero if either run failed. It runs at nice 19: the rest of the suite has
-# tests that time a stall or a lease, and they must see the machine as they would alone; SafeDreamer
-# takes the idle share (its cells' stall_after is 15 min).
+# Without arguments the suite runs on $SDS_TEST_WORKERS pytest-xdist workers (default 2): most tests
+# wait (Hydra start-ups, Slurm's minute-granular time limits, leases), and one process kept about one
+# core busy. The Slurm tests stay on one worker (tests/conftest.py: they share the one-node cluster).
+# With the real SafeDreamer installed (SDS_SAFEDREAMER_PYTHON set, as .ci/run does), the `safedreamer`
+# test runs in a separate pytest process beside the rest, at nice 19: the rest has tests that time a
+# stall or a lease, and they must see the machine as they would alone; SafeDreamer takes the idle share
+# (its cells' stall_after is 15 min). Its output is printed after the rest's; the exit code is nonzero
+# if either run failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/venv.sh"
@@ -19,8 +20,12 @@ else
   echo "[test] not starting Slurm (not root or SDS_NO_SLURM=1): tests marked 'slurm' will be skipped" >&2
 fi
 
-if [ $# -gt 0 ] || [ -z "${SDS_SAFEDREAMER_PYTHON:-}" ]; then
+if [ $# -gt 0 ]; then
   exec python -m pytest "$@"
+fi
+XDIST=(-n "${SDS_TEST_WORKERS:-2}" --dist loadgroup)
+if [ -z "${SDS_SAFEDREAMER_PYTHON:-}" ]; then
+  exec python -m pytest "${XDIST[@]}"
 fi
 
 sd_log=$(mktemp -t sds-safedreamer-tests.XXXXXX)
@@ -30,7 +35,7 @@ sd_pid=$!
 trap 'kill -INT "$sd_pid" 2>/dev/null || true' INT TERM
 echo "[test] the safedreamer test runs beside the rest (pid $sd_pid); its output follows the rest's" >&2
 rest=0
-python -m pytest -m "not safedreamer" || rest=$?
+python -m pytest -m "not safedreamer" "${XDIST[@]}" || rest=$?
 sd=0
 wait "$sd_pid" || sd=$?
 echo

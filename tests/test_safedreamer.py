@@ -55,8 +55,8 @@ def sweep_args(store: Path, *overrides: str, max_parallel: int = 2) -> list[str]
             f"task.total_steps={TOTAL}",
             "task.vars.log_every=3600",     # metrics.jsonl: one row at the start, then stale for an hour
             "task.vars.save_every=10",      # a checkpoint (and the partial replay chunk) every 10 s
-            # eval_only renders every step at 1024x1024 (~0.3 s each on a CPU): 100 agent steps per kind, in
-            # episodes cut at 50 agent steps (--wrapper.length 49; the last flag wins), at least one episode
+            # 100 eval_only agent steps per kind, in episodes cut at 50 agent steps (--wrapper.length 49; the
+            # last flag wins): at least one episode. No videos (task.vars.eval_video defaults to false).
             "task.vars.eval_agent_steps=100", 'task.vars.eval_args=["--wrapper.length","49"]', "eval.episodes=1",
             "task.probe_every_s=2", "hydra.launcher.progress=plain", f"hydra.launcher.max_parallel={max_parallel}",
             "hydra.launcher.stall_after=900", *overrides]
@@ -67,12 +67,35 @@ def sds_popen(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
                             env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def status_cells(store: Path) -> dict[str, dict]:
-    # `safedreamer-sweep status STORE --json` (exits 0 only when every cell is done)
-    p = subprocess.run([sys.executable, "-m", "safedreamer_sweep.commands.cli", "status", str(store), "--json"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    doc = json.loads(p.stdout)
+def status_cells(store: Path, *, cli: bool = False) -> dict[str, dict]:
+    """The status document's cells: in this process (what `status --json` prints, without a Python
+    start-up per read: at nice 19 beside the suite a start-up can take minutes), or through the CLI,
+    `safedreamer-sweep status STORE --json` (exits 0 only when every cell is done)."""
+    if cli:
+        p = subprocess.run([sys.executable, "-m", "safedreamer_sweep.commands.cli", "status", str(store), "--json"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        doc = json.loads(p.stdout)
+    else:
+        from safedreamer_sweep.commands import status
+
+        doc = json.loads(json.dumps(status.collect(store), default=str))
     return {f"{c['config']}/{c['seed']}": c for c in doc["cells"]}
+
+
+def stop_sweep(p: subprocess.Popen | None) -> None:
+    """After a failed test: SIGINT (the sweep stops its cells), SIGKILL if it has not exited in 5 min.
+    Never raises: the failure that brought us here is the one to report."""
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(psutil.Error):
+            for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:
+                q.kill()
+        p.wait(timeout=60)
 
 
 def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -151,11 +174,10 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
         assert sweep_b.wait(timeout=1800) == 0, log_b.read_text()[-4000:]
     finally:
         for p in (sweep, sweep_b):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                p.wait(timeout=120)
+            stop_sweep(p)
         stop_cells_of(store)
     assert "1 to submit" in log_b.read_text(), log_b.read_text()[-3000:]
+    assert {c["phase"] for c in status_cells(store, cli=True).values()} == {"done"}
     out_a = log_a.read_text()
 
     state = rd.read_state()
@@ -181,6 +203,8 @@ def test_real_safedreamer_cells_train_resume_evaluate_and_report(tmp_path):
             assert doc and doc["env_id"] == env_id and len(doc["episodes"]) >= 1, (config, seed, kind, doc)
             assert all(e["return"] is not None and e["cost"] is not None for e in doc["episodes"])
             assert doc["checkpoint_step"] > 0 and doc["checkpoint_behind"] == doc["trained_steps"] - doc["checkpoint_step"]
+        # eval_video=false reached eval_only (the install script's eval-render fix): no 1024x1024 videos
+        assert not list(cell_rd.path.rglob("*.mp4")), list(cell_rd.path.rglob("*.mp4"))
     from safedreamer_sweep.report import build_report
 
     report = build_report(store)  # both sweeps wrote one at their end; this one sees every cell finished
