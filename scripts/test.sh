@@ -8,7 +8,7 @@
 # With the real SafeDreamer installed (SDS_SAFEDREAMER_PYTHON set, as .ci/run does), the `safedreamer`
 # test runs in a separate pytest process beside the rest, at nice 19: the rest has tests that time a
 # stall or a lease, and they must see the machine as they would alone; SafeDreamer takes the idle share
-# (its cells' stall_after is 15 min). Its output is printed after the rest's; the exit code is nonzero
+# (its cells' stall_after is 30 min). Its output is printed after the rest's; the exit code is nonzero
 # if either run failed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
