@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -521,3 +522,24 @@ def test_a_long_external_evaluation_moves_its_heartbeat_per_episode_and_is_not_c
     finally:
         cell.wait(timeout=120)
     assert cell.returncode == 0 and len(rd.read_eval("id")["episodes"]) == 10
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux autogroup scheduling here")
+def test_a_niced_cell_keeps_its_niceness_in_the_scripts_new_session(tmp_path):
+    """The script runs in its own session (so that a stop reaches its whole process group). Under
+    autogroup scheduling a new session is a new group at nice 0: `nice -n 19 python -m
+    safedreamer_sweep ...` must not hand the script a full share of the machine."""
+    code = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from safedreamer_sweep.tasks.external import run_command
+        os.nice(7)
+        rc, _ = run_command(["cat", "/proc/self/autogroup"], cwd=None, env={{}},
+                            out_path=Path({str(tmp_path / "out.log")!r}), err_path=Path({str(tmp_path / "err.log")!r}))
+        sys.exit(rc)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    own = Path("/proc/self/autogroup").read_text().split()[0]
+    group, _, nice = (tmp_path / "out.log").read_text().splitlines()[-1].split()
+    assert group != own and nice == "7", (tmp_path / "out.log").read_text()

@@ -495,11 +495,29 @@ def _load_prctl() -> Callable[..., int] | None:
 _PRCTL = _load_prctl()
 
 
-def _set_parent_death_signal() -> None:
-    """In the child before exec: get SIGTERM when the cell process dies (a kill -9 of the cell must
-    not leave the script training on its own). 1 = PR_SET_PDEATHSIG."""
+def _in_child() -> None:
+    """In the child before exec, after its new session began:
+    - get SIGTERM when the cell process dies (a kill -9 of the cell must not leave the script training
+      on its own). 1 = PR_SET_PDEATHSIG.
+    - keep the cell's niceness. With Linux's autogroup scheduling (sched_autogroup_enabled=1, the
+      default on desktop and many server kernels) a new session is a new scheduling group at nice 0,
+      which competes with every other group as an equal: a sweep started with `nice -n 19` would see
+      its script take a full share of the machine. Writing the nice value to /proc/self/autogroup
+      gives the new group the cell's priority (raising niceness needs no privilege)."""
     if _PRCTL is not None:
         _PRCTL(1, int(signal.SIGTERM))
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > 0:
+        try:
+            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+        except OSError:  # no autogroup (not Linux, or CONFIG_SCHED_AUTOGROUP off): niceness holds as is
+            return
+        try:
+            os.write(fd, str(nice).encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _tee(stream, log_path: Path, sink, on_line: Callable[[str], None] | None, tail: collections.deque | None):
@@ -564,7 +582,7 @@ def run_command(argv: list[str], *, cwd: str | None, env: Mapping[str, str], out
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_set_parent_death_signal)  # noqa: PLW1509  see _PRCTL
+                                preexec_fn=_in_child)  # noqa: PLW1509  see _PRCTL
     except FileNotFoundError as e:
         raise ExternalTaskError(f"{header or 'command'}: cannot start {argv[0]!r} ({e.strerror}) in cwd "
                                 f"{cwd or os.getcwd()}. Fix: use an absolute path or set task.cwd") from e
