@@ -2,14 +2,19 @@
 # The test suite: creates .venv, starts the single-node Slurm (root only; installs Debian's packages
 # the first time), then runs pytest. Extra arguments go to pytest (one pytest run, as given).
 #
-# Without arguments the suite runs on $SDS_TEST_WORKERS pytest-xdist workers (default 2): most tests
-# wait (Hydra start-ups, Slurm's minute-granular time limits, leases), and one process kept about one
-# core busy. The Slurm tests stay on one worker (tests/conftest.py: they share the one-node cluster).
-# With the real SafeDreamer installed (SDS_SAFEDREAMER_PYTHON set, as .ci/run does), the `safedreamer`
-# test runs in a separate pytest process beside the rest, at nice 19: the rest has tests that time a
-# stall or a lease, and they must see the machine as they would alone; SafeDreamer takes the idle share
-# (its cells' stall_after is 30 min). Its output is printed after the rest's; the exit code is nonzero
-# if either run failed.
+# Without arguments the suite runs as up to three pytest processes side by side, because most of its
+# time is waiting (Slurm's minute-granular time limits and requeues, leases, Hydra start-ups): one
+# process kept about one of the two cores busy.
+#   slurm        the tests marked `slurm`, one after another: they share the one-node cluster, and
+#                several assert on what it schedules and when
+#   rest         everything else except `safedreamer`
+#   safedreamer  the real SafeDreamer (only with SDS_SAFEDREAMER_PYTHON set, as .ci/run does), at nice
+#                19: the other two have tests that time a stall or a lease and must see the machine as
+#                they would alone; SafeDreamer takes the idle share (its cells' stall_after is 30 min).
+#                Its cells keep that niceness in their own sessions (tasks/external.py: autogroup).
+# Each stream's output is printed when all have ended, in that order; the exit code is nonzero if any
+# failed. (pytest-xdist's --dist loadgroup would be the library for this, but with pytest 9.2 it
+# silently stops grouping: pytest-xdist issue #1386.)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/venv.sh"
@@ -23,24 +28,39 @@ fi
 if [ $# -gt 0 ]; then
   exec python -m pytest "$@"
 fi
-XDIST=(-n "${SDS_TEST_WORKERS:-2}" --dist loadgroup)
-if [ -z "${SDS_SAFEDREAMER_PYTHON:-}" ]; then
-  exec python -m pytest "${XDIST[@]}"
-fi
 
-sd_log=$(mktemp -t sds-safedreamer-tests.XXXXXX)
-nice -n 19 python -m pytest -m safedreamer -p no:cacheprovider >"$sd_log" 2>&1 &
-sd_pid=$!
-# SIGINT, not TERM: pytest then runs the test's cleanup, which stops its sweeps and SafeDreamer processes
-trap 'kill -INT "$sd_pid" 2>/dev/null || true' INT TERM
-echo "[test] the safedreamer test runs beside the rest (pid $sd_pid); its output follows the rest's" >&2
-rest=0
-python -m pytest -m "not safedreamer" "${XDIST[@]}" || rest=$?
-sd=0
-wait "$sd_pid" || sd=$?
-echo
-echo "================================ the safedreamer test (-m safedreamer) ================================"
-cat "$sd_log"
-rm -f "$sd_log"
-echo "[test] rest of the suite: exit $rest; safedreamer test: exit $sd" >&2
-[ "$rest" = 0 ] && [ "$sd" = 0 ]
+names=(slurm rest)
+markers=("slurm and not safedreamer" "not slurm and not safedreamer")
+nices=(0 0)
+if [ -n "${SDS_SAFEDREAMER_PYTHON:-}" ]; then
+  names+=(safedreamer); markers+=("safedreamer"); nices+=(19)
+fi
+logdir=$(mktemp -d -t sds-tests.XXXXXX)
+pids=()
+for i in "${!names[@]}"; do
+  nice -n "${nices[$i]}" python -m pytest -m "${markers[$i]}" -p no:cacheprovider \
+    >"$logdir/${names[$i]}.log" 2>&1 &
+  pids+=($!)
+done
+# SIGINT, not TERM: pytest then runs the tests' cleanups, which stop their sweeps and cell processes
+trap 'kill -INT "${pids[@]}" 2>/dev/null || true' INT TERM
+echo "[test] ${#names[@]} pytest processes side by side: ${names[*]} (logs in $logdir; printed when all end)" >&2
+codes=()
+for i in "${!names[@]}"; do
+  code=0
+  wait "${pids[$i]}" || code=$?
+  codes+=("$code")
+  echo "[test] ${names[$i]} ended: exit $code" >&2
+done
+status=0
+for i in "${!names[@]}"; do
+  echo
+  echo "=============================== ${names[$i]}: pytest -m \"${markers[$i]}\" ==============================="
+  cat "$logdir/${names[$i]}.log"
+  [ "${codes[$i]}" = 0 ] || status=1
+done
+rm -rf "$logdir"
+summary=""
+for i in "${!names[@]}"; do summary+="${names[$i]}: exit ${codes[$i]}; "; done
+echo "[test] ${summary%; }" >&2
+exit "$status"

@@ -36,11 +36,6 @@ def slurm_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup) the Slurm tests run one after another on
-    # one worker: they share the one-node cluster, and several assert on what it schedules and when.
-    for item in items:
-        if "slurm" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
     if os.environ.get("SDS_REQUIRE_SLURM") == "1" or slurm_available():
         return
     skip = pytest.mark.skip(reason="Slurm not reachable (start it with: sudo bash scripts/start-slurm.sh)")
