@@ -90,49 +90,49 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
+# The one-line source fixes below: FILE's line matching ^LINE_REGEX$ becomes NEW_LINE when patching is on
+# (an unpacked tarball, or SDS_SAFEDREAMER_PATCH=1); otherwise WITHOUT_IT is logged. A line already fixed
+# no longer matches, so a re-run changes nothing.
+source_fix() {  # FILE LINE_REGEX NEW_LINE WHAT WITHOUT_IT
+  local file=$1 old=$2 new=$3 what=$4 without=$5
+  grep -q "^$old\$" "$file" || return 0
+  if [ "$PATCH" = 1 ]; then
+    log "patching $file: $what"
+    sed -i "s|^$old\$|$new|" "$file"
+  else
+    log "$without"
+  fi
+}
+
 # 3) the TensorBoard line, only when tensorflow is absent (nothing else is changed).
 TRAIN=$CODE/SafeDreamer/train.py
-if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null && grep -q "^      embodied.logger.TensorBoardOutput(logdir)," "$TRAIN"; then
-  if [ "$PATCH" = 1 ]; then
-    log "tensorflow is not installed: commenting out TensorBoardOutput in $TRAIN"
-    sed -i 's|^      embodied.logger.TensorBoardOutput(logdir),|      # embodied.logger.TensorBoardOutput(logdir),  # sds: no tensorflow|' "$TRAIN"
-  else
-    log "warning: tensorflow is not installed and $TRAIN logs to TensorBoard: training will crash." \
-        "Fix: $VENV/bin/pip install tensorflow-cpu, or re-run with SDS_SAFEDREAMER_PATCH=1 to comment that line out"
-  fi
+if ! "$VENV/bin/python" -c "import tensorflow" 2>/dev/null; then
+  source_fix "$TRAIN" "      embodied.logger.TensorBoardOutput(logdir)," \
+    "      # embodied.logger.TensorBoardOutput(logdir),  # sds: no tensorflow" \
+    "tensorflow is not installed: commenting out TensorBoardOutput" \
+    "warning: tensorflow is not installed and $TRAIN logs to TensorBoard: training will crash. Fix: $VENV/bin/pip install tensorflow-cpu, or re-run with SDS_SAFEDREAMER_PATCH=1 to comment that line out"
 fi
 
-# 3b) an upstream crash (not a tensorflow matter, so always in an unpacked tarball, in a checkout only with
-#     SDS_SAFEDREAMER_PATCH=1): eval_only.py plots the world model's cost predictions whenever it decodes a
-#     vector observation, but agent.py computes them (openl_cost) only when use_cost is False, so eval_only
-#     of every use_cost=True vector agent dies with KeyError 'openl_cost' at the end of its first episode.
-#     The fix skips those diagnostic plots when there is nothing to plot; the episodes are untouched.
+# 3b) an upstream crash (not a tensorflow matter): eval_only.py plots the world model's cost predictions
+#     whenever it decodes a vector observation, but agent.py computes them (openl_cost) only when use_cost
+#     is False, so eval_only of every use_cost=True vector agent dies with KeyError 'openl_cost' at the end
+#     of its first episode. The fix skips those diagnostic plots when there is nothing to plot; the
+#     episodes are untouched.
 EVAL=$CODE/SafeDreamer/embodied/run/eval_only.py
-if grep -q "^    if 'openl_observation' in model_report.keys():$" "$EVAL"; then
-  if [ "$PATCH" = 1 ]; then
-    log "patching $EVAL: skip the cost-prediction plots when the report has no openl_cost (upstream KeyError)"
-    sed -i "s|^    if 'openl_observation' in model_report.keys():$|    if 'openl_observation' in model_report.keys() and 'openl_cost' in model_report.keys():  # sds: upstream KeyError|" "$EVAL"
-  else
-    log "warning: $EVAL crashes (KeyError 'openl_cost') at the end of the first episode of a use_cost=True" \
-        "vector agent. Fix: re-run with SDS_SAFEDREAMER_PATCH=1 to guard that line"
-  fi
-fi
+source_fix "$EVAL" "    if 'openl_observation' in model_report.keys():" \
+  "    if 'openl_observation' in model_report.keys() and 'openl_cost' in model_report.keys():  # sds: upstream KeyError" \
+  "skip the cost-prediction plots when the report has no openl_cost (upstream KeyError)" \
+  "warning: $EVAL crashes (KeyError 'openl_cost') at the end of the first episode of a use_cost=True vector agent. Fix: re-run with SDS_SAFEDREAMER_PATCH=1 to guard that line"
 
-# 3c) eval_only's speed on a CPU (in an unpacked tarball, in a checkout only with SDS_SAFEDREAMER_PATCH=1):
-#     safetygymcoor's eval mode renders a 1024x1024 frame every step for its episode videos whatever
-#     --env.safetygymcoor.render says (0.3-1.4 s per agent step in software OpenGL, most of an evaluation's
-#     time). The fix makes eval mode honour the flag; conf/task/safedreamer.yaml passes
-#     task.vars.eval_video (default false) there. Observations, returns and costs are untouched.
+# 3c) eval_only's speed on a CPU: safetygymcoor's eval mode renders a 1024x1024 frame every step for its
+#     episode videos whatever --env.safetygymcoor.render says (0.3-1.4 s per agent step in software OpenGL,
+#     most of an evaluation's time). The fix makes eval mode honour the flag; conf/task/safedreamer.yaml
+#     passes task.vars.eval_video (default false) there. Observations, returns and costs are untouched.
 COOR=$CODE/SafeDreamer/embodied/envs/safetygymcoor.py
-if grep -q "^    self._render = render if mode=='train' else True$" "$COOR"; then
-  if [ "$PATCH" = 1 ]; then
-    log "patching $COOR: eval mode renders its videos only when --env.safetygymcoor.render is True"
-    sed -i "s|^    self._render = render if mode=='train' else True$|    self._render = render  # sds: eval videos only when asked for (task.vars.eval_video)|" "$COOR"
-  else
-    log "note: $COOR renders every evaluation step at 1024x1024 (slow on a CPU)." \
-        "Fix: re-run with SDS_SAFEDREAMER_PATCH=1 so that task.vars.eval_video=false turns it off"
-  fi
-fi
+source_fix "$COOR" "    self._render = render if mode=='train' else True" \
+  "    self._render = render  # sds: eval videos only when asked for (task.vars.eval_video)" \
+  "eval mode renders its videos only when --env.safetygymcoor.render is True" \
+  "note: $COOR renders every evaluation step at 1024x1024 (slow on a CPU). Fix: re-run with SDS_SAFEDREAMER_PATCH=1 so that task.vars.eval_video=false turns it off"
 
 # 4) headless OpenGL: eval_only renders its videos (task.vars.eval_video=true), through EGL (MUJOCO_GL=egl)
 #    and Mesa's software rasterizer on a machine without a GPU.
