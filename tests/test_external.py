@@ -154,12 +154,13 @@ def test_the_safedreamer_task_renders_its_cpu_and_gpu_profiles(monkeypatch):
     assert argv[argv.index("--run.steps") + 1] == str(task.total_steps // 5)
     assert argv[argv.index("--pessimistic") + 1] == "True"  # the u knob
     assert "safetygymcoor_SafetyCarGoal1-v0" in cmd["eval_ood"] and "eval_only" in cmd["eval_ood"]
-    # eval videos off by default: the last --env.safetygymcoor.render of the eval command is False
-    ev = cmd["eval_id"]
-    assert ev[len(ev) - 1 - ev[::-1].index("--env.safetygymcoor.render") + 1] == "False"
+    # eval videos off by default: the last --env.safetygymcoor.render of the eval command (the one that wins)
+    def last_render_flag(argv: list[str]) -> str:
+        return argv[max(i for i, a in enumerate(argv) if a == "--env.safetygymcoor.render") + 1]
+
+    assert last_render_flag(cmd["eval_id"]) == "False"
     cfg.task.vars.eval_video = True
-    ev = external.config_axis_commands(cfg)["eval_id"]
-    assert ev[len(ev) - 1 - ev[::-1].index("--env.safetygymcoor.render") + 1] == "True"
+    assert last_render_flag(external.config_axis_commands(cfg)["eval_id"]) == "True"
     cfg.task.vars.eval_video = False
     cfg.task.vars.profile = "gpu"
     gpu = external.config_axis_commands(cfg)

@@ -84,18 +84,14 @@ def status_cells(store: Path, *, cli: bool = False) -> dict[str, dict]:
 
 
 def stop_sweep(p: subprocess.Popen | None) -> None:
-    """After a failed test: SIGINT (the sweep stops its cells), SIGKILL if it has not exited in 5 min.
+    """After a failed test: SIGINT (the sweep stops its cells) and up to 5 min for it to exit; a sweep
+    still running then is killed with its cells by stop_cells_of (its command line names the store).
     Never raises: the failure that brought us here is the one to report."""
     if p is None or p.poll() is not None:
         return
     p.send_signal(signal.SIGINT)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         p.wait(timeout=300)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(psutil.Error):
-            for q in [*psutil.Process(p.pid).children(recursive=True), psutil.Process(p.pid)]:
-                q.kill()
-        p.wait(timeout=60)
 
 
 def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):

@@ -508,16 +508,13 @@ def _in_child() -> None:
         _PRCTL(1, int(signal.SIGTERM))
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > 0:
-        try:
+        # no autogroup (not Linux, or CONFIG_SCHED_AUTOGROUP off): OSError, and the niceness holds as is
+        with contextlib.suppress(OSError):
             fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-        except OSError:  # no autogroup (not Linux, or CONFIG_SCHED_AUTOGROUP off): niceness holds as is
-            return
-        try:
-            os.write(fd, str(nice).encode())
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+            try:
+                os.write(fd, str(nice).encode())
+            finally:
+                os.close(fd)
 
 
 def _tee(stream, log_path: Path, sink, on_line: Callable[[str], None] | None, tail: collections.deque | None):
@@ -886,7 +883,7 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     res = ev.get("results") or {}
     pattern = _render_glob(str(res["glob"]), values, cfg, "task.eval.results.glob", eval_dir)
     started = now() - 1.0
-    seen = {"episodes": 0, "moved_at": time.time()}
+    episodes_done, moved_at = 0, time.time()
 
     def episodes_written() -> tuple[list[Path], list[dict]]:
         files = _results_since(pattern, started)
@@ -896,15 +893,16 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
     def tick(pid: int) -> None:
         # The stall check reads eval_moved_at during an evaluation (sweep/observe.py): it moves with
         # every episode the script writes, so a long evaluation is not taken for a stalled cell.
+        nonlocal episodes_done, moved_at
         try:
             n = len(episodes_written()[1])
         except (OSError, P.ProbeConfigError):
-            n = seen["episodes"]
-        if n > seen["episodes"]:
-            seen.update(episodes=n, moved_at=time.time())
+            n = episodes_done
+        if n > episodes_done:
+            episodes_done, moved_at = n, time.time()
         run.heartbeat(step, task.total_steps, phase=f"eval-{kind}", child_pid=pid, probe=prog.get("probe"),
-                      eval_kind=kind, eval_episodes_done=seen["episodes"], eval_episodes=ev.get("episodes"),
-                      eval_moved_at=seen["moved_at"])
+                      eval_kind=kind, eval_episodes_done=episodes_done, eval_episodes=ev.get("episodes"),
+                      eval_moved_at=moved_at)
 
     code, tail = run_command(argv, cwd=_cwd(task, values, cfg), env=env, out_path=out_path, err_path=err_path,
                              on_tick=tick, tick_s=task.probe_every_s, stop_grace_s=task.stop_grace_s,
