@@ -123,13 +123,16 @@ def test_memory_kill_is_classified_oom_and_retried_with_more_memory(tmp_path):
 
 def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
     store = tmp_path / "store"
-    # Slurm may send the signal up to 60 s early, so anywhere in the first 30 s of a 1-min job: the
-    # cell needs more than 30 s of work (~45 s here) for the signal to always land while it trains
-    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(40960), *SLURM,
-            "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
-            # the signal may land 13 s into each requeued attempt (seen in CI): allow enough requeues
-            # for the budget to finish; each resumes from the previous attempt's checkpoint
-            "hydra.launcher.max_num_timeout=10", timeout=700)
+    # Slurm may send the signal up to 60 s early (sbatch --signal), so anywhere from 30 s to 90 s into a
+    # 2-min job with signal_delay_s=30. Not a 1-min job: there the signal can land at 0 s, before the
+    # first checkpoint (seen in CI: 8 s into the first attempt, which then had nothing to resume from).
+    # The cell needs more than 90 s of work (81,920 steps: about 3-5 min here) for the signal to always
+    # land while it trains.
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(81920), *SLURM,
+            "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+            # allow enough requeues for the budget to finish; each resumes from the previous
+            # attempt's checkpoint
+            "hydra.launcher.max_num_timeout=10", timeout=1200)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (st,) = states(store).values()
     first = st["attempts"][0]
