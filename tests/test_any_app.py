@@ -98,6 +98,12 @@ def test_killed_cell_resumes_and_a_finished_sweep_plans_nothing(tmp_path):
     assert "plan: 2 cells, 0 to submit | done 2" in third.stdout
     assert {k: len(r.read_state()["attempts"]) for k, r in cells(store).items()} == attempts
 
+    # status speaks the app's terms: its heartbeat steps, no ID / OOD columns (an app has none)
+    status = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert status.returncode == 0 and status.stdout.startswith("DONE 2/2"), status.stdout + status.stderr
+    assert "ID eval" not in status.stdout and "OOD" not in status.stdout and "60/60 100%" in status.stdout, status.stdout
+
 
 def test_optuna_over_a_learning_rate_needs_no_flag_and_reruns_from_the_store(tmp_path):
     store = tmp_path / "store"

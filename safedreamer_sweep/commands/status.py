@@ -402,20 +402,25 @@ def render(doc: dict):
     cells = doc["cells"]
     parts: list[Any] = [Text(doc["verdict"], style=_verdict_style(doc["verdict"])),
                         Text(f"store {doc['store']}  ·  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc['generated_at']))}"
-                             f"  ·  stalled after {duration(doc['stall_after_s'])} without env-step progress",
+                             f"  ·  stalled after {duration(doc['stall_after_s'])} without "
+                             f"{'env-step' if any(c.get('done_when') != 'return' for c in cells) else 'heartbeat'} progress",
                              style="dim")]
     if not cells:
         return Group(*parts)
 
     # Matrix: one row per config, one column per seed, then how many seeds have ID / OOD results.
-    seeds = sorted({c["seed"] for c in cells})
+    # An app's cells (done = its task function returned) have no ID / OOD results to count, and an
+    # app without a seed has one column, its phase.
+    seeds = sorted({c["seed"] for c in cells}, key=lambda s: (s is None, s))
     configs = list(dict.fromkeys(c["config"] for c in cells))
-    matrix = Table(title="config x seed", title_justify="left", show_lines=False)
-    matrix.add_column("config", style="bold")
+    evals = any(c.get("done_when") != "return" for c in cells)
+    matrix = Table(title="config x seed" if seeds != [None] else "cells", title_justify="left", show_lines=False)
+    matrix.add_column("config" if seeds != [None] else "cell", style="bold")
     for s in seeds:
-        matrix.add_column(f"seed {s}", justify="center")
-    matrix.add_column("ID eval", justify="right")
-    matrix.add_column("OOD eval", justify="right")
+        matrix.add_column("phase" if s is None and len(seeds) == 1 else f"seed {s}", justify="center")
+    if evals:
+        matrix.add_column("ID eval", justify="right")
+        matrix.add_column("OOD eval", justify="right")
     index = {(c["config"], c["seed"]): c for c in cells}
     for cfg in configs:
         row = [cfg]
@@ -429,18 +434,21 @@ def render(doc: dict):
             if c["phase"] in ("running", "stalled") and c.get("env_step") is not None and c.get("total_steps"):
                 label += f" {100 * c['env_step'] / c['total_steps']:.0f}%"
             row.append(Text(label, style=_PHASE_STYLE.get(c["phase"], "")))
-        row.append(f"{sum(c['eval_id'] is not None for c in mine)}/{len(mine)}")
-        row.append(f"{sum(c['eval_ood'] is not None for c in mine)}/{len(mine)}")
+        if evals:
+            row.append(f"{sum(c['eval_id'] is not None for c in mine)}/{len(mine)}")
+            row.append(f"{sum(c['eval_ood'] is not None for c in mine)}/{len(mine)}")
         matrix.add_row(*row)
     parts.append(matrix)
 
     detail = Table(title="cells (evidence)", title_justify="left")
     # Numbers never wrap (a number split over two lines misleads); text columns may.
-    for col, kw in (("cell", {"style": "bold", "no_wrap": True}), ("phase", {}),
-                    ("env step", {"justify": "right", "no_wrap": True}), ("steps/s", {"justify": "right"}),
-                    ("ETA", {"justify": "right"}), ("moved ago", {"justify": "right"}), ("where", {}),
-                    ("att", {"justify": "right"}), ("ID", {}), ("OOD", {}),
-                    ("device-h", {"justify": "right", "no_wrap": True}), ("cause / evidence", {"overflow": "fold"})):
+    columns: list[tuple[str, dict[str, Any]]] = [
+        ("cell", {"style": "bold", "no_wrap": True}), ("phase", {}),
+        ("env step" if evals else "step", {"justify": "right", "no_wrap": True}), ("steps/s", {"justify": "right"}),
+        ("ETA", {"justify": "right"}), ("moved ago", {"justify": "right"}), ("where", {}), ("att", {"justify": "right"}),
+        *([("ID", {}), ("OOD", {})] if evals else []),
+        ("device-h", {"justify": "right", "no_wrap": True}), ("cause / evidence", {"overflow": "fold"})]
+    for col, kw in columns:
         detail.add_column(col, **kw)
     for c in cells:
         sps = c.get("steps_per_s")
@@ -454,8 +462,7 @@ def render(doc: dict):
             duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
             _where(c),
             str(c.get("attempts") or 0),
-            _eval_text(c.get("eval_id")),
-            _eval_text(c.get("eval_ood")),
+            *((_eval_text(c.get("eval_id")), _eval_text(c.get("eval_ood"))) if evals else ()),
             f"{format_hours(cost['total_h'])} {cost['device']}" if cost else "-",
             _why(c),
         )

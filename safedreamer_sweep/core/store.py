@@ -606,7 +606,8 @@ class Store:
             for c in doc.get("cells", []):
                 seed = None if c.get("seed") is None else int(c["seed"])
                 cells[key_of(c["config"], seed, c.get("hash"))] = {"config": c["config"], "seed": seed,
-                                                                   "hash": c.get("hash")}
+                                                                   "hash": c.get("hash"),
+                                                                   "done_when": c.get("done_when")}
         for rd in self.iter_runs():
             spec = rd.read_spec() or {}
             if spec.get("config") is None:
@@ -614,5 +615,6 @@ class Store:
             seed = None if spec.get("seed") is None else int(spec["seed"])
             key = key_of(str(spec["config"]), seed, spec.get("hash"))
             if key not in cells:
-                cells[key] = {"config": key[0], "seed": seed, "hash": spec.get("hash")}
+                cells[key] = {"config": key[0], "seed": seed, "hash": spec.get("hash"),
+                              "done_when": spec.get("done_when")}
         return [cells[k] for k in sorted(cells)]

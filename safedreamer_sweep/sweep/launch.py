@@ -227,7 +227,7 @@ class Sweep:
             "created_at": time.time(), "detached": not self.wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
             "app_command": app_command(),  # what `watch` runs to resubmit a cell of this (any) app
             "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
-                       "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
+                       "done_when": c.spec.done_when, "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
                       for c in self.cells],  # code_change: work by other code, and what sweep.code_change did
             "on_complete_commands": [str(x) for x in (self.settings("sweep").get("on_complete") or [])],
             "launcher": {"backend": self.backend, **{k: v for k, v in self.params.items() if not k.startswith("_")}},

@@ -60,6 +60,7 @@ class CellView:
     state_phase: str | None = None
     detail: str | None = field(default=None)
     stale_eval: str | None = None  # an evaluation of a checkpoint older than the trained steps (stale_evaluations)
+    done_when: str | None = None  # "eval" (this package's tasks: ID/OOD results), "return" (any app); None: unknown
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +133,7 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
                  hash=spec.get("hash", rd.path.name), run_dir=str(rd.path), phase="pending",
                  attempts=len(state.get("attempts") or []), cause=cause, evidence=evidence,
                  trained=bool(state.get("trained")), eval_id=evals["id"], eval_ood=evals["ood"],
-                 state_phase=state.get("phase"),
+                 state_phase=state.get("phase"), done_when=spec.get("done_when", "eval"),
                  stale_eval=stale_evaluations({k: (d or {}).get("checkpoint_step") for k, d in docs.items()},
                                               state.get("trained_steps")))
     v.env_step = progress.get("env_step", state.get("trained_steps"))
@@ -230,7 +231,8 @@ def observe_store(store: Store, *, stall_after: float, now: float | None = None,
             rd = next((r for r in found if r.path.name == cell.get("hash")), None)
         if rd is None:
             out.append(CellView(config=cell["config"], seed=cell["seed"], hash=cell.get("hash"),
-                                run_dir=None, phase="pending", detail="no run directory yet"))
+                                run_dir=None, phase="pending", detail="no run directory yet",
+                                done_when=cell.get("done_when")))
         else:
             out.append(observe_run(rd, stall_after=stall_after, now=now, job_state=job_state))
     return out
