@@ -253,6 +253,48 @@ def test_sigstop_of_the_script_is_stalled_and_sigcont_runs_again(tmp_path):
         cell.wait()
 
 
+def test_a_script_silent_within_its_startup_allowance_is_running_and_stalled_after_it(tmp_path):
+    """task.startup_s: a script that writes nothing while it starts (SafeDreamer's JIT compile) is not
+    killed as stalled within the allowance; the same silence after it is a stall."""
+    from safedreamer_sweep.sweep.observe import observe_run
+
+    cfg = make_cfg(tmp_path / "store", total=100000, chunk=16, log_every=1000)
+    cfg.task.startup_s = 30.0
+    rd = run_dir(cfg)
+    cell = spawn_cell(cfg, tmp_path)
+    try:
+        child = wait_for(lambda: progress(rd).get("child_pid"), 30, "the script to start")
+        os.kill(child, signal.SIGSTOP)  # silent, as while compiling
+        time.sleep(0.5)
+        frozen = progress(rd)["env_step"]
+        time.sleep(2.0)
+        assert progress(rd)["env_step"] == frozen
+        view = observe_run(rd, stall_after=1.0)
+        assert view.phase == "running" and "startup_s" in (view.detail or ""), view
+        started = rd.read_state()["attempts"][-1]["started_at"]
+        view = observe_run(rd, stall_after=1.0, now=started + 32.0)
+        assert view.phase == "stalled" and view.pid_alive, view
+        os.kill(child, signal.SIGCONT)
+    finally:
+        cell.kill()
+        cell.wait()
+
+
+def test_every_scalar_setting_of_an_external_task_is_checked_by_type_and_range(tmp_path):
+    from safedreamer_sweep.core.schema import ExternalSettings, _bad
+
+    schema = ExternalSettings.model_json_schema()
+    for key, sch in schema["properties"].items():
+        cfg = make_cfg(tmp_path / "store")
+        bad = _bad(sch)
+        cfg.task[key] = bad
+        with pytest.raises(external.ExternalTaskError) as refused:
+            external.validate_task(cfg)
+        text = str(refused.value)
+        assert f"task.{key}={bad!r}" in text and "Fix:" in text, text
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
     from safedreamer_sweep.sweep.observe import observe_run
 

@@ -86,6 +86,24 @@ def test_evaluating_cell_is_not_stalled(tmp_path):
     assert observe_run(rd, stall_after=60, now=later).phase == "running"
 
 
+def test_the_tasks_startup_allowance_is_not_counted_as_a_stall_and_a_hang_after_it_is(tmp_path):
+    rd = make_run(tmp_path)
+    rd.begin_attempt(startup_s=300.0)  # as tasks/run.py records task.startup_s
+    rd.heartbeat(0, 4096)  # the attempt's first heartbeat, then a compile that writes nothing
+    t0 = time.time()
+    v = observe_run(rd, stall_after=60, now=t0 + 200)
+    assert v.phase == "running" and "startup_s" in v.detail, v
+    assert observe_run(rd, stall_after=60, now=t0 + 340).phase == "running"  # 40 s past the allowance
+    v = observe_run(rd, stall_after=60, now=t0 + 400)
+    assert v.phase == "stalled" and 95 < v.progress_age_s < 105, v
+    # without the allowance the same evidence is a stall at once
+    assert observe_run(make_run(tmp_path / "b"), stall_after=60).phase == "pending"
+    rd2 = make_run(tmp_path / "b")
+    rd2.begin_attempt()
+    rd2.heartbeat(0, 4096)
+    assert observe_run(rd2, stall_after=60, now=time.time() + 200).phase == "stalled"
+
+
 def test_dead_pid_without_end_marker_is_lost(tmp_path):
     rd = make_run(tmp_path)
     rd.begin_attempt(pid=dead_pid())

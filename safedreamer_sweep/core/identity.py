@@ -41,6 +41,7 @@ IDENTITY_EXCLUDE: tuple[str, ...] = (
     "task.probe_every_s",
     "task.stop_grace_s",
     "task.stderr_tail_lines",
+    "task.startup_s",
     "task.description",
     "task.code",  # which files are the task's code: their content is the code fingerprint, not identity
 )

@@ -3,7 +3,8 @@
 One pydantic model per config group of conf/ (agent, trainer, env, eval, task, store, sweep, report,
 cost, the seed) and one for the launcher's options (derived from core/launcher_options.py). Groups are
 strict (a bool is not a number, "3" is not an int); keys the code does not read may be added (`+key=`),
-and `task`'s external adapter keys are checked by tasks/external.validate_task.
+and `task`'s external adapter keys are checked by tasks/external.validate_task (its scalar settings
+against `ExternalSettings` here).
 `check_cell(cfg)` / `check_launcher(params)` return one `Refusal` per bad key: the key, the value, the
 allowed range and the fix, as one line each, never a traceback. Environment ids are checked against
 the Safety-Gymnasium registry (`check_env_ids`). `malformed_values()` derives, from the schema
@@ -99,6 +100,18 @@ class Eval(_Group):
 class Task(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)  # external keys: tasks/external.validate_task
     kind: Literal["builtin", "external"]
+
+
+class ExternalSettings(BaseModel):
+    """The scalar settings of `task.kind: external` (conf/task/external.yaml documents each)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    total_steps: int = Field(gt=0)
+    probe_every_s: float = Field(2.0, gt=0, le=3600)
+    stop_grace_s: float = Field(10.0, ge=0, le=3600)
+    stderr_tail_lines: int = Field(40, ge=0, le=10_000)
+    startup_s: float = Field(0.0, ge=0, le=86_400)
+    exit_0_is_done: bool = False
 
 
 class StoreConf(_Group):
@@ -243,6 +256,11 @@ def example_value(schema: dict) -> Any:
             return (lo + hi) / 2 if hi is not None else (lo + 1 if t == "integer" else lo + 0.5)
         return 0
     return {"boolean": True, "string": "x", "array": [], "object": {}}.get(t or "", None)
+
+
+def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
+    """One Refusal per key of `data` that `model` does not accept (keys named with `prefix`)."""
+    return _refusals(model, data, prefix)
 
 
 def _refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:

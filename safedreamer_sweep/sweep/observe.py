@@ -146,8 +146,15 @@ def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
         v.eta_s = max(0.0, (v.total_steps - v.env_step) / v.steps_per_s)
 
     # Progress age: since env_step last moved, but never before this attempt (or eval phase) began,
-    # so a resumed run or a cell evaluating is not called stalled by the previous attempt's heartbeat.
+    # so a resumed run or a cell evaluating is not called stalled by the previous attempt's heartbeat,
+    # and never within the task's start-up allowance (task.startup_s: imports, JIT compile).
     marks = [x for x in (progress.get("env_step_moved_at"), last.get("started_at")) if x]
+    startup_s = float(last.get("startup_s") or 0.0)  # recorded by the cell (tasks/run.py) from task.startup_s
+    if startup_s > 0 and last.get("started_at") and last.get("outcome") == "running":
+        marks.append(last["started_at"] + startup_s)
+        if t < last["started_at"] + startup_s:
+            v.detail = (f"starting: the first {startup_s:g} s of an attempt (task.startup_s) do not count "
+                        f"toward the stall limit")
     if str(state.get("phase", "")).startswith("eval"):
         # an evaluation progresses in episodes (progress.json's eval_moved_at), not in env steps
         marks += [x for x in (state.get("updated_at"), progress.get("eval_moved_at")) if x]

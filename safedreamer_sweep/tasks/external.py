@@ -45,6 +45,7 @@ from typing import Any
 import psutil
 from omegaconf import DictConfig, OmegaConf
 
+from safedreamer_sweep.core.schema import ExternalSettings, refusals
 from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
 from safedreamer_sweep.tasks import probes as P
 
@@ -264,6 +265,7 @@ class ExternalTask:
     knobs: dict[str, dict] = dataclasses.field(default_factory=dict)  # knob -> {args, env} (see knob_settings)
     resume_not_restored: list[str] = dataclasses.field(default_factory=list)  # what resume_args do not bring back
     exit_0_is_done: bool = False  # exit 0 proves the script trained total_steps, whatever its files show
+    startup_s: float = 0.0  # the first seconds of an attempt that never count as a stall (sweep/observe.py)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> ExternalTask:
@@ -275,7 +277,7 @@ class ExternalTask:
         assert isinstance(c, dict)
         known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
                  "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
-                 "curves", "knobs", "resume_not_restored", "exit_0_is_done", "code"}
+                 "curves", "knobs", "resume_not_restored", "exit_0_is_done", "code", "startup_s"}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
@@ -290,26 +292,31 @@ class ExternalTask:
             raise ExternalTaskError(f"task.checkpoint: unknown field(s) {sorted(set(ck) - {'glob', 'step', 'scale'})};"
                                     f" the fields are glob, step, scale")
         step["scale"] = float(ck.get("scale") or 1.0)
-        if c.get("total_steps") is None or int(c["total_steps"]) <= 0:
-            raise ExternalTaskError("task.total_steps must be a positive number of env steps")
+        # the scalar settings by their declared type and range (core/schema.py), null = the default
+        scalars = {k: c[k] for k in ExternalSettings.model_fields if c.get(k) is not None}
+        refused = refusals(ExternalSettings, scalars, "task.")
+        if refused:
+            raise ExternalTaskError("\n".join(str(r) for r in refused))
+        s = ExternalSettings.model_validate(scalars)
         return cls(
             command=c.get("command"),
             cwd=c.get("cwd"),
             env={str(k): str(v) for k, v in (c.get("env") or {}).items()},
-            total_steps=int(c["total_steps"]),
-            probe_every_s=float(c.get("probe_every_s") or 2.0),
+            total_steps=s.total_steps,
+            probe_every_s=s.probe_every_s,
             probes=list(c.get("probes") or []),
             checkpoint_glob=ck.get("glob"),
             checkpoint_step=step,
             resume_args=[str(a) for a in (c.get("resume_args") or [])],
             done_marker=c.get("done_marker"),
-            stop_grace_s=float(c.get("stop_grace_s") or 10.0),
-            stderr_tail_lines=int(c.get("stderr_tail_lines") or 40),
+            stop_grace_s=s.stop_grace_s,
+            stderr_tail_lines=s.stderr_tail_lines,
             eval=dict(c.get("eval") or {}),
             curves=dict(c.get("curves") or {}),
             knobs=_knob_declarations(c.get("knobs")),
             resume_not_restored=[str(x) for x in (c.get("resume_not_restored") or [])],
-            exit_0_is_done=bool(c.get("exit_0_is_done", False)),
+            exit_0_is_done=s.exit_0_is_done,
+            startup_s=s.startup_s,
         )
 
 

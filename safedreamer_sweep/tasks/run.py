@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
 from safedreamer_sweep.core.identity import RunSpec
@@ -55,8 +55,10 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         rd = TimedRunDir(rd.path, rd.generation)  # keeps the lease fence (core/store.py)
         timeline.watch_builtin_trainer()
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
+    # startup_s: the task's start-up allowance, read by the observer from the attempt (sweep/observe.py).
     ckpts = rd.checkpoints()
-    attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0)
+    startup_s = float(OmegaConf.select(cfg, "task.startup_s", default=None) or 0.0)
+    attempt = rd.begin_attempt(start_step=ckpts[-1][0] if ckpts else 0, **({"startup_s": startup_s} if startup_s else {}))
     try:
         _inject_fault(attempt)
         if not rd.trained:
