@@ -16,10 +16,10 @@ def main(cfg: DictConfig):
     return run_cell(cfg)
 
 
-COMMANDS = ("status", "watch", "doctor", "report", "confounds")
-
 if __name__ == "__main__":
     import sys
+
+    from safedreamer_sweep.commands.cli import COMMANDS
 
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         # `python -m safedreamer_sweep status STORE` is the console script `safedreamer-sweep status

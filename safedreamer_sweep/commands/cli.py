@@ -219,6 +219,10 @@ def _default_store() -> str:
     return os.environ.get("SDS_STORE") or "experiments"
 
 
+# The subcommands; `python -m safedreamer_sweep WORD ...` hands these words to this CLI (__main__.py).
+COMMANDS = ("status", "watch", "doctor", "report", "confounds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safedreamer-sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -263,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knobs", nargs="*", default=None, help="ablation knobs (default: sweep.ablation_knobs)")
     c.add_argument("--conf-dir", default=None, help="config directory (default: the package's conf/)")
     c.set_defaults(func=cmd_confounds)
+    assert tuple(sub.choices) == COMMANDS, f"COMMANDS {COMMANDS} != the subcommands {tuple(sub.choices)}"
     return p
 
 

@@ -400,20 +400,21 @@ def render(doc: dict):
     from rich.text import Text
 
     cells = doc["cells"]
+    # An app's cells (done = its task function returned) have no ID / OOD results and count steps of
+    # their own heartbeat, not env steps.
+    evals = any(c.get("done_when") != "return" for c in cells)
     parts: list[Any] = [Text(doc["verdict"], style=_verdict_style(doc["verdict"])),
                         Text(f"store {doc['store']}  ·  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc['generated_at']))}"
                              f"  ·  stalled after {duration(doc['stall_after_s'])} without "
-                             f"{'env-step' if any(c.get('done_when') != 'return' for c in cells) else 'heartbeat'} progress",
+                             f"{'env-step' if evals else 'heartbeat'} progress",
                              style="dim")]
     if not cells:
         return Group(*parts)
 
-    # Matrix: one row per config, one column per seed, then how many seeds have ID / OOD results.
-    # An app's cells (done = its task function returned) have no ID / OOD results to count, and an
-    # app without a seed has one column, its phase.
+    # Matrix: one row per config, one column per seed (an app without a seed: one column, its
+    # phase), then how many seeds have ID / OOD results.
     seeds = sorted({c["seed"] for c in cells}, key=lambda s: (s is None, s))
     configs = list(dict.fromkeys(c["config"] for c in cells))
-    evals = any(c.get("done_when") != "return" for c in cells)
     matrix = Table(title="config x seed" if seeds != [None] else "cells", title_justify="left", show_lines=False)
     matrix.add_column("config" if seeds != [None] else "cell", style="bold")
     for s in seeds:

@@ -260,10 +260,6 @@ def example_value(schema: dict) -> Any:
 
 def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
     """One Refusal per key of `data` that `model` does not accept (keys named with `prefix`)."""
-    return _refusals(model, data, prefix)
-
-
-def _refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
     try:
         model.model_validate(data)
         return []
@@ -316,12 +312,12 @@ def check_cell(cfg: Any) -> list[Refusal]:
     """Every key of one cell's composed config against the schema (hydra.* is not the cell's)."""
     data = dict(_plain(cfg))
     data.pop("hydra", None)
-    return _refusals(Cell, data, "")
+    return refusals(Cell, data, "")
 
 
 def check_launcher(params: Mapping[str, Any]) -> list[Refusal]:
     """hydra.launcher.* against the schema."""
-    return _refusals(Launcher, dict(_plain(params)), "hydra.launcher.")
+    return refusals(Launcher, dict(_plain(params)), "hydra.launcher.")
 
 
 _LIST_IDS = ("import json, gymnasium, safety_gymnasium; "

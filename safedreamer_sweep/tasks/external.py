@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
 
 from safedreamer_sweep.core.schema import ExternalSettings, refusals
 from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
@@ -265,7 +266,6 @@ class ExternalTask:
     knobs: dict[str, dict] = dataclasses.field(default_factory=dict)  # knob -> {args, env} (see knob_settings)
     resume_not_restored: list[str] = dataclasses.field(default_factory=list)  # what resume_args do not bring back
     exit_0_is_done: bool = False  # exit 0 proves the script trained total_steps, whatever its files show
-    startup_s: float = 0.0  # the first seconds of an attempt that never count as a stall (sweep/observe.py)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> ExternalTask:
@@ -292,12 +292,13 @@ class ExternalTask:
             raise ExternalTaskError(f"task.checkpoint: unknown field(s) {sorted(set(ck) - {'glob', 'step', 'scale'})};"
                                     f" the fields are glob, step, scale")
         step["scale"] = float(ck.get("scale") or 1.0)
-        # the scalar settings by their declared type and range (core/schema.py), null = the default
+        # the scalar settings by their declared type and range (core/schema.py), null = the default;
+        # startup_s is checked here and read by tasks/run.py, which records it in the attempt
         scalars = {k: c[k] for k in ExternalSettings.model_fields if c.get(k) is not None}
-        refused = refusals(ExternalSettings, scalars, "task.")
-        if refused:
-            raise ExternalTaskError("\n".join(str(r) for r in refused))
-        s = ExternalSettings.model_validate(scalars)
+        try:
+            s = ExternalSettings.model_validate(scalars)
+        except ValidationError:
+            raise ExternalTaskError("\n".join(str(r) for r in refusals(ExternalSettings, scalars, "task."))) from None
         return cls(
             command=c.get("command"),
             cwd=c.get("cwd"),
@@ -316,7 +317,6 @@ class ExternalTask:
             knobs=_knob_declarations(c.get("knobs")),
             resume_not_restored=[str(x) for x in (c.get("resume_not_restored") or [])],
             exit_0_is_done=s.exit_0_is_done,
-            startup_s=s.startup_s,
         )
 
 
