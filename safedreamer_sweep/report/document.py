@@ -24,33 +24,49 @@ def _fmt_seeds(n: float) -> str:
 
 
 def decision_markdown(r: Report) -> str:
-    """The whole decision report as Markdown text."""
-    s, d, cov = r.settings, r.decision, r.coverage
+    """The whole decision report as Markdown text: the lead (coverage, decision), then one section
+    each for the matrix, the warnings, the decision, the key metrics, what would flip it and the cost."""
+    L = [f"# Decision report: `{r.frames.store_root}`", ""]
+    L += _lead(r)
+    L += _matrix_section(r)
+    L += _warnings_section(r)
+    L += _decision_section(r)
+    L += _metrics_section(r)
+    L += _flips_section(r)
+    L += ["## 6. Cost spent", "", *cost_lines(r), ""]
+    return "\n".join(L)
+
+
+def _lead(r: Report) -> list[str]:
+    """What the evidence covers, then the decision in one line."""
+    cov, d = r.coverage, r.decision
     n_parts, n_done = len(cov), int((cov["status"] == "done").sum()) if len(cov) else 0
     hole_rows = tables.holes(cov)
-    configs = sorted(r.frames.cells["config"].unique()) if len(r.frames.cells) else []
-    seeds = sorted(r.frames.cells["seed"].unique()) if len(r.frames.cells) else []
-    L: list[str] = [f"# Decision report: `{r.frames.store_root}`", ""]
-
-    # Lead with what the evidence covers.
     if len(hole_rows):
         cells = sorted({f"{x.config} seed {x.seed} ({x.part}: {x.status})" for x in hole_rows.itertuples()})
-        L += [(f"**{len(hole_rows)} hole(s) in the matrix** — {n_done} of {n_parts} parts done. "
+        L = [(f"**{len(hole_rows)} hole(s) in the matrix** — {n_done} of {n_parts} parts done. "
               f"Missing or unfinished: {'; '.join(cells[:20])}{' ...' if len(cells) > 20 else ''}."), ""]
     elif n_parts == 0:
-        L += ["**Empty store**: no sweep manifest asks for any cell and no run directory exists yet.", ""]
+        L = ["**Empty store**: no sweep manifest asks for any cell and no run directory exists yet.", ""]
     else:
-        L += [f"**Coverage complete**: {n_done} of {n_parts} parts done (train, ID eval, OOD eval).", ""]
-    L += [f"**Decision: {d.headline}** — {d.summary}", ""]
+        L = [f"**Coverage complete**: {n_done} of {n_parts} parts done (train, ID eval, OOD eval).", ""]
+    return L + [f"**Decision: {d.headline}** — {d.summary}", ""]
 
-    L += ["## 1. Experiment matrix and coverage", "",
-          (f"{len(configs)} config(s) x {len(seeds)} seed(s) = {len(r.frames.cells)} cells, each trained, "
+
+def _matrix_section(r: Report) -> list[str]:
+    """1. The config x seed coverage matrix, and the cause of every hole."""
+    cov, cells = r.coverage, r.frames.cells
+    configs = sorted(cells["config"].unique()) if len(cells) else []
+    seeds = sorted(cells["seed"].unique()) if len(cells) else []
+    L = ["## 1. Experiment matrix and coverage", "",
+         (f"{len(configs)} config(s) x {len(seeds)} seed(s) = {len(cells)} cells, each trained, "
           f"evaluated in-distribution (ID) and out-of-distribution (OOD). Each entry shows train / ID / OOD: "
           f"✓ done, … running, – missing or pending, ✗ failed, ! corrupt file. (coverage.png; train_status.tsv and "
           f"eval_status.tsv list every cell and every evaluation.)"), "",
-          tables.to_markdown(tables.coverage_matrix(cov))]
+         tables.to_markdown(tables.coverage_matrix(cov))]
+    hole_rows = tables.holes(cov)
     if len(hole_rows):
-        causes = r.frames.cells.set_index(["config", "seed"])
+        causes = cells.set_index(["config", "seed"])
         L += ["| config | seed | part | status | last cause | evidence |", "|---|---|---|---|---|---|"]
         for x in hole_rows.itertuples():
             c = causes.loc[(x.config, x.seed)] if (x.config, x.seed) in causes.index else None
@@ -58,18 +74,22 @@ def decision_markdown(r: Report) -> str:
             ev = (c["last_evidence"] if c is not None and isinstance(c["last_evidence"], str) else "")
             L.append(f"| {x.config} | {x.seed} | {x.part} | {x.status} | {cause} | {ev[:80].replace('|', '/')} |")
         L.append("")
+    return L
 
-    L += ["## 2. Warnings (read before any number)", ""]
-    if r.warnings:
-        L += [f"- **{w.kind}**: {w.text}" for w in r.warnings]
-    else:
-        L.append("- none")
-    L.append("")
 
+def _warnings_section(r: Report) -> list[str]:
+    """2. Every warning, before any number."""
+    return ["## 2. Warnings (read before any number)", "",
+            *([f"- **{w.kind}**: {w.text}" for w in r.warnings] or ["- none"]), ""]
+
+
+def _decision_section(r: Report) -> list[str]:
+    """3. The rule, the multiplicity correction, and each config's verdict with the seeds it needs."""
+    s, d = r.settings, r.decision
     rule = s.rule
-    L += ["## 3. Decision", "",
-          f"**{d.headline}**. {d.summary}", "",
-          ("Rule (report.rule in conf/sweep.yaml): a config is *recommended* over the baseline "
+    L = ["## 3. Decision", "",
+         f"**{d.headline}**. {d.summary}", "",
+         ("Rule (report.rule in conf/sweep.yaml): a config is *recommended* over the baseline "
           f"`{s.baseline}` only if every expected cell of both is trained and evaluated with at least "
           f"{s.min_seeds} seeds (report.min_seeds), its {METRICS[rule.cost_metric][0]} "
           f"{'mean' if rule.cost_bound == 'mean' else f'{int(s.confidence * 100)}% CI upper bound'} is below the "
@@ -77,61 +97,62 @@ def decision_markdown(r: Report) -> str:
           f"{METRICS[rule.return_metric][0]} difference to the baseline lies above {rule.min_return_gain:g}. "
           "It is *not recommended* when complete evidence puts it beyond either threshold; otherwise it is "
           "*inconclusive*."), "",
-          f"Multiplicity: {d.correction}", ""]
-    if d.verdicts:
-        L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
-        for v in d.verdicts:
-            need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
-            L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
-        L += ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
-                  f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
-                  f"power = {s.power:g}; for the return test δ = observed difference − {rule.min_return_gain:g}, "
-                  f"s and s_b the config's and the baseline's seed std; for the cost test δ = limit − mean cost "
-                  f"and s_b = 0. An estimate from few seeds, not a guarantee."), ""]
-    else:
-        L += [f"No config other than the baseline `{s.baseline}` to decide on.", ""]
+         f"Multiplicity: {d.correction}", ""]
+    if not d.verdicts:
+        return L + [f"No config other than the baseline `{s.baseline}` to decide on.", ""]
+    L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
+    for v in d.verdicts:
+        need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
+        L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
+    return L + ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
+                     f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
+                     f"power = {s.power:g}; for the return test δ = observed difference − {rule.min_return_gain:g}, "
+                     f"s and s_b the config's and the baseline's seed std; for the cost test δ = limit − mean cost "
+                     f"and s_b = 0. An estimate from few seeds, not a guarantee."), ""]
 
-    L += ["## 4. Key metrics", "",
-          (f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
-          f"Student t CI of the mean, and n = seeds behind the number. With fewer than "
-          f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds no interval is shown: at n = 2 an honest one spans about "
-          f"±9 standard deviations and a narrower one would be false comfort. Violation rate = fraction of "
-          f"evaluation episodes with cost > the cost limit; risk penalty = the final training row's "
-          f"`risk_penalty`. (main.csv / main.md / main.tex)"), "",
-          tables.to_markdown(tables.main_wide(r.main)),
-          (f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
-          f"{int(s.confidence * 100)}% Welch t CI (no shared variance assumed; none when either side has "
-          f"fewer than {stats.MIN_SEEDS_FOR_INTERVAL} seeds), and the probability of improvement P(a random "
-          f"seed of the config beats a random seed of the baseline; lower is better for cost, violations "
-          f"and risk). (ablation.csv / .md / .tex)"), "",
-          tables.to_markdown(tables.ablation_wide(r.ablation)),
-          ("IQM and P(improvement) are computed with rliable (Agarwal et al., 2021) and shown as point "
-          "estimates only. rliable's CIs for them are stratified percentile-bootstrap intervals, built for "
-          "aggregates over many runs x tasks; at a few seeds of one task the percentile bootstrap "
-          "under-covers (it held the true mean 86% of the time at n = 5 for a nominal 95%, "
-          "bench/ci_coverage.py), so they are not printed. With 5 seeds per side P(improvement) "
-          "moves in steps of 1/25 and a value of 0.8 can arise with no true difference: read it as a "
-          "description of these seeds, not as a test. The decision uses the t intervals above."), "",
-          ("Figures: learning_curves.png (return and cost vs env steps, Student t CI bands where at least "
-          f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds reached the point, cost limit), id_ood.png "
-          "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds)."), ""]
 
-    L += ["## 5. Which numbers would change a decision", ""]
-    if len(d.flips):
-        L += [("The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
-              "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip."), "",
-              tables.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
-                                 index=False)]
-        top = d.flips.iloc[0]
-        L += [(f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
-              f"{top['threshold']:g} (margin {top['margin']:+.3f})."), ""]
-    else:
-        L += ["No bound is computable yet (no config with evaluations against a baseline).", ""]
+def _metrics_section(r: Report) -> list[str]:
+    """4. The main and ablation tables, with what each interval is and what it is not."""
+    s = r.settings
+    return ["## 4. Key metrics", "",
+            (f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
+             f"Student t CI of the mean, and n = seeds behind the number. With fewer than "
+             f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds no interval is shown: at n = 2 an honest one spans about "
+             f"±9 standard deviations and a narrower one would be false comfort. Violation rate = fraction of "
+             f"evaluation episodes with cost > the cost limit; risk penalty = the final training row's "
+             f"`risk_penalty`. (main.csv / main.md / main.tex)"), "",
+            tables.to_markdown(tables.main_wide(r.main)),
+            (f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
+             f"{int(s.confidence * 100)}% Welch t CI (no shared variance assumed; none when either side has "
+             f"fewer than {stats.MIN_SEEDS_FOR_INTERVAL} seeds), and the probability of improvement P(a random "
+             f"seed of the config beats a random seed of the baseline; lower is better for cost, violations "
+             f"and risk). (ablation.csv / .md / .tex)"), "",
+            tables.to_markdown(tables.ablation_wide(r.ablation)),
+            ("IQM and P(improvement) are computed with rliable (Agarwal et al., 2021) and shown as point "
+             "estimates only. rliable's CIs for them are stratified percentile-bootstrap intervals, built for "
+             "aggregates over many runs x tasks; at a few seeds of one task the percentile bootstrap "
+             "under-covers (it held the true mean 86% of the time at n = 5 for a nominal 95%, "
+             "bench/ci_coverage.py), so they are not printed. With 5 seeds per side P(improvement) "
+             "moves in steps of 1/25 and a value of 0.8 can arise with no true difference: read it as a "
+             "description of these seeds, not as a test. The decision uses the t intervals above."), "",
+            ("Figures: learning_curves.png (return and cost vs env steps, Student t CI bands where at least "
+             f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds reached the point, cost limit), id_ood.png "
+             "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds)."), ""]
 
-    L += ["## 6. Cost spent", ""]
-    L += cost_lines(r)
-    L.append("")
-    return "\n".join(L)
+
+def _flips_section(r: Report) -> list[str]:
+    """5. The rule's deciding bounds, nearest to their threshold first."""
+    d = r.decision
+    L = ["## 5. Which numbers would change a decision", ""]
+    if not len(d.flips):
+        return L + ["No bound is computable yet (no config with evaluations against a baseline).", ""]
+    L += [("The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
+           "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip."), "",
+          tables.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
+                             index=False)]
+    top = d.flips.iloc[0]
+    return L + [(f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
+                 f"{top['threshold']:g} (margin {top['margin']:+.3f})."), ""]
 
 
 def cost_lines(r: Report) -> list[str]:
