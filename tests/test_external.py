@@ -587,9 +587,12 @@ def test_a_niced_cell_keeps_its_niceness_in_the_scripts_new_session(tmp_path):
     assert p.returncode == 0, p.stderr + (tmp_path / "err.log").read_text()
     out = (tmp_path / "out.log").read_text().splitlines()[-2:]  # after run_command's header line
     assert out[0] == "7", out  # the process itself
+    # Whether autogroup applies is the kernel's call per session, not this process's: on the CI
+    # machine the test process reads an empty line (a cpu cgroup) while the script's new session
+    # gets an autogroup of its own. Wherever the script has a group, that group must be niced too.
     own = Path("/proc/self/autogroup").read_text().strip() if Path("/proc/self/autogroup").exists() else ""
-    if own:  # autogroup applies here: the script's new session is a new group, and it is niced too
+    if out[1] != "-":
         group, _, nice = out[1].split()
-        assert group != own.split()[0] and nice == "7", out
-    else:
-        assert out[1] == "-", out
+        assert nice == "7", out
+        if own:  # a new session is a new group, not this one
+            assert group != own.split()[0], out
