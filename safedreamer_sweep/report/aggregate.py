@@ -159,121 +159,147 @@ def _spec_cost_limit(spec: dict) -> float:
         return math.nan
 
 
+_NO_COST = {"device": None, "useful_h": math.nan, "wasted_h": math.nan, "pending_h": math.nan,
+            "device_hours": math.nan}
+_NO_SUMMARY = {"return_mean": math.nan, "cost_mean": math.nan, "violation_rate": math.nan, "episodes": 0}
+
+
 def load_frames(store_root: str | Path) -> Frames:
     """Read every expected cell of the store into tidy frames. Holes become rows with NaN values
     and a `missing`/`failed`/... status; nothing here raises on a hole. A corrupt JSON file is a
-    StoreError naming the file (the report cannot silently drop evidence)."""
+    hole with its name in `Frames.corrupt` (the report cannot silently drop evidence)."""
     store = open_store(store_root)
-    cost_mod = _cost_module()
-    cells, eval_status, evals, seeds, curves = [], [], [], [], []
-    specs: dict = {}
-    states: dict = {}
-    proxies: list[str] = []
-    limits: list[float] = []
-    spec_limits: list[float] = []
-    extra: list[str] = []
-    corrupt: list[str] = []
+    reader = _StoreReader(store)
+    for cell in store.expected_cells():
+        reader.read_cell(cell)
+    return reader.frames()
 
-    def safe(read, default):
+
+class _StoreReader:
+    """Accumulates the frames' rows, one expected cell at a time (load_frames drives it)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.cost_mod = _cost_module()
+        self.priced = self.cost_mod is not None
+        self.cells: list[dict] = []
+        self.eval_status: list[dict] = []
+        self.evals: list[dict] = []
+        self.seeds: list[dict] = []
+        self.curves: list[dict] = []
+        self.specs: dict = {}
+        self.states: dict = {}
+        self.proxies: list[str] = []
+        self.limits: list[float] = []
+        self.spec_limits: list[float] = []
+        self.extra: list[str] = []
+        self.corrupt: list[str] = []
+
+    def _safe(self, read, default):
         """A corrupt file is a hole with a name, not a crash: the report must still be written."""
         try:
             return read()
         except StoreError as e:
-            corrupt.append(str(e))
+            self.corrupt.append(str(e))
             return default
-    priced = cost_mod is not None
 
-    for cell in store.expected_cells():
+    def read_cell(self, cell: dict) -> None:
         config, seed = cell["config"], int(cell["seed"])
-        rd, others = _choose_run_dir(store, cell)
-        extra.extend(str(o.path) for o in others)
-        spec = (safe(rd.read_spec, None) if rd else None) or {}
-        state = safe(rd.read_state, {"phase": "corrupt", "attempts": []}) if rd else {"phase": "missing", "attempts": []}
+        rd, others = _choose_run_dir(self.store, cell)
+        self.extra.extend(str(o.path) for o in others)
+        spec = (self._safe(rd.read_spec, None) if rd else None) or {}
+        state = (self._safe(rd.read_state, {"phase": "corrupt", "attempts": []}) if rd
+                 else {"phase": "missing", "attempts": []})
         h = spec.get("hash") or cell.get("hash")
-        specs[(config, seed)] = spec
+        self.specs[(config, seed)] = spec
+        self.states[(config, seed)] = state
         attempts = state.get("attempts") or []
         last: dict = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
-        states[(config, seed)] = state
-        cost = {"device": None, "useful_h": math.nan, "wasted_h": math.nan, "pending_h": math.nan,
-                "device_hours": math.nan}
-        if cost_mod is not None and rd is not None:
-            try:
-                c = cost_mod.cell_cost(state)
-                cost = {"device": c.get("device"), "useful_h": float(c["useful_h"]), "wasted_h": float(c["wasted_h"]),
-                        "pending_h": float(c.get("pending_h", 0.0)), "device_hours": float(c["total_h"])}
-            except (KeyError, TypeError, ValueError):  # a cost we cannot compute is unavailable, never guessed
-                priced = False
-        cells.append({
+        self.cells.append({
             "config": config, "seed": seed, "hash": h, "run_dir": str(rd.path) if rd else None,
             "phase": state.get("phase", "new"), "train_status": _train_status(rd, state),
             "trained": bool(state.get("trained", False)), "trained_steps": state.get("trained_steps"),
             "attempts": len(attempts), "last_cause": last.get("cause"), "last_evidence": last.get("evidence"),
-            **cost,
+            **self._cost(rd, state),
         })
-
         spec_limit = _spec_cost_limit(spec)
-        seed_row: dict = {"config": config, "seed": seed, "hash": h}
+        ids = {"config": config, "seed": seed, "hash": h}
+        seed_row = dict(ids)
         for kind in EVAL_KINDS:
-            doc = safe(lambda k=kind, r=rd: r.read_eval(k), _CORRUPT) if rd else None
-            if rd is not None and doc is _CORRUPT:
-                eval_status.append({"config": config, "seed": seed, "hash": h, "kind": kind, "status": "corrupt",
-                                    "env_id": None, "checkpoint_step": None, "episodes": 0, "return_mean": math.nan,
-                                    "cost_mean": math.nan, "violation_rate": math.nan, "cost_limit": spec_limit,
-                                    "path": str(rd.eval_path(kind))})
-                for what in ("return", "cost", "violation_rate"):
-                    seed_row[f"{kind}_{what}"] = math.nan
-                continue
-            limit = float(doc.get("cost_limit", spec_limit)) if doc else spec_limit
-            if doc is not None and math.isfinite(limit):
-                limits.append(limit)
-            if doc is not None and kind == "ood" and doc.get("ood_proxy"):
-                proxies.append(" ".join(str(doc["ood_proxy"]).split()))
-            summ = _eval_summary(doc, limit) if doc else {"return_mean": math.nan, "cost_mean": math.nan,
-                                                         "violation_rate": math.nan, "episodes": 0}
-            base = {"config": config, "seed": seed, "hash": h, "kind": kind,
-                    "env_id": doc.get("env_id") if doc else None,
-                    "checkpoint_step": doc.get("checkpoint_step") if doc else None}
-            eval_status.append({**base, "status": _eval_status(rd, state, doc, kind), **summ, "cost_limit": limit,
-                                "path": str(rd.eval_path(kind)) if rd else None})
-            if doc:
-                evals.extend(_episode_rows(base, doc, limit))
-            seed_row[f"{kind}_return"] = summ["return_mean"]
-            seed_row[f"{kind}_cost"] = summ["cost_mean"]
-            seed_row[f"{kind}_violation_rate"] = summ["violation_rate"]
+            seed_row.update(self._read_eval(rd, state, kind, ids, spec_limit))
+        seed_row.update(self._read_curves(rd, ids))
+        self.seeds.append(seed_row)
+        if math.isfinite(spec_limit):
+            self.spec_limits.append(spec_limit)
 
+    def _cost(self, rd: RunDir | None, state: dict) -> dict:
+        """The cell's device hours; a cost we cannot compute is unavailable, never guessed."""
+        if self.cost_mod is None or rd is None:
+            return dict(_NO_COST)
+        try:
+            c = self.cost_mod.cell_cost(state)
+            return {"device": c.get("device"), "useful_h": float(c["useful_h"]), "wasted_h": float(c["wasted_h"]),
+                    "pending_h": float(c.get("pending_h", 0.0)), "device_hours": float(c["total_h"])}
+        except (KeyError, TypeError, ValueError):
+            self.priced = False
+            return dict(_NO_COST)
+
+    def _read_eval(self, rd: RunDir | None, state: dict, kind: str, ids: dict, spec_limit: float) -> dict:
+        """One evaluation (id or ood) of a cell: its status row, its episode rows, and the seed
+        row's `{kind}_return/cost/violation_rate` (returned)."""
+        doc = self._safe(lambda: rd.read_eval(kind), _CORRUPT) if rd else None
+        if rd is not None and doc is _CORRUPT:
+            self.eval_status.append({**ids, "kind": kind, "status": "corrupt", "env_id": None,
+                                     "checkpoint_step": None, **_NO_SUMMARY, "cost_limit": spec_limit,
+                                     "path": str(rd.eval_path(kind))})
+            return {f"{kind}_{what}": math.nan for what in ("return", "cost", "violation_rate")}
+        limit = float(doc.get("cost_limit", spec_limit)) if doc else spec_limit
+        if doc is not None and math.isfinite(limit):
+            self.limits.append(limit)
+        if doc is not None and kind == "ood" and doc.get("ood_proxy"):
+            self.proxies.append(" ".join(str(doc["ood_proxy"]).split()))
+        summ = _eval_summary(doc, limit) if doc else dict(_NO_SUMMARY)
+        base = {**ids, "kind": kind, "env_id": doc.get("env_id") if doc else None,
+                "checkpoint_step": doc.get("checkpoint_step") if doc else None}
+        self.eval_status.append({**base, "status": _eval_status(rd, state, doc, kind), **summ, "cost_limit": limit,
+                                 "path": str(rd.eval_path(kind)) if rd else None})
+        if doc:
+            self.evals.extend(_episode_rows(base, doc, limit))
+        return {f"{kind}_return": summ["return_mean"], f"{kind}_cost": summ["cost_mean"],
+                f"{kind}_violation_rate": summ["violation_rate"]}
+
+    def _read_curves(self, rd: RunDir | None, ids: dict) -> dict:
+        """The cell's training and evaluation curves, and the seed row's final training metrics (returned)."""
         metrics = rd.read_metrics() if rd else []
         final = metrics[-1] if metrics else {}
-        seed_row["risk_penalty"] = _num(final.get("risk_penalty")) if final else math.nan
-        seed_row["final_train_return"] = _num(final.get("episode_return")) if final else math.nan
-        seed_row["final_train_cost"] = _num(final.get("episode_cost")) if final else math.nan
-        seed_row["final_env_step"] = final.get("env_step") if final else None
-        seeds.append(seed_row)
         for source, rows in (("train", metrics), ("eval", rd.read_eval_curve() if rd else [])):
-            for r in rows:
-                curves.append({"config": config, "seed": seed, "hash": h, "source": source, **r})
-        if math.isfinite(spec_limit):
-            spec_limits.append(spec_limit)
+            self.curves.extend({**ids, "source": source, **r} for r in rows)
+        return {"risk_penalty": _num(final.get("risk_penalty")) if final else math.nan,
+                "final_train_return": _num(final.get("episode_return")) if final else math.nan,
+                "final_train_cost": _num(final.get("episode_cost")) if final else math.nan,
+                "final_env_step": final.get("env_step") if final else None}
 
-    curves_df = pd.DataFrame.from_records(curves) if curves else pd.DataFrame(
-        columns=["config", "seed", "hash", "source", "env_step"])
-    for col in ("config", "seed", "hash", "source", "env_step"):
-        if col not in curves_df:
-            curves_df[col] = pd.Series(dtype=object)
-    return Frames(
-        store_root=store.root,
-        cells=pd.DataFrame(cells, columns=CELL_COLUMNS),
-        eval_status=pd.DataFrame(eval_status, columns=EVAL_STATUS_COLUMNS),
-        evals=pd.DataFrame(evals, columns=EVAL_COLUMNS),
-        seeds=pd.DataFrame(seeds, columns=SEED_COLUMNS),
-        curves=curves_df,
-        specs=specs,
-        states=states,
-        ood_proxy=sorted(set(proxies)),
-        cost_limits=sorted(set(limits or spec_limits)),
-        extra_run_dirs=extra,
-        corrupt=corrupt,
-        cost_available=priced and bool(cells),
-    )
+    def frames(self) -> Frames:
+        curves = pd.DataFrame.from_records(self.curves) if self.curves else pd.DataFrame(
+            columns=["config", "seed", "hash", "source", "env_step"])
+        for col in ("config", "seed", "hash", "source", "env_step"):
+            if col not in curves:
+                curves[col] = pd.Series(dtype=object)
+        return Frames(
+            store_root=self.store.root,
+            cells=pd.DataFrame(self.cells, columns=CELL_COLUMNS),
+            eval_status=pd.DataFrame(self.eval_status, columns=EVAL_STATUS_COLUMNS),
+            evals=pd.DataFrame(self.evals, columns=EVAL_COLUMNS),
+            seeds=pd.DataFrame(self.seeds, columns=SEED_COLUMNS),
+            curves=curves,
+            specs=self.specs,
+            states=self.states,
+            ood_proxy=sorted(set(self.proxies)),
+            cost_limits=sorted(set(self.limits or self.spec_limits)),
+            extra_run_dirs=self.extra,
+            corrupt=self.corrupt,
+            cost_available=self.priced and bool(self.cells),
+        )
 
 
 def parquet_ready(df: pd.DataFrame) -> pd.DataFrame:

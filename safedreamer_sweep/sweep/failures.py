@@ -115,78 +115,118 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
     RSS guard's kill), `cell_cause`, `cell_evidence`, `traceback_tail` (what the cell recorded when it
     closed its attempt), `stalled` (bool), `progress_age_s`, `stall_after`, `env_step`, `alive_what`,
     `cancelled_by` (who interrupted the launcher, e.g. Ctrl-C).
+
+    The rules are tried in order, the first that holds names the cause: memory, then the scheduler's
+    own states and the supervisor's stall, then a person, then a signal or the cell's exception.
     """
-    state = str(evidence.get("slurm_state") or "").upper()
-    stderr = str(evidence.get("stderr_tail") or "")
-    cell_cause = evidence.get("cell_cause")
-    rec = evidence.get("exit_record") or {}
-    sig = evidence.get("signal") or rec.get("signal") or slurm_signal(evidence.get("exit_code"))
-    code = evidence.get("exit_code")
-    if code in (None, "") and rec.get("returncode") is not None and not rec.get("signal"):
-        code = rec.get("returncode")
-    where = f" on {evidence['node']}" if evidence.get("node") else ""
-    pid = evidence.get("pid") or rec.get("pid")
-    how = ((f"slurm {state}" if state else (f"pid {pid}" if pid else "process")) + where
-           + (f", killed by {signal_name(sig)}" if sig else "") + (f", exit code {code}" if code not in (None, "") else ""))
-    # The final exception: what the cell recorded when it raised, else the last traceback in stderr.
-    exc = ""
-    if cell_cause == "error":
-        exc = final_exception(str(evidence.get("traceback_tail") or "")) or (
-            str(evidence.get("cell_evidence") or "").strip().splitlines() or [""])[0]
-    elif not cell_cause:
-        exc = final_exception(stderr)
+    facts = _Facts.read(evidence)
+    for rule in (_by_memory, _by_scheduler, _by_person, _by_signal_or_exception):
+        found = rule(facts)
+        if found:
+            return found
+    return "lost", f"{facts.how}: the process is gone and the attempt has no end marker"
 
-    # --- oom: only from evidence of a kill (or an allocation failure) for memory
-    if state.startswith("OUT_OF_MEMORY"):
-        return "oom", f"{how}: the scheduler killed the job for memory" + _first_line(stderr, _SLURM_MEM_KILL_RE, ": ")
-    if evidence.get("oom_evidence"):
-        return "oom", f"{how}: {evidence['oom_evidence']}"
-    rose = _oom_rose(rec)
-    if rose and sig == int(_signal.SIGKILL):
-        return "oom", f"{how}: {rose} (the kernel's OOM killer)"
-    m = _SLURM_MEM_KILL_RE.search(stderr)
+
+@dataclass
+class _Facts:
+    """The evidence, read once: what every rule looks at."""
+
+    ev: dict[str, Any]
+    state: str          # the scheduler's state, upper case ("" when local)
+    stderr: str
+    cell_cause: Any     # what the cell recorded when it closed its attempt
+    rec: dict           # exitwatch.py's exit record of a local cell process
+    sig: int | None     # the signal that ended the process, if one did
+    how: str            # "slurm OUT_OF_MEMORY on node1, exit code 0:9" / "pid 123, killed by SIGKILL (signal 9)"
+    exc: str            # the final exception: what the cell recorded, else the last traceback in stderr
+
+    @classmethod
+    def read(cls, ev: dict[str, Any]) -> _Facts:
+        state = str(ev.get("slurm_state") or "").upper()
+        stderr = str(ev.get("stderr_tail") or "")
+        cell_cause = ev.get("cell_cause")
+        rec = ev.get("exit_record") or {}
+        sig = ev.get("signal") or rec.get("signal") or slurm_signal(ev.get("exit_code"))
+        code = ev.get("exit_code")
+        if code in (None, "") and rec.get("returncode") is not None and not rec.get("signal"):
+            code = rec.get("returncode")
+        where = f" on {ev['node']}" if ev.get("node") else ""
+        pid = ev.get("pid") or rec.get("pid")
+        how = ((f"slurm {state}" if state else (f"pid {pid}" if pid else "process")) + where
+               + (f", killed by {signal_name(sig)}" if sig else "")
+               + (f", exit code {code}" if code not in (None, "") else ""))
+        exc = ""
+        if cell_cause == "error":
+            exc = final_exception(str(ev.get("traceback_tail") or "")) or (
+                str(ev.get("cell_evidence") or "").strip().splitlines() or [""])[0]
+        elif not cell_cause:
+            exc = final_exception(stderr)
+        return cls(ev, state, stderr, cell_cause, rec, sig, how, exc)
+
+
+def _by_memory(f: _Facts) -> tuple[str, str] | None:
+    """oom: only from evidence of a kill (or an allocation failure) for memory."""
+    if f.state.startswith("OUT_OF_MEMORY"):
+        return "oom", f"{f.how}: the scheduler killed the job for memory" + _first_line(f.stderr, _SLURM_MEM_KILL_RE, ": ")
+    if f.ev.get("oom_evidence"):
+        return "oom", f"{f.how}: {f.ev['oom_evidence']}"
+    rose = _oom_rose(f.rec)
+    if rose and f.sig == int(_signal.SIGKILL):
+        return "oom", f"{f.how}: {rose} (the kernel's OOM killer)"
+    m = _SLURM_MEM_KILL_RE.search(f.stderr)
     if m:
-        return "oom", f"{how}: {m.group(0).strip()[:300]}"
-    if exc and _OOM_EXC_RE.match(exc):
-        return "oom", f"{how}: final exception {exc}"
+        return "oom", f"{f.how}: {m.group(0).strip()[:300]}"
+    if f.exc and _OOM_EXC_RE.match(f.exc):
+        return "oom", f"{f.how}: final exception {f.exc}"
+    return None
 
-    # --- the scheduler's and the requeue handler's own states
-    if state.startswith("NODE_FAIL") or _NODE_RE.search(exc) or _NODE_RE.search(stderr):
-        line = (exc if _NODE_RE.search(exc) else "") or _first_line(stderr, _NODE_RE) or "node failure"
-        return "node_fault", f"{how}: {line}"
-    if state.startswith("PREEMPTED") or cell_cause == "preempted":
-        return "preempted", f"{how}: {evidence.get('cell_evidence') or 'preempted by the scheduler'}"
-    if state.startswith(("TIMEOUT", "DEADLINE")) or cell_cause == "timeout" or \
-            "timed-out too many times" in f"{evidence.get('cell_evidence') or ''}":
-        return "timeout", f"{how}: {evidence.get('cell_evidence') or 'time limit reached'}"
-    if evidence.get("stalled"):
-        age, lim = evidence.get("progress_age_s") or 0.0, evidence.get("stall_after") or 0.0
-        return "stalled", (f"env_step {evidence.get('env_step')} did not move for {age:.0f}s "
-                           f"(stall_after={lim:.0f}s) while {evidence.get('alive_what') or 'the process'} was alive")
 
-    # --- a person stopped it: recorded, never retried
-    who = cancelled_by(state) if state.startswith("CANCELLED") else None
-    if who is None and (evidence.get("cancelled_by") or cell_cause in ("cancelled", "interrupted")
-                        or (sig is not None and int(sig) in _USER_SIGNALS)):
-        who = evidence.get("cancelled_by") or _local_user(rec)
-    if who is not None:
-        what = f"scancel by {who}" if state.startswith("CANCELLED") else (
-            f"{signal_name(sig) if sig else (evidence.get('cell_evidence') or 'interrupt')} from {who}")
-        return "cancelled", f"{how}: cancelled: {what}; not retried (run the sweep again to resume it)"
+def _by_scheduler(f: _Facts) -> tuple[str, str] | None:
+    """The scheduler's and the requeue handler's own states, and the supervisor's stall."""
+    note = f.ev.get("cell_evidence")
+    if f.state.startswith("NODE_FAIL") or _NODE_RE.search(f.exc) or _NODE_RE.search(f.stderr):
+        line = (f.exc if _NODE_RE.search(f.exc) else "") or _first_line(f.stderr, _NODE_RE) or "node failure"
+        return "node_fault", f"{f.how}: {line}"
+    if f.state.startswith("PREEMPTED") or f.cell_cause == "preempted":
+        return "preempted", f"{f.how}: {note or 'preempted by the scheduler'}"
+    if f.state.startswith(("TIMEOUT", "DEADLINE")) or f.cell_cause == "timeout" or \
+            "timed-out too many times" in f"{note or ''}":
+        return "timeout", f"{f.how}: {note or 'time limit reached'}"
+    if f.ev.get("stalled"):
+        age, lim = f.ev.get("progress_age_s") or 0.0, f.ev.get("stall_after") or 0.0
+        return "stalled", (f"env_step {f.ev.get('env_step')} did not move for {age:.0f}s "
+                           f"(stall_after={lim:.0f}s) while {f.ev.get('alive_what') or 'the process'} was alive")
+    return None
 
-    # --- the process died of a signal
-    if sig is not None and int(sig) not in _BENIGN_SIGNALS and int(sig) != int(_signal.SIGKILL):
-        return "crash", f"{how}: the process died of {signal_name(sig)}" + (f"; last exception {exc}" if exc else "")
-    if cell_cause == "error":
-        first = exc or (evidence.get("cell_evidence") or "").strip()
+
+def _by_person(f: _Facts) -> tuple[str, str] | None:
+    """A person stopped it (scancel, Ctrl-C, a kill with SIGINT/SIGTERM/SIGHUP): recorded, never retried."""
+    who = cancelled_by(f.state) if f.state.startswith("CANCELLED") else None
+    if who is None and (f.ev.get("cancelled_by") or f.cell_cause in ("cancelled", "interrupted")
+                        or (f.sig is not None and int(f.sig) in _USER_SIGNALS)):
+        who = f.ev.get("cancelled_by") or _local_user(f.rec)
+    if who is None:
+        return None
+    what = f"scancel by {who}" if f.state.startswith("CANCELLED") else (
+        f"{signal_name(f.sig) if f.sig else (f.ev.get('cell_evidence') or 'interrupt')} from {who}")
+    return "cancelled", f"{f.how}: cancelled: {what}; not retried (run the sweep again to resume it)"
+
+
+def _by_signal_or_exception(f: _Facts) -> tuple[str, str] | None:
+    """A fatal signal is a crash; the cell's own exception an error; a SIGKILL with no memory evidence is lost."""
+    sig = None if f.sig is None else int(f.sig)
+    if sig is not None and sig not in _BENIGN_SIGNALS and sig != int(_signal.SIGKILL):
+        return "crash", f"{f.how}: the process died of {signal_name(sig)}" + (f"; last exception {f.exc}" if f.exc else "")
+    if f.cell_cause == "error":
+        first = f.exc or (f.ev.get("cell_evidence") or "").strip()
         if _NAN_RE.search(first):
             return "error", f"non-finite values: {first}"
         return "error", first or "the cell raised an exception (see traceback tail)"
-    if sig is not None and int(sig) == int(_signal.SIGKILL):
-        return "lost", (f"{how}: killed by SIGKILL from outside the launcher; no memory-kill evidence "
-                        f"({'cgroup oom_kill count unchanged' if rec.get('oom_kill_after') is not None else 'no cgroup counter'}); "
-                        f"the attempt has no end marker")
-    return "lost", f"{how}: the process is gone and the attempt has no end marker"
+    if sig == int(_signal.SIGKILL):
+        counter = "cgroup oom_kill count unchanged" if f.rec.get("oom_kill_after") is not None else "no cgroup counter"
+        return "lost", (f"{f.how}: killed by SIGKILL from outside the launcher; no memory-kill evidence "
+                        f"({counter}); the attempt has no end marker")
+    return None
 
 
 def _first_line(text: str, rx: re.Pattern, prefix: str = "") -> str:
