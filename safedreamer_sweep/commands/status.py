@@ -396,7 +396,6 @@ def _why(c: dict) -> str:
 def render(doc: dict):
     """A rich renderable: verdict, config x seed matrix, per-cell evidence, device-hours."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     cells = doc["cells"]
@@ -410,9 +409,19 @@ def render(doc: dict):
                              style="dim")]
     if not cells:
         return Group(*parts)
+    parts += [_matrix_table(cells, evals), _detail_table(cells, evals)]
+    cost = doc.get("cost") or {}
+    if cost.get("total"):
+        parts.append(_cost_table(cost))
+    return Group(*parts)
 
-    # Matrix: one row per config, one column per seed (an app without a seed: one column, its
-    # phase), then how many seeds have ID / OOD results.
+
+def _matrix_table(cells: list[dict], evals: bool):
+    """One row per config, one column per seed (an app without a seed: one column, its phase), then
+    how many seeds have ID / OOD results."""
+    from rich.table import Table
+    from rich.text import Text
+
     seeds = sorted({c["seed"] for c in cells}, key=lambda s: (s is None, s))
     configs = list(dict.fromkeys(c["config"] for c in cells))
     matrix = Table(title="config x seed" if seeds != [None] else "cells", title_justify="left", show_lines=False)
@@ -424,7 +433,7 @@ def render(doc: dict):
         matrix.add_column("OOD eval", justify="right")
     index = {(c["config"], c["seed"]): c for c in cells}
     for cfg in configs:
-        row = [cfg]
+        row: list[Any] = [cfg]
         mine = [c for c in cells if c["config"] == cfg]
         for s in seeds:
             c = index.get((cfg, s))
@@ -439,7 +448,13 @@ def render(doc: dict):
             row.append(f"{sum(c['eval_id'] is not None for c in mine)}/{len(mine)}")
             row.append(f"{sum(c['eval_ood'] is not None for c in mine)}/{len(mine)}")
         matrix.add_row(*row)
-    parts.append(matrix)
+    return matrix
+
+
+def _detail_table(cells: list[dict], evals: bool):
+    """One row per cell: its evidence (step, speed, ETA, last progress, where, attempts, cost, cause)."""
+    from rich.table import Table
+    from rich.text import Text
 
     detail = Table(title="cells (evidence)", title_justify="left")
     # Numbers never wrap (a number split over two lines misleads); text columns may.
@@ -467,29 +482,31 @@ def render(doc: dict):
             f"{format_hours(cost['total_h'])} {cost['device']}" if cost else "-",
             _why(c),
         )
-    parts.append(detail)
+    return detail
 
-    cost = doc.get("cost") or {}
-    if cost.get("total"):
-        t = Table(title="device-hours", title_justify="left",
-                  caption="useful: led to a finished cell · wasted: failed, duplicated or redone work · "
-                          "pending: cell not finished yet", caption_justify="left")
-        for col in ("scope", "device", "useful", "wasted", "pending", "total"):
-            t.add_column(col, justify="right" if col not in ("scope", "device") else "left")
-        rows = [(cfg, dev) for cfg, devs in cost["configs"].items() for dev in devs]
-        for cfg, dev in rows:
-            b = cost["configs"][cfg][dev]
-            t.add_row(cfg, _dev(dev), *(format_hours(b[k]) for k in ("useful_h", "wasted_h", "pending_h", "total_h")))
-        for dev, b in cost["total"].items():
-            t.add_row(Text("total", style="bold"), _dev(dev),
-                      *(format_hours(b[k]) for k in ("useful_h", "wasted_h", "pending_h", "total_h")))
-        money = cost.get("money")
-        if money:
-            cur = money.get("currency") or ""
-            t.add_row(Text("money", style="bold"), f"@{money['per_gpu_hour']:g} {cur}/GPU-h",
-                      *(f"{money[k]:.2f} {cur}" for k in ("useful", "wasted", "pending", "total")))
-        parts.append(t)
-    return Group(*parts)
+
+def _cost_table(cost: dict):
+    """Device-hours by config and device (useful, wasted, pending), the totals, and money if priced."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="device-hours", title_justify="left",
+              caption="useful: led to a finished cell · wasted: failed, duplicated or redone work · "
+                      "pending: cell not finished yet", caption_justify="left")
+    for col in ("scope", "device", "useful", "wasted", "pending", "total"):
+        t.add_column(col, justify="right" if col not in ("scope", "device") else "left")
+    hours = ("useful_h", "wasted_h", "pending_h", "total_h")
+    for cfg, devs in cost["configs"].items():
+        for dev, b in devs.items():
+            t.add_row(cfg, _dev(dev), *(format_hours(b[k]) for k in hours))
+    for dev, b in cost["total"].items():
+        t.add_row(Text("total", style="bold"), _dev(dev), *(format_hours(b[k]) for k in hours))
+    money = cost.get("money")
+    if money:
+        cur = money.get("currency") or ""
+        t.add_row(Text("money", style="bold"), f"@{money['per_gpu_hour']:g} {cur}/GPU-h",
+                  *(f"{money[k]:.2f} {cur}" for k in ("useful", "wasted", "pending", "total")))
+    return t
 
 
 def cell_history(doc: dict, config: str, seed: int) -> dict[str, Any]:
