@@ -232,9 +232,10 @@ def allowed_text(schema: dict) -> str:
         bounds.append(f"of length >= {schema['minLength']}")
     if "minItems" in schema:
         bounds.append(f"with >= {schema['minItems']} items")
+    text = " ".join([kind, " and ".join(bounds)]).strip()
     if schema.get("type") == "array" and "items" in schema:
-        kind += f" of {allowed_text(schema['items'])}"
-    return " ".join([kind, " and ".join(bounds)]).strip()
+        text += f", each {allowed_text(schema['items'])}"
+    return text
 
 
 def example_value(schema: dict) -> Any:
@@ -255,7 +256,9 @@ def example_value(schema: dict) -> Any:
             hi = schema.get("exclusiveMaximum", schema.get("maximum"))
             return (lo + hi) / 2 if hi is not None else (lo + 1 if t == "integer" else lo + 0.5)
         return 0
-    return {"boolean": True, "string": "x", "array": [], "object": {}}.get(t or "", None)
+    if t == "array":
+        return [example_value(schema["items"])] * max(1, schema.get("minItems", 0)) if "items" in schema else []
+    return {"boolean": True, "string": "x", "object": {}}.get(t or "", None)
 
 
 def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
@@ -282,7 +285,7 @@ def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
             example = example_value(sch) if sch else None
             fix = (f"set {prefix}{key} to {allowed}, e.g. {prefix}{key}={_override(example)}" if sch
                    else f"{err['msg']}")
-            out.append(Refusal(prefix + key, err.get("input"), allowed, fix))
+            out.append(Refusal(prefix + key, _refused_value(data, err), allowed, fix))
         # one refusal per key (a union reports each branch)
         seen: dict[str, Refusal] = {}
         for r in out:
@@ -290,11 +293,29 @@ def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
         return list(seen.values())
 
 
+def _refused_value(data: Any, err: Any) -> Any:
+    """The value of the refused key as the user wrote it: for an item of a list, the whole list
+    (`agent.hidden=[0, 64]`, not `agent.hidden=0`)."""
+    loc = list(err["loc"])
+    index = next((i for i, x in enumerate(loc) if isinstance(x, int)), None)
+    if index is None:
+        return err.get("input")
+    node = data
+    for part in loc[:index]:
+        if not isinstance(node, Mapping) or part not in node:
+            return err.get("input")
+        node = node[part]
+    return node
+
+
 def _override(v: Any) -> str:
+    """A value as a Hydra command-line override writes it (no spaces, so the shell keeps it one word)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_override(x) for x in v) + "]"
     return str(v)
 
 
@@ -370,6 +391,9 @@ def malformed_values() -> list[tuple[str, str, Any]]:
             if key == "_target_":
                 continue
             out.append((name, key, _bad(sch)))
+            item = sch.get("items")
+            if sch.get("type") == "array" and item and item.get("type") in ("integer", "number"):
+                out.append((name, key, [*[example_value(item)] * max(0, sch.get("minItems", 1) - 1), _bad(item)]))
     return out
 
 
