@@ -885,51 +885,65 @@ def evaluate(cfg: DictConfig, run: RunDir, kind: str) -> dict:
                           knobs=kargs if _names_knob_args(ev["command"]) else None)
     env = {**{k: render(v, values, cfg, f"task.env.{k}") for k, v in task.env.items()}, **kenv}
     out_path, err_path = run.attempt_log_paths(attempt)
-    prog = run.read_progress() or {}
-    step = int(prog.get("env_step", 0))
     res = ev.get("results") or {}
-    pattern = _render_glob(str(res["glob"]), values, cfg, "task.eval.results.glob", eval_dir)
-    started = now() - 1.0
-    episodes_done, moved_at = 0, time.time()
-
-    def episodes_written() -> tuple[list[Path], list[dict]]:
-        files = _results_since(pattern, started)
-        return files, P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
-                                      records=res.get("records"))
-
-    def tick(pid: int) -> None:
-        # The stall check reads eval_moved_at during an evaluation (sweep/observe.py): it moves with
-        # every episode the script writes, so a long evaluation is not taken for a stalled cell.
-        nonlocal episodes_done, moved_at
-        try:
-            n = len(episodes_written()[1])
-        except (OSError, P.ProbeConfigError):
-            n = episodes_done
-        if n > episodes_done:
-            episodes_done, moved_at = n, time.time()
-        run.heartbeat(step, task.total_steps, phase=f"eval-{kind}", child_pid=pid, probe=prog.get("probe"),
-                      eval_kind=kind, eval_episodes_done=episodes_done, eval_episodes=ev.get("episodes"),
-                      eval_moved_at=moved_at)
-
+    watch = _EpisodeWatch(run, task, kind, pattern=_render_glob(str(res["glob"]), values, cfg,
+                                                                "task.eval.results.glob", eval_dir))
     code, tail = run_command(argv, cwd=_cwd(task, values, cfg), env=env, out_path=out_path, err_path=err_path,
-                             on_tick=tick, tick_s=task.probe_every_s, stop_grace_s=task.stop_grace_s,
+                             on_tick=watch.tick, tick_s=task.probe_every_s, stop_grace_s=task.stop_grace_s,
                              tail_lines=task.stderr_tail_lines, header=f"eval {kind} attempt {attempt}")
     if code != 0:
         raise ExternalCommandFailed(f"{run.path}: the {kind} evaluation command {_exit_text(code)}; full output "
                                     f"in {err_path}. Command: {shlex.join(argv)}\n--- stderr tail ---\n{tail}")
-    files, episodes = episodes_written()
+    files, episodes = watch.episodes_written()
     if not episodes:
         raise ExternalTaskError(
             f"{run.path}: the {kind} evaluation exited 0 but no episode was found: {len(files)} file(s) written "
-            f"since it started match {pattern!r}, none with a row holding {dict(res.get('keys') or {})!r}. Fix: "
+            f"since it started match {watch.pattern!r}, none with a row holding {dict(res.get('keys') or {})!r}. Fix: "
             f"point task.eval.results.glob/keys at what the script writes (see {out_path})")
+    return _eval_document(cfg, run, ev, kind, values, found, watch.step, argv, files, episodes)
+
+
+class _EpisodeWatch:
+    """The episodes an evaluation has written so far (its result files since it started), and the
+    heartbeat they drive: the stall check reads eval_moved_at during an evaluation (sweep/observe.py),
+    and it moves with every episode the script writes, so a long evaluation is not taken for a
+    stalled cell."""
+
+    def __init__(self, run: RunDir, task: ExternalTask, kind: str, pattern: str):
+        self.run, self.task, self.kind, self.pattern = run, task, kind, pattern
+        self.prog = run.read_progress() or {}
+        self.step = int(self.prog.get("env_step", 0))
+        self.started = now() - 1.0
+        self.done, self.moved_at = 0, time.time()
+
+    def episodes_written(self) -> tuple[list[Path], list[dict]]:
+        res = self.task.eval.get("results") or {}
+        files = _results_since(self.pattern, self.started)
+        return files, P.read_episodes(files, str(res.get("format", "jsonl")), dict(res.get("keys") or {}),
+                                      records=res.get("records"))
+
+    def tick(self, pid: int) -> None:
+        try:
+            n = len(self.episodes_written()[1])
+        except (OSError, P.ProbeConfigError):
+            n = self.done
+        if n > self.done:
+            self.done, self.moved_at = n, time.time()
+        self.run.heartbeat(self.step, self.task.total_steps, phase=f"eval-{self.kind}", child_pid=pid,
+                           probe=self.prog.get("probe"), eval_kind=self.kind, eval_episodes_done=self.done,
+                           eval_episodes=self.task.eval.get("episodes"), eval_moved_at=self.moved_at)
+
+
+def _eval_document(cfg: DictConfig, run: RunDir, ev: dict, kind: str, values: dict, found: Any, step: int,
+                   argv: list[str], files: list[Path], episodes: list[dict]) -> dict:
+    """The store's eval document (docs/CONTRACTS.md) for the episodes an evaluation wrote (`ev`: task.eval)."""
     cost_limit = ev.get("cost_limit")
     ckpt_step = (found.step if found is not None and found.step is not None else
                  (run.checkpoints()[-1][0] if run.checkpoints() else step))
     trained = int(run.read_state().get("trained_steps") or step)
     out = {
         "kind": kind,
-        "env_id": env_id,
+        "env_id": values["env_id"],
         "checkpoint_step": ckpt_step,
         # A script that saves on a wall-clock timer (SafeDreamer) can end past its newest checkpoint:
         # the evaluated policy is then older than the trained steps say.
