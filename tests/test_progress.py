@@ -49,6 +49,32 @@ def test_snapshot_counts_rate_eta_and_the_newest_failure(tmp_path):
     assert "submitted" not in line  # the launcher tests read "submitted" as "a job was submitted"
 
 
+def test_the_eta_divides_by_the_sweeps_own_throughput_not_by_a_start_up(tmp_path, monkeypatch):
+    """A cell that has just started (compiling: 5 steps/s) must not make the ETA jump: the ETA uses
+    the env steps this sweep trained per second of its wall time, start-ups and evaluations included."""
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    p = Progress("none", total=3, out=io.StringIO())
+    a = cell(tmp_path, "a", phase="running", step=0, total=4000, rate=400.0)
+    b = cell(tmp_path, "b")  # queued
+    c = cell(tmp_path, "c")  # queued
+    clock[0] += 10
+    assert p.sweep_rate([a, b, c], clock[0]) is None  # nothing trained yet: the summed rate stands in
+    a.view.env_step = 4000 - 1  # last seen just before the end, then done: it counts in full
+    clock[0] += 10
+    a.result = "done"
+    assert p.sweep_rate([a, b, c], clock[0]) == 4000 / 20
+    b.view = CellView(config="b", seed=0, hash="h", run_dir=str(tmp_path / "b"), phase="running", env_step=0,
+                      total_steps=4000, steps_per_s=5.0)  # compiling
+    s = snapshot([a, b, c], total=3, sweep_rate=p.sweep_rate([a, b, c], clock[0]))
+    assert s.steps_per_s == 5.0 and s.eta_s == (4000 + 4000) / 200  # was 8000 / 5 = 26m40s
+    resumed = cell(tmp_path, "r", phase="running", step=3000, total=4000, rate=400.0)  # from its checkpoint
+    p.sweep_rate([resumed], clock[0])
+    resumed.view.env_step = 3500
+    clock[0] += 5
+    assert p.sweep_rate([a, b, c, resumed], clock[0]) == (4000 + 500) / 25  # 500 steps, not 3,500
+
+
 def test_no_eta_without_a_rate_or_a_budget_for_queued_cells(tmp_path):
     assert snapshot([cell(tmp_path, "a"), cell(tmp_path, "b", phase="pending")], total=2).eta_s is None
     assert snapshot([cell(tmp_path, "a", phase="running", step=10, total=20, rate=0.0)], total=1).eta_s is None

@@ -51,10 +51,14 @@ class Snapshot:
                 + (f" | newest failure: {self.failure[:160]}" if self.failure else ""))
 
 
-def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_before: int = 0) -> Snapshot:
+def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_before: int = 0,
+             sweep_rate: float | None = None) -> Snapshot:
     """Count the supervisor's tracked cells (`supervise.Tracked`) and estimate the rest of the sweep:
     ETA = env steps left (running cells' remainders + queued cells x the mean cell budget) divided by
-    the running cells' summed env steps/s."""
+    `sweep_rate`, the env steps this sweep has trained per second of its wall time so far (start-ups,
+    compiles and evaluations included, so the ETA pays for the cells still to start), else by the
+    running cells' summed env steps/s. The summed rate alone swings with every start-up: a cell that is
+    still compiling reports a few steps/s, and the ETA jumped from 6 to 53 minutes and back."""
     done = failed = running = queued = 0
     rate = 0.0
     left = 0
@@ -79,7 +83,8 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
         else:
             queued += 1
             left += int(mean_budget or 0)
-    eta = left / rate if rate > 0 and (mean_budget or not queued) else None
+    speed = sweep_rate if sweep_rate else rate
+    eta = left / speed if speed > 0 and (mean_budget or not queued) else None
     return Snapshot(total=total, done=done + done_before, running=running, queued=queued,
                     failed=failed + failed_before, steps_per_s=rate, eta_s=eta,
                     failure=newest[1] if newest else None, rows=rows)
@@ -120,6 +125,7 @@ class Progress:
         self._last_line_at = 0.0
         self._last_counts: tuple[int, ...] | None = None
         self._pending: Snapshot | None = None  # a change not yet printed (plain, rate-limited)
+        self._steps: dict[Any, tuple[int, int]] = {}  # cell -> (first, newest) env step seen by this sweep
 
     def __enter__(self) -> Progress:  # noqa: PYI034 (typing.Self needs Python 3.11)
         if self.mode == "rich":
@@ -138,8 +144,23 @@ class Progress:
         elif self._pending is not None:
             self._print(self._pending)
 
+    def sweep_rate(self, cells: list[Any], now: float) -> float | None:
+        """Env steps trained by this sweep per second since it started (None before the first step).
+        A cell counts from the first step it was seen at (a resumed cell: its checkpoint)."""
+        for c in cells:
+            v = c.view
+            if v is None or v.env_step is None:
+                continue
+            step = v.total_steps if c.result == "done" and v.total_steps else v.env_step
+            first, newest = self._steps.get(c.key, (v.env_step, v.env_step))
+            self._steps[c.key] = (first, max(newest, step))
+        trained = sum(newest - first for first, newest in self._steps.values())
+        elapsed = now - self.started
+        return trained / elapsed if trained > 0 and elapsed > 0 else None
+
     def tick(self, cells: list[Any]) -> None:
-        s = snapshot(cells, total=self.total, done_before=self.done_before, failed_before=self.failed_before)
+        s = snapshot(cells, total=self.total, done_before=self.done_before, failed_before=self.failed_before,
+                     sweep_rate=self.sweep_rate(cells, time.time()))
         if self.mode == "rich" and self._live is not None:
             self._live.update(render(s, time.time() - self.started), refresh=True)
         elif self.mode == "plain":
