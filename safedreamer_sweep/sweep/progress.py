@@ -58,7 +58,8 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
     `sweep_rate`, the env steps this sweep has trained per second of its wall time so far (start-ups,
     compiles and evaluations included, so the ETA pays for the cells still to start), else by the
     running cells' summed env steps/s. The summed rate alone swings with every start-up: a cell that is
-    still compiling reports a few steps/s, and the ETA jumped from 6 to 53 minutes and back."""
+    still compiling reports a few steps/s, and the ETA jumped from 6 to 53 minutes and back
+    (bench/eta_accuracy.py replays a finished sweep under both rules)."""
     done = failed = running = queued = 0
     rate = 0.0
     left = 0
