@@ -938,8 +938,11 @@ def _eval_document(cfg: DictConfig, run: RunDir, ev: dict, kind: str, values: di
                    argv: list[str], files: list[Path], episodes: list[dict]) -> dict:
     """The store's eval document (docs/CONTRACTS.md) for the episodes an evaluation wrote (`ev`: task.eval)."""
     cost_limit = ev.get("cost_limit")
-    ckpt_step = (found.step if found is not None and found.step is not None else
-                 (run.checkpoints()[-1][0] if run.checkpoints() else step))
+    if found is not None and found.step is not None:
+        ckpt_step = found.step
+    else:  # the store's own newest checkpoint, else the step the cell reached
+        ckpts = run.checkpoints()
+        ckpt_step = ckpts[-1][0] if ckpts else step
     trained = int(run.read_state().get("trained_steps") or step)
     out = {
         "kind": kind,
