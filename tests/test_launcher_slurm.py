@@ -10,6 +10,7 @@ a faulty GPU node fails, so node-fault classification and --exclude can be exerc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from conftest import ROOT, TINY, sds
 
 from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.claim import race_winner
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SLURM = ["hydra/launcher=sds_slurm", "hydra.launcher.poll_s=1", "hydra.launcher.mem_gb=1.5",
@@ -169,11 +171,11 @@ def test_racing_two_partitions_keeps_the_first_starter(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (st,) = states(store).values()
     assert st["phase"] == "done" and len(st["attempts"]) == 1
-    claim = Store(store).run_dir("v2_baseline", 0, next(Store(store).iter_runs()).path.name).claim_path.read_text()
-    import json
-    doc = json.loads(claim)
-    assert len(doc["job_ids"]) == 2 and doc["race_winner"] == st["attempts"][0]["job_id"]
-    loser = next(j for j in doc["job_ids"] if j != doc["race_winner"])
+    rd = next(Store(store).iter_runs())
+    doc = json.loads(rd.claim_path.read_text())
+    winner = race_winner(rd)
+    assert len(doc["job_ids"]) == 2 and winner == st["attempts"][0]["job_id"]
+    loser = next(j for j in doc["job_ids"] if j != winner)
     assert "lost the start race" in p.stdout or sacct(loser)[0]["state"].startswith(("CANCELLED", "COMPLETED"))
 
 

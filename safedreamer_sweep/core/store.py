@@ -14,13 +14,27 @@
       claim.json       which sweep / job holds the cell right now: a lease with a generation number
 
 Every JSON document is replaced atomically (write a temp file, fsync, rename), so a kill -9 at
-any instant leaves either the old or the new version, never half of one. Read-modify-write of
-state.json and claim.json happens under a per-run file lock (`filelock`).
+any instant leaves either the old or the new version, never half of one; readers (status, the
+report, the planner) therefore never lock.
+
+Two locks per run directory (`filelock`, an flock the kernel drops when its holder dies), so that
+nothing the supervisor must do waits on a lock a cell can hold:
+  .lock        the data lock: read-modify-write of state.json, and the fence check of every write
+               by the cell (state, progress, curves, checkpoints, evaluations). Held by the cell
+               and, briefly, by the supervisor; a cell frozen inside a write keeps it until it is
+               killed, so every supervisor acquisition is bounded (SUPERVISOR_LOCK_S) and a
+               timeout raises LockBusy, whose message is evidence (holder pid, its state), never
+               a crash.
+  .claim.lock  the lease lock: read-modify-write of claim.json (claims, takeovers, renewals, job
+               ids, release). Held only by launchers and supervisors, never by a cell.
 
 Fencing: a RunDir opened with the lease `generation` its holder was given (the launcher's, or the
-cell's through $SDS_LEASE) checks, under the run lock, that claim.json still carries that generation
-before every write of state, progress, curves, a checkpoint or a result. A holder that lost its lease
-(taken over by another host after it stopped renewing) gets LeaseLost and its write does not land.
+cell's through $SDS_LEASE) checks, under the data lock, that claim.json still carries that
+generation before every write of state, progress, curves, a checkpoint or a result. A holder that
+lost its lease (taken over by another host after it stopped renewing) gets LeaseLost and its write
+does not land. A takeover rewrites claim.json under the lease lock only; a write that passed its
+fence check before the takeover still completes, but before any write of the new holder, which
+takes the data lock first (its cell's first act is to open its attempt), so writes stay ordered.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +64,80 @@ class StoreError(Exception):
 
 class LeaseLost(StoreError):
     """A write by a holder whose lease generation is no longer the run's: the write was dropped."""
+
+
+class LockBusy(StoreError):
+    """A run directory's lock was not free in time. The message is the evidence: which lock, which
+    pid holds it and in what state (running, stopped, gone), and what happens next."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path, self.timeout = Path(path), timeout
+        self.holder = lock_holder(self.path)
+        super().__init__(f"{self.path}: not acquired within {timeout:g}s; {describe_holder(self.holder)}")
+
+
+CELL_LOCK_S = 60.0        # a cell's wait for its data lock (the supervisor holds it for milliseconds)
+SUPERVISOR_LOCK_S = 3.0   # any supervisor wait for a lock a cell could hold: bounded, then evidence
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the flock at `path` for the block; LockBusy (with the holder's pid and state) on timeout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lk = filelock.FileLock(str(path), timeout=timeout)
+    try:
+        lk.acquire()
+    except filelock.Timeout:
+        raise LockBusy(path, timeout) from None
+    try:
+        yield
+    finally:
+        lk.release()
+
+
+def lock_holder(path: Path) -> dict[str, Any] | None:
+    """Who holds the flock on `path` on this host, from /proc/locks (matched by device and inode):
+    {pid, state, name}; None when nobody here does (or the kernel does not say: another host's lock
+    on a network filesystem)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # a waiter, not the holder
+            continue
+        try:
+            pid, dev = int(parts[4]), parts[5].split(":")
+            key = (int(dev[0], 16), int(dev[1], 16), int(dev[2]))
+        except (IndexError, ValueError):
+            continue
+        if key == want:
+            return {"pid": pid, **_process_state(pid)}
+    return None
+
+
+def _process_state(pid: int) -> dict[str, Any]:
+    """A process's state letter and name from /proc/<pid>/stat ('T' stopped, 'R' running, ...)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return {"state": "gone"}
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    return {"state": stat[stat.rindex(")") + 2:].split()[0], "name": name}
+
+
+_STATES = {"T": "stopped (SIGSTOP)", "t": "stopped by a debugger", "R": "running", "S": "sleeping",
+           "D": "in uninterruptible I/O", "Z": "a zombie", "gone": "gone"}
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "no process on this host holds it (a process on another host, or it was just released)"
+    what = _STATES.get(str(holder.get("state")), str(holder.get("state")))
+    return f"held by pid {holder['pid']} ({holder.get('name', '?')}, {what})"
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -151,10 +239,13 @@ class RunDir:
     path: Path
     # The lease generation this writer holds (fenced writes), None for readers and unfenced tools.
     generation: int | None = None
+    # How long a write waits for the data lock: a cell waits long (the supervisor holds it for
+    # milliseconds), the supervisor briefly (a frozen cell may hold it until killed).
+    lock_s: float = field(default=CELL_LOCK_S, compare=False)
 
     def fenced(self, generation: int | None) -> RunDir:
         """The same run directory, writing only while `generation` is the run's lease."""
-        return RunDir(self.path, generation)
+        return RunDir(self.path, generation, self.lock_s)
 
     # --- paths
     @property
@@ -203,16 +294,24 @@ class RunDir:
         return self.eval_dir / f"{kind}.json"
 
     # --- identity
-    def lock(self, timeout: float = 60.0) -> filelock.FileLock:
-        """Exclusive lock for read-modify-write of state.json / claim.json (works across hosts on NFS
-        only as far as the filesystem's locks do; the store is meant for one shared filesystem)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(self.path / ".lock"), timeout=timeout)
+    def lock(self, timeout: float = CELL_LOCK_S) -> contextlib.AbstractContextManager[None]:
+        """The data lock (state.json read-modify-write, fenced writes; see the module docstring).
+        LockBusy, naming its holder, when it is not free within `timeout` seconds."""
+        return _locked(self.path / ".lock", timeout)
+
+    def lease_lock(self, timeout: float = SUPERVISOR_LOCK_S) -> contextlib.AbstractContextManager[None]:
+        """The lease lock (claim.json read-modify-write). Only launchers and supervisors take it."""
+        return _locked(self.path / ".claim.lock", timeout)
+
+    def supervised(self) -> RunDir:
+        """The same run directory, as the supervisor writes it: data-lock waits bounded by
+        SUPERVISOR_LOCK_S (a cell frozen inside a write must not freeze the sweep)."""
+        return self if self.lock_s == SUPERVISOR_LOCK_S else RunDir(self.path, self.generation, SUPERVISOR_LOCK_S)
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
-        """The run lock, plus the fence check when this writer holds a lease generation."""
-        with self.lock():
+        """The data lock, plus the fence check when this writer holds a lease generation."""
+        with self.lock(self.lock_s):
             self._check_fence()
             yield
 
@@ -241,10 +340,11 @@ class RunDir:
                 probe.unlink()
 
     def renew_lease(self) -> bool:
-        """Renew this writer's lease (claim.json's mtime set by the filesystem): False when it is lost."""
+        """Renew this writer's lease (claim.json's mtime set by the filesystem): False when it is lost.
+        Under the lease lock only: a cell frozen inside a data write cannot block it."""
         if self.generation is None or not self.claim_path.exists():
             return False
-        with self.lock():
+        with self.lease_lock():
             try:
                 self._check_fence()
             except LeaseLost:
@@ -260,7 +360,7 @@ class RunDir:
         it changed, `spec["code_change"]` (refuse, rerun, accept) decides (settle_code_change)."""
         policy = str(spec.get("code_change") or "refuse")
         spec = {k: v for k, v in spec.items() if k != "code_change"}
-        with self.lock():
+        with self.lock(self.lock_s):
             old = self.read_spec()
             if old is None:
                 atomic_write_json(self.spec_path, spec)
@@ -284,7 +384,7 @@ class RunDir:
             dest = base.with_name(f"{base.name}.{n}")
         dest.mkdir(parents=True)
         for entry in self.path.iterdir():
-            if entry.name not in (".lock", "claim.json", "superseded"):
+            if entry.name not in (".lock", ".claim.lock", "claim.json", "race_winner", "superseded"):
                 os.replace(entry, dest / entry.name)
         return dest
 
@@ -385,8 +485,8 @@ class RunDir:
     def truncate_curves_after(self, env_step: int) -> None:
         """On resume from a checkpoint at `env_step`: drop curve rows past it (they will be logged
         again), so the curves have no gap and no duplicated step. Replaced atomically."""
-        with self.lock():
-            self._check_fence()
+        with self._write_lock():
+            pass
         for path in (self.metrics_path, self.eval_curve_path):
             if not path.exists():
                 continue

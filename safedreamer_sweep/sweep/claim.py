@@ -1,6 +1,8 @@
 """Claims: which sweep holds a cell right now, as a lease with a generation number (fencing).
 
-A claim is `claim.json` in the run directory, read and written under the run's file lock. Every new
+A claim is `claim.json` in the run directory, read and written under the run's lease lock
+(`.claim.lock`, which no cell process ever takes: core/store.py), so claims, renewals and takeovers
+never wait on a cell frozen inside one of its own writes. Every new
 claim and every takeover bumps its `generation`; the holder writes the cell's state, progress,
 curves, checkpoints and results only through a RunDir fenced with its generation (core/store.py),
 so a holder that lost the lease cannot land a write. The holder renews the lease by touching
@@ -15,12 +17,20 @@ Only a claim that is none of these can be taken over.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir, atomic_write_json, host, read_json
+from safedreamer_sweep.core.store import (
+    LockBusy,
+    RunDir,
+    atomic_write_json,
+    host,
+    read_json,
+)
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE, JobState, pid_alive
 
 LEASE_S = 60.0  # default lease: renewed every poll (seconds) and every heartbeat, so 60 s is many renewals
@@ -96,11 +106,39 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
     return False, f"holder {claim.get('sweep_id')} (pid {claim.get('pid')} on {claim.get('host')}{gen}) is gone: {what}"
 
 
+def owner_gone(claim: dict, rd: RunDir, *, lease_s: float | None = None) -> tuple[bool, str]:
+    """Is the sweep that holds `claim` itself gone, whatever its cell processes are doing? On its host:
+    its launcher pid is dead; elsewhere: nothing renewed the lease (its launcher every poll, its cell
+    every heartbeat) within lease_s. A cell left behind by a gone owner is an orphan: nobody else
+    would ever kill it when it stalls."""
+    if not claim or claim.get("released_at"):
+        return True, "no active claim"
+    if claim.get("host") == host():
+        if pid_alive(claim.get("pid"), claim.get("pid_started_at")):
+            return False, f"launcher pid {claim.get('pid')} of sweep {claim.get('sweep_id')} is alive"
+        return True, f"launcher pid {claim.get('pid')} of sweep {claim.get('sweep_id')} on {host()} is dead"
+    lease_s = float(claim.get("lease_s") or (LEASE_S if lease_s is None else lease_s))
+    age = lease_age(rd)
+    if age is not None and age <= lease_s:
+        return False, f"lease of sweep {claim.get('sweep_id')} on {claim.get('host')} renewed {age:.0f}s ago"
+    return True, (f"sweep {claim.get('sweep_id')} on {claim.get('host')} renewed no lease for "
+                  f"{'ever' if age is None else f'{age:.0f}s'} (lease_s={lease_s:.0f})")
+
+
 def try_lease(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
               job_state: JobState | None = None, lease_s: float | None = None) -> Lease:
     """Claim the cell for `sweep_id`: a new generation unless we hold it already (re-claiming our own
-    keeps it). A live holder's claim is refused with its evidence."""
-    with rd.lock():
+    keeps it). A live holder's claim is refused with its evidence; so is a lease lock another
+    launcher holds too long (LockBusy's evidence), never raised."""
+    try:
+        return _try_lease(rd, sweep_id, backend=backend, stall_after=stall_after, job_state=job_state, lease_s=lease_s)
+    except LockBusy as e:
+        return Lease(False, f"claim not decided: {e}")
+
+
+def _try_lease(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
+               job_state: JobState | None, lease_s: float | None) -> Lease:
+    with rd.lease_lock():
         old = read_json(rd.claim_path) or {}
         took: dict[str, Any] = {}
         if old and not old.get("released_at") and old.get("sweep_id") != sweep_id:
@@ -162,7 +200,7 @@ def add_jobs(rd: RunDir, sweep_id: str, job_ids: list[str]) -> None:
 
 def release(rd: RunDir, sweep_id: str, outcome: str) -> None:
     """Mark our claim released (the file stays as a record of who ran the cell last)."""
-    with rd.lock():
+    with rd.lease_lock():
         doc = read_json(rd.claim_path) or {}
         if doc.get("sweep_id") == sweep_id and not doc.get("released_at") and (
                 rd.generation is None or doc.get("generation") == rd.generation):
@@ -170,16 +208,44 @@ def release(rd: RunDir, sweep_id: str, outcome: str) -> None:
             atomic_write_json(rd.claim_path, doc)
 
 
+def race_path(rd: RunDir) -> Path:
+    """`race_winner`: created exclusively by the first racing copy to start (its job id inside)."""
+    return rd.path / "race_winner"
+
+
 def race_start(rd: RunDir, job_id: str) -> str | None:
-    """Called by a racing copy when it starts: the first copy to start wins. Returns the winner's
-    job id if it is another copy (then this copy must exit without running), else None."""
-    with rd.lock():
-        doc = read_json(rd.claim_path) or {}
-        if not doc.get("race"):
-            return None
-        winner = doc.get("race_winner")
-        if winner and str(winner) != str(job_id):
-            return str(winner)
-        doc["race_winner"] = str(job_id)
-        atomic_write_json(rd.claim_path, doc)
+    """Called by a racing copy when it starts: the first copy to start wins (an exclusive create,
+    so a cell takes no lock). Returns the winner's job id if it is another copy (then this copy
+    must exit without running), else None."""
+    if not (read_json(rd.claim_path) or {}).get("race"):
         return None
+    try:
+        fd = os.open(race_path(rd), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        winner = race_winner(rd)
+        return winner if winner and winner != str(job_id) else None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(job_id))
+        f.flush()
+        os.fsync(f.fileno())
+    return None
+
+
+def race_winner(rd: RunDir) -> str | None:
+    """The job id of the racing copy that started first, None before any has."""
+    try:
+        return race_path(rd).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def record_race(rd: RunDir, partitions: list[str], first: bool) -> None:
+    """The claim names the racing partitions; a new race (the first partition's copy) clears the
+    previous winner."""
+    with rd.lease_lock():
+        doc = read_json(rd.claim_path) or {}
+        doc["race"] = partitions
+        if first:
+            with contextlib.suppress(FileNotFoundError):
+                race_path(rd).unlink()
+        atomic_write_json(rd.claim_path, doc)

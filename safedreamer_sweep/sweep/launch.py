@@ -4,6 +4,7 @@ or supervise, and turn the outcome into one JobReturn per override, in order."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.core.store import LockBusy, Store
 from safedreamer_sweep.sweep.backends import Backend
 from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import (
@@ -23,7 +24,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
     have_slurm,
     slurm_state_lookup,
 )
-from safedreamer_sweep.sweep.claim import try_lease
+from safedreamer_sweep.sweep.claim import Lease, try_lease
 from safedreamer_sweep.sweep.failures import RetryPolicy
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
@@ -249,9 +250,12 @@ class Sweep:
                     continue
                 t.watch_only = True
             else:
-                c.run_dir.ensure_spec(c.spec.spec_document())
-                lease = try_lease(c.run_dir, self.id, backend=self.backend, stall_after=self.stall_after,
-                                  job_state=self.job_state, lease_s=self.params.get("lease_s"))
+                try:  # bounded: a cell process frozen inside a write may hold the data lock
+                    c.run_dir.supervised().ensure_spec(c.spec.spec_document())
+                    lease = try_lease(c.run_dir, self.id, backend=self.backend, stall_after=self.stall_after,
+                                      job_state=self.job_state, lease_s=self.params.get("lease_s"))
+                except LockBusy as e:
+                    lease = Lease(False, str(e))
                 if not lease.ok:
                     say(f"[sds] {c.label}: not claimed ({lease.why}); watching it instead")
                     t.watch_only = True
@@ -278,7 +282,8 @@ class Sweep:
     def supervisor(self, backend: Backend, tracked: list[Tracked]) -> Supervisor:
         sup = Supervisor(store=self.store, backend=backend, sweep_id=self.id, stall_after=self.stall_after,
                          policy=self.policy, poll_s=float(self.params.get("poll_s", 5.0)), log=say,
-                         exclude=[x for x in (self.params.get("exclude") or "").split(",") if x])
+                         exclude=[x for x in (self.params.get("exclude") or "").split(",") if x],
+                         lease_s=self.params.get("lease_s"))
         for t in tracked:
             sup.add(t)
         return sup
@@ -305,6 +310,13 @@ class Sweep:
             say(f"[sds] interrupted: {len(sup.active)} cell(s) keep running, {len(sup.queue)} not submitted; "
                 f"reattach with: safedreamer-sweep watch {self.store.root}")
             raise
+        except Exception as e:  # noqa: BLE001 (the loop guards its stages; this is the last line of defence)
+            with contextlib.suppress(Exception):
+                self._record_jobs({t.key: [s.job_id for s in t.subs] for t in sup.active if t.subs}, detached=True)
+            raise SweepIncomplete(
+                f"[sds] the supervisor stopped ({type(e).__name__}: {e}); {len(sup.active)} cell(s) keep running, "
+                f"{len(sup.queue)} not submitted, the store is consistent. Resume with: safedreamer-sweep watch "
+                f"{self.store.root} (or run the same command again)") from None
         self._record_jobs({k: sorted({str(a.get("job_id")) for a in t.rd.read_state().get("attempts", [])
                                       if a.get("job_id")}) for k, t in finished.items()})
         return finished

@@ -3,18 +3,37 @@ cell is terminal, classify each ended attempt with its evidence, and apply the r
 
 Local and Slurm share this one loop; what differs (submitting, reading job state, killing) sits
 behind `backends.Backend`. Each poll hands every tracked cell to `on_tick` (the live progress view).
+
+The loop never dies of its own I/O: every stage of a poll, and every cell within a stage, runs
+guarded (`_guarded`): an exception (a lock a frozen cell holds, a full disk, a vanished file, a
+scheduler command that fails) is logged with its cause and the stage is tried again next poll. It
+never waits long on a lock a cell can hold: its run dirs write with bounded lock waits
+(RunDir.supervised), and lease renewal takes only the lease lock, which cells never take.
+
+A cell another sweep holds is watched; when that sweep is gone (its launcher pid dead here, its
+lease expired elsewhere) this one takes the cell over: it kills an orphan that stalled, claims a
+new lease generation, classifies the attempt the dead owner left open and retries it by policy.
 """
 
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import LeaseLost, Store, read_json
-from safedreamer_sweep.sweep.backends import Backend, Refused, Tracked
-from safedreamer_sweep.sweep.claim import add_jobs, holder_alive, release, still_held
+from safedreamer_sweep.core.store import LeaseLost, LockBusy, Store, read_json
+from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Tracked
+from safedreamer_sweep.sweep.claim import (
+    add_jobs,
+    holder_alive,
+    owner_gone,
+    race_winner,
+    release,
+    still_held,
+    try_lease,
+)
 from safedreamer_sweep.sweep.failures import RetryPolicy, classify_failure
 from safedreamer_sweep.sweep.observe import CellView, observe_run
 
@@ -28,10 +47,11 @@ class Supervisor:
 
     def __init__(self, *, store: Store, backend: Backend, sweep_id: str, policy: RetryPolicy,
                  stall_after: float, poll_s: float, exclude: list[str] | None = None, log: Log = print,
-                 on_tick: Callable[[list[Tracked]], None] | None = None) -> None:
+                 on_tick: Callable[[list[Tracked]], None] | None = None, lease_s: float | None = None) -> None:
         self.store, self.backend, self.sweep_id, self.policy = store, backend, sweep_id, policy
         self.stall_after, self.poll_s, self.exclude, self.log = stall_after, poll_s, list(exclude or []), log
-        self.on_tick = on_tick
+        self.on_tick, self.lease_s = on_tick, lease_s
+        self._said: dict[str, tuple[str, float]] = {}  # what each guarded stage last logged, and when
         self.queue: list[Tracked] = []
         self.active: list[Tracked] = []
         self.finished: list[Tracked] = []
@@ -46,36 +66,63 @@ class Supervisor:
 
     def run(self) -> list[Tracked]:
         """Poll until every tracked cell is terminal. Returns them all."""
+        for t in self.tracked:  # every write of ours waits boundedly for a lock a cell could hold
+            t.rd = t.rd.supervised()
         while self.queue or self.active:
-            self._renew_leases()
-            self.submit_ready()
-            self.backend.refresh(self.active)
+            self._guarded("renewing leases", self._renew_leases)
+            self._guarded("submitting cells", self.submit_ready)
+            self._guarded("reading the scheduler's job states", self.backend.refresh, self.active)
             for t in list(self.active):
-                try:
-                    self._check(t)
-                except LeaseLost as e:
-                    self._lost_lease(t, str(e))
-                except OSError as e:
-                    # e.g. ENOSPC on the store: the supervisor must outlive it (the cell's own
-                    # attempt records the failure); try again next poll.
-                    self.log(f"[sds] {t.label}: cannot update {t.rd.path}: {e}. Fix: free space or "
-                             f"permissions on the store; retrying in {self.poll_s:.0f}s")
-            self.submit_ready()  # a slot freed by a cell that just ended is refilled now, not a poll later
+                self._guarded(t.label, self._check_cell, t)
+            self._guarded("submitting cells", self.submit_ready)  # a slot freed just now is refilled now
             if self.on_tick:
-                self.on_tick(self.tracked)
+                self._guarded("drawing the progress view", self.on_tick, self.tracked)
             if self.queue or self.active:
                 # Sleep one poll, or less when a live cell would cross stall_after sooner: a hang is
                 # then noticed at stall_after, not up to one poll later.
                 # The backend wakes early when a cell ends (locally: its process exits).
-                self.backend.wait(self.active, max(0.05, min(self.poll_s, self._wake_at - time.time())))
+                timeout = max(0.05, min(self.poll_s, self._wake_at - time.time()))
+                if not self._guarded("waiting for cells", self.backend.wait, self.active, timeout):
+                    time.sleep(timeout)
                 self._wake_at = float("inf")
         return self.finished
+
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run one stage of a poll; any exception is logged with its cause (once a minute while it
+        repeats) and the stage is tried again next poll. False when it failed."""
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 (the supervisor must outlive its own I/O)
+            if isinstance(e, (LockBusy, OSError)):
+                cause, fix = str(e), "free space or permissions on the store" if isinstance(e, OSError) else "none needed"
+            else:
+                frame = traceback.extract_tb(e.__traceback__)[-1]
+                cause = f"{type(e).__name__}: {e} (at {Path(frame.filename).name}:{frame.lineno})"
+                fix = "none needed if it passes; else report it with this line"
+            msg = f"[sds] {what}: {cause}; retrying in {self.poll_s:.0f}s (fix: {fix})"
+            last, at = self._said.get(what, ("", 0.0))
+            if msg != last or time.time() - at > 60:
+                self.log(msg)
+                self._said[what] = (msg, time.time())
+            return False
+        self._said.pop(what, None)
+        return True
+
+    def _check_cell(self, t: Tracked) -> None:
+        try:
+            self._check(t)
+        except LeaseLost as e:
+            self._lost_lease(t, str(e))
 
     # --- leases (sweep/claim.py): renewed every poll; a cell whose lease was taken over is only watched
     def _renew_leases(self) -> None:
         for t in [*self.queue, *self.active]:
-            if not t.watch_only and t.rd.generation is not None and not t.rd.renew_lease():
-                self._lost_lease(t, still_held(t.rd, self.sweep_id, t.rd.generation)[1])
+            if not t.watch_only and t.rd.generation is not None:
+                self._guarded(f"{t.label}: renewing its lease", self._renew, t)
+
+    def _renew(self, t: Tracked) -> None:
+        if not t.rd.renew_lease():  # the lease lock only: no cell ever holds it
+            self._lost_lease(t, still_held(t.rd, self.sweep_id, t.rd.generation)[1])
 
     def _lost_lease(self, t: Tracked, why: str) -> None:
         """Another sweep took the cell over: stop acting on it (its writes, and those of any process
@@ -109,13 +156,14 @@ class Supervisor:
                             evidence="resubmission started no job (see the sweep's plan output)")
             else:
                 t.subs = outcome
-                add_jobs(t.rd, self.sweep_id, [s.job_id for s in t.subs])
+                self.active.append(t)  # tracked before anything else can fail: its job runs now
+                self._guarded(f"{t.label}: recording its jobs in claim.json", add_jobs, t.rd, self.sweep_id,
+                              [s.job_id for s in t.subs])
                 partitions = ",".join(s.partition for s in t.subs if getattr(s, "partition", None))
                 self.log(f"[sds] submitted {t.label}: job {', '.join(s.job_id for s in t.subs)}"
                          + (f" partition {partitions}" if partitions else "")
                          + (f" mem {t.mem_gb} GB" if t.mem_gb else "")
                          + (f" exclude {','.join(self.exclude)}" if self.exclude else ""))
-                self.active.append(t)
 
     # --- one poll of one live cell
     def _check(self, t: Tracked) -> None:
@@ -145,24 +193,67 @@ class Supervisor:
                        "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
             self.log(f"[sds] {t.label}: stalled (env_step {view.env_step} unchanged for "
                      f"{view.progress_age_s:.0f}s); killing it to resume from the checkpoint")
-            self._record_stall(t, t.stall)
-            self.backend.kill(t, view)
+            self._stop_stalled(t, view)
+
+    def _stop_stalled(self, t: Tracked, view: CellView) -> None:
+        """Record the stall in the running attempt, then kill. A cell frozen inside one of its own
+        writes holds the data lock: then kill first (the kernel drops its lock with it) and the
+        stall is recorded when the attempt is closed (t.stall is the evidence)."""
+        try:
+            self._record_stall(t, t.stall or {})
+        except LockBusy as e:
+            self.log(f"[sds] {t.label}: cannot record the stall before the kill ({e}); killing it first, "
+                     f"the attempt is closed as stalled once it is gone")
+        self.backend.kill(t, view)
 
     def _check_elsewhere(self, t: Tracked, view: CellView) -> None:
         """Another sweep holds the cell: wait while its claim is alive (it may still be queued
-        there), finish when the cell is terminal or its holder is gone."""
-        holder, why = holder_alive(read_json(t.rd.claim_path) or {}, t.rd, stall_after=self.stall_after,
-                                   job_state=self.backend.state_lookup())
-        if view.phase in ("done", "failed") or (not holder and view.phase in ("lost", "pending")):
+        there), finish when the cell is terminal, and take it over once its holder is gone."""
+        claim = read_json(t.rd.claim_path) or {}
+        holder, why = holder_alive(claim, t.rd, stall_after=self.stall_after, job_state=self.backend.state_lookup(),
+                                   lease_s=self.lease_s)
+        if view.phase in ("done", "failed"):
             self.active.remove(t)
             t.result = "done" if view.phase == "done" else "failed"
-            t.reason = f"ran elsewhere: {view.phase}" + (f" ({view.cause}: {view.evidence})" if view.cause else "") + (
-                "" if view.phase in ("done", "failed") else f"; {why}; run the sweep again to resume it")
+            t.reason = f"ran elsewhere: {view.phase}" + (f" ({view.cause}: {view.evidence})" if view.cause else "")
             self.finished.append(t)
+        elif not holder:
+            self._take_over(t, view, claim, why)
+        elif view.phase == "stalled" and t.stall is None:
+            gone, owner = owner_gone(claim, t.rd, lease_s=self.lease_s)
+            if gone:  # an orphan that stopped moving: its own sweep would have killed it; nobody else will
+                t.stall = {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
+                           "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
+                self.log(f"[sds] {t.label}: stalled (env_step {view.env_step} unchanged for {view.progress_age_s:.0f}s) "
+                         f"and its sweep is gone ({owner}); killing it to take it over and resume it")
+                t.subs = [RecordedJob(key=t.key, job_id=str(j), backend=str(claim.get("backend")))
+                          for j in claim.get("job_ids") or []]
+                self._stop_stalled(t, view)
+                t.subs = []
+
+    def _take_over(self, t: Tracked, view: CellView, claim: dict, why: str) -> None:
+        """The holder is gone: claim a new lease generation (its processes' writes are fenced off),
+        close the attempt it left open with its cause, and retry it here by policy."""
+        lease = try_lease(t.rd, self.sweep_id, backend=self.backend.name, stall_after=self.stall_after,
+                          job_state=self.backend.state_lookup(), lease_s=self.lease_s)
+        if not lease.ok:
+            return  # another sweep was quicker, or it came back: keep watching
+        t.rd = t.rd.fenced(lease.generation)
+        if getattr(t.payload, "run_dir", None) is not None:
+            t.payload.run_dir = t.payload.run_dir.fenced(lease.generation)  # its cell writes with the new lease
+        t.watch_only = False
+        self.log(f"[sds] {t.label}: took it over from sweep {claim.get('sweep_id')} ({why}); resuming it here")
+        attempts = t.rd.read_state().get("attempts") or []
+        if attempts and attempts[-1].get("outcome") in ("running", "submitted"):
+            self._ended(t, view)  # classified (lost, stalled ...) and retried by policy, as if it were ours
+        else:
+            self.active.remove(t)
+            t.pending_cause = "lost"
+            self.queue.append(t)
 
     def _settle_race(self, t: Tracked, alive: list[Any]) -> list[Any]:
         """Racing copies: keep the first that started, cancel the rest."""
-        winner = (read_json(t.rd.claim_path) or {}).get("race_winner")
+        winner = race_winner(t.rd)
         if not winner:
             return alive
         for s in t.subs:

@@ -8,11 +8,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.backends import Backend, Refused, Started
+from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Started
 from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import SlurmBackend
 from safedreamer_sweep.sweep.failures import RetryPolicy
@@ -25,18 +24,6 @@ def exclude_override(nodes: list[str]) -> str:
     """`hydra.launcher.exclude='a,b'`: quoted, since under -m an unquoted comma list is a sweep axis."""
     value = ",".join(nodes).replace("\\", "\\\\").replace("'", "\\'")
     return f"hydra.launcher.exclude='{value}'"
-
-
-@dataclass
-class _Sub:
-    """A job recorded in a sweep manifest (no submitit Job object after reattaching)."""
-
-    key: str
-    job_id: str
-    backend: str
-    partition: str | None = None
-    job: Any = None
-    slot: int | None = None
 
 
 class Reattached(Backend):
@@ -73,7 +60,7 @@ class Reattached(Backend):
             raise RuntimeError(f"resubmission failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
         new = [d for d in self.store.read_sweep_manifests() if d["id"] not in before]
         ids = [j for d in new for j in (d.get("jobs") or {}).get(t.key, [])]
-        return [_Sub(key=t.key, job_id=str(j), backend=self.name) for j in ids]
+        return [RecordedJob(key=t.key, job_id=str(j), backend=self.name) for j in ids]
 
     def refresh(self, active: list[Tracked]) -> None:
         self.jobs.refresh(active)
@@ -122,7 +109,7 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
         seed = "" if c["seed"] is None else f" seed {c['seed']}"
         t = Tracked(key=c["key"], rd=rd, label=f"{c['config']}{seed} [{c['hash']}]", payload=c,
                     mem_gb=mem_gb)
-        t.subs = [_Sub(key=c["key"], job_id=str(j), backend=backend) for j in c["job_ids"]]
+        t.subs = [RecordedJob(key=c["key"], job_id=str(j), backend=backend) for j in c["job_ids"]]
         view = observe_run(rd, stall_after=sup.stall_after) if rd.spec_path.exists() else None
         if view is not None and view.phase == "done":
             t.result = "done"

@@ -34,6 +34,18 @@ class Tracked:
 
 
 @dataclass
+class RecordedJob:
+    """A job known by its id only (recorded in a manifest or a claim; no submitit Job object)."""
+
+    key: str
+    job_id: str
+    backend: str
+    partition: str | None = None
+    job: Any = None
+    slot: int | None = None
+
+
+@dataclass
 class Refused:
     """A cell the backend could not start. `cause` None: the cell's pending cause (a retry keeps
     the cause that sent it back), else `error`."""

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import atomic_write_json, host, read_json
+from safedreamer_sweep.core.store import host
 from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
+from safedreamer_sweep.sweep.claim import record_race
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE
 from safedreamer_sweep.sweep.submit import (
     CellTasks,
@@ -132,21 +133,13 @@ class SlurmBackend(Backend):
                 return [(t, copies[t.key] or Refused(why)) for t in ts]
             for t, job in zip(ts, jobs):
                 if races:
-                    self._record_race(t, races, first=partition == races[0])
+                    record_race(t.rd, races, first=partition == races[0])
                 if not copies[t.key]:
                     pre_register(t.rd, job_id=str(job.job_id), resources=res, sweep_id=self.tasks.sweep_id,
                                  partition=partition, exclude=exclude)
                 copies[t.key].append(Submission(key=t.key, job=job, job_id=str(job.job_id), backend="slurm",
                                                 partition=partition, resources=res))
         return [(t, copies[t.key]) for t in ts]
-
-    @staticmethod
-    def _record_race(t: Tracked, races: list[str], first: bool) -> None:
-        """The claim names the racing partitions; the first copy to start writes itself as the winner."""
-        with t.rd.lock():
-            doc = read_json(t.rd.claim_path) or {}
-            doc.update(race=races, race_winner=None) if first else doc.update(race=races)
-            atomic_write_json(t.rd.claim_path, doc)
 
     def refresh(self, active: list[Tracked]) -> None:
         self.queue.refresh([s.job_id for t in active for s in t.subs])
