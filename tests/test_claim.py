@@ -234,3 +234,39 @@ def test_a_slurm_backed_claim_is_alive_while_the_scheduler_says_so(tmp_path):
         time.sleep(0.5)
     alive, why = holder_alive(claim, rd, stall_after=5, lease_s=30, job_state=squeue)
     assert not alive and "not renewed" in why
+
+
+def test_a_frozen_holder_of_the_data_lock_blocks_no_lease_operation_and_is_named(tmp_path):
+    """A cell process SIGSTOPped while it holds its run dir's data lock: renewal, a second claim's
+    refusal, job ids and release all go through at once (the lease lock); a supervisor write waits
+    its bounded time and gets LockBusy naming the pid as stopped; killing the holder frees it."""
+    import signal
+    import subprocess
+    import sys
+
+    from safedreamer_sweep.core.store import SUPERVISOR_LOCK_S, LockBusy
+
+    rd = run_dir(tmp_path)
+    lease = try_lease(rd, "sweep-a", backend="local", stall_after=60)
+    held = rd.fenced(lease.generation)
+    code = ("import os, signal, sys; from pathlib import Path; from safedreamer_sweep.core.store import RunDir\n"
+            "with RunDir(Path(sys.argv[1])).lock():\n    print('locked', flush=True); os.kill(os.getpid(), signal.SIGSTOP)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(rd.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        assert held.renew_lease()
+        add_jobs(held, "sweep-a", ["4242"])
+        assert not try_claim(rd, "sweep-b", backend="local", stall_after=60)[0]
+        assert time.monotonic() - t0 < 1.0  # none of them waited for the data lock
+        t0 = time.monotonic()
+        with pytest.raises(LockBusy) as e:
+            held.supervised().set_phase("failed")
+        assert SUPERVISOR_LOCK_S - 0.5 <= time.monotonic() - t0 < SUPERVISOR_LOCK_S + 2
+        assert f"held by pid {p.pid}" in str(e.value) and "stopped" in str(e.value), str(e.value)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    held.supervised().set_phase("failed")  # the kernel dropped the dead holder's lock
+    release(held, "sweep-a", "failed")
+    assert read_json(rd.claim_path)["released_at"] and rd.read_state()["phase"] == "failed"

@@ -189,7 +189,7 @@ def renew(rd: RunDir, sweep_id: str, generation: int | None) -> bool:
 def add_jobs(rd: RunDir, sweep_id: str, job_ids: list[str]) -> None:
     """Record the scheduler jobs that run the cell for this claim (they keep it alive after a
     detached launcher exits)."""
-    with rd.lock():
+    with rd.lease_lock():
         doc = read_json(rd.claim_path) or {}
         if doc.get("sweep_id") != sweep_id:
             return
