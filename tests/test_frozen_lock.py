@@ -29,7 +29,7 @@ BUDGET = [o for o in TINY if not o.startswith("trainer.total_steps")] + ["traine
 
 def popen_sds(*args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", *args], cwd=ROOT, text=True,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 def running_pid(rd: RunDir) -> int | None:
