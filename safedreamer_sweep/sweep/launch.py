@@ -309,7 +309,7 @@ class Sweep:
             self._record_jobs({t.key: [s.job_id for s in t.subs] for t in sup.active if t.subs}, detached=True)
             say(f"[sds] interrupted: {len(sup.active)} cell(s) keep running, {len(sup.queue)} not submitted; "
                 f"reattach with: safedreamer-sweep watch {self.store.root}")
-            raise
+            raise SystemExit(130) from None  # the line above is the whole message: no traceback
         except Exception as e:  # noqa: BLE001 (the loop guards its stages; this is the last line of defence)
             with contextlib.suppress(Exception):
                 self._record_jobs({t.key: [s.job_id for s in t.subs] for t in sup.active if t.subs}, detached=True)
