@@ -17,21 +17,27 @@ from typing import Any
 import pandas as pd
 
 from safedreamer_sweep.core.store import atomic_write_bytes
-from safedreamer_sweep.report import tables
-from safedreamer_sweep.report.aggregate import (
+from safedreamer_sweep.report.analysis import tables
+from safedreamer_sweep.report.analysis.aggregate import (
     METRICS,
     Frames,
     load_frames,
     parquet_ready,
 )
-from safedreamer_sweep.report.decision import (
+from safedreamer_sweep.report.analysis.decision import (
     collect_warnings,
     decide,
 )
-from safedreamer_sweep.report.document import decision_markdown
+from safedreamer_sweep.report.render import text
+from safedreamer_sweep.report.render.document import decision_markdown
+from safedreamer_sweep.report.render.templates import (
+    Difference,
+    Namespace,
+    Number,
+    render_all,
+)
 from safedreamer_sweep.report.result import Report
 from safedreamer_sweep.report.settings import ReportSettings
-from safedreamer_sweep.report.templates import Difference, Namespace, Number, render_all
 
 # Every artifact a report writes (templates add their own outputs).
 ARTIFACTS = (
@@ -115,13 +121,21 @@ def template_context(r: Report) -> dict[str, Any]:
         "coverage": Namespace("coverage", {
             "done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov),
             "holes": [f"{x.config} seed {x.seed} {x.part} ({x.status})" for x in hole_rows.itertuples()],
-            "matrix": tables.to_markdown(tables.coverage_matrix(cov))}),
+            "matrix": text.to_markdown(tables.coverage_matrix(cov))}),
         "cost": Namespace("cost", {k: v for k, v in r.cost.items() if k != "per_config"}),
         "warnings": [f"{w.kind}: {w.text}" for w in r.warnings],
         "ood_proxy": "; ".join(r.frames.ood_proxy) or "not declared",
-        "tables": Namespace("tables", {"main": tables.to_markdown(tables.main_wide(r.main)),
-                                       "ablation": tables.to_markdown(tables.ablation_wide(r.ablation))}),
+        "tables": Namespace("tables", {"main": text.tables_markdown(main_text_tables(r)),
+                                       "ablation": text.tables_markdown(ablation_text_tables(r))}),
     }
+
+
+def main_text_tables(r: Report) -> list[text.TextTable]:
+    return text.main_tables(r.main, r.settings.confidence)
+
+
+def ablation_text_tables(r: Report) -> list[text.TextTable]:
+    return text.ablation_tables(r.ablation, r.settings.baseline, r.settings.confidence)
 
 
 def _parquet(df: pd.DataFrame) -> bytes:
@@ -159,27 +173,23 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "train_status.tsv": train_tsv.to_csv(sep="\t", index=False).encode(),
         "eval_status.tsv": r.frames.eval_status.to_csv(sep="\t", index=False).encode(),
         "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
-                        "✗ failed\n\n" + tables.to_markdown(tables.coverage_matrix(cov))).encode(),
+                        "✗ failed\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
-        "main.md": tables.to_markdown(tables.main_wide(r.main)).encode(),
-        "main.tex": tables.to_latex(r.main.drop(columns=["metric"]), "Main results per config (mean, std, IQM, "
-                                    f"{int(s.confidence * 100)}\\% Student t CI, -- below 3 seeds; n seeds)",
-                                    "tab:main").encode(),
+        "main.md": ("# Main results per config\n\n" + text.tables_markdown(main_text_tables(r))).encode(),
+        "main.tex": text.tables_latex(main_text_tables(r), "tab:main").encode(),
         "ablation.csv": r.ablation.to_csv(index=False).encode(),
-        "ablation.md": tables.to_markdown(tables.ablation_wide(r.ablation)).encode(),
-        "ablation.tex": tables.to_latex(r.ablation.drop(columns=["metric"]), f"Each config minus {s.baseline} "
-                                        f"(difference, {int(s.confidence * 100)}\\% Welch t CI, -- below 3 seeds a side; "
-                                        f"probability of improvement)",
-                                        "tab:ablation").encode(),
+        "ablation.md": (f"# Each config against {s.baseline}\n\n"
+                        + text.tables_markdown(ablation_text_tables(r))).encode(),
+        "ablation.tex": text.tables_latex(ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
     if s.figures and with_figures:
         files.update(render_figures(r))
-    for name, text in docs.items():
+    for name, body in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
                              f"rename the template.")
-        files[name] = text.encode()
+        files[name] = body.encode()
     summary = {
         "store": str(r.frames.store_root),
         "decision": {"headline": r.decision.headline, "summary": r.decision.summary,
@@ -198,7 +208,7 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
 
 def render_figures(r: Report) -> dict[str, bytes]:
     """The figures' PNG bytes, in memory (matplotlib and seaborn are imported here, not before)."""
-    from safedreamer_sweep.report import figures
+    from safedreamer_sweep.report.render import figures
 
     s, cov = r.settings, r.coverage
     out: dict[str, bytes] = {}

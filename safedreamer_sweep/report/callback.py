@@ -53,7 +53,7 @@ def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log
     results.csv/.md for any other app's cells (`settings`: report_settings). Returns the directories
     written. Never raises: a
     report that cannot be built is logged with the command that builds it later."""
-    from safedreamer_sweep.report.returns import write_results
+    from safedreamer_sweep.report.analysis.returns import write_results
 
     store = Store(store_root)
     written: list[Path] = []

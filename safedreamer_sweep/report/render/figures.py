@@ -25,8 +25,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from safedreamer_sweep.report import stats
-from safedreamer_sweep.report.tables import PARTS, SYMBOLS
+from safedreamer_sweep.report.analysis import stats
+from safedreamer_sweep.report.analysis.tables import PARTS, SYMBOLS
 
 # "talk" context: fonts readable when the PNG fills a slide.
 THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
