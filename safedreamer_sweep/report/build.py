@@ -41,7 +41,7 @@ from safedreamer_sweep.report.settings import ReportSettings
 
 # Every artifact a report writes (templates add their own outputs).
 ARTIFACTS = (
-    "decision.md", "report.json",
+    "report.html", "decision.md", "report.json",
     "cells.parquet", "evals.parquet", "seeds.parquet", "curves.parquet",
     "train_status.tsv", "eval_status.tsv", "coverage.md", "coverage.png",
     "main.csv", "main.md", "main.tex", "ablation.csv", "ablation.md", "ablation.tex",
@@ -183,8 +183,9 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "ablation.tex": text.tables_latex(ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
-    if s.figures and with_figures:
-        files.update(render_figures(r))
+    figs = render_figures(r) if s.figures and with_figures else {}
+    files.update(figs)
+    files["report.html"] = report_page(r, figs)
     for name, body in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
@@ -206,6 +207,13 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     return files
 
 
+def report_page(r: Report, figures: dict[str, bytes]) -> bytes:
+    """report.html's bytes: the page with `figures` (PNG bytes by file name) embedded."""
+    from safedreamer_sweep.report.render.html import report_html
+
+    return report_html(r, figures).encode()
+
+
 def render_figures(r: Report) -> dict[str, bytes]:
     """The figures' PNG bytes, in memory (matplotlib and seaborn are imported here, not before)."""
     from safedreamer_sweep.report.render import figures
@@ -225,9 +233,10 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     """Write the report of the store at `store_root` into `out` (default: report.out, else
     <store>/report) and return that directory.
 
-    With `on_summary`, the text artifacts (decision.md, tables, report.json) are written first and
-    `on_summary(report dir, report)` is called, so the caller can show the verdict, then the
-    figures are drawn and written (a figure error then leaves the text artifacts written).
+    With `on_summary`, the text artifacts (decision.md, tables, report.json, report.html without
+    figures) are written first and `on_summary(report dir, report)` is called, so the caller can
+    show the verdict, then the figures are drawn and written with report.html again, now with them
+    embedded (a figure error then leaves the text artifacts written).
 
     Idempotent: the same store gives byte-identical text artifacts (no statistic is random).
     Holes never raise: they are the first thing the report says. A path that is not a store
@@ -241,7 +250,8 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     out_dir = write_artifacts(r, render_artifacts(r, with_figures=False), out)
     on_summary(out_dir, r)
     if r.settings.figures:
-        write_artifacts(r, render_figures(r), out_dir)
+        figs = render_figures(r)
+        write_artifacts(r, {**figs, "report.html": report_page(r, figs)}, out_dir)
     return out_dir
 
 
@@ -250,6 +260,46 @@ def write_artifacts(r: Any, files: dict[str, bytes], out: str | Path | None = No
     out_dir = Path(out or r.settings.out or (r.frames.store_root / "report")).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: report output path is a file; give a directory (--out DIR).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    return out_dir.resolve()
+
+
+def cell_kinds(store_root: str | Path) -> set[str]:
+    """What the store's cells report: "eval" (the package's own tasks: ID/OOD evaluations) and/or
+    "return" (any other app: the task function's return value)."""
+    from safedreamer_sweep.core.store import Store
+
+    return {(rd.read_spec() or {}).get("done_when", "eval") for rd in Store(store_root).iter_runs()}
+
+
+def build_app_report(store_root: str | Path, out: str | Path | None = None, page: bool = True) -> Path | None:
+    """The report of an app's sweep (cells whose task function's return value is its result):
+    results.csv, results.md, results.png and, with `page`, report.html (the table and a figure of
+    the returned values), each written atomically into `out` (default <store>/report). None when
+    the store holds no such cell. A store that also holds the package's own cells gets their
+    report.html from build_report: pass page=False then."""
+    from safedreamer_sweep.core.store import Store
+    from safedreamer_sweep.report.analysis.returns import results_frame
+    from safedreamer_sweep.report.render import figures
+    from safedreamer_sweep.report.render.html import app_html
+
+    store = Store(store_root)
+    df = results_frame(store)
+    if df.empty:
+        return None
+    out_dir = Path(out or store.root / "report").expanduser()
+    done = int((df["phase"] == "done").sum())
+    fig = figures.returned_values(df)
+    png = figures.figure_png(fig) if fig is not None else None
+    files = {"results.csv": df.to_csv(index=False).encode(),
+             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n").encode(),
+             }
+    if page:
+        files["report.html"] = app_html(df, store.root, png).encode()
+    if png is not None:
+        files["results.png"] = png
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
