@@ -35,13 +35,13 @@ TEMPLATE = "report.html.j2"
 # The figures of the page, in order: (file, heading, what to read in it).
 FIGURES = (
     ("learning_curves.png", "Learning curves",
-     "Return and cost against env steps per config: the mean over seeds with its Student t band (where at "
-     "least 3 seeds reached the point), and the cost limit dashed on the cost panel."),
+     ("Return and cost against env steps per config: the mean over seeds with its Student t band (where at "
+      "least 3 seeds reached the point), and the cost limit dashed on the cost panel.")),
     ("per_seed.png", "Every seed",
      "One line per seed, per config, labelled at its end: seeds that bifurcate show as separate bundles."),
     ("id_ood.png", "ID vs OOD, cost against the limit",
-     "Final return and cost in and out of distribution: bars are means, every dot is a seed; the dashed line "
-     "is the cost limit."),
+     ("Final return and cost in and out of distribution: bars are means, every dot is a seed; the dashed line "
+      "is the cost limit.")),
 )
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 16 * 1024
@@ -121,16 +121,21 @@ def _coverage(r: Report) -> dict:
 
 
 def _holes(r: Report) -> list[dict]:
+    """One row per cell with a hole: which parts, their status, the last cause and its evidence."""
     cells = r.frames.cells.set_index(["config", "seed"]) if len(r.frames.cells) else None
-    out = []
+    out: dict[tuple, dict] = {}
     for x in tables.holes(r.coverage).itertuples():
-        c = cells.loc[(x.config, x.seed)] if cells is not None and (x.config, x.seed) in cells.index else None
-        cause = c["last_cause"] if c is not None and isinstance(c["last_cause"], str) else ""
-        evidence = c["last_evidence"] if c is not None and isinstance(c["last_evidence"], str) else ""
-        out.append({"config": x.config, "seed": x.seed, "part": x.part, "status": x.status,
-                    "cls": STATUS_CLASS.get(x.status, "wait"), "cause": cause, "evidence": evidence,
-                    "anchor": anchor(x.config, x.seed)})
-    return out
+        key = (x.config, x.seed)
+        if key not in out:
+            c = cells.loc[key] if cells is not None and key in cells.index else None
+            cause = c["last_cause"] if c is not None and isinstance(c["last_cause"], str) else ""
+            evidence = c["last_evidence"] if c is not None and isinstance(c["last_evidence"], str) else ""
+            if c is not None and not isinstance(c["run_dir"], str) and not cause:
+                cause = "never started (no run directory)"
+            out[key] = {"config": x.config, "seed": x.seed, "parts": [], "cause": cause, "evidence": evidence,
+                        "anchor": anchor(x.config, x.seed)}
+        out[key]["parts"].append({"part": x.part, "status": x.status, "cls": STATUS_CLASS.get(x.status, "wait")})
+    return list(out.values())
 
 
 def _drilldown(r: Report) -> list[dict]:
@@ -215,6 +220,14 @@ def _verdicts(r: Report) -> list[dict]:
             for v in r.decision.verdicts]
 
 
+def _as_of(states: Any) -> str | None:
+    """The newest attempt start or end the store records: the page's "as of" (not the time it was
+    written, so the same store gives the same bytes)."""
+    times = [t for st in states for a in (st or {}).get("attempts") or []
+             for t in (a.get("started_at"), a.get("ended_at")) if isinstance(t, (int, float))]
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(max(times))) if times else None
+
+
 def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
     """The page of a computed report; `figures` maps FIGURES' file names to their PNG bytes (None
     or missing: the page says the figure is off or not drawn)."""
@@ -226,7 +239,7 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
     ctx = {
         "title": f"Decision report: {r.frames.store_root}",
         "store": str(r.frames.store_root),
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "as_of": _as_of(r.frames.states.values()),
         "decision": {"headline": d.headline, "summary": d.summary, "correction": d.correction,
                      "cls": "ok" if d.headline.startswith("recommended") else
                             ("bad" if d.headline.startswith("not") else "run")},
@@ -261,7 +274,7 @@ def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
                    else (text.num(v) if isinstance(v, float) else str(v)))
     ctx = {
         "title": f"Results: {store_root}", "store": str(store_root),
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "as_of": None,
         "app": {"done": done, "total": len(df), "failed": failed, "table": _frame(shown),
                 "figure": data_uri(figure) if figure else None},
     }
