@@ -14,6 +14,7 @@ n (an evaluation missing for some seeds) carries its own "(n=k)" in the cell.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,14 +172,17 @@ def tables_markdown(tables: list[TextTable], level: int = 3) -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str, index: bool = False) -> str:
-    """A booktabs LaTeX table at \\small (pandas Styler; config names and headers escaped)."""
+    """A booktabs LaTeX table at \\small (pandas Styler; config names and headers escaped); the
+    config and n columns left-aligned, the numbers right-aligned."""
     if df.empty:
         return f"% {caption}: no rows\n"
     sty = df.style.format(precision=3, na_rep="--", escape="latex").format_index(escape="latex", axis=1)
     if not index:
         sty = sty.hide(axis="index")
     sty = sty.set_table_styles([{"selector": "small", "props": ":;"}], overwrite=False)
-    return sty.to_latex(caption=caption, label=label, hrules=True, position="ht", position_float="centering") + "\n"
+    cols = "".join("l" if c in ("config", "n") else "r" for c in df.columns)
+    return sty.to_latex(caption=caption, label=label, hrules=True, position="ht", position_float="centering",
+                        column_format=("l" if index else "") + cols) + "\n"
 
 
 def _latex_caption(text: str) -> str:
@@ -186,12 +190,35 @@ def _latex_caption(text: str) -> str:
             .replace("#", "\\#").replace("±", "$\\pm$").replace("−", "$-$"))
 
 
+_CELL = re.compile(r"^(?P<num>\S+)(?: (?P<ci>\[[^\]]*\]))?(?P<rest>.*)$")
+
+
+def interval_rows(df: pd.DataFrame, keep: tuple[str, ...] = ("config", "n")) -> pd.DataFrame:
+    """Each row as two: the numbers, then their intervals under them (the `keep` columns blank), so
+    a column is as wide as "[-2.43, 2.93]" rather than "+0.25 [-2.43, 2.93]"; rows without any
+    interval stay one row."""
+    out = []
+    for row in df.to_dict(orient="records"):
+        top, below = {}, {}
+        for col, v in row.items():
+            m = _CELL.match(str(v)) if col not in keep else None
+            if m is None:
+                top[col], below[col] = v, ""
+            else:
+                top[col], below[col] = m["num"] + m["rest"], m["ci"] or ""
+        out.append(top)
+        if any(below.values()):
+            out.append(below)
+    return pd.DataFrame(out, columns=df.columns)
+
+
 def tables_latex(tables: list[TextTable], label: str) -> str:
-    """One LaTeX table per TextTable; the caption holds its title and its notes (said once)."""
+    """One LaTeX table per TextTable, each interval under its number (interval_rows: four metric
+    columns fit a text width at \\small); the caption holds the title and the notes (said once)."""
     if not tables:
         return f"% {label}: no rows\n"
     parts = []
     for i, t in enumerate(tables):
         caption = _latex_caption(t.title + ". " + " ".join(t.notes))
-        parts.append(to_latex(t.frame, caption, f"{label}{'' if i == 0 else f':{i + 1}'}"))
+        parts.append(to_latex(interval_rows(t.frame), caption, f"{label}{'' if i == 0 else f':{i + 1}'}"))
     return "\n".join(parts)
