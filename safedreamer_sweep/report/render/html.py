@@ -144,11 +144,14 @@ def _drilldown(r: Report) -> list[dict]:
     from safedreamer_sweep.report.cost import cell_cost
 
     es = r.frames.eval_status
+    by_cell: dict[tuple, list] = {}
+    for e in es.itertuples():  # one pass, not a filter per cell (1,000 cells: 1 s)
+        by_cell.setdefault((e.config, e.seed), []).append(e)
     out = []
     for c in r.frames.cells.sort_values(["config", "seed"]).itertuples():
         key = (c.config, c.seed)
         state = r.frames.states.get(key) or {}
-        evals = es[(es["config"] == c.config) & (es["seed"] == c.seed)] if len(es) else es
+        evals = by_cell.get(key, [])
         cell: dict[str, Any] = {
             "config": c.config, "seed": c.seed, "hash": c.hash if isinstance(c.hash, str) else "",
             "anchor": anchor(c.config, c.seed), "phase": c.phase, "run_dir": c.run_dir if isinstance(c.run_dir, str) else "",
@@ -157,7 +160,7 @@ def _drilldown(r: Report) -> list[dict]:
                        "checkpoint_step": None if pd.isna(e.checkpoint_step) else int(e.checkpoint_step),
                        "episodes": None if pd.isna(e.episodes) else int(e.episodes),
                        "return_mean": text.num(e.return_mean), "cost_mean": text.num(e.cost_mean)}
-                      for e in evals.itertuples()],
+                      for e in evals],
             "attempts": [], "resumes": [], "checkpoints": [], "logs": [], "traceback": "",
         }
         cell["train_status"] = c.train_status
