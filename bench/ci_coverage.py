@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from safedreamer_sweep.report import decision, stats, tables
-from safedreamer_sweep.report.aggregate import METRICS, Frames
+from safedreamer_sweep.report.analysis import decision, stats, tables
+from safedreamer_sweep.report.analysis.aggregate import METRICS, Frames
 from safedreamer_sweep.report.settings import ReportSettings
 
 NS = (2, 3, 5, 10)

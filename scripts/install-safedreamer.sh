@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install SafeDreamer (github.com/PKU-Alignment/SafeDreamer) into its own venv, idempotently, and print
-# the python to use as the last line of stdout.
+# the two lines to paste into a shell (or eval) on stdout.
 #
 #   bash scripts/install-safedreamer.sh SRC [DEST]
 #
@@ -17,7 +17,10 @@
 # diagnostic plots are skipped when the model report has no cost predictions (an upstream KeyError, 3b
 # below). An unpacked tarball is patched in DEST/src; a checkout is patched in place only with
 # SDS_SAFEDREAMER_PATCH=1 (for the first, installing tensorflow-cpu into the venv also does).
-# Prints, on stdout, "SAFEDREAMER_SRC=<dir holding SafeDreamer/train.py>" then the python path.
+# Prints, on stdout and nothing else there (progress goes to stderr), two lines that paste as they are:
+#   export SDS_SAFEDREAMER_SRC=<the directory holding SafeDreamer/train.py>
+#   export SDS_SAFEDREAMER_PYTHON=<the venv's python>
+# (shell-quoted with printf %q, so a path with spaces pastes too; eval "$(bash scripts/install-safedreamer.sh SRC)").
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SRC=${1:-}
@@ -153,5 +156,5 @@ import jax, numpy, optax, safety_gymnasium, ruamel.yaml, embodied
 assert jax.__version__ == '0.4.13', jax.__version__
 ") || { echo "error: SafeDreamer's imports fail in $VENV. fix: rm -rf $VENV and re-run this script" >&2; exit 1; }
 log "ready in $(( $(date +%s) - t0 )) s: code $CODE, python $VENV/bin/python"
-echo "SAFEDREAMER_SRC=$CODE"
-echo "$VENV/bin/python"
+printf 'export SDS_SAFEDREAMER_SRC=%q\n' "$CODE"
+printf 'export SDS_SAFEDREAMER_PYTHON=%q\n' "$VENV/bin/python"

@@ -19,6 +19,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
+# Debian's chromium for the report page's browser test (tests/test_report_html.py); root only, once.
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing chromium (report.html is tested in a headless browser)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+fi
 if [ "$(id -u)" = 0 ] && [ "${SDS_NO_SLURM:-0}" != 1 ]; then
   bash "$ROOT/scripts/start-slurm.sh"
 else

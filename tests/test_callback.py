@@ -41,6 +41,8 @@ def test_a_failed_job_still_leaves_current_tables(tmp_path, launcher):
     ok, bad = by_fail["-1"], by_fail["20"]
     assert ok["phase"] == "done" and 0 < float(ok["value"]) < 10
     assert bad["phase"] == "failed" and bad["cause"] == "error" and "planted failure at step 20" in bad["evidence"]
+    page = (store / "report" / "report.html").read_text()  # the app's page: its table and a figure
+    assert "1 of 2 cells done" in page and "planted failure at step 20" in page and "data:image/png;base64," in page
     # the store agrees with the table: the run directory holds the return value and the traceback
     cells = {(rd.read_spec() or {})["config"]: rd for rd in Store(store).iter_runs()}
     done = next(rd for label, rd in cells.items() if label.endswith("=-1"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safedreamer_sweep.report import stats
+from safedreamer_sweep.report.analysis import stats
 
 SIMS = 2000
 # Binomial tolerance around the nominal 0.95: sd = sqrt(.95 * .05 / 2000) = 0.0049, and 3.5 sd
@@ -56,8 +56,8 @@ def _cell(ret: float, cost: float):
 
 def test_holm_keeps_a_config_that_passes_alone_from_being_picked_among_three(tmp_path):
     from safedreamer_sweep.report import compute_report
-    from safedreamer_sweep.report.decision import INCONCLUSIVE, RECOMMENDED
-    from safedreamer_sweep.report.document import decision_markdown
+    from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE, RECOMMENDED
+    from safedreamer_sweep.report.render.document import decision_markdown
     from safedreamer_sweep.report.synthetic import write_store
 
     seeds = [0, 1, 2, 3, 4]
@@ -79,17 +79,22 @@ def test_holm_keeps_a_config_that_passes_alone_from_being_picked_among_three(tmp
 
 
 def test_two_seeds_print_no_interval_anywhere(tmp_path):
-    # At n=2 every place that would show an interval says so in words instead.
+    # At n=2 every place that would show an interval says so in words instead: once under each
+    # table (not in every cell), in the rule's reasons and in the user's templates.
     from safedreamer_sweep.report import build_report
     from safedreamer_sweep.report.synthetic import write_store
 
     store = write_store(tmp_path / "store", {"v2_baseline": _cell(10, 5), "v2_full": _cell(14, 5)}, [0, 1])
     out = build_report(store.root, cfg={"report": {"figures": False}})
     main_md, abl_md = (out / "main.md").read_text(), (out / "ablation.md").read_text()
-    assert "no interval (n=2;" in main_md and "[" not in main_md
-    assert "no interval (n=2 vs 2;" in abl_md and "[" not in abl_md
+    caveat = "Cells without brackets have no interval: they rest on 2 seeds"
+    assert main_md.count(caveat) == 2 and "[" not in main_md  # two tables (return and cost; violations and risk)
+    assert abl_md.count(caveat + " on a side") == 2 and "[" not in abl_md
+    assert "| v2_full     |   2 |        14.5 |      5.00 |" in main_md  # the number and n, nothing else in the cell
     slides = (out / "slides.md").read_text()
     assert "+4.00 no interval (n=2 vs 2;" in slides
     doc = (out / "decision.md").read_text()
     assert "ID return difference to v2_baseline +4.00: no interval (n=2 vs 2;" in doc
     assert "CI [nan" not in doc and "[n/a" not in doc
+    metrics = doc[doc.index("## 4. Key metrics"):doc.index("## 5.")]
+    assert metrics.count("no interval") == 4 and "no interval (n=" not in metrics  # once per table

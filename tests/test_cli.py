@@ -57,8 +57,10 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
 def test_report_subcommand_builds_the_report(store_copy, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(store_copy), "--out", str(out)]) == 0
-    assert f"report: {out}" in capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert (out / "decision.md").exists()
+    page = (out / "report.html").read_text()
+    assert "Decision: " in page and 'id="coverage-matrix"' in page and "data:image/png;base64," in page
 
 
 def test_watch_on_a_finished_store_returns_0(store_copy, capsys):

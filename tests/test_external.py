@@ -137,6 +137,31 @@ def test_an_unknown_template_key_fails_before_anything_runs(tmp_path):
         external.validate_task(cfg)
 
 
+def test_safedreamers_two_budgets_must_agree_or_the_plan_is_refused(monkeypatch):
+    # task.vars.agent_steps (SafeDreamer's --run.steps) x 5 must be task.total_steps (env frames).
+    monkeypatch.setenv("SDS_SAFEDREAMER_SRC", "/opt/sd/src")
+    monkeypatch.setenv("SDS_SAFEDREAMER_PYTHON", "/opt/sd/venv/bin/python")
+
+    def cfg(**vars_):
+        c = OmegaConf.create({"seed": 1, "store": {"root": "/tmp/none"}, "agent": {"u": {"enabled": True}},
+                              "task": OmegaConf.load(ROOT / "conf" / "task" / "safedreamer.yaml")})
+        for k, v in vars_.items():
+            OmegaConf.update(c, k, v)
+        return c
+
+    external.validate_task(cfg())  # the shipped defaults agree: 24,000 x 5 = 120,000
+    external.validate_task(cfg(**{"task.vars.agent_steps": 300, "task.total_steps": 1500}))
+    with pytest.raises(external.ExternalTaskError) as e:
+        external.validate_task(cfg(**{"task.vars.agent_steps": 300}))  # total_steps left at 120,000
+    msg = str(e.value)
+    assert "task.total_steps=120000" in msg and "task.vars.agent_steps=300 x 5 = 1500" in msg
+    assert "Fix: task.total_steps=1500, or task.vars.agent_steps=24000" in msg
+    # The check is not part of a cell's identity: declaring it does not change existing cells' hashes.
+    a, b = cfg(), cfg()
+    b.task.total_steps_of = None
+    assert RunSpec.from_cfg(a, config_name="x").hash == RunSpec.from_cfg(b, config_name="x").hash
+
+
 def test_the_safedreamer_task_renders_its_cpu_and_gpu_profiles(monkeypatch):
     monkeypatch.setenv("SDS_SAFEDREAMER_SRC", "/opt/sd/src")
     monkeypatch.setenv("SDS_SAFEDREAMER_PYTHON", "/opt/sd/venv/bin/python")
@@ -341,7 +366,7 @@ def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
     assert resume["reached"] >= resume["from_step"] and resume["lost_frames"] == resume["reached"] - resume["from_step"]
     import pandas as pd
 
-    from safedreamer_sweep.report.decision import resume_caveats
+    from safedreamer_sweep.report.analysis.decision import resume_caveats
 
     text, = resume_caveats(pd.DataFrame([{"config": "fake", "seed": 0, "run_dir": str(rd.path)}]))
     assert text.startswith(f"fake seed 0: attempt 2 resumed from env step {resume['from_step']}")

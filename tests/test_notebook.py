@@ -30,6 +30,6 @@ def test_analysis_notebook_executes_on_a_real_store(tmp_path_factory, monkeypatc
     html = "\n".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "✓✓✓" in html  # the coverage matrix
     assert "12 of 12 parts done" in text
-    assert "IQM" in html and "v2_full" in html  # the main table
+    assert "iqm" in html and "v2_full" in html  # the main table, every statistic
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 2  # learning curves and ID vs OOD

@@ -243,3 +243,27 @@ def test_null_metrics_fields_are_missing_data_not_a_crash(tmp_path):
     row = r.frames.seeds.set_index(["config", "seed"]).loc[("v2_full", 2)]
     assert pd.isna(row["final_train_return"]) and pd.isna(row["risk_penalty"])
     assert (build_report(store.root) / "decision.md").exists()
+
+
+def test_tables_fit_a_page_and_say_each_caveat_once(tmp_path):
+    """Main and ablation tables: each cell the number, its interval, n in a column; Markdown lines
+    of a table within 125 characters, LaTeX cells within 14 (the interval on its own row), and the
+    table-wide caveat once under each table."""
+    store = complete_store(tmp_path / "store")
+    out = build_report(store.root, cfg={"report": {"figures": False}})
+    for name in ("main.md", "ablation.md"):
+        rows = [line for line in (out / name).read_text().splitlines() if line.startswith("|")]
+        assert rows and max(len(r) for r in rows) <= 125, (name, max(len(r) for r in rows))
+    main_md = (out / "main.md").read_text()
+    assert "| v2_full      |   5 | 32.0 [30.0, 34.0] |" in main_md  # mean [95% t CI], n = 5 seeds
+    assert main_md.count("Each cell: the mean over seeds") == 2 and "no interval" not in main_md
+    tex = (out / "ablation.tex").read_text()
+    body = [line for line in tex.splitlines() if line.endswith("\\\\") and "&" in line and not line.startswith("config")]
+    cells = [c.strip().rstrip("\\").strip() for line in body for c in line.split("&")[2:]]
+    assert cells and max(len(c) for c in cells) <= 14, max(cells, key=len)
+    assert "+20.0" in cells and "[17.7, 22.3]" in cells  # v2_full's ID return gain and its Welch t CI below it
+    # Below 3 seeds: no brackets in any cell, one note under each table (not one per cell).
+    two = write_store(tmp_path / "two", {"v2_baseline": cell(10, 15), "v2_full": cell(30, 5)}, [0, 1])
+    doc = (build_report(two.root, cfg={"report": {"figures": False}}) / "decision.md").read_text()
+    metrics = doc[doc.index("## 4. Key metrics"):doc.index("## 5.")]
+    assert metrics.count("Cells without brackets have no interval: they rest on 2 seeds") == 4

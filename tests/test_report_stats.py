@@ -1,4 +1,4 @@
-"""Statistics with known answers (safedreamer_sweep/report/stats.py)."""
+"""Statistics with known answers (safedreamer_sweep/report/analysis/stats.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from safedreamer_sweep.report import stats
+from safedreamer_sweep.report.analysis import stats
 
 
 def test_iqm_of_known_array():

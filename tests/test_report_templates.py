@@ -10,8 +10,8 @@ import pytest
 
 from safedreamer_sweep.report import TemplateRenderError, build_report, compute_report
 from safedreamer_sweep.report.build import template_context
+from safedreamer_sweep.report.render.templates import render_all
 from safedreamer_sweep.report.synthetic import write_store
-from safedreamer_sweep.report.templates import render_all
 
 SEEDS = [0, 1, 2, 3, 4]
 

@@ -151,17 +151,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         TemplateRenderError,
     )
     from safedreamer_sweep.report.build import (
+        build_app_report,
+        cell_kinds,
         compute_report,
         render_artifacts,
         write_artifacts,
     )
 
     try:
+        kinds = cell_kinds(root)
+        if kinds == {"return"}:  # an app's sweep: its results table and page
+            out = build_app_report(root, args.out)
+            print(f"report: {out / 'report.html'}")
+            return 0
         r = compute_report(root)
         out = write_artifacts(r, render_artifacts(r), args.out)
+        if "return" in kinds:
+            build_app_report(root, out, page=False)
     except (NotAStoreError, TemplateRenderError, StoreError, NotADirectoryError, ValueError) as e:
         return _err(str(e))
-    print(f"report: {out}")
+    print(f"report: {out / 'report.html'} (and decision.md, tables and figures in {out})")
     if r.frames.corrupt:
         # The report is written (it leads with these holes), but the store needs attention.
         for line in r.frames.corrupt:

@@ -17,25 +17,31 @@ from typing import Any
 import pandas as pd
 
 from safedreamer_sweep.core.store import atomic_write_bytes
-from safedreamer_sweep.report import tables
-from safedreamer_sweep.report.aggregate import (
+from safedreamer_sweep.report.analysis import tables
+from safedreamer_sweep.report.analysis.aggregate import (
     METRICS,
     Frames,
     load_frames,
     parquet_ready,
 )
-from safedreamer_sweep.report.decision import (
+from safedreamer_sweep.report.analysis.decision import (
     collect_warnings,
     decide,
 )
-from safedreamer_sweep.report.document import decision_markdown
+from safedreamer_sweep.report.render import text
+from safedreamer_sweep.report.render.document import decision_markdown
+from safedreamer_sweep.report.render.templates import (
+    Difference,
+    Namespace,
+    Number,
+    render_all,
+)
 from safedreamer_sweep.report.result import Report
 from safedreamer_sweep.report.settings import ReportSettings
-from safedreamer_sweep.report.templates import Difference, Namespace, Number, render_all
 
 # Every artifact a report writes (templates add their own outputs).
 ARTIFACTS = (
-    "decision.md", "report.json",
+    "report.html", "decision.md", "report.json",
     "cells.parquet", "evals.parquet", "seeds.parquet", "curves.parquet",
     "train_status.tsv", "eval_status.tsv", "coverage.md", "coverage.png",
     "main.csv", "main.md", "main.tex", "ablation.csv", "ablation.md", "ablation.tex",
@@ -115,13 +121,21 @@ def template_context(r: Report) -> dict[str, Any]:
         "coverage": Namespace("coverage", {
             "done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov),
             "holes": [f"{x.config} seed {x.seed} {x.part} ({x.status})" for x in hole_rows.itertuples()],
-            "matrix": tables.to_markdown(tables.coverage_matrix(cov))}),
+            "matrix": text.to_markdown(tables.coverage_matrix(cov))}),
         "cost": Namespace("cost", {k: v for k, v in r.cost.items() if k != "per_config"}),
         "warnings": [f"{w.kind}: {w.text}" for w in r.warnings],
         "ood_proxy": "; ".join(r.frames.ood_proxy) or "not declared",
-        "tables": Namespace("tables", {"main": tables.to_markdown(tables.main_wide(r.main)),
-                                       "ablation": tables.to_markdown(tables.ablation_wide(r.ablation))}),
+        "tables": Namespace("tables", {"main": text.tables_markdown(main_text_tables(r)),
+                                       "ablation": text.tables_markdown(ablation_text_tables(r))}),
     }
+
+
+def main_text_tables(r: Report) -> list[text.TextTable]:
+    return text.main_tables(r.main, r.settings.confidence)
+
+
+def ablation_text_tables(r: Report) -> list[text.TextTable]:
+    return text.ablation_tables(r.ablation, r.settings.baseline, r.settings.confidence)
 
 
 def _parquet(df: pd.DataFrame) -> bytes:
@@ -159,27 +173,24 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "train_status.tsv": train_tsv.to_csv(sep="\t", index=False).encode(),
         "eval_status.tsv": r.frames.eval_status.to_csv(sep="\t", index=False).encode(),
         "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
-                        "✗ failed\n\n" + tables.to_markdown(tables.coverage_matrix(cov))).encode(),
+                        "✗ failed\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
-        "main.md": tables.to_markdown(tables.main_wide(r.main)).encode(),
-        "main.tex": tables.to_latex(r.main.drop(columns=["metric"]), "Main results per config (mean, std, IQM, "
-                                    f"{int(s.confidence * 100)}\\% Student t CI, -- below 3 seeds; n seeds)",
-                                    "tab:main").encode(),
+        "main.md": ("# Main results per config\n\n" + text.tables_markdown(main_text_tables(r))).encode(),
+        "main.tex": text.tables_latex(main_text_tables(r), "tab:main").encode(),
         "ablation.csv": r.ablation.to_csv(index=False).encode(),
-        "ablation.md": tables.to_markdown(tables.ablation_wide(r.ablation)).encode(),
-        "ablation.tex": tables.to_latex(r.ablation.drop(columns=["metric"]), f"Each config minus {s.baseline} "
-                                        f"(difference, {int(s.confidence * 100)}\\% Welch t CI, -- below 3 seeds a side; "
-                                        f"probability of improvement)",
-                                        "tab:ablation").encode(),
+        "ablation.md": (f"# Each config against {s.baseline}\n\n"
+                        + text.tables_markdown(ablation_text_tables(r))).encode(),
+        "ablation.tex": text.tables_latex(ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
-    if s.figures and with_figures:
-        files.update(render_figures(r))
-    for name, text in docs.items():
+    figs = render_figures(r) if s.figures and with_figures else {}
+    files.update(figs)
+    files["report.html"] = report_page(r, figs)
+    for name, body in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
                              f"rename the template.")
-        files[name] = text.encode()
+        files[name] = body.encode()
     summary = {
         "store": str(r.frames.store_root),
         "decision": {"headline": r.decision.headline, "summary": r.decision.summary,
@@ -196,9 +207,16 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     return files
 
 
+def report_page(r: Report, figures: dict[str, bytes]) -> bytes:
+    """report.html's bytes: the page with `figures` (PNG bytes by file name) embedded."""
+    from safedreamer_sweep.report.render.html import report_html
+
+    return report_html(r, figures).encode()
+
+
 def render_figures(r: Report) -> dict[str, bytes]:
     """The figures' PNG bytes, in memory (matplotlib and seaborn are imported here, not before)."""
-    from safedreamer_sweep.report import figures
+    from safedreamer_sweep.report.render import figures
 
     s, cov = r.settings, r.coverage
     out: dict[str, bytes] = {}
@@ -215,9 +233,10 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     """Write the report of the store at `store_root` into `out` (default: report.out, else
     <store>/report) and return that directory.
 
-    With `on_summary`, the text artifacts (decision.md, tables, report.json) are written first and
-    `on_summary(report dir, report)` is called, so the caller can show the verdict, then the
-    figures are drawn and written (a figure error then leaves the text artifacts written).
+    With `on_summary`, the text artifacts (decision.md, tables, report.json, report.html without
+    figures) are written first and `on_summary(report dir, report)` is called, so the caller can
+    show the verdict, then the figures are drawn and written with report.html again, now with them
+    embedded (a figure error then leaves the text artifacts written).
 
     Idempotent: the same store gives byte-identical text artifacts (no statistic is random).
     Holes never raise: they are the first thing the report says. A path that is not a store
@@ -231,7 +250,8 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     out_dir = write_artifacts(r, render_artifacts(r, with_figures=False), out)
     on_summary(out_dir, r)
     if r.settings.figures:
-        write_artifacts(r, render_figures(r), out_dir)
+        figs = render_figures(r)
+        write_artifacts(r, {**figs, "report.html": report_page(r, figs)}, out_dir)
     return out_dir
 
 
@@ -240,6 +260,46 @@ def write_artifacts(r: Any, files: dict[str, bytes], out: str | Path | None = No
     out_dir = Path(out or r.settings.out or (r.frames.store_root / "report")).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: report output path is a file; give a directory (--out DIR).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    return out_dir.resolve()
+
+
+def cell_kinds(store_root: str | Path) -> set[str]:
+    """What the store's cells report: "eval" (the package's own tasks: ID/OOD evaluations) and/or
+    "return" (any other app: the task function's return value)."""
+    from safedreamer_sweep.core.store import Store
+
+    return {(rd.read_spec() or {}).get("done_when", "eval") for rd in Store(store_root).iter_runs()}
+
+
+def build_app_report(store_root: str | Path, out: str | Path | None = None, page: bool = True) -> Path | None:
+    """The report of an app's sweep (cells whose task function's return value is its result):
+    results.csv, results.md, results.png and, with `page`, report.html (the table and a figure of
+    the returned values), each written atomically into `out` (default <store>/report). None when
+    the store holds no such cell. A store that also holds the package's own cells gets their
+    report.html from build_report: pass page=False then."""
+    from safedreamer_sweep.core.store import Store
+    from safedreamer_sweep.report.analysis.returns import results_frame
+    from safedreamer_sweep.report.render import figures
+    from safedreamer_sweep.report.render.html import app_html
+
+    store = Store(store_root)
+    df = results_frame(store)
+    if df.empty:
+        return None
+    out_dir = Path(out or store.root / "report").expanduser()
+    done = int((df["phase"] == "done").sum())
+    fig = figures.returned_values(df)
+    png = figures.figure_png(fig) if fig is not None else None
+    files = {"results.csv": df.to_csv(index=False).encode(),
+             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n").encode(),
+             }
+    if page:
+        files["report.html"] = app_html(df, store.root, png).encode()
+    if png is not None:
+        files["results.png"] = png
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)

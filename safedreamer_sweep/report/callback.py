@@ -8,8 +8,8 @@ hydra-submitit-launcher, sds_local/sds_slurm):
 
 Hydra skips `on_multirun_end` when a job failed, so the tables are refreshed as each job ends too:
 a sweep with a failed job still leaves current tables. Refreshing = build_report (tables, figures,
-decision report) when the store holds cells of the package's own tasks, and results.csv/.md for
-cells of any other app (report/returns.py).
+decision report, report.html) when the store holds cells of the package's own tasks, and
+results.csv/.md/.png with report.html for cells of any other app (build.build_app_report).
 
 Under a launcher that does not record cells itself (basic, submitit), the callback records each job
 of an app in the store (spec, attempt, outcome with cause and traceback, the return value) and
@@ -50,22 +50,22 @@ def report_settings(cfg: DictConfig | None) -> dict | None:
 
 def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log.info) -> list[Path]:
     """Rebuild the store's tables: build_report when it holds cells of the package's own tasks,
-    results.csv/.md for any other app's cells (`settings`: report_settings). Returns the directories
-    written. Never raises: a
-    report that cannot be built is logged with the command that builds it later."""
-    from safedreamer_sweep.report.returns import write_results
+    build_app_report (results.csv/.md, report.html) for any other app's cells (`settings`:
+    report_settings). Returns the directories written. Never raises: a report that cannot be built
+    is logged with the command that builds it later."""
+    from safedreamer_sweep.report.build import build_app_report, cell_kinds
 
     store = Store(store_root)
     written: list[Path] = []
     try:
-        kinds = {(rd.read_spec() or {}).get("done_when", "eval") for rd in store.iter_runs()}
+        kinds = cell_kinds(store.root)
         if "eval" in kinds:
             from safedreamer_sweep.report import build_report
 
             # The verdict is on screen as soon as the tables are written; the figures follow.
             written.append(build_report(store.root, cfg=settings, on_summary=lambda out, r: say(
-                f"[sds] decision: {r.decision.headline} ({out / 'decision.md'}; drawing the figures)")))
-        out = write_results(store.root)
+                f"[sds] decision: {r.decision.headline} ({out / 'report.html'}; drawing the figures)")))
+        out = build_app_report(store.root, page="eval" not in kinds)
         if out is not None:
             written.append(out)
     except Exception as e:  # noqa: BLE001 (a sweep's outcome must never hinge on its report)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from safedreamer_sweep.report.aggregate import Frames
-from safedreamer_sweep.report.decision import Decision, Warning_
+from safedreamer_sweep.report.analysis.aggregate import Frames
+from safedreamer_sweep.report.analysis.decision import Decision, Warning_
 from safedreamer_sweep.report.settings import ReportSettings
 
 

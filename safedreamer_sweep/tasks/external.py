@@ -277,7 +277,7 @@ class ExternalTask:
         assert isinstance(c, dict)
         known = {"kind", "command", "cwd", "env", "total_steps", "probe_every_s", "probes", "checkpoint",
                  "resume_args", "done_marker", "stop_grace_s", "stderr_tail_lines", "eval", "description", "vars",
-                 "curves", "knobs", "resume_not_restored", "exit_0_is_done", "code", "startup_s"}
+                 "curves", "knobs", "resume_not_restored", "exit_0_is_done", "code", "startup_s", "total_steps_of"}
         unknown = sorted(set(c) - known)
         if unknown:
             raise ExternalTaskError(f"task: unknown field(s) {unknown}; the fields are {sorted(known)} "
@@ -364,10 +364,37 @@ def _render_glob(pattern: str, values: Mapping[str, Any], cfg: DictConfig, what:
     return g if os.path.isabs(g) else str(base / g)
 
 
+def check_total_steps_of(cfg: DictConfig, total_steps: int) -> None:
+    """`task.total_steps_of: {key: K, scale: S}` says the script's own budget is the config value K in
+    other units (SafeDreamer's agent steps, 5 env frames each): task.total_steps must equal K x S, or
+    the cell would train one budget while the adapter waits for another. A mismatch is refused."""
+    decl = OmegaConf.select(cfg, "task.total_steps_of", default=None)
+    if decl is None:
+        return
+    decl = OmegaConf.to_container(decl, resolve=True) if isinstance(decl, DictConfig) else decl
+    if not isinstance(decl, Mapping) or set(decl) - {"key", "scale"} or not decl.get("key"):
+        raise ExternalTaskError(f"task.total_steps_of: expected {{key: a.dotted.config.key, scale: number}}, got "
+                                f"{decl!r}")
+    key, scale = str(decl["key"]), decl.get("scale", 1)
+    value = _config_value(cfg, key)
+    if value is _MISSING or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExternalTaskError(f"task.total_steps_of.key={key}: no number at that key (got {value!r}). Fix: point "
+                                f"it at the script's own budget, e.g. task.vars.agent_steps")
+    want = value * scale
+    if want != total_steps:
+        have_units = total_steps / scale
+        fix_units = int(have_units) if float(have_units).is_integer() else have_units
+        raise ExternalTaskError(
+            f"task.total_steps={total_steps} but {key}={value:g} x {scale:g} = {want:g} env steps: the script "
+            f"would train {want:g} while the adapter waits for {total_steps} (task.total_steps_of ties the two). "
+            f"Fix: task.total_steps={want:g}, or {key}={fix_units} for {total_steps} env steps.")
+
+
 def validate_task(cfg: DictConfig, run: RunDir | None = None) -> ExternalTask:
     """Check every template and probe of the external task before anything runs (the launcher may
     call this at plan time). Raises ExternalTaskError naming the field, the cause and the fix."""
     task = ExternalTask.from_cfg(cfg)
+    check_total_steps_of(cfg, task.total_steps)
     run = run or RunDir(Path("/nonexistent/run_dir"))
     values = cell_values(cfg, run, task, _validating=True)
     render_command(task.command, values, cfg, "task.command", resume=None)

@@ -1,8 +1,9 @@
 """The results table of any app: one row per cell whose task function's return value is its result
 (spec done_when "return"), with the cell's phase, cause and the value, from the store only.
 
-    results.csv / results.md in the report directory: label, seed, hash, phase, attempts, cause,
-    evidence, then `value` (a scalar return) or one `value.<key>` column per key of a dict return.
+    label, seed, hash, phase, attempts, cause, evidence, then `value` (a scalar return) or one
+    `value.<key>` column per key of a dict return (report/build.py writes it as results.csv,
+    results.md and the page report.html).
 
 The package's own tasks (evaluations in eval/) are reported by build_report; this table is for
 every other app, so a sweep of any Hydra app ends with current tables too.
@@ -10,13 +11,12 @@ every other app, so a sweep of any Hydra app ends with current tables too.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from safedreamer_sweep.core.identity import flatten
-from safedreamer_sweep.core.store import Store, StoreError, atomic_write_bytes
+from safedreamer_sweep.core.store import Store, StoreError
 from safedreamer_sweep.sweep.observe import observe_run
 
 COLUMNS = ("label", "seed", "hash", "phase", "attempts", "cause", "evidence")
@@ -59,18 +59,3 @@ def results_frame(store: Store, stall_after: float = 600.0) -> pd.DataFrame:
     if len(df):
         df = df.sort_values(["label", "seed"], key=lambda c: c.astype(str), kind="stable").reset_index(drop=True)
     return df
-
-
-def write_results(store_root: str | Path, out: str | Path | None = None) -> Path | None:
-    """Write results.csv and results.md (atomically) into `out` (default <store>/report); None when
-    the store holds no `done_when: return` cell."""
-    store = Store(store_root)
-    df = results_frame(store)
-    if df.empty:
-        return None
-    out_dir = Path(out or store.root / "report")
-    done = int((df["phase"] == "done").sum())
-    head = f"# Results: {done}/{len(df)} cells done\n\n"
-    atomic_write_bytes(out_dir / "results.csv", df.to_csv(index=False).encode())
-    atomic_write_bytes(out_dir / "results.md", (head + df.to_markdown(index=False) + "\n").encode())
-    return out_dir

@@ -1,15 +1,13 @@
 """Tables composed from the tidy frames: coverage, main results, ablation against the baseline.
-Each is a pure function returning a DataFrame; `to_markdown` / `to_latex` render them."""
+Each is a pure function returning a tidy DataFrame (one row per config and metric);
+safedreamer_sweep/report/render/text.py turns them into Markdown and LaTeX."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 
-from safedreamer_sweep.report import stats
-from safedreamer_sweep.report.aggregate import METRICS
+from safedreamer_sweep.report.analysis import stats
+from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.settings import ReportSettings
 
 # Coverage symbols: one per part (train, ID eval, OOD eval) of a cell.
@@ -68,69 +66,3 @@ def ablation_table(seeds: pd.DataFrame, settings: ReportSettings) -> pd.DataFram
                               higher_is_better=higher, confidence=settings.confidence)
             rows.append({"config": config, "metric": metric, "label": label, **c})
     return pd.DataFrame(rows, columns=cols)
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def fmt(x: float, digits: int = 2) -> str:
-    """A number for a table: fixed digits, "n/a" for NaN/None."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    return f"{x:.{digits}f}"
-
-
-def main_wide(main: pd.DataFrame) -> pd.DataFrame:
-    """The main table as one row per config: "mean ± std (IQM) [CI] n=" per metric; below
-    stats.MIN_SEEDS_FOR_INTERVAL seeds the CI is replaced by "no interval (...)"."""
-    if main.empty:
-        return pd.DataFrame()
-
-    def cell(r: pd.Series) -> str:
-        if r["n"] == 0:
-            return "n/a (n=0)"
-        ci = (f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if r["n"] >= stats.MIN_SEEDS_FOR_INTERVAL
-              else stats.no_interval_text(int(r["n"])))
-        return f"{fmt(r['mean'])} ± {fmt(r['std'])} (IQM {fmt(r['iqm'])}) {ci} n={int(r['n'])}"
-
-    w = main.assign(text=main.apply(cell, axis=1)).pivot(index="config", columns="label", values="text")
-    order = [lab for lab, _ in METRICS.values() if lab in w.columns]
-    return w[order]
-
-
-def ablation_wide(abl: pd.DataFrame) -> pd.DataFrame:
-    """The ablation table as one row per config: "diff [CI] P(impr.)" per metric; the CI is replaced
-    by "no interval (...)" when either side has fewer than stats.MIN_SEEDS_FOR_INTERVAL seeds."""
-    if abl.empty:
-        return pd.DataFrame()
-
-    def cell(r: pd.Series) -> str:
-        if not math.isfinite(r["diff"]):
-            return f"n/a (n={int(r['n'])} vs {int(r['n_baseline'])})"
-        n, nb = int(r["n"]), int(r["n_baseline"])
-        ci = (f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if min(n, nb) >= stats.MIN_SEEDS_FOR_INTERVAL
-              else stats.no_interval_text(n, nb))
-        return f"{r['diff']:+.2f} {ci} P(impr.)={fmt(r['prob_improvement'])}"
-
-    w = abl.assign(text=abl.apply(cell, axis=1)).pivot(index="config", columns="label", values="text")
-    order = [lab for lab, _ in METRICS.values() if lab in w.columns]
-    return w[order]
-
-
-def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
-    """GitHub Markdown (tabulate); an empty frame renders as a sentence, not a broken table."""
-    if df.empty:
-        return "_(no rows)_\n"
-    return df.to_markdown(index=index, floatfmt=".3f") + "\n"
-
-
-def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs LaTeX table of numeric columns, three decimals."""
-    if df.empty:
-        return f"% {caption}: no rows\n"
-    # escape="latex": config names and column names carry underscores.
-    sty = (df.style.format(precision=3, na_rep="--", escape="latex")
-           .format_index(escape="latex", axis=1).hide(axis="index"))
-    return sty.to_latex(caption=caption, label=label, hrules=True, position="ht") + "\n"

@@ -7,9 +7,10 @@ import math
 
 import pandas as pd
 
-from safedreamer_sweep.report import stats, tables
-from safedreamer_sweep.report.aggregate import METRICS
-from safedreamer_sweep.report.decision import INCONCLUSIVE
+from safedreamer_sweep.report.analysis import stats, tables
+from safedreamer_sweep.report.analysis.aggregate import METRICS
+from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
+from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
 
 SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
@@ -63,7 +64,7 @@ def _matrix_section(r: Report) -> list[str]:
           f"evaluated in-distribution (ID) and out-of-distribution (OOD). Each entry shows train / ID / OOD: "
           f"✓ done, … running, – missing or pending, ✗ failed, ! corrupt file. (coverage.png; train_status.tsv and "
           f"eval_status.tsv list every cell and every evaluation.)"), "",
-         tables.to_markdown(tables.coverage_matrix(cov))]
+         text.to_markdown(tables.coverage_matrix(cov))]
     hole_rows = tables.holes(cov)
     if len(hole_rows):
         causes = cells.set_index(["config", "seed"])
@@ -112,22 +113,18 @@ def _decision_section(r: Report) -> list[str]:
 
 
 def _metrics_section(r: Report) -> list[str]:
-    """4. The main and ablation tables, with what each interval is and what it is not."""
+    """4. The main and ablation tables (each caveat once, under its table), with what each interval
+    is and what it is not."""
     s = r.settings
     return ["## 4. Key metrics", "",
-            (f"Per config: mean ± std over seeds, IQM (interquartile mean), the {int(s.confidence * 100)}% "
-             f"Student t CI of the mean, and n = seeds behind the number. With fewer than "
-             f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds no interval is shown: at n = 2 an honest one spans about "
-             f"±9 standard deviations and a narrower one would be false comfort. Violation rate = fraction of "
-             f"evaluation episodes with cost > the cost limit; risk penalty = the final training row's "
-             f"`risk_penalty`. (main.csv / main.md / main.tex)"), "",
-            tables.to_markdown(tables.main_wide(r.main)),
-            (f"Against the baseline `{s.baseline}`: difference of means (config − baseline), its "
-             f"{int(s.confidence * 100)}% Welch t CI (no shared variance assumed; none when either side has "
-             f"fewer than {stats.MIN_SEEDS_FOR_INTERVAL} seeds), and the probability of improvement P(a random "
-             f"seed of the config beats a random seed of the baseline; lower is better for cost, violations "
-             f"and risk). (ablation.csv / .md / .tex)"), "",
-            tables.to_markdown(tables.ablation_wide(r.ablation)),
+            (f"Per config: the mean over seeds and the {int(s.confidence * 100)}% Student t CI of the mean; "
+             f"n = seeds behind the number. Violation rate = fraction of evaluation episodes with cost > the "
+             f"cost limit; risk penalty = the final training row's `risk_penalty`. Std and IQM (interquartile "
+             f"mean) are in main.csv. (main.csv / main.md / main.tex)"), "",
+            text.tables_markdown(text.main_tables(r.main, s.confidence)),
+            (f"Against the baseline `{s.baseline}`: difference of means (config − baseline) and its "
+             f"{int(s.confidence * 100)}% Welch t CI (no shared variance assumed). (ablation.csv / .md / .tex)"), "",
+            text.tables_markdown(text.ablation_tables(r.ablation, s.baseline, s.confidence)),
             ("IQM and P(improvement) are computed with rliable (Agarwal et al., 2021) and shown as point "
              "estimates only. rliable's CIs for them are stratified percentile-bootstrap intervals, built for "
              "aggregates over many runs x tasks; at a few seeds of one task the percentile bootstrap "
@@ -137,7 +134,8 @@ def _metrics_section(r: Report) -> list[str]:
              "description of these seeds, not as a test. The decision uses the t intervals above."), "",
             ("Figures: learning_curves.png (return and cost vs env steps, Student t CI bands where at least "
              f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds reached the point, cost limit), id_ood.png "
-             "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds)."), ""]
+             "(ID vs OOD, every seed a point), per_seed.png (one line per seed: bifurcating seeds); all of "
+             "them, with the tables and a drill-down per cell, in report.html."), ""]
 
 
 def _flips_section(r: Report) -> list[str]:
@@ -148,7 +146,7 @@ def _flips_section(r: Report) -> list[str]:
         return L + ["No bound is computable yet (no config with evaluations against a baseline).", ""]
     L += [("The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
            "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip."), "",
-          tables.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
+          text.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
                              index=False)]
     top = d.flips.iloc[0]
     return L + [(f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
@@ -172,5 +170,5 @@ def cost_lines(r: Report) -> list[str]:
                      f"GPU-hour (CPU-core-hours are not priced).")
     else:
         lines.append("Money: not computed (set cost.per_gpu_hour in conf/sweep.yaml).")
-    lines += ["", tables.to_markdown(pd.DataFrame(c["per_config"]), index=False)]
+    lines += ["", text.to_markdown(pd.DataFrame(c["per_config"]), index=False)]
     return lines

@@ -20,9 +20,12 @@ from typing import Any
 
 import jinja2
 
+from safedreamer_sweep.report.analysis.stats import (
+    MIN_SEEDS_FOR_INTERVAL,
+    no_interval_text,
+)
+from safedreamer_sweep.report.render.text import fmt
 from safedreamer_sweep.report.settings import PROJECT_ROOT
-from safedreamer_sweep.report.stats import MIN_SEEDS_FOR_INTERVAL, no_interval_text
-from safedreamer_sweep.report.tables import fmt
 
 
 class TemplateRenderError(Exception):

@@ -35,8 +35,8 @@ import pandas as pd
 
 from safedreamer_sweep.core.confounds import find_confounds, format_confounds
 from safedreamer_sweep.core.identity import RunSpec
-from safedreamer_sweep.report import stats
-from safedreamer_sweep.report.aggregate import METRICS, Frames
+from safedreamer_sweep.report.analysis import stats
+from safedreamer_sweep.report.analysis.aggregate import METRICS, Frames
 from safedreamer_sweep.report.settings import ReportSettings
 
 RECOMMENDED, NOT_RECOMMENDED, INCONCLUSIVE = "recommended", "not recommended", "inconclusive"

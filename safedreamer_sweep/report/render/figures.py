@@ -25,8 +25,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from safedreamer_sweep.report import stats
-from safedreamer_sweep.report.tables import PARTS, SYMBOLS
+from safedreamer_sweep.report.analysis import stats
+from safedreamer_sweep.report.analysis.tables import PARTS, SYMBOLS
 
 # "talk" context: fonts readable when the PNG fills a slide.
 THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
@@ -199,3 +199,36 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def returned_values(results: pd.DataFrame, max_panels: int = 6) -> Figure | None:
+    """An app's returned values (results.csv's `value` / `value.<key>` columns that are numbers):
+    one panel per value, one column per label, a dot per seed and a bar at the mean. None when no
+    cell returned a number."""
+    done = results[results["phase"] == "done"] if "phase" in results else results
+    cols = [c for c in results.columns if (c == "value" or c.startswith("value."))
+            and pd.to_numeric(done[c], errors="coerce").notna().any()][:max_panels]
+    if not cols:
+        return None
+    _theme()
+    ncol = min(len(cols), 3)
+    nrow = math.ceil(len(cols) / ncol)
+    labels = sorted(done["label"].astype(str).unique())
+    width = max(6.0, min(18.0, 1.2 * len(labels) + 3)) if ncol == 1 else 5.5 * ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, 4.8 * nrow), squeeze=False, constrained_layout=True)
+    for ax, col in zip(axes.flat, cols):
+        d = done.assign(label=done["label"].astype(str), v=pd.to_numeric(done[col], errors="coerce")).dropna(subset=["v"])
+        sns.barplot(data=d, x="label", y="v", order=labels, errorbar=None, color="#9ecae1", ax=ax)
+        state = np.random.get_state()  # deterministic jitter (as in id_ood_bars)
+        np.random.seed(0)
+        try:
+            sns.stripplot(data=d, x="label", y="v", order=labels, color="black", size=7, jitter=0.15, ax=ax)
+        finally:
+            np.random.set_state(state)
+        ax.set_xlabel("")
+        ax.set_ylabel(col)
+        ax.set_title(f"{col} (bar = mean, dot = seed)", fontsize="small")
+        ax.tick_params(axis="x", labelrotation=25, labelsize="x-small")
+    for ax in list(axes.flat)[len(cols):]:
+        ax.set_visible(False)
+    return fig

@@ -1,0 +1,284 @@
+"""report.html: the whole report as one file a person opens from disk, sends to an advisor or
+prints. Figures are embedded as base64 PNG, the styles are inline, there is no script, and a
+Content-Security-Policy forbids the page any request (no network, no server).
+
+Order, as in decision.md: the decision and the coverage matrix (holes, failures and their causes at
+a glance), the warnings, the main and ablation tables (each caveat once, under its table), the
+figures, what would change the decision, the cost, then a drill-down per cell (attempts, causes
+with evidence, resume lines, checkpoint and evaluation steps, log tails).
+
+`app_html` is the page of an app's sweep (cells whose task returns its result): the results table
+and a figure of the returned values.
+
+Rendered by jinja2 (a dependency already) from report.html.j2 beside this file, with autoescape on:
+config names, evidence and log lines are the user's text.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from safedreamer_sweep.core.store import RunDir, StoreError
+from safedreamer_sweep.report.analysis import tables
+from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
+from safedreamer_sweep.report.render import text
+from safedreamer_sweep.report.result import Report
+
+TEMPLATE = "report.html.j2"
+# The figures of the page, in order: (file, heading, what to read in it).
+FIGURES = (
+    ("learning_curves.png", "Learning curves",
+     ("Return and cost against env steps per config: the mean over seeds with its Student t band (where at "
+      "least 3 seeds reached the point), and the cost limit dashed on the cost panel.")),
+    ("per_seed.png", "Every seed",
+     "One line per seed, per config, labelled at its end: seeds that bifurcate show as separate bundles."),
+    ("id_ood.png", "ID vs OOD, cost against the limit",
+     ("Final return and cost in and out of distribution: bars are means, every dot is a seed; the dashed line "
+      "is the cost limit.")),
+)
+LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 16 * 1024
+STATUS_CLASS = {"done": "ok", "running": "run", "pending": "wait", "missing": "wait", "failed": "bad",
+                "interrupted": "bad", "corrupt": "bad"}
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "–"
+    env.filters["hours"] = lambda h: "–" if h is None or not math.isfinite(h) else f"{h:.3f}"
+    return env
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def anchor(config: Any, seed: Any) -> str:
+    """The drill-down anchor of a cell (ids allow no spaces)."""
+    return "cell-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in f"{config}-{seed}")
+
+
+def _frame(df: pd.DataFrame) -> dict:
+    return {"columns": [str(c) for c in df.columns], "rows": [["" if v is None else str(v) for v in row]
+                                                              for row in df.itertuples(index=False)]}
+
+
+def _text_tables(ts: list[text.TextTable]) -> list[dict]:
+    return [{"title": t.title, **_frame(t.frame), "notes": t.notes} for t in ts]
+
+
+def _tail(path: Path) -> str:
+    """The last LOG_TAIL_LINES lines of a log (reading at most LOG_TAIL_BYTES from its end)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"(unreadable: {e})"
+    return "\n".join(data.splitlines()[-LOG_TAIL_LINES:])
+
+
+def _coverage(r: Report) -> dict:
+    """The matrix as rows of configs and columns of seeds, each entry its three parts with status."""
+    cov = r.coverage
+    if cov.empty:
+        return {"seeds": [], "rows": []}
+    seeds = sorted(cov["seed"].unique(), key=lambda s: (str(type(s)), s))
+    parts = {(x.config, x.seed, x.part): x.status for x in cov.itertuples()}
+    causes = {}
+    for c in r.frames.cells.itertuples():
+        if isinstance(c.last_cause, str):
+            causes[(c.config, c.seed)] = f"{c.last_cause}: {c.last_evidence if isinstance(c.last_evidence, str) else ''}"
+    rows = []
+    for config in sorted(cov["config"].unique()):
+        entries = []
+        for seed in seeds:
+            ps = [(p, parts.get((config, seed, p))) for p in tables.PARTS]
+            if all(s is None for _, s in ps):
+                entries.append(None)
+                continue
+            statuses = [s or "missing" for _, s in ps]
+            hole = any(s != "done" for s in statuses)
+            title = ", ".join(f"{p}: {s}" for (p, _), s in zip(ps, statuses))
+            if hole and (config, seed) in causes:
+                title += f" — {causes[(config, seed)]}"
+            entries.append({"anchor": anchor(config, seed), "hole": hole, "title": title,
+                            "parts": [{"part": p, "status": s, "cls": STATUS_CLASS.get(s, "wait"),
+                                       "symbol": tables.SYMBOLS.get(s, "?")} for (p, _), s in zip(ps, statuses)]})
+        rows.append({"config": config, "entries": entries})
+    return {"seeds": [str(s) for s in seeds], "rows": rows}
+
+
+def _holes(r: Report) -> list[dict]:
+    """One row per cell with a hole: which parts, their status, the last cause and its evidence."""
+    cells = r.frames.cells.set_index(["config", "seed"]) if len(r.frames.cells) else None
+    out: dict[tuple, dict] = {}
+    for x in tables.holes(r.coverage).itertuples():
+        key = (x.config, x.seed)
+        if key not in out:
+            c = cells.loc[key] if cells is not None and key in cells.index else None
+            cause = c["last_cause"] if c is not None and isinstance(c["last_cause"], str) else ""
+            evidence = c["last_evidence"] if c is not None and isinstance(c["last_evidence"], str) else ""
+            if c is not None and not isinstance(c["run_dir"], str) and not cause:
+                cause = "never started (no run directory)"
+            out[key] = {"config": x.config, "seed": x.seed, "parts": [], "cause": cause, "evidence": evidence,
+                        "anchor": anchor(x.config, x.seed)}
+        out[key]["parts"].append({"part": x.part, "status": x.status, "cls": STATUS_CLASS.get(x.status, "wait")})
+    return list(out.values())
+
+
+def _drilldown(r: Report) -> list[dict]:
+    """Per expected cell: status of each part, attempts with causes and evidence, resume lines,
+    trained/checkpoint/eval steps, traceback tail of the newest failure and the tails of its logs."""
+    from safedreamer_sweep.report.cost import cell_cost
+
+    es = r.frames.eval_status
+    by_cell: dict[tuple, list] = {}
+    for e in es.itertuples():  # one pass, not a filter per cell (1,000 cells: 1 s)
+        by_cell.setdefault((e.config, e.seed), []).append(e)
+    out = []
+    for c in r.frames.cells.sort_values(["config", "seed"]).itertuples():
+        key = (c.config, c.seed)
+        state = r.frames.states.get(key) or {}
+        evals = by_cell.get(key, [])
+        cell: dict[str, Any] = {
+            "config": c.config, "seed": c.seed, "hash": c.hash if isinstance(c.hash, str) else "",
+            "anchor": anchor(c.config, c.seed), "phase": c.phase, "run_dir": c.run_dir if isinstance(c.run_dir, str) else "",
+            "trained_steps": None if pd.isna(c.trained_steps) else int(c.trained_steps),
+            "evals": [{"kind": e.kind, "status": e.status, "cls": STATUS_CLASS.get(e.status, "wait"),
+                       "checkpoint_step": None if pd.isna(e.checkpoint_step) else int(e.checkpoint_step),
+                       "episodes": None if pd.isna(e.episodes) else int(e.episodes),
+                       "return_mean": text.num(e.return_mean), "cost_mean": text.num(e.cost_mean)}
+                      for e in evals],
+            "attempts": [], "resumes": [], "checkpoints": [], "logs": [], "traceback": "",
+        }
+        cell["train_status"] = c.train_status
+        cell["cls"] = STATUS_CLASS.get(c.train_status, "wait")
+        cell["hole"] = c.train_status != "done" or any(e["status"] != "done" for e in cell["evals"])
+        try:
+            costs = {a["n"]: a for a in cell_cost(state)["attempts"]} if state.get("attempts") else {}
+        except Exception:  # noqa: BLE001 (a cell the cost model cannot price still gets its drill-down)
+            costs = {}
+        for i, a in enumerate(state.get("attempts") or []):
+            n = a.get("n", i + 1)
+            cost = costs.get(n) or {}
+            where = " ".join(str(x) for x in dict.fromkeys((a.get("host"), a.get("node"),
+                                                            f"job {a['job_id']}" if a.get("job_id") else None,
+                                                            f"pid {a['pid']}" if a.get("pid") else None)) if x)
+            cell["attempts"].append({"n": n, "outcome": a.get("outcome") or "?", "started": a.get("started_at"),
+                                     "ended": a.get("ended_at"), "where": where or "–",
+                                     "hours": cost.get("hours"), "class": cost.get("class", "–"),
+                                     "cause": a.get("cause") or "", "evidence": a.get("evidence") or ""})
+            if a.get("traceback_tail"):
+                cell["traceback"] = f"attempt {n}:\n" + str(a["traceback_tail"]).rstrip()[-3000:]
+        for e in state.get("resumes") or []:
+            missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
+            cell["resumes"].append(f"attempt {e.get('attempt')} resumed from env step {e.get('from_step')} (the "
+                                   f"previous attempt had reached {e.get('reached')}: {e.get('lost_frames')} frames "
+                                   f"trained again); not restored: {missing}")
+        if cell["run_dir"]:
+            rd = RunDir(Path(cell["run_dir"]))
+            try:
+                cell["checkpoints"] = [step for step, _ in rd.checkpoints()]
+            except (OSError, StoreError):
+                cell["checkpoints"] = []
+            if rd.logs_dir.is_dir():
+                for p in sorted(rd.logs_dir.iterdir()):
+                    if p.is_file():
+                        cell["logs"].append({"name": p.name, "path": str(p), "tail": _tail(p)})
+        out.append(cell)
+    return out
+
+
+def _cost(r: Report) -> dict:
+    c = r.cost
+    lines = [line for line in _cost_lines(r) if line]
+    table = _frame(pd.DataFrame(c["per_config"])) if c.get("available") and c.get("per_config") else None
+    return {"lines": lines, "table": table}
+
+
+def _cost_lines(r: Report) -> list[str]:
+    from safedreamer_sweep.report.render.document import cost_lines
+
+    return [line for line in cost_lines(r) if not line.startswith("|") and not line.startswith("_(")]
+
+
+def _verdicts(r: Report) -> list[dict]:
+    from safedreamer_sweep.report.render.document import _fmt_seeds
+
+    return [{"config": v.config, "verdict": v.verdict, "n": v.n, "reasons": v.reasons,
+             "cls": {"recommended": "ok", "not recommended": "bad"}.get(v.verdict, "run"),
+             "seeds_needed": _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"}
+            for v in r.decision.verdicts]
+
+
+def _as_of(states: Any) -> str | None:
+    """The newest attempt start or end the store records: the page's "as of" (not the time it was
+    written, so the same store gives the same bytes)."""
+    times = [t for st in states for a in (st or {}).get("attempts") or []
+             for t in (a.get("started_at"), a.get("ended_at")) if isinstance(t, (int, float))]
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(max(times))) if times else None
+
+
+def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
+    """The page of a computed report; `figures` maps FIGURES' file names to their PNG bytes (None
+    or missing: the page says the figure is off or not drawn)."""
+    figures = figures or {}
+    s, d, cov = r.settings, r.decision, r.coverage
+    n_done = int((cov["status"] == "done").sum()) if len(cov) else 0
+    flips = d.flips.assign(value=d.flips["value"].map(text.num), threshold=d.flips["threshold"].map(lambda x: f"{x:g}"),
+                           margin=d.flips["margin"].map(lambda x: text.num(x, signed=True))) if len(d.flips) else d.flips
+    ctx = {
+        "title": f"Decision report: {r.frames.store_root}",
+        "store": str(r.frames.store_root),
+        "as_of": _as_of(r.frames.states.values()),
+        "decision": {"headline": d.headline, "summary": d.summary, "correction": d.correction,
+                     "cls": "ok" if d.headline.startswith("recommended") else
+                            ("bad" if d.headline.startswith("not") else "run")},
+        "verdicts": _verdicts(r),
+        "baseline": s.baseline, "cost_limit": d.cost_limit, "min_seeds": s.min_seeds,
+        "confidence": round(s.confidence * 100),
+        "coverage": {"done": n_done, "total": len(cov), **_coverage(r)},
+        "holes": _holes(r),
+        "warnings": [{"kind": w.kind, "text": w.text} for w in r.warnings],
+        "main": _text_tables(text.main_tables(r.main, s.confidence)),
+        "ablation": _text_tables(text.ablation_tables(r.ablation, s.baseline, s.confidence)),
+        "figures": [{"file": f, "title": t, "caption": cap, "src": data_uri(figures[f]) if f in figures else None}
+                    for f, t, cap in FIGURES],
+        "figures_on": s.figures,
+        "flips": _frame(flips) if len(flips) else None,
+        "cost": _cost(r),
+        "cells": _drilldown(r),
+        "app": None,
+    }
+    return _env().get_template(TEMPLATE).render(**ctx)
+
+
+def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
+    """The page of an app's sweep: how many cells are done, the failed ones with their cause, the
+    results table (results.csv) and a figure of the returned values."""
+    done = int((df["phase"] == "done").sum()) if len(df) else 0
+    failed = [{"label": str(x.label), "seed": "" if pd.isna(x.seed) else str(x.seed), "phase": x.phase,
+               "cause": x.cause if isinstance(x.cause, str) else "",
+               "evidence": x.evidence if isinstance(x.evidence, str) else ""}
+              for x in df.itertuples() if x.phase != "done"]
+    shown = df.map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+                   else (text.num(v) if isinstance(v, float) else str(v)))
+    ctx = {
+        "title": f"Results: {store_root}", "store": str(store_root),
+        "as_of": None,
+        "app": {"done": done, "total": len(df), "failed": failed, "table": _frame(shown),
+                "figure": data_uri(figure) if figure else None},
+    }
+    return _env().get_template(TEMPLATE).render(**ctx)
