@@ -161,8 +161,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         kinds = cell_kinds(root)
         if kinds == {"return"}:  # an app's sweep: its results table and page
-            out = build_app_report(root, args.out)
-            print(f"report: {out / 'report.html'}")
+            app_out = build_app_report(root, args.out)
+            print(f"report: {app_out / 'report.html'}" if app_out else f"report: {root}: no cell of an app yet")
             return 0
         r = compute_report(root)
         out = write_artifacts(r, render_artifacts(r), args.out)

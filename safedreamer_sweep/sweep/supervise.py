@@ -87,11 +87,11 @@ class Supervisor:
                 self._wake_at = float("inf")
         return self.finished
 
-    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
+    def _guarded(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """Run one stage of a poll; any exception is logged with its cause (once a minute while it
         repeats) and the stage is tried again next poll. False when it failed."""
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 (the supervisor must outlive its own I/O)
             if isinstance(e, (LockBusy, OSError)):
                 cause, fix = str(e), "free space or permissions on the store" if isinstance(e, OSError) else "none needed"
@@ -137,33 +137,47 @@ class Supervisor:
     # --- starting cells
     def submit_ready(self) -> None:
         """Hand the backend every queued cell it has room for, in order (each re-checked to hold
-        its lease: a cell queued here may have been taken over while it waited)."""
+        its lease: a cell queued here may have been taken over while it waited). A cell is always
+        in exactly one of queue, active or finished, whatever fails on the way."""
         batch: list[Tracked] = []
-        while self.queue and self.backend.has_room(len(self.active), len(batch)):
-            t = self.queue.pop(0)
-            held, why = (True, "") if t.rd.generation is None else still_held(t.rd, self.sweep_id, t.rd.generation)
-            if held:
-                batch.append(t)
-            else:
-                self._lost_lease(t, why)
-        if not batch:
-            return
-        for t, outcome in self.backend.submit(batch, list(self.exclude)):
-            if isinstance(outcome, Refused):
-                self._close(t, "failed", cause=outcome.cause or t.pending_cause or "error", evidence=outcome.evidence)
-            elif not outcome:  # never loop on a resubmission that started nothing
-                self._close(t, "failed", cause=t.pending_cause or "lost",
-                            evidence="resubmission started no job (see the sweep's plan output)")
-            else:
-                t.subs = outcome
-                self.active.append(t)  # tracked before anything else can fail: its job runs now
-                self._guarded(f"{t.label}: recording its jobs in claim.json", add_jobs, t.rd, self.sweep_id,
-                              [s.job_id for s in t.subs])
-                partitions = ",".join(s.partition for s in t.subs if getattr(s, "partition", None))
-                self.log(f"[sds] submitted {t.label}: job {', '.join(s.job_id for s in t.subs)}"
-                         + (f" partition {partitions}" if partitions else "")
-                         + (f" mem {t.mem_gb} GB" if t.mem_gb else "")
-                         + (f" exclude {','.join(self.exclude)}" if self.exclude else ""))
+        try:
+            while self.queue and self.backend.has_room(len(self.active), len(batch)):
+                t = self.queue[0]
+                held, why = (True, "") if t.rd.generation is None else still_held(t.rd, self.sweep_id, t.rd.generation)
+                self.queue.pop(0)
+                if held:
+                    batch.append(t)
+                else:
+                    self._lost_lease(t, why)
+        finally:
+            if batch:
+                self._submit(batch)
+
+    def _submit(self, batch: list[Tracked]) -> None:
+        try:
+            results = self.backend.submit(batch, list(self.exclude))
+        except Exception:
+            self.queue[:0] = batch  # nothing of it is known to have started: try again next poll
+            raise
+        for t, outcome in results:
+            if isinstance(outcome, Refused) or not outcome:
+                cause = (outcome.cause if isinstance(outcome, Refused) else None) or t.pending_cause
+                evidence = outcome.evidence if isinstance(outcome, Refused) else \
+                    "resubmission started no job (see the sweep's plan output)"  # never loop on it
+                closed = self._guarded(t.label, self._close, t, "failed", cause=cause or (
+                    "error" if isinstance(outcome, Refused) else "lost"), evidence=evidence)
+                if not closed and t not in self.finished:
+                    self.queue.append(t)  # its failure could not be recorded: it is tried again
+                continue
+            t.subs = outcome
+            self.active.append(t)  # tracked before anything else can fail: its job runs now
+            self._guarded(f"{t.label}: recording its jobs in claim.json", add_jobs, t.rd, self.sweep_id,
+                          [s.job_id for s in t.subs])
+            partitions = ",".join(s.partition for s in t.subs if getattr(s, "partition", None))
+            self.log(f"[sds] submitted {t.label}: job {', '.join(s.job_id for s in t.subs)}"
+                     + (f" partition {partitions}" if partitions else "")
+                     + (f" mem {t.mem_gb} GB" if t.mem_gb else "")
+                     + (f" exclude {','.join(self.exclude)}" if self.exclude else ""))
 
     # --- one poll of one live cell
     def _check(self, t: Tracked) -> None:

@@ -102,7 +102,7 @@ def _coverage(r: Report) -> dict:
             causes[(c.config, c.seed)] = f"{c.last_cause}: {c.last_evidence if isinstance(c.last_evidence, str) else ''}"
     rows = []
     for config in sorted(cov["config"].unique()):
-        entries = []
+        entries: list[dict[str, object] | None] = []
         for seed in seeds:
             ps = [(p, parts.get((config, seed, p))) for p in tables.PARTS]
             if all(s is None for _, s in ps):
