@@ -8,19 +8,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
 
 class SdsSweeper(BasicSweeper):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from safedreamer_sweep.sweep.shapes import ShapeValidator
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # one validator for every batch of the sweep: a shape composed in one batch is known in the next
+        self.shapes: Any = ShapeValidator(hydra_context.config_loader, config)
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Raise Hydra's own error for the first job of the batch that would not compose."""
-        from safedreamer_sweep.sweep.shapes import validate_jobs
-
-        assert self.hydra_context is not None and self.config is not None
         tic = time.perf_counter()
-        check = validate_jobs(self.hydra_context.config_loader, self.config, batch)
-        log.debug(f"validated {len(batch)} jobs in {time.perf_counter() - tic:.2f} s: {check.composed} composed "
-                  f"({check.shapes} shapes), {check.derived} accepted from their shape")
+        check = self.shapes.validate(batch)
+        log.debug(f"validated {len(batch)} more jobs in {time.perf_counter() - tic:.2f} s; so far "
+                  f"{check.composed} composed ({check.shapes} shapes), {check.derived} accepted from their shape")

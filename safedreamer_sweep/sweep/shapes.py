@@ -149,52 +149,68 @@ def _takes(node_takes: dict[type, tuple[type, ...]], node_cls: type | None, valu
     return not (isinstance(value, str) and ("$" in value or "\\" in value))
 
 
+class ShapeValidator:
+    """Checks the batches of one sweep (module doc). Shapes seen in one batch stay known for the
+    next (hydra.sweeper.max_batch_size), since every batch composes against the same master config.
+    `compose(overrides)` composes one job; default: `config_loader.load_sweep_config`, the call
+    `Sweeper.validate_batch_is_legal` makes."""
+
+    def __init__(self, config_loader: Any, master_config: DictConfig,
+                 compose: Callable[[list[str]], Any] | None = None) -> None:
+        self.loader, self.master = config_loader, master_config
+        self.compose = compose or (lambda ov: config_loader.load_sweep_config(master_config=master_config,
+                                                                             sweep_overrides=ov))
+        self.check = ShapeCheck()
+        self._is_group: Callable[[str], bool] | None = None
+        self._values: _Values | None = None
+        self._node_takes = _node_takes()
+        self._free: dict[tuple[str, ...], list[int] | None] = {}
+        self._shapes: dict[tuple[Any, ...], dict[int, type | None]] = {}
+
+    def validate(self, batch: Sequence[Sequence[str]]) -> ShapeCheck:
+        """Raise what Hydra raises for the first job of `batch` that does not compose, as
+        `Sweeper.validate_batch_is_legal` does; the counts so far."""
+        check = self.check
+        if not batch:
+            return check
+        if self._is_group is None:
+            self._is_group = _group_test(self.loader, self.master, list(batch[0])) or _every_key_a_group
+            self._values = _Values()
+        for ov in batch:
+            ov = list(ov)
+            elements = tuple((_split(o) or (o, ""))[0] for o in ov)
+            if elements not in self._free:
+                self._free[elements] = _free_positions(ov, self._is_group)
+            free = self._free[elements]
+            if free is None:
+                self.compose(ov)
+                check.note("no free value")
+                continue
+            read = {i: self._values.read(ov[i], elements[i]) for i in free}  # type: ignore[union-attr]
+            shape = (elements, tuple(None if i in read else o for i, o in enumerate(ov)))
+            nodes = self._shapes.get(shape)
+            if nodes is None:
+                cfg = self.compose(ov)
+                self._shapes[shape] = {i: _node_class(cfg, elements[i].lstrip("+")) for i in free}
+                check.shapes += 1
+                check.note("first job of its shape")
+            elif all(ok and _takes(self._node_takes, nodes[i], v) for i, (ok, v) in read.items()):
+                check.derived += 1
+            else:
+                self.compose(ov)
+                check.note("a value its node may refuse")
+        return check
+
+
+def _every_key_a_group(key: str) -> bool:
+    """Stands in for group_exists when the loader does not expose its repository: nothing is free."""
+    return True
+
+
 def validate_jobs(config_loader: Any, master_config: DictConfig, batch: Sequence[Sequence[str]],
                   compose: Callable[[list[str]], Any] | None = None) -> ShapeCheck:
-    """Raise what Hydra raises for the first job of `batch` that does not compose, as
-    `Sweeper.validate_batch_is_legal` does, composing each shape's first job only (module doc).
-    `compose(overrides)` composes one job; default: `config_loader.load_sweep_config`."""
-    if compose is None:
-        def compose(ov: list[str]) -> Any:
-            return config_loader.load_sweep_config(master_config=master_config, sweep_overrides=ov)
-    check = ShapeCheck()
-    if not batch:
-        return check
-    is_group = _group_test(config_loader, master_config, list(batch[0]))
-    if is_group is None:
-        for ov in batch:
-            compose(list(ov))
-            check.note("config loader without a config repository")
-        return check
-    values = _Values()
-    node_takes = _node_takes()
-    free_cache: dict[tuple[str, ...], list[int] | None] = {}
-    shapes: dict[tuple[Any, ...], dict[int, type | None]] = {}
-    for ov in batch:
-        ov = list(ov)
-        elements = tuple((_split(o) or (o, ""))[0] for o in ov)
-        if elements not in free_cache:
-            free_cache[elements] = _free_positions(ov, is_group)
-        free = free_cache[elements]
-        if free is None:
-            compose(ov)
-            check.note("no free value")
-            continue
-        read = {i: values.read(ov[i], elements[i]) for i in free}
-        shape = (elements, tuple(o if i not in read else None for i, o in enumerate(ov)))
-        nodes = shapes.get(shape)
-        if nodes is None:
-            cfg = compose(ov)
-            shapes[shape] = {i: _node_class(cfg, elements[i].lstrip("+")) for i in free}
-            check.shapes += 1
-            check.note("first job of its shape")
-            continue
-        if all(ok and _takes(node_takes, nodes[i], v) for i, (ok, v) in read.items()):
-            check.derived += 1
-        else:
-            compose(ov)
-            check.note("a value its node may refuse")
-    return check
+    """ShapeValidator(...).validate(batch) for one batch."""
+    return ShapeValidator(config_loader, master_config, compose).validate(batch)
 
 
 def _group_test(config_loader: Any, master_config: DictConfig, overrides: list[str]
