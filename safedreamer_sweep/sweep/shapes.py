@@ -44,6 +44,10 @@ _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 # A plain dotted key (the only keys whose node is looked up here; anything else is composed).
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PREFIXES = ("", "+", "++")
+# The configs the last shape checks composed, handed once to the launcher's planner (plan.compose_job)
+# so that it does not compose the same jobs again: (master config, overrides) -> composed config.
+_HANDOVER: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig]] = {}
+_HANDOVER_MAX = 64
 
 
 def _node_takes() -> dict[type, tuple[type, ...]]:
@@ -191,6 +195,7 @@ class ShapeValidator:
             nodes = self._shapes.get(shape)
             if nodes is None:
                 cfg = self.compose(ov)
+                _hand_over(self.master, ov, cfg)
                 self._shapes[shape] = {i: _node_class(cfg, elements[i].lstrip("+")) for i in free}
                 check.shapes += 1
                 check.note("first job of its shape")
@@ -200,6 +205,19 @@ class ShapeValidator:
                 self.compose(ov)
                 check.note("a value its node may refuse")
         return check
+
+
+def _hand_over(master: DictConfig, overrides: list[str], cfg: DictConfig) -> None:
+    if len(_HANDOVER) < _HANDOVER_MAX and isinstance(cfg, DictConfig):
+        _HANDOVER[(id(master), tuple(overrides))] = (master, cfg)
+
+
+def take_composed(master: DictConfig, overrides: Sequence[str]) -> DictConfig | None:
+    """The config a shape check composed for exactly these overrides against this master config,
+    once (the caller may modify it), else None. Hydra composes a job the same way every time in
+    one process: the launcher's planner gets what it would compose itself."""
+    got = _HANDOVER.pop((id(master), tuple(overrides)), None)
+    return got[1] if got is not None and got[0] is master else None
 
 
 def _every_key_a_group(key: str) -> bool:
