@@ -19,7 +19,7 @@ from hydra._internal.utils import create_config_search_path
 from hydra.core.config_store import ConfigStore
 from hydra.types import HydraContext, RunMode
 
-from safedreamer_sweep.sweep.shapes import ShapeValidator
+from safedreamer_sweep.sweep.shapes import ShapeValidator, take_composed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,6 +165,11 @@ def test_the_built_in_grid_composes_one_job_per_config(tmp_path):
     batch = [[f"config={c}", f"seed={s}"] for c in configs for s in range(50)]
     check = ShapeValidator(loader, master).validate(batch)
     assert (check.composed, check.shapes, check.derived) == (4, 4, 196)
+    # the launcher's planner gets each composed config once, for exactly that job and master config
+    handed = take_composed(master, ["config=v2_full", "seed=0"])
+    assert handed is not None and handed.agent == compose(loader, master, ["config=v2_full", "seed=0"]).agent
+    assert take_composed(master, ["config=v2_full", "seed=0"]) is None
+    assert take_composed(master, ["config=v2_full", "seed=1"]) is None
     with pytest.raises(Exception) as e:  # a config that does not exist: Hydra's own message
         ShapeValidator(loader, master).validate([*batch, ["config=v2_nope", "seed=0"]])
     assert "v2_nope" in str(e.value) and type(e.value).__name__ == "MissingConfigException"

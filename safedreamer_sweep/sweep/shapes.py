@@ -21,7 +21,9 @@ _internal/config_loader_impl.py and defaults_list.py):
 So a job's override is a *free value* when its key is not a config group, it is written `key=v`,
 `+key=v` or `++key=v` with a plain dotted key that no other override of the job touches (no equal,
 parent or child key), and v, as Hydra's grammar reads it, is an int, float, bool or str (a str
-without `$` or backslash: OmegaConf parses interpolation syntax on assignment). A job's *shape* is
+without `$` or backslash: OmegaConf parses interpolation syntax on assignment). No key name is
+special: the planner's seed (a top-level `seed=<int>`, sweep/plan.py) is one free value, and so are
+another app's `training.seed=3` or `lr=0.1`; a `seed` that is a config group is not. A job's *shape* is
 its override list with the free values blanked. The first job of each shape is composed through
 Hydra exactly as BasicSweeper does; every later job of the shape is accepted if each free value's
 type is one its node (read from that composed config) takes whatever the value, and composed
