@@ -7,6 +7,7 @@ interpolation, a config group), nothing stubbed."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
@@ -17,6 +18,7 @@ import pytest
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
 from hydra.types import HydraContext, RunMode
 
 from safedreamer_sweep.sweep.shapes import ShapeValidator, take_composed
@@ -41,8 +43,6 @@ class Typed:
     ints: dict[str, int] = field(default_factory=lambda: {"a": 1})
 
 
-ConfigStore.instance().store(name="shapes_typed_schema", node=Typed)
-
 APP = """\
 defaults:
   - shapes_typed_schema@t
@@ -64,6 +64,10 @@ VALUES = ["0", "-3", "1_000", "1.5", "true", "abc", "${any_key}", "'${oops'", "P
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
+    # Hydra's singletons (the ConfigStore) travel to every cell process a later test starts, which
+    # could not unpickle this module's schema: registered here and taken back after this module.
+    state = copy.deepcopy(Singleton.get_state())
+    ConfigStore.instance().store(name="shapes_typed_schema", node=Typed)
     conf = tmp_path_factory.mktemp("conf")
     (conf / "app.yaml").write_text(APP)
     (conf / "group1").mkdir()
@@ -71,7 +75,8 @@ def app(tmp_path_factory):
     (conf / "group1" / "b.yaml").write_text("g: 2\n")
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf)))
     master = loader.load_configuration("app", overrides=[], run_mode=RunMode.MULTIRUN)
-    return loader, master
+    yield loader, master
+    Singleton.set_state(state)
 
 
 def outcome(fn, *args):
