@@ -8,6 +8,10 @@ suites run one config several times (test_to_absolute_path_multirun re-invokes t
 new task file) and expect it to run again, while this launcher by design hands a finished cell's
 stored result back without running it (tests/test_any_app.py checks that). These suites check
 Hydra's conventions (output dirs, cwd, job names, returns), which a fresh store exercises fully.
+
+The sds sweeper runs the suites Hydra runs against its BasicSweeper (hydra's tests/test_basic_launcher.py:
+the launcher suite, the batched-sweeper suite with max_batch_size=2, the integration suite), under
+Hydra's basic launcher and, batched, under sds_local.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import os
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
     IntegrationTestSuite,
     LauncherTestSuite,
 )
 
 from hydra_plugins.sds_launcher.launcher import SdsLocalLauncher, SdsSlurmLauncher
+from hydra_plugins.sds_sweeper.sweeper import SdsSweeper
 
 FAST = ["hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none"]
 SLURM = ["hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5"]
@@ -49,6 +56,32 @@ class FreshStorePerInvocation:
 @pytest.mark.parametrize("cls", [SdsLocalLauncher, SdsSlurmLauncher])
 def test_discovery(cls):
     assert cls.__name__ in [x.__name__ for x in Plugins.instance().discover(Launcher)]
+
+
+def test_sweeper_discovery():
+    assert SdsSweeper.__name__ in [x.__name__ for x in Plugins.instance().discover(Sweeper)]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("basic", ["hydra/sweeper=sds"])])
+class TestSdsSweeper(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [
+    ("basic", ["hydra/sweeper=sds", "hydra.sweeper.max_batch_size=2"]),
+    ("sds_local", ["hydra/sweeper=sds", "hydra.sweeper.max_batch_size=2", *FAST]),
+])
+class TestSdsSweeperWithBatching(BatchedSweeperTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [(
+    {"defaults": [{"override hydra/sweeper": "sds"}, {"override hydra/launcher": "basic"},
+                  {"override hydra/job_logging": "disabled"}]},
+    ["-m"],
+)])
+class TestSdsSweeperIntegration(IntegrationTestSuite):
+    pass
 
 
 @pytest.mark.parametrize("launcher_name, overrides", [("sds_local", FAST)])

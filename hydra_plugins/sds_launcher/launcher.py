@@ -30,9 +30,12 @@ class SdsLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        if OmegaConf.select(config, "task.kind", default=None) == "builtin":  # the planner checks env ids
+            from safedreamer_sweep.core.schema import prefetch_safety_gymnasium_ids
+
+            prefetch_safety_gymnasium_ids()  # while Hydra's sweeper validates the jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from safedreamer_sweep.report.callback import refresh
         from safedreamer_sweep.sweep.launch import plan_sweep, say
         from safedreamer_sweep.sweep.plan import format_plan
         from safedreamer_sweep.sweep.progress import Progress
@@ -53,6 +56,9 @@ class SdsLauncher(Launcher):
                 sup.on_tick = progress.tick
             finished = sweep.supervise(sup)
         returns, summary = sweep.job_returns(finished)
+        # imported here, not before the plan: its imports cost ~1 s, and warm_report_imports loaded them meanwhile
+        from safedreamer_sweep.report.callback import refresh
+
         # the report is idempotent, runs even when cells failed, and never raises
         for out in refresh(sweep.store.root, sweep.report_settings(), say=say):
             say(f"[sds] report: {out}")

@@ -13,8 +13,9 @@ itself, one out-of-range or ill-typed value per key (tests/test_schema.py sweeps
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import functools
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -345,10 +346,30 @@ _LIST_IDS = ("import json, gymnasium, safety_gymnasium; "
              "print(json.dumps(sorted(k for k in gymnasium.registry if k.startswith('Safety'))))")
 
 
-@functools.lru_cache(maxsize=1)
+_IDS: concurrent.futures.Future | None = None
+_IDS_LOCK = threading.Lock()
+
+
+def prefetch_safety_gymnasium_ids() -> None:
+    """Start reading Safety-Gymnasium's env ids in the background (a child interpreter, ~2 CPU-s), so
+    that the launcher composes and plans meanwhile instead of waiting for it before the plan."""
+    global _IDS
+    with _IDS_LOCK:
+        if _IDS is None:
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sds-env-ids")
+            _IDS = pool.submit(_list_safety_gymnasium_ids)
+            pool.shutdown(wait=False)
+
+
 def safety_gymnasium_ids() -> frozenset[str]:
     """Every env id Safety-Gymnasium registers, read once per process in a child interpreter (~2 s):
     importing it here would load MuJoCo and gymnasium-robotics into the launcher for good."""
+    prefetch_safety_gymnasium_ids()
+    assert _IDS is not None
+    return _IDS.result()
+
+
+def _list_safety_gymnasium_ids() -> frozenset[str]:
     import json
     import subprocess
     import sys

@@ -142,8 +142,13 @@ def check_store_root(root: Path) -> Path:
 
 def compose_job(config_loader: Any, config: DictConfig, overrides: Sequence[str],
                 cwd: str | None = None) -> DictConfig:
-    """The composed per-job config of one override list, as Hydra composes it (store.root made absolute)."""
-    sweep_cfg = config_loader.load_sweep_config(config, list(overrides))
+    """The composed per-job config of one override list, as Hydra composes it (store.root made absolute).
+    A job the sds sweeper composed already is not composed again (shapes.take_composed)."""
+    from safedreamer_sweep.sweep.shapes import take_composed
+
+    sweep_cfg = take_composed(config, overrides)
+    if sweep_cfg is None:
+        sweep_cfg = config_loader.load_sweep_config(config, list(overrides))
     if OmegaConf.select(sweep_cfg, "store.root", default=None) is not None:
         with open_dict(sweep_cfg):
             sweep_cfg.store.root = str(absolute_store_root(sweep_cfg, cwd))
