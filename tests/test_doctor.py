@@ -27,8 +27,8 @@ def test_healthy_local_preflight_is_saved_into_the_store(tmp_path, capsys):
     doc = json.loads(latest.read_text())
     checks = by_name(doc)
     assert doc["schema"] == doctor.SCHEMA and doc["launcher"] == "sds_local"
-    assert {"python", "packages", "jax_devices", "mujoco_gl", "cuda_visible_devices", "store_writable", "disk",
-            "config"} <= set(checks)
+    assert {"python", "packages", "jax_devices", "mujoco_gl", "cuda_visible_devices", "gpus", "store_writable",
+            "disk", "config"} <= set(checks)
     assert not any(n.startswith("slurm") for n in checks)  # only when the Slurm launcher is selected
     assert checks["jax_devices"]["status"] == "ok" and checks["jax_devices"]["data"]["devices"]
     assert checks["packages"]["data"]["versions"]["jax"] == "0.6.2"
@@ -116,3 +116,43 @@ def test_sweep_settings_count_the_matrix_from_sweep_overrides():
                                "trainer.keep_checkpoints=2"])
     assert s["matrix_cells"] == 6 and s["keep_checkpoints"] == 2
     assert doctor.sweep_settings(["hydra/launcher=basic"])["matrix_cells"] == 8  # the embedded default matrix
+
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+# a fake nvidia-smi: answers the query doctor makes the way the real one does (csv,noheader,nounits)
+case "$*" in
+  *--query-gpu=index,name,memory.total,memory.used,utilization.gpu*--format=csv,noheader,nounits*)
+    printf '%s\\n' "$FAKE_GPUS" ;;
+  *) echo "unexpected arguments: $*" >&2; exit 9 ;;
+esac
+exit ${FAKE_RC:-0}
+"""
+
+
+def test_gpus_are_read_from_nvidia_smi_and_checked_against_cuda_visible_devices(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(FAKE_NVIDIA_SMI)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GPUS", "0, NVIDIA A100-SXM4-40GB, 40960, 1024, 3\n1, NVIDIA A100-SXM4-40GB, 40960, 30000, 97")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    c = doctor.check_gpus()
+    assert c.status == "warn" and [g["index"] for g in c.data["gpus"]] == [0, 1], c  # GPU 1 is 73% full
+    assert c.data["gpus"][0] == {"index": 0, "name": "NVIDIA A100-SXM4-40GB", "memory_total_mib": 40960.0,
+                                 "memory_used_mib": 1024.0, "utilization_pct": 3.0}
+    assert "1: NVIDIA A100-SXM4-40GB 30000/40960 MiB, 97% busy" in c.detail
+    monkeypatch.setenv("FAKE_GPUS", "0, Tesla T4, 15360, 0, 0")
+    assert doctor.check_gpus().status == "ok"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,3")
+    c = doctor.check_gpus()
+    assert c.status == "fail" and "names GPU(s) 3" in c.detail and "[0]" in c.fix
+    monkeypatch.setenv("FAKE_RC", "9")
+    monkeypatch.setenv("FAKE_GPUS", "Failed to initialize NVML: Driver/library version mismatch")
+    c = doctor.check_gpus()
+    assert c.status == "fail" and "exited 9" in c.detail and "mismatch" in c.detail
+
+
+def test_no_nvidia_smi_means_a_cpu_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    c = doctor.check_gpus()
+    assert c.status == "ok" and c.data["gpus"] == [] and "CPU" in c.detail

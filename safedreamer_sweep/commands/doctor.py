@@ -143,6 +143,54 @@ def check_cuda_visible_devices() -> Check:
     return Check("cuda_visible_devices", "ok", f"CUDA_VISIBLE_DEVICES={v}", data={"CUDA_VISIBLE_DEVICES": v})
 
 
+NVIDIA_QUERY = ("index,name,memory.total,memory.used,utilization.gpu", "csv,noheader,nounits")
+
+
+def check_gpus() -> Check:
+    """The NVIDIA GPUs `nvidia-smi` sees (index, name, memory total/used in MiB, utilisation %), and
+    whether CUDA_VISIBLE_DEVICES names only GPUs that exist. No nvidia-smi: a CPU machine (ok)."""
+    p = _run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY[0]}", f"--format={NVIDIA_QUERY[1]}"], timeout=30)
+    if p is None:
+        return Check("gpus", "ok", "no nvidia-smi on PATH: no NVIDIA GPU here, cells run on the CPU", data={"gpus": []})
+    if p.returncode != 0:
+        return Check("gpus", "fail", f"nvidia-smi exited {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}",
+                     "the driver is not working (a driver/library mismatch needs a reboot or reinstall); "
+                     "fix it or run on CPU with CUDA_VISIBLE_DEVICES=-1", {"returncode": p.returncode})
+    gpus = []
+    for line in p.stdout.splitlines():
+        f = [x.strip() for x in line.split(",")]
+        if len(f) != 5 or not f[0].isdigit():
+            return Check("gpus", "fail", f"nvidia-smi printed a line this check cannot read: {line!r}",
+                         "run `nvidia-smi --query-gpu=index,name,memory.total --format=csv` by hand and "
+                         "report the output", {"stdout": p.stdout[-1000:]})
+
+        def num(x: str) -> float | None:
+            try:
+                return float(x)
+            except ValueError:  # "[N/A]" on some boards
+                return None
+
+        gpus.append({"index": int(f[0]), "name": f[1], "memory_total_mib": num(f[2]), "memory_used_mib": num(f[3]),
+                     "utilization_pct": num(f[4])})
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    asked = [x.strip() for x in (cvd or "").split(",") if x.strip() and x.strip() != "-1"]
+    unknown = [x for x in asked if x.isdigit() and int(x) not in {g["index"] for g in gpus}]
+    text = "; ".join(f"{g['index']}: {g['name']} {g['memory_used_mib']:.0f}/{g['memory_total_mib']:.0f} MiB, "
+                     f"{g['utilization_pct']:.0f}% busy" if None not in (g["memory_total_mib"], g["memory_used_mib"],
+                                                                        g["utilization_pct"]) else f"{g['index']}: {g['name']}"
+                     for g in gpus)
+    if unknown:
+        return Check("gpus", "fail", f"CUDA_VISIBLE_DEVICES={cvd} names GPU(s) {', '.join(unknown)}, but nvidia-smi "
+                     f"sees {len(gpus)}: {text}", f"use indices among {[g['index'] for g in gpus]}",
+                     {"gpus": gpus, "CUDA_VISIBLE_DEVICES": cvd})
+    busy = [g for g in gpus if (g["memory_used_mib"] or 0) > 0.5 * (g["memory_total_mib"] or float("inf"))]
+    if busy:
+        return Check("gpus", "warn", f"{len(gpus)} GPU(s): {text}; GPU(s) {', '.join(str(g['index']) for g in busy)} "
+                     f"already have over half their memory in use", "another job shares them: pick free GPUs "
+                     "(hydra.launcher.gpus) or lower runs_per_gpu", {"gpus": gpus})
+    return Check("gpus", "ok", f"{len(gpus)} GPU(s): {text}", data={"gpus": gpus})
+
+
 def check_store_writable(root: Path) -> Check:
     """Create the store root if needed and write, fsync and delete a probe file in it."""
     try:
@@ -287,7 +335,8 @@ def run_doctor(store_root: str | Path | None = None, launcher: str | None = None
                             "importable) and check the overrides"))
     launcher = launcher or settings.get("launcher") or "sds_local"
     root = Path(store_root or settings.get("store_root") or os.environ.get("SDS_STORE", "experiments")).expanduser().resolve()
-    checks += [check_python(), check_packages(), check_jax_devices(), check_mujoco_gl(), check_cuda_visible_devices()]
+    checks += [check_python(), check_packages(), check_jax_devices(), check_mujoco_gl(), check_cuda_visible_devices(),
+               check_gpus()]
     writable = check_store_writable(root)
     checks.append(writable)
     store = Store(root)
