@@ -247,6 +247,35 @@ def test_slurm_cells_show_their_job_and_scheduler_state(tmp_path):
     assert status.collect(store)["verdict"] == "DONE 1/1"
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_queued_slurm_cells_carry_the_schedulers_reason_and_since_when(tmp_path):
+    """Two cells submitted with a begin time an hour away stay PENDING with squeue's reason
+    BeginTime: status (JSON and the verdict line) names the reason for each and since when it
+    waited; then the jobs are cancelled."""
+    store = tmp_path / "store"
+    launch = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0,1",
+                             f"store.root={store}", "hydra/launcher=sds_slurm", "hydra.launcher.wait=false",
+                             "+hydra.launcher.additional_parameters.begin=now+3600", "trainer.total_steps=1024",
+                             "trainer.num_envs=1", "eval.episodes=1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-2000:]
+    jobs = [j for d in Store(store).read_sweep_manifests() for js in d["jobs"].values() for j in js]
+    try:
+        deadline, doc = time.time() + 60, {}
+        while time.time() < deadline:
+            doc = status.collect(store, sample_cpu=False)
+            if all(c.get("queue_reason") for c in doc["cells"]):
+                break
+            time.sleep(1)
+        assert [c["queue_reason"] for c in doc["cells"]] == ["BeginTime", "BeginTime"], doc["cells"]
+        assert all(c["queued_since"] and c["queued_since"] <= time.time() for c in doc["cells"])
+        assert all(c["detail"].startswith("queued for ") and "(BeginTime" in c["detail"] for c in doc["cells"])
+        assert doc["verdict"].startswith("RUNNING 0/2") and "2 queued: 2 BeginTime" in doc["verdict"], doc["verdict"]
+    finally:
+        subprocess.run(["scancel", *jobs], check=False, capture_output=True, timeout=60)
+
+
 def test_a_hole_with_another_identity_on_disk_says_so(store_copy):
     """The sweep asks for v2_baseline seed 0 under a new hash (its config changed): the finished
     run of the old hash is shown as evidence, and the new identity counts as never run."""

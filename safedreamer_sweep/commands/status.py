@@ -15,6 +15,7 @@ from a log line's timestamp. On top sits one verdict line, in one of these shape
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,14 @@ def _queued(c: dict) -> bool:
     return c["phase"] == "pending" and (c.get("last_outcome") == "submitted" or bool(c.get("claimed_by")))
 
 
+def queued_text(queued: list[dict]) -> str:
+    """`8 queued: 6 QOSMaxGRESPerUser, 2 Resources` (the scheduler's reasons, most frequent first)."""
+    reasons = Counter(c.get("queue_reason") or "no reason given" for c in queued)
+    if set(reasons) == {"no reason given"}:
+        return f"{len(queued)} queued"
+    return f"{len(queued)} queued: " + ", ".join(f"{k} {r}" for r, k in reasons.most_common())
+
+
 def _sweep_eta(cells: list[dict], running: list[dict], queued: list[dict]) -> float | None:
     """Seconds until the running and queued cells are trained: the longest running ETA, or all
     remaining env steps over the summed throughput of the running cells (same concurrency), if longer."""
@@ -260,7 +269,7 @@ def verdict(cells: list[dict]) -> str:
     if by["running"] or queued:
         eta_s = _sweep_eta(cells, by["running"], queued)
         eta = f"ETA {duration(eta_s)}" if eta_s is not None else "ETA unknown"
-        parts = [eta, f"{len(by['running'])} running"] + ([f"{len(queued)} queued"] if queued else []) + extras
+        parts = [eta, f"{len(by['running'])} running"] + ([queued_text(queued)] if queued else []) + extras
         return f"RUNNING {done}/{n} ({'; '.join(parts)})"
     parts = []
     if never:

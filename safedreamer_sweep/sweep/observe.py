@@ -9,6 +9,7 @@ is alive; "lost" means the process or job is gone and the attempt has no end mar
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,6 +62,8 @@ class CellView:
     detail: str | None = field(default=None)
     stale_eval: str | None = None  # an evaluation of a checkpoint older than the trained steps (stale_evaluations)
     done_when: str | None = None  # "eval" (this package's tasks: ID/OOD results), "return" (any app); None: unknown
+    queue_reason: str | None = None  # a queued job's reason from the scheduler (Resources, QOSMaxGRESPerUser, ...)
+    queued_since: float | None = None  # when the queued attempt was submitted (epoch seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +74,12 @@ def _seed(spec: dict) -> int | None:
     if "seed" in spec and spec["seed"] is None:
         return None
     return int(spec.get("seed", -1))
+
+
+def queue_reason(job_state: str | None) -> str | None:
+    """The scheduler's reason in a pending job's state (`PENDING (Resources)` -> `Resources`)."""
+    m = re.match(r"^PENDING \((.+)\)$", job_state or "")
+    return m.group(1) if m else None
 
 
 def pid_alive(pid: int | None, started_at: float | None = None) -> bool | None:
@@ -196,6 +205,10 @@ def _phase(v: CellView, state: dict, last: dict, progress: dict, *, job_state: J
                 v.phase, v.detail = "lost", f"job {v.job_id} is {v.job_state} and never started the cell"
             else:
                 v.phase = "pending"
+                v.queue_reason, v.queued_since = queue_reason(v.job_state), last.get("submitted_at")
+                if v.queue_reason:
+                    waited = f" for {t - v.queued_since:.0f}s" if v.queued_since else ""
+                    v.detail = f"queued{waited}: job {v.job_id} pending ({v.queue_reason}, the scheduler's reason)"
             return v
         alive = v.pid_alive if v.pid_alive is not None else job_alive
         if alive is None:

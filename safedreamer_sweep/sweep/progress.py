@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 PLAIN_EVERY_S = 5.0
@@ -39,6 +39,13 @@ class Snapshot:
     eta_s: float | None
     failure: str | None  # "<cell>: <cause>: <evidence>" of the newest failed attempt
     rows: list[tuple[str, str, int | None, int | None, float | None]]  # running cells: label, phase, step, total, rate
+    queue_reasons: dict[str, int] = field(default_factory=dict)  # the scheduler's reasons of queued jobs
+
+    @property
+    def queued_text(self) -> str:
+        """`3 queued` or `3 queued (2 QOSMaxGRESPerUser, 1 Resources)`."""
+        why = ", ".join(f"{k} {r}" for r, k in sorted(self.queue_reasons.items(), key=lambda x: -x[1]))
+        return f"{self.queued} queued" + (f" ({why})" if why else "")
 
     @property
     def counts(self) -> tuple[int, int, int, int]:
@@ -46,7 +53,7 @@ class Snapshot:
 
     def line(self) -> str:
         rate = f"{self.steps_per_s:,.0f} env steps/s" if self.running else "no cell running"
-        return (f"[sds] progress: {self.done}/{self.total} done, {self.running} running, {self.queued} queued, "
+        return (f"[sds] progress: {self.done}/{self.total} done, {self.running} running, {self.queued_text}, "
                 f"{self.failed} failed | {rate} | ETA {duration(self.eta_s)}"
                 + (f" | newest failure: {self.failure[:160]}" if self.failure else ""))
 
@@ -61,6 +68,7 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
     still compiling reports a few steps/s, and the ETA jumped from 6 to 53 minutes and back
     (bench/eta_accuracy.py replays a finished sweep under both rules)."""
     done = failed = running = queued = 0
+    reasons: dict[str, int] = {}
     rate = 0.0
     left = 0
     budgets = [c.view.total_steps for c in cells if c.view is not None and c.view.total_steps]
@@ -84,18 +92,20 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
         else:
             queued += 1
             left += int(mean_budget or 0)
+            if v is not None and v.queue_reason:
+                reasons[v.queue_reason] = reasons.get(v.queue_reason, 0) + 1
     speed = sweep_rate if sweep_rate else rate
     eta = left / speed if speed > 0 and (mean_budget or not queued) else None
     return Snapshot(total=total, done=done + done_before, running=running, queued=queued,
                     failed=failed + failed_before, steps_per_s=rate, eta_s=eta,
-                    failure=newest[1] if newest else None, rows=rows)
+                    failure=newest[1] if newest else None, rows=rows, queue_reasons=reasons)
 
 
 def render(s: Snapshot, elapsed_s: float) -> Any:
     """The rich live view: one summary line, then the running cells."""
     from rich.table import Table
 
-    table = Table(title=(f"[bold]{s.done}/{s.total} done[/]  [cyan]{s.running} running[/]  {s.queued} queued  "
+    table = Table(title=(f"[bold]{s.done}/{s.total} done[/]  [cyan]{s.running} running[/]  {s.queued_text}  "
                          + (f"[red]{s.failed} failed[/]" if s.failed else "0 failed")
                          + f"  |  {s.steps_per_s:,.0f} env steps/s  |  ETA {duration(s.eta_s)}"
                          + f"  |  elapsed {duration(elapsed_s)}"),

@@ -65,7 +65,13 @@ class SlurmQueue:
                     self.info[base]["steps"] += f"{jid.split('.', 1)[1]}={f[1]} exit {f[2]} maxrss {f[4] or '-'}; "
 
     def state(self, job_id: str) -> str | None:
-        return (self.info.get(job_id) or {}).get("State")
+        """The job's state; a pending job's carries squeue's reason: `PENDING (QOSMaxGRESPerUser)`
+        (observe.queue_reason reads it; `.split()[0]` is the bare state)."""
+        info = self.info.get(job_id) or {}
+        st, reason = info.get("State"), info.get("Reason", "")
+        if st == "PENDING" and reason and reason != "None":
+            return f"{st} ({reason})"
+        return st
 
     @staticmethod
     def cancel(job_id: str, kill: bool = False) -> None:
