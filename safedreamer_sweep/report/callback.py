@@ -110,7 +110,7 @@ class ReportCallback(Callback):
         spec = cell_spec(config, overrides, self.swept or set())
         if spec.done_when != "return":
             return  # the package's own tasks record themselves
-        rd = Store(self._root(config)).run_dir(spec.config, spec.seed, spec.hash)
+        rd = Store(self._root(config)).locate(spec.config, spec.seed, spec.hash, spec.run_config)
         rd.ensure_spec(spec.spec_document())
         rd.begin_attempt(launcher=str(OmegaConf.select(config, "hydra.launcher._target_", default="?")))
         self._recording = (rd, os.environ.get(RUN_DIR_ENV))

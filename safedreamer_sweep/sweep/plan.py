@@ -333,9 +333,11 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
 def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall_after: float = 600.0,
                 policy: RetryPolicy | None = None, job_state: JobState | None = None,
                 sweep_id: str | None = None, retry_failed: bool = False) -> tuple[str, str, RunDir]:
-    """(verdict, reason, run dir) of one RunSpec against the store. Reads only."""
+    """(verdict, reason, run dir) of one RunSpec against the store. Reads only (but for the store
+    index, a cache). The run dir is the cell's identity's wherever it is in the store (Store.locate),
+    whatever label this command line gives it; a cell stored nowhere gets its label path."""
     policy = policy or RetryPolicy()
-    rd = store.run_dir(spec.config, spec.seed, spec.hash)
+    rd = store.locate(spec.config, spec.seed, spec.hash, spec.run_config)
     if not rd.spec_path.exists():
         others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash]
         if others and not new_variant:
@@ -494,6 +496,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
+    first_label: dict[tuple[str, int | None], RunSpec] = {}  # (hash, seed): the first job of that identity
     per_settings: dict[int, tuple[Store, bool, bool, str]] = {}  # id(settings): what a verdict needs from it
     for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
         got = per_settings.get(id(settings))
@@ -507,12 +510,19 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
                                                 bool(sw.get("retry_failed", False)), code_change)
         st, new_variant, retry_failed, code_change = got
+        twin = first_label.setdefault((spec.hash, spec.seed), spec)
+        if twin.config != spec.config and twin.run_config == spec.run_config:
+            spec = replace(spec, config=twin.config)  # one identity, two labels in this sweep: the first one's
         try:
             v, why, rd = verdict_for(st, spec, new_variant=new_variant, stall_after=stall_after, policy=policy,
                                      job_state=job_state, sweep_id=sweep_id, retry_failed=retry_failed)
         except NotADirectoryError as e:
             raise PlanError(f"store.root={st.root}: {e.filename} is not a directory. Fix: point store.root at "
                             f"a store directory (or a new path)") from e
+        stored_label = (rd.path.parent if spec.seed is None else rd.path.parent.parent).name
+        if stored_label != spec.config:  # stored under the label of the command line that first ran it
+            spec = replace(spec, config=stored_label)
+            first_label[(spec.hash, spec.seed)] = spec
         v, why, note = code_verdict(spec, rd, v, why, code_change)
         if spec.key in seen:  # the same cell twice in one sweep (e.g. seed=1,1): run it once
             v, why = "running-elsewhere", f"duplicate of job #{seen[spec.key]} in this sweep"
