@@ -658,10 +658,10 @@ class Store:
         for doc in self.read_sweep_manifests():
             for c in doc.get("cells", []):
                 seed = None if c.get("seed") is None else int(c["seed"])
-                label = labels.setdefault((str(c.get("hash")), seed), c["config"])
+                label = c["config"] if not c.get("hash") else labels.setdefault((str(c["hash"]), seed), c["config"])
                 cells[key_of(label, seed, c.get("hash"))] = {"config": label, "seed": seed, "hash": c.get("hash"),
                                                              "done_when": c.get("done_when")}
-        asked = {(str(c["hash"]), c["seed"]) for c in cells.values()}
+        asked = {(str(c["hash"]), c["seed"]) for c in cells.values() if c["hash"]}
         for ident, cell in on_disk.items():
             key = key_of(cell["config"], cell["seed"], cell["hash"])
             if key not in cells and ident not in asked:
