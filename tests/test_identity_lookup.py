@@ -117,13 +117,15 @@ def test_the_index_is_rebuilt_when_stale_and_drops_what_moved(planner, tmp_path)
 
 def test_an_index_entry_is_checked_against_the_run_directory(tmp_path):
     """The index is never the truth: an entry whose spec.json holds another identity (a hash collision,
-    a hand edit) is not handed out for it."""
+    a hand edit, another app with an equal config) is not handed out for it."""
     store = Store(tmp_path)
-    rd = store.run_dir("a", 0, "abcd1234")
-    rd.ensure_spec({"config": "a", "seed": 0, "hash": "abcd1234", "run_config": {"x": 1, "seed": 0}})
-    assert store.locate("b", 0, "abcd1234", {"x": 1, "seed": 0}).path == rd.path
-    assert store.locate("b", 0, "abcd1234", {"x": 2, "seed": 0}).path == store.run_dir("b", 0, "abcd1234").path
-    assert store.locate("b", 1, "abcd1234").path == store.run_dir("b", 1, "abcd1234").path
+    rd = store.run_dir("a,k=1", 0, "abcd1234")
+    rd.ensure_spec({"config": "a,k=1", "seed": 0, "hash": "abcd1234", "run_config": {"x": 1, "seed": 0}})
+    assert store.locate("a", 0, "abcd1234", {"x": 1, "seed": 0}).path == rd.path
+    assert store.locate("a", 0, "abcd1234", {"x": 2, "seed": 0}).path == store.run_dir("a", 0, "abcd1234").path
+    assert store.locate("a", 1, "abcd1234").path == store.run_dir("a", 1, "abcd1234").path
+    # another app (label base) whose config hashes the same is another cell
+    assert store.locate("b", 0, "abcd1234", {"x": 1, "seed": 0}).path == store.run_dir("b", 0, "abcd1234").path
 
 
 def test_the_matrix_lists_an_identity_once_however_many_command_lines_asked(tmp_path):
@@ -144,8 +146,8 @@ def test_an_index_that_cannot_be_opened_is_served_from_memory(tmp_path):
     """A store this process cannot write the index of (a read-only mount; here the index path is a
     folder, which sqlite cannot open even as root): lookups still find every run directory."""
     store = Store(tmp_path)
-    rd = store.run_dir("a", 0, "abcd1234")
-    rd.ensure_spec({"config": "a", "seed": 0, "hash": "abcd1234", "run_config": {}})
+    rd = store.run_dir("a,k=1", 0, "abcd1234")
+    rd.ensure_spec({"config": "a,k=1", "seed": 0, "hash": "abcd1234", "run_config": {}})
     (tmp_path / INDEX_NAME).mkdir()
-    assert Store(tmp_path).locate("b", 0, "abcd1234").path == rd.path
+    assert Store(tmp_path).locate("a", 0, "abcd1234").path == rd.path
     assert (tmp_path / INDEX_NAME).is_dir()  # nothing of the user's replaced

@@ -57,6 +57,9 @@ class BaseOptions:
     # seconds a claim lives without renewal (renewed every poll and every heartbeat); another host
     # takes a cell over only after this long with no renewal and no live scheduler job. null: 60
     lease_s: float | None = opt(None, gt=0)
+    # a done cell handed back from the store gets a Hydra job directory in hydra.sweep.dir like a job
+    # that ran (.hydra/, <task>.log naming the run dir it came from); false: none (no composition)
+    cached_job_dirs: bool = True
     # the store of an app without its own `store.root` (any Hydra app); default $SDS_STORE, else
     # ./sds_store (relative paths: against the directory the sweep is launched from)
     store_root: str | None = None

@@ -561,13 +561,15 @@ class Store:
         return RunDir(path, lease_from_env(path))  # fenced by $SDS_LEASE when this process is that cell
 
     def locate(self, config: str, seed: int | None, hash8: str, run_config: dict | None = None) -> RunDir:
-        """The run directory of identity `hash8` wherever it is under runs/, whatever label it was
-        first stored under (the label is presentation, kept from the first run); else the label path
-        runs/<config>/... where a new cell goes. Found through the store index (one query, no walk
-        of the tree), each hit checked against its spec.json: same hash, same seed, and, given
-        `run_config`, the same resolved run config (an 8-hex hash may collide). Several directories
+        """The run directory of identity `hash8` wherever it is under runs/, whatever swept keys its
+        label was first stored with (they are presentation, kept from the first run); else the label
+        path runs/<config>/... where a new cell goes. Found through the store index (one query, no walk
+        of the tree), each hit checked against its spec.json: same hash, same seed, same label base
+        (the `config` choice or the app's job name: two apps with equal configs are two cells) and,
+        given `run_config`, the same resolved run config (an 8-hex hash may collide). Several directories
         of one identity (stored twice by an older version): the oldest finished one, else the oldest."""
         fallback = self.run_dir(config, seed, hash8)
+        base = label_base(config)
         found: list[Path] = []
         paths = self.index.lookup(hash8)
         indexed = set(paths)
@@ -582,7 +584,7 @@ class Store:
                 if path in indexed:
                     self.index.drop(path)  # moved or deleted since it was indexed
                 continue
-            if spec.get("hash") != hash8 or spec.get("seed") != seed or (
+            if spec.get("hash") != hash8 or spec.get("seed") != seed or label_base(str(spec.get("config"))) != base or (
                     run_config is not None and spec.get("run_config") != run_config):
                 continue
             if path not in indexed:
@@ -641,32 +643,39 @@ class Store:
         def key_of(config: str, seed: Any, hash8: Any) -> tuple[str, int, str]:
             return (config, -1, str(hash8)) if seed is None else (config, int(seed), "")
 
-        stored: dict[tuple[str, int | None], list[tuple[RunDir, dict]]] = {}
+        stored: dict[tuple[str, str, int | None], list[tuple[RunDir, dict]]] = {}  # identity: base, hash, seed
         for rd in self.iter_runs():
             spec = rd.read_spec() or {}
             if spec.get("config") is None:
                 continue
             seed = None if spec.get("seed") is None else int(spec["seed"])
-            stored.setdefault((str(spec.get("hash")), seed), []).append((rd, spec))
-        on_disk: dict[tuple[str, int | None], dict] = {}
-        for (hash8, seed), found in stored.items():
+            stored.setdefault((label_base(str(spec["config"])), str(spec.get("hash")), seed), []).append((rd, spec))
+        on_disk: dict[tuple[str, str, int | None], dict] = {}
+        for (base, hash8, seed), found in stored.items():
             rd = pick_run_dir([r.path for r, _ in found])
             spec = next(sp for r, sp in found if r.path == rd.path)
-            on_disk[(hash8, seed)] = {"config": str(spec["config"]), "seed": seed, "hash": spec.get("hash"),
+            on_disk[(base, hash8, seed)] = {"config": str(spec["config"]), "seed": seed, "hash": spec.get("hash"),
                                       "done_when": spec.get("done_when")}
-        labels: dict[tuple[str, int | None], str] = {k: c["config"] for k, c in on_disk.items()}
+        labels: dict[tuple[str, str, int | None], str] = {k: c["config"] for k, c in on_disk.items()}
         for doc in self.read_sweep_manifests():
             for c in doc.get("cells", []):
                 seed = None if c.get("seed") is None else int(c["seed"])
-                label = c["config"] if not c.get("hash") else labels.setdefault((str(c["hash"]), seed), c["config"])
+                label = c["config"] if not c.get("hash") else labels.setdefault(
+                    (label_base(c["config"]), str(c["hash"]), seed), c["config"])
                 cells[key_of(label, seed, c.get("hash"))] = {"config": label, "seed": seed, "hash": c.get("hash"),
                                                              "done_when": c.get("done_when")}
-        asked = {(str(c["hash"]), c["seed"]) for c in cells.values() if c["hash"]}
+        asked = {(label_base(c["config"]), str(c["hash"]), c["seed"]) for c in cells.values() if c["hash"]}
         for ident, cell in on_disk.items():
             key = key_of(cell["config"], cell["seed"], cell["hash"])
             if key not in cells and ident not in asked:
                 cells[key] = cell
         return [cells[k] for k in sorted(cells)]
+
+
+def label_base(label: str) -> str:
+    """The first part of a cell label (`v2_baseline` of `v2_baseline,agent.lr=0.001`): the `config`
+    choice of the built-in app or the job name of any other app, part of what the cell is."""
+    return label.split(",", 1)[0]
 
 
 def pick_run_dir(paths: list[Path]) -> RunDir:

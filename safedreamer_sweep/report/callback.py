@@ -125,7 +125,7 @@ class ReportCallback(Callback):
             else:
                 os.environ[RUN_DIR_ENV] = before
             record_outcome(rd, job_return)
-        if self.refresh_on_job_end:
+        if self.refresh_on_job_end and not os.environ.get("SDS_HANDED_BACK"):  # a value handed back changes no table
             refresh(self._root(config), report_settings(config))
 
 

@@ -46,7 +46,7 @@ from safedreamer_sweep.core.identity import (
     recorded_fingerprint,
     resolved_without_hydra,
 )
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
+from safedreamer_sweep.core.store import RunDir, Store, StoreError, label_base, read_json
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import JobState, observe_run
@@ -318,7 +318,8 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             rc = dict(g.spec.run_config)
             rc["seed"] = seed
             spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
-                           overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code)
+                           overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code,
+                           primary=g.spec.primary)
             out.append((spec, g.cfg, None))
             continue
         spec, cfg = job_spec(config_loader, config, ov, swept=swept)
@@ -339,7 +340,8 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     policy = policy or RetryPolicy()
     rd = store.locate(spec.config, spec.seed, spec.hash, spec.run_config)
     if not rd.spec_path.exists():
-        others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash]
+        others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash
+                  and (r.read_spec() or {}).get("primary_config", spec.primary) == spec.primary]  # another primary config: another experiment
         if others and not new_variant:
             old = others[-1].read_spec() or {}
             diff = diff_keys(old.get("run_config") or {}, spec.run_config)
@@ -496,7 +498,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
-    first_label: dict[tuple[str, int | None], RunSpec] = {}  # (hash, seed): the first job of that identity
+    first_label: dict[tuple[str, str, int | None], RunSpec] = {}  # (base, hash, seed): that identity's first job
     per_settings: dict[int, tuple[Store, bool, bool, str]] = {}  # id(settings): what a verdict needs from it
     for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
         got = per_settings.get(id(settings))
@@ -510,7 +512,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
                                                 bool(sw.get("retry_failed", False)), code_change)
         st, new_variant, retry_failed, code_change = got
-        twin = first_label.setdefault((spec.hash, spec.seed), spec)
+        twin = first_label.setdefault((label_base(spec.config), spec.hash, spec.seed), spec)
         if twin.config != spec.config and twin.run_config == spec.run_config:
             spec = replace(spec, config=twin.config)  # one identity, two labels in this sweep: the first one's
         try:
@@ -522,7 +524,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
         stored_label = (rd.path.parent if spec.seed is None else rd.path.parent.parent).name
         if stored_label != spec.config:  # stored under the label of the command line that first ran it
             spec = replace(spec, config=stored_label)
-            first_label[(spec.hash, spec.seed)] = spec
+            first_label[(label_base(spec.config), spec.hash, spec.seed)] = spec
         v, why, note = code_verdict(spec, rd, v, why, code_change)
         if spec.key in seen:  # the same cell twice in one sweep (e.g. seed=1,1): run it once
             v, why = "running-elsewhere", f"duplicate of job #{seen[spec.key]} in this sweep"
