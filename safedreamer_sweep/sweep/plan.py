@@ -46,7 +46,13 @@ from safedreamer_sweep.core.identity import (
     recorded_fingerprint,
     resolved_without_hydra,
 )
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, label_base, read_json
+from safedreamer_sweep.core.store import (
+    RunDir,
+    Store,
+    StoreError,
+    label_base,
+    read_json,
+)
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import JobState, observe_run
