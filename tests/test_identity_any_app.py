@@ -5,6 +5,7 @@ with its own config groups (`alg=a,b env=x,y seed=0,1,2`), then one of its cells
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -29,7 +30,6 @@ def write_app(root: Path) -> Path:
           - env: x
           - _self_
         seed: 0
-        fail: false
         """))
     for name, lr in (("a", 0.1), ("b", 0.2)):
         (root / "conf" / "alg" / f"{name}.yaml").write_text(f"name: {name}\nlr: {lr}\n")
@@ -37,14 +37,16 @@ def write_app(root: Path) -> Path:
         (root / "conf" / "env" / f"{name}.yaml").write_text(f"name: {name}\nsize: {size}\n")
     app = root / "train.py"
     app.write_text(textwrap.dedent(f"""\
+        import os
+
         import hydra
 
         @hydra.main(version_base="1.3", config_path="conf", config_name="config")
         def main(cfg):
             with open({str(root / "ran.log")!r}, "a") as f:
                 f.write(f"{{cfg.alg.name}} {{cfg.env.name}} {{cfg.seed}}\\n")
-            if cfg.fail:
-                raise RuntimeError("planted failure (fail=true)")
+            if os.path.exists({str(root / "fail.marker")!r}):
+                raise RuntimeError("planted failure (fail.marker exists)")
             return cfg.alg.lr * cfg.env.size + cfg.seed
 
         if __name__ == "__main__":
@@ -85,3 +87,24 @@ def test_a_cell_of_a_grid_asked_alone_is_not_run_again(tmp_path):
     status = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store)], capture_output=True,
                             text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
     assert status.stdout.startswith("DONE 12/12"), status.stdout + status.stderr
+
+
+def test_a_failed_cell_is_run_again_with_the_flag_its_message_printed(tmp_path):
+    """An app without a `sweep` node: the plan's message names hydra.launcher.retry_failed=true (its
+    `sweep.retry_failed` does not exist there), and that flag, as printed, runs the cell again."""
+    app, store = write_app(tmp_path), tmp_path / "store"
+    (tmp_path / "fail.marker").touch()
+    failed = run(app, store, "alg=a", "env=y", "seed=1")
+    assert failed.returncode != 0 and "planted failure" in (failed.stdout + failed.stderr)
+    (tmp_path / "fail.marker").unlink()  # the bug is fixed; the cell's identity is unchanged
+
+    again = run(app, store, "alg=a", "env=y", "seed=1")
+    assert again.returncode != 0 and "plan: 1 cells, 0 to submit | failed 1" in again.stdout, again.stdout
+    hint = re.search(r"pass (\S+) to run it again", again.stdout)
+    assert hint and hint.group(1) == "hydra.launcher.retry_failed=true", again.stdout
+    assert "sweep.retry_failed" not in again.stdout
+
+    retried = run(app, store, "alg=a", "env=y", "seed=1", hint.group(1))
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert "retry" in retried.stdout and "1/1 cells done" in retried.stdout
+    assert len((tmp_path / "ran.log").read_text().splitlines()) == 2

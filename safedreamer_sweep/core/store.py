@@ -538,7 +538,8 @@ def settle_code_change(rd: RunDir, old: dict, new: dict, policy: str) -> None:
         raise StoreError(f"{rd.path}: its work was computed by code {was}; this process runs code "
                          f"{describe_code(new_code)}, so the two would be mixed in one cell. Fix: plan the "
                          f"sweep again with sweep.code_change=rerun (train it again; the old work is moved to "
-                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code")
+                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code "
+                         f"(an app without a `sweep` node: hydra.launcher.code_change=rerun or =accept)")
 
 
 # ----------------------------------------------------------------------------- the store

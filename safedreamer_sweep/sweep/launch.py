@@ -409,6 +409,6 @@ def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context:
                          retry_errors=bool(params.get("retry_errors", False)))
     cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,
                        stall_after=stall_after, policy=policy, job_state=lookup, sweep_id=sweep_id, log=say,
-                       fast=bool(params.get("plan_fast", True)))
+                       fast=bool(params.get("plan_fast", True)), launcher=params)
     return Sweep(id=sweep_id, backend=backend, params=params, config=config, store=store, cells=cells,
                  policy=policy, job_state=lookup, hydra_context=hydra_context, initial_job_idx=initial_job_idx)
