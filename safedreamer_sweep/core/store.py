@@ -12,6 +12,10 @@
       result.pkl       the task function's return value (any app), handed back on a re-run
       logs/            stdout/stderr of every attempt, never overwritten
       claim.json       which sweep / job holds the cell right now: a lease with a generation number
+    <root>/index.sqlite   identity hash -> run directory, a cache rebuilt from runs/ (core/index.py)
+
+A cell is found by its identity wherever it is (Store.locate): the `<config>` folder is the label of
+the command line that first ran it, presentation only.
 
 Every JSON document is replaced atomically (write a temp file, fsync, rename), so a kill -9 at
 any instant leaves either the old or the new version, never half of one. Read-modify-write of
