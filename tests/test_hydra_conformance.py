@@ -2,12 +2,17 @@
 hydra-submitit-launcher and hydra-joblib-launcher run against themselves, run against sds_local and
 (on the local Slurm, marker `slurm`) sds_slurm. Nothing is skipped: any Hydra app is a cell.
 
-Each test gets its own store ($SDS_STORE), and each app invocation of the integration suite its own
-store too (hydra.launcher.store_root, through the suite's documented generate_custom_cmd hook): the
-suites run one config several times (test_to_absolute_path_multirun re-invokes the same config with a
-new task file) and expect it to run again, while this launcher by design hands a finished cell's
-stored result back without running it (tests/test_any_app.py checks that). These suites check
-Hydra's conventions (output dirs, cwd, job names, returns), which a fresh store exercises fully.
+LauncherTestSuite runs in its vanilla form, as hydra-submitit-launcher runs it: one store for the
+whole module ($SDS_STORE), so a job one test asks for again after another (the suite repeats sweeps
+across tests) is a finished cell handed back from the store, and still gets a real Hydra job directory
+(.hydra/config.yaml, hydra.yaml, overrides.yaml, <task>.log naming the run directory it came from)
+that its JobReturn points at (issue 19); verify_dir_outputs checks it.
+
+IntegrationTestSuite gives each app invocation its own store (the suite's documented
+generate_custom_cmd hook): its tests re-invoke one app name and one config with a task file that
+prints something else each time, and read the task's side effect (output.txt) as proof it ran, while
+this launcher by design hands a finished cell's stored result back without running it (the same job
+name and resolved config are the same cell; tests/test_any_app.py checks that).
 
 The sds sweeper runs the suites Hydra runs against its BasicSweeper (hydra's tests/test_basic_launcher.py:
 the launcher suite, the batched-sweeper suite with max_batch_size=2, the integration suite), under
@@ -36,9 +41,16 @@ FAST = ["hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none"]
 SLURM = ["hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=5"]
 
 
-@pytest.fixture(autouse=True)
-def own_store(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SDS_STORE", str(tmp_path_factory.mktemp("store")))
+@pytest.fixture(scope="module", autouse=True)
+def one_store(tmp_path_factory):
+    """One store for every test and every app invocation of this module."""
+    saved = os.environ.get("SDS_STORE")
+    os.environ["SDS_STORE"] = str(tmp_path_factory.mktemp("store"))
+    yield
+    if saved is None:
+        os.environ.pop("SDS_STORE", None)
+    else:
+        os.environ["SDS_STORE"] = saved
 
 
 _INVOCATION = itertools.count()

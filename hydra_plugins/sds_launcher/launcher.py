@@ -41,7 +41,7 @@ class SdsLauncher(Launcher):
         from safedreamer_sweep.sweep.progress import Progress
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        sweep = plan_sweep(self._EXECUTOR, self.params, self.config, self.hydra_context, job_overrides)
+        sweep = plan_sweep(self._EXECUTOR, self.params, self.config, self.hydra_context, job_overrides, initial_job_idx)
         say(format_plan(sweep.cells))
         if sweep.dry_run:
             return sweep.dry_run_returns()

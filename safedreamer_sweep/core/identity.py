@@ -157,6 +157,9 @@ class RunSpec:
     # or the sweep's sweep.code_change, which the planner sets on the cells it plans.
     code: dict | None = field(default=None, repr=False, compare=False)
     code_change: str = field(default="refuse", compare=False)
+    # the app's primary config (hydra.job.config_name): two primary configs under one label are two
+    # experiments, not a conflict (recorded in spec.json; not part of the identity)
+    primary: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -176,8 +179,10 @@ class RunSpec:
             config_name = config_choice(cfg)
         rc = run_config(cfg)
         seed = check_seed(rc["seed"]) if "seed" in rc else None
+        primary = OmegaConf.select(cfg, "hydra.job.config_name", default=None) if "hydra" in cfg else None
         return cls(config=config_name, seed=seed, hash=config_hash(rc), run_config=rc,
-                   overrides=tuple(overrides), done_when=done_when_of(rc), code=code_fingerprint(cfg))
+                   overrides=tuple(overrides), done_when=done_when_of(rc), code=code_fingerprint(cfg),
+                   primary=None if primary is None else str(primary))
 
     def spec_document(self) -> dict:
         """What spec.json holds (`code_change` is not written: RunDir.ensure_spec applies it)."""
@@ -191,6 +196,7 @@ class RunSpec:
             "code_version": code_version(),
             "code": self.code,
             "code_change": self.code_change,
+            **({"primary_config": self.primary} if self.primary else {}),
             "packages": package_versions(),
             "python": platform.python_version(),
         }

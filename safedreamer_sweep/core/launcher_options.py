@@ -57,6 +57,20 @@ class BaseOptions:
     # seconds a claim lives without renewal (renewed every poll and every heartbeat); another host
     # takes a cell over only after this long with no renewal and no live scheduler job. null: 60
     lease_s: float | None = opt(None, gt=0)
+    # The settings that steer a sweep, for any app (the built-in app also reads them as sweep.<key>;
+    # set here, they win; unset: the app's sweep.<key>, else the default). None of them is part of a
+    # cell's identity.
+    # true: cells that failed with a non-retryable cause (an exception), or used up their attempts, run again
+    retry_failed: bool | None = None
+    # true: a cell whose resolved config changed in a key nobody swept gets a new run dir (default: refused)
+    new_variant: bool | None = None
+    # work computed by other code: refuse (default), rerun (old work moved to superseded/), accept
+    code_change: str | None = opt(None, schema_type=Literal["refuse", "rerun", "accept"] | None)
+    # the built-in app: configs on the `config` axis that differ in non-knob keys stop the launch (default true)
+    strict_confounds: bool | None = None
+    # a done cell handed back from the store gets a Hydra job directory in hydra.sweep.dir like a job
+    # that ran (.hydra/, <task>.log naming the run dir it came from); false: none (no composition)
+    cached_job_dirs: bool = True
     # the store of an app without its own `store.root` (any Hydra app); default $SDS_STORE, else
     # ./sds_store (relative paths: against the directory the sweep is launched from)
     store_root: str | None = None

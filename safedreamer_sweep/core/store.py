@@ -12,6 +12,10 @@
       result.pkl       the task function's return value (any app), handed back on a re-run
       logs/            stdout/stderr of every attempt, never overwritten
       claim.json       which sweep / job holds the cell right now: a lease with a generation number
+    <root>/index.sqlite   identity hash -> run directory, a cache rebuilt from runs/ (core/index.py)
+
+A cell is found by its identity wherever it is (Store.locate): the `<config>` folder is the label of
+the command line that first ran it, presentation only.
 
 Every JSON document is replaced atomically (write a temp file, fsync, rename), so a kill -9 at
 any instant leaves either the old or the new version, never half of one; readers (status, the
@@ -53,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+
+from safedreamer_sweep.core.index import RunIndex, register_run
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{12})\.pkl$")
 EVAL_KINDS = ("id", "ood")
@@ -364,6 +370,7 @@ class RunDir:
             old = self.read_spec()
             if old is None:
                 atomic_write_json(self.spec_path, spec)
+                register_run(self.path, str(spec.get("hash")), spec.get("seed"))  # the store index (core/index.py)
             elif old.get("hash") != spec.get("hash"):
                 raise StoreError(
                     f"{self.spec_path}: holds identity {old.get('hash')} but {spec.get('hash')} was "
@@ -635,7 +642,8 @@ def settle_code_change(rd: RunDir, old: dict, new: dict, policy: str) -> None:
         raise StoreError(f"{rd.path}: its work was computed by code {was}; this process runs code "
                          f"{describe_code(new_code)}, so the two would be mixed in one cell. Fix: plan the "
                          f"sweep again with sweep.code_change=rerun (train it again; the old work is moved to "
-                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code")
+                         f"superseded/) or sweep.code_change=accept (keep it, recorded), or restore the old code "
+                         f"(an app without a `sweep` node: hydra.launcher.code_change=rerun or =accept)")
 
 
 # ----------------------------------------------------------------------------- the store
@@ -646,6 +654,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
+        self.index = RunIndex(self.root)  # identity hash -> run directory (a cache, core/index.py)
 
     @property
     def runs_dir(self) -> Path:
@@ -655,6 +664,40 @@ class Store:
         """runs/<config>/seed_<seed>/<hash8>, or runs/<label>/<hash8> for an app without a seed."""
         path = self.runs_dir / config / hash8 if seed is None else self.runs_dir / config / f"seed_{int(seed)}" / hash8
         return RunDir(path, lease_from_env(path))  # fenced by $SDS_LEASE when this process is that cell
+
+    def locate(self, config: str, seed: int | None, hash8: str, run_config: dict | None = None) -> RunDir:
+        """The run directory of identity `hash8` wherever it is under runs/, whatever swept keys its
+        label was first stored with (they are presentation, kept from the first run); else the label
+        path runs/<config>/... where a new cell goes. Found through the store index (one query, no walk
+        of the tree), each hit checked against its spec.json: same hash, same seed, same label base
+        (the `config` choice or the app's job name: two apps with equal configs are two cells) and,
+        given `run_config`, the same resolved run config (an 8-hex hash may collide). Several directories
+        of one identity (stored twice by an older version): the oldest finished one, else the oldest."""
+        fallback = self.run_dir(config, seed, hash8)
+        base = label_base(config)
+        found: list[Path] = []
+        paths = self.index.lookup(hash8)
+        indexed = set(paths)
+        if fallback.path not in indexed:
+            paths.append(fallback.path)  # a run dir the index missed (written by an older version)
+        for path in paths:
+            try:
+                spec = read_json(path / "spec.json")
+            except StoreError:
+                continue  # corrupt: not evidence of this identity (planning at its label path says so)
+            if spec is None:
+                if path in indexed:
+                    self.index.drop(path)  # moved or deleted since it was indexed
+                continue
+            if spec.get("hash") != hash8 or spec.get("seed") != seed or label_base(str(spec.get("config"))) != base or (
+                    run_config is not None and spec.get("run_config") != run_config):
+                continue
+            if path not in indexed:
+                self.index.add(path, hash8, path.parent.name if seed is None else path.parent.parent.name, seed)
+            found.append(path)
+        if not found:
+            return fallback
+        return pick_run_dir(found)
 
     def find(self, config: str, seed: int | None) -> list[RunDir]:
         """Every run directory for (config, seed), whatever its identity hash."""
@@ -694,27 +737,62 @@ class Store:
         return sorted((d for d in docs if d), key=lambda d: d.get("created_at", 0))
 
     def expected_cells(self) -> list[dict]:
-        """The matrix: every (config, seed) any sweep on this store asked for, newest hash winning,
-        plus any run directory found on disk. Sorted by config then seed."""
+        """The matrix: one entry per cell identity (hash and seed) that any sweep on this store asked
+        for, plus every run directory on disk, however many command lines asked for it and under
+        whichever labels: it carries the label of its run directory (the label it was first stored
+        under), else the first label it was asked under. For one (label, seed) the newest sweep's hash
+        wins (a new variant replaces the old one in the matrix). Sorted by config then seed."""
         # An app without a seed has one cell per label and hash: its key carries the hash.
         cells: dict[tuple[str, int, str], dict] = {}
 
         def key_of(config: str, seed: Any, hash8: Any) -> tuple[str, int, str]:
             return (config, -1, str(hash8)) if seed is None else (config, int(seed), "")
 
-        for doc in self.read_sweep_manifests():
-            for c in doc.get("cells", []):
-                seed = None if c.get("seed") is None else int(c["seed"])
-                cells[key_of(c["config"], seed, c.get("hash"))] = {"config": c["config"], "seed": seed,
-                                                                   "hash": c.get("hash"),
-                                                                   "done_when": c.get("done_when")}
+        stored: dict[tuple[str, str, int | None], list[tuple[RunDir, dict]]] = {}  # identity: base, hash, seed
         for rd in self.iter_runs():
             spec = rd.read_spec() or {}
             if spec.get("config") is None:
                 continue
             seed = None if spec.get("seed") is None else int(spec["seed"])
-            key = key_of(str(spec["config"]), seed, spec.get("hash"))
-            if key not in cells:
-                cells[key] = {"config": key[0], "seed": seed, "hash": spec.get("hash"),
-                              "done_when": spec.get("done_when")}
+            stored.setdefault((label_base(str(spec["config"])), str(spec.get("hash")), seed), []).append((rd, spec))
+        on_disk: dict[tuple[str, str, int | None], dict] = {}
+        for (base, hash8, seed), found in stored.items():
+            rd = pick_run_dir([r.path for r, _ in found])
+            spec = next(sp for r, sp in found if r.path == rd.path)
+            on_disk[(base, hash8, seed)] = {"config": str(spec["config"]), "seed": seed, "hash": spec.get("hash"),
+                                      "done_when": spec.get("done_when")}
+        labels: dict[tuple[str, str, int | None], str] = {k: c["config"] for k, c in on_disk.items()}
+        for doc in self.read_sweep_manifests():
+            for c in doc.get("cells", []):
+                seed = None if c.get("seed") is None else int(c["seed"])
+                label = c["config"] if not c.get("hash") else labels.setdefault(
+                    (label_base(c["config"]), str(c["hash"]), seed), c["config"])
+                cells[key_of(label, seed, c.get("hash"))] = {"config": label, "seed": seed, "hash": c.get("hash"),
+                                                             "done_when": c.get("done_when")}
+        asked = {(label_base(c["config"]), str(c["hash"]), c["seed"]) for c in cells.values() if c["hash"]}
+        for ident, cell in on_disk.items():
+            key = key_of(cell["config"], cell["seed"], cell["hash"])
+            if key not in cells and ident not in asked:
+                cells[key] = cell
         return [cells[k] for k in sorted(cells)]
+
+
+def label_base(label: str) -> str:
+    """The first part of a cell label (`v2_baseline` of `v2_baseline,agent.lr=0.001`): the `config`
+    choice of the built-in app or the job name of any other app, part of what the cell is."""
+    return label.split(",", 1)[0]
+
+
+def pick_run_dir(paths: list[Path]) -> RunDir:
+    """Of several run directories holding one identity (stored twice by an older version, under two
+    labels): the oldest finished one (by its spec.json's time), else the oldest."""
+    def age(p: Path) -> float:
+        try:
+            return (p / "spec.json").stat().st_mtime
+        except OSError:
+            return float("inf")
+
+    ordered = sorted(paths, key=lambda p: (age(p), str(p))) if len(paths) > 1 else list(paths)
+    done = [p for p in ordered if RunDir(p).finished()] if len(ordered) > 1 else []
+    path = (done or ordered)[0]
+    return RunDir(path, lease_from_env(path))

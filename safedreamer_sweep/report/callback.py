@@ -110,7 +110,7 @@ class ReportCallback(Callback):
         spec = cell_spec(config, overrides, self.swept or set())
         if spec.done_when != "return":
             return  # the package's own tasks record themselves
-        rd = Store(self._root(config)).run_dir(spec.config, spec.seed, spec.hash)
+        rd = Store(self._root(config)).locate(spec.config, spec.seed, spec.hash, spec.run_config)
         rd.ensure_spec(spec.spec_document())
         rd.begin_attempt(launcher=str(OmegaConf.select(config, "hydra.launcher._target_", default="?")))
         self._recording = (rd, os.environ.get(RUN_DIR_ENV))
@@ -125,7 +125,7 @@ class ReportCallback(Callback):
             else:
                 os.environ[RUN_DIR_ENV] = before
             record_outcome(rd, job_return)
-        if self.refresh_on_job_end:
+        if self.refresh_on_job_end and not os.environ.get("SDS_HANDED_BACK"):  # a value handed back changes no table
             refresh(self._root(config), report_settings(config))
 
 

@@ -125,6 +125,17 @@ def _objective(result: dict, path: str | None) -> Any:
     return float(cur)
 
 
+class _HandBack:
+    """The task function of a job whose value comes from the store: it logs where from, and returns it."""
+
+    def __init__(self, value: Any, message: str) -> None:
+        self.value, self.message = value, message
+
+    def __call__(self, cfg: Any) -> Any:
+        log.info(self.message)
+        return self.value
+
+
 @dataclass
 class Sweep:
     """One launch: its id, store, launcher settings and planned cells; each stage is a method."""
@@ -138,6 +149,8 @@ class Sweep:
     policy: RetryPolicy
     job_state: JobState | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    hydra_context: Any = None  # Hydra's, for the job directories of cells handed back from the store
+    initial_job_idx: int = 0
 
     @property
     def stall_after(self) -> float:
@@ -195,13 +208,52 @@ class Sweep:
 
         if c.spec.done_when == "return":
             try:
-                return self.job_return(c, True, c.run_dir.read_result())
+                return self.handed_back(c, c.run_dir.read_result())
             except StoreError as e:
                 return self.job_return(c, False, SweepIncomplete(str(e)))
         try:
-            return self.job_return(c, True, _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective")))
+            return self.handed_back(c, _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective")))
         except SweepIncomplete as e:
             return self.job_return(c, False, e)
+
+    def handed_back(self, c: PlannedCell, value: Any) -> Any:
+        """The JobReturn of a done cell whose stored value is handed back, with a real Hydra job
+        directory in this sweep's hydra.sweep.dir, made by Hydra's own run_job as for a job that runs
+        (.hydra/config.yaml, hydra.yaml, overrides.yaml, the `<task>.log` saying where the value came
+        from and when; callbacks' on_job_start / on_job_end), so tooling that reads a multirun
+        directory sees no hole. The task function only hands the value back. The launcher's logging
+        is restored afterwards. hydra.launcher.cached_job_dirs=false skips it (no composition)."""
+        if self.hydra_context is None or not self.params.get("cached_job_dirs", True):
+            return self.job_return(c, True, value)
+        from hydra.core.utils import run_job
+        from omegaconf import open_dict
+
+        from safedreamer_sweep.core.cell import RUN_DIR_ENV
+
+        cfg = c.cfg.copy()  # type: ignore[union-attr]
+        with open_dict(cfg):
+            cfg.hydra.job.id = f"sds-{self.id}-{c.index}"
+            cfg.hydra.job.num = self.initial_job_idx + c.index
+        state = c.run_dir.read_state()
+        ended = max([a.get("ended_at") or 0 for a in state.get("attempts") or []] + [0]) or state.get("updated_at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ended)) if ended else "at an unrecorded time"
+        message = (f"{c.label}: nothing ran; the result is handed back from run directory {c.run_dir.path} "
+                   f"(finished {when}; handed back {time.strftime('%Y-%m-%d %H:%M:%S')} by sweep {self.id})")
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "SDS_HANDED_BACK")}
+        os.environ.update({RUN_DIR_ENV: str(c.run_dir.path), "SDS_HANDED_BACK": "1"})  # our callback records nothing
+        try:
+            return run_job(hydra_context=self.hydra_context, task_function=_HandBack(value, message), config=cfg,
+                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
     def settled(self) -> tuple[int, int, int]:
         """For the progress view: distinct cells, and how many were already done / failed at plan time."""
@@ -356,7 +408,7 @@ class Sweep:
 
 
 def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context: Any,
-               job_overrides: Sequence[Sequence[str]]) -> Sweep:
+               job_overrides: Sequence[Sequence[str]], initial_job_idx: int = 0) -> Sweep:
     """Check the launcher settings and plan every job against the store. Reads only: a PlanError (a
     CompactHydraException: Hydra prints its message, no traceback, exit 1) leaves the store untouched."""
     check_launcher_params(params)
@@ -369,6 +421,6 @@ def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context:
                          retry_errors=bool(params.get("retry_errors", False)))
     cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,
                        stall_after=stall_after, policy=policy, job_state=lookup, sweep_id=sweep_id, log=say,
-                       fast=bool(params.get("plan_fast", True)))
+                       fast=bool(params.get("plan_fast", True)), launcher=params)
     return Sweep(id=sweep_id, backend=backend, params=params, config=config, store=store, cells=cells,
-                 policy=policy, job_state=lookup)
+                 policy=policy, job_state=lookup, hydra_context=hydra_context, initial_job_idx=initial_job_idx)

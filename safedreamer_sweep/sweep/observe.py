@@ -245,6 +245,8 @@ def observe_store(store: Store, *, stall_after: float, now: float | None = None,
         rd = None
         if cell.get("hash"):
             cand = store.run_dir(cell["config"], cell["seed"], cell["hash"])
+            if not cand.spec_path.exists():  # stored under another label: found by its identity
+                cand = store.locate(cell["config"], cell["seed"], cell["hash"])
             rd = cand if cand.spec_path.exists() else None
         if rd is None:
             found = store.find(cell["config"], cell["seed"])

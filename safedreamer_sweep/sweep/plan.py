@@ -46,7 +46,13 @@ from safedreamer_sweep.core.identity import (
     recorded_fingerprint,
     resolved_without_hydra,
 )
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
+from safedreamer_sweep.core.store import (
+    RunDir,
+    Store,
+    StoreError,
+    label_base,
+    read_json,
+)
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import JobState, observe_run
@@ -54,6 +60,37 @@ from safedreamer_sweep.sweep.observe import JobState, observe_run
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "rerun", "conflict", "code-changed",
             "failed")
 RUNNABLE = {"eval-only", "resume", "retry", "new", "rerun"}
+# The settings that steer a sweep, with their defaults: the built-in app's `sweep.<key>`, and for any
+# app `hydra.launcher.<key>` (set there, it wins; unset, the app's sweep.<key> or the default).
+SWEEP_SETTINGS: dict[str, Any] = {"new_variant": False, "retry_failed": False, "code_change": "refuse",
+                                  "strict_confounds": True}
+
+
+def sweep_setting(settings: DictConfig | None, launcher: dict | None, key: str) -> Any:
+    """The value of sweep setting `key` for a job: hydra.launcher.<key> when set, else the app's own
+    sweep.<key>, else the default (SWEEP_SETTINGS)."""
+    value = (launcher or {}).get(key)
+    if value is not None:
+        return value
+    sw = (settings.get("sweep") if settings is not None else None) or {}
+    return sw.get(key, SWEEP_SETTINGS[key])
+
+
+def flag_hint(settings: DictConfig | None) -> Callable[[str, Any], str]:
+    """How a message names a sweep setting so it works on this app's command line: `sweep.<key>=v`
+    for an app whose config has that key (the built-in app), else `hydra.launcher.<key>=v` (any app
+    under the sds launchers; `sweep.<key>` would not exist there)."""
+    sw = (settings.get("sweep") if settings is not None else None) or {}
+
+    def hint(key: str, value: Any) -> str:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        return f"sweep.{key}={text}" if key in sw else f"hydra.launcher.{key}={text}"
+
+    return hint
+
+
+def _default_hint(key: str, value: Any) -> str:
+    return f"sweep.{key}={str(value).lower() if isinstance(value, bool) else value}"
 
 
 class PlanError(CompactHydraException):
@@ -323,7 +360,8 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             rc = dict(g.spec.run_config)
             rc["seed"] = seed
             spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
-                           overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code)
+                           overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code,
+                           primary=g.spec.primary)
             out.append((spec, g.cfg, None))
             continue
         spec, cfg = job_spec(config_loader, config, ov, swept=swept)
@@ -337,12 +375,16 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
 
 def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall_after: float = 600.0,
                 policy: RetryPolicy | None = None, job_state: JobState | None = None,
-                sweep_id: str | None = None, retry_failed: bool = False) -> tuple[str, str, RunDir]:
-    """(verdict, reason, run dir) of one RunSpec against the store. Reads only."""
+                sweep_id: str | None = None, retry_failed: bool = False,
+                hint: Callable[[str, Any], str] = _default_hint) -> tuple[str, str, RunDir]:
+    """(verdict, reason, run dir) of one RunSpec against the store. Reads only (but for the store
+    index, a cache). The run dir is the cell's identity's wherever it is in the store (Store.locate),
+    whatever label this command line gives it; a cell stored nowhere gets its label path."""
     policy = policy or RetryPolicy()
-    rd = store.run_dir(spec.config, spec.seed, spec.hash)
+    rd = store.locate(spec.config, spec.seed, spec.hash, spec.run_config)
     if not rd.spec_path.exists():
-        others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash]
+        others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash
+                  and (r.read_spec() or {}).get("primary_config", spec.primary) == spec.primary]  # another primary config: another experiment
         if others and not new_variant:
             old = others[-1].read_spec() or {}
             diff = diff_keys(old.get("run_config") or {}, spec.run_config)
@@ -350,7 +392,7 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
             more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
             why = (f"{others[-1].path} holds {spec.config} seed {spec.seed} with hash {old.get('hash')}; this "
                    f"sweep resolves to {spec.hash}; differing keys: {keys}{more}. Fix: revert those overrides, "
-                   f"or pass sweep.new_variant=true to train a new variant")
+                   f"or pass {hint('new_variant', True)} to train a new variant")
             return "conflict", why, rd
         return "new", "no run directory" + (" (new variant)" if others else ""), rd
 
@@ -383,7 +425,7 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
             return "retry", f"last attempt failed ({cause}: {view.evidence}); {used}/{policy.max_attempts} used", rd
         tail = (attempts[-1].get("traceback_tail") or "").strip().splitlines()[-3:] if attempts else []
         return "failed", (f"{cause}: {view.evidence}; {used}/{policy.max_attempts} attempts used; "
-                          f"not retried (pass sweep.retry_failed=true to run it again)"
+                          f"not retried (pass {hint('retry_failed', True)} to run it again)"
                           + (" | " + " / ".join(tail) if tail else "")), rd
     if state.get("trained"):
         return "eval-only", "trained; missing eval: " + ", ".join(
@@ -403,8 +445,8 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     return "new", "run directory without checkpoint" + phase, rd
 
 
-def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_change: str
-                 ) -> tuple[str, str, dict | None]:
+def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_change: str,
+                 hint: Callable[[str, Any], str] = _default_hint) -> tuple[str, str, dict | None]:
     """(verdict, reason, note) of a cell once the code that computed its work is compared with this
     code's (spec.code): unchanged, without work or without declared code, the verdict stands;
     otherwise `code-changed` (refuse), `rerun`, or with accept the verdict stands, the change named."""
@@ -421,10 +463,10 @@ def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_chan
         return "code-changed", what, note
     if code_change == "rerun":
         return "rerun", f"{what}: trained again by this code (the old work moves to superseded/)", note
-    return verdict, f"{reason}; {what}: accepted (sweep.code_change=accept)", note
+    return verdict, f"{reason}; {what}: accepted ({hint('code_change', 'accept')})", note
 
 
-def refuse_code_changes(cells: list[PlannedCell]) -> None:
+def refuse_code_changes(cells: list[PlannedCell], hint: Callable[[str, Any], str] = _default_hint) -> None:
     """PlanError naming every cell whose work other code computed, and both fingerprints."""
     changed = [c for c in cells if c.verdict == "code-changed"]
     if not changed:
@@ -433,13 +475,14 @@ def refuse_code_changes(cells: list[PlannedCell]) -> None:
     if len(changed) > 20:
         lines.append(f"  ... and {len(changed) - 20} more")
     raise PlanError(f"refusing to launch: {len(changed)} cell(s) hold work computed by other code "
-                    f"(sweep.code_change=refuse):\n" + "\n".join(lines) + "\nFix: sweep.code_change=rerun "
+                    f"({hint('code_change', 'refuse')}):\n" + "\n".join(lines) + f"\nFix: {hint('code_change', 'rerun')} "
                     "trains them again with this code (the old work is moved to superseded/ in each run dir, "
-                    "nothing is deleted); sweep.code_change=accept keeps them as they are (recorded; the report "
+                    f"nothing is deleted); {hint('code_change', 'accept')} keeps them as they are (recorded; the report "
                     "lists which cells came from which code); or restore the code they were computed by")
 
 
-def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] | frozenset[str] = frozenset()) -> None:
+def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swept: set[str] | frozenset[str] = frozenset(),
+                    launcher: dict | None = None) -> None:
     """Call the confound check (safedreamer_sweep/core/confounds.py) when it exists.
     With sweep.strict_confounds=true a confound stops the launch. Keys the sweep varies itself
     (`swept`, part of each cell's label) are knobs by construction."""
@@ -454,11 +497,12 @@ def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swe
         return
     fmt = getattr(confounds, "format_confounds", None)
     text = fmt(found) if fmt else "\n".join(map(str, found))
-    if bool(cfg.get("sweep", {}).get("strict_confounds", True)):
+    hint = flag_hint(cfg)
+    if bool(sweep_setting(cfg, launcher, "strict_confounds")):
         raise PlanError(f"confounds between the configs on the `config` axis:\n{text}\n"
                         f"Fix: make those keys equal, declare them in sweep.ablation_knobs, or pass "
-                        f"sweep.strict_confounds=false to launch anyway")
-    log(f"[plan] WARNING confounds (sweep.strict_confounds=false):\n{text}")
+                        f"{hint('strict_confounds', False)} to launch anyway")
+    log(f"[plan] WARNING confounds ({hint('strict_confounds', False)}):\n{text}")
 
 
 def check_config_axis_renders(specs: list[tuple[RunSpec, DictConfig, DictConfig | None]]) -> None:
@@ -482,7 +526,7 @@ def check_config_axis_renders(specs: list[tuple[RunSpec, DictConfig, DictConfig 
 def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, config: DictConfig,
                store: Store | None = None, stall_after: float = 600.0, policy: RetryPolicy | None = None,
                job_state: JobState | None = None, sweep_id: str | None = None,
-               log: Any = print, fast: bool = True) -> list[PlannedCell]:
+               log: Any = print, fast: bool = True, launcher: dict | None = None) -> list[PlannedCell]:
     """Plan every job (in order). Reads only: raises PlanError, before anything is written, on an
     invalid job (a non-integer seed, a budget the trainer refuses, a bad external task, a store.root
     that is not a directory), on conflicts (unless sweep.new_variant) and on confounds (with
@@ -495,30 +539,38 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     # differences between the configs of a `config` axis: an app without that group has none.
     if cell_base(specs[0][1])[1] == "config":
         check_confounds([s for s, _, composed in specs if composed is not None], specs[0][1], log=log,
-                        swept=swept_keys(config, job_overrides))
+                        swept=swept_keys(config, job_overrides), launcher=launcher)
     check_config_axis_renders(specs)
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
-    per_settings: dict[int, tuple[Store, bool, bool, str]] = {}  # id(settings): what a verdict needs from it
+    first_label: dict[tuple[str, str, int | None], RunSpec] = {}  # (base, hash, seed): that identity's first job
+    per_settings: dict[int, tuple[Store, bool, bool, str, Callable[[str, Any], str]]] = {}  # id(settings): what a verdict needs
     for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
         got = per_settings.get(id(settings))
         if got is None:
-            sw = settings.get("sweep", {}) or {}
             st = store or Store(check_store_root(absolute_store_root(settings)))
-            code_change = str(sw.get("code_change", "refuse"))
+            hint = flag_hint(settings)
+            code_change = str(sweep_setting(settings, launcher, "code_change"))
             if code_change not in CODE_CHANGE:
-                raise PlanError(f"sweep.code_change={code_change!r} is not one of {', '.join(CODE_CHANGE)}. Fix: "
-                                f"sweep.code_change=refuse (default), rerun or accept")
-            got = per_settings[id(settings)] = (st, bool(sw.get("new_variant", False)),
-                                                bool(sw.get("retry_failed", False)), code_change)
-        st, new_variant, retry_failed, code_change = got
+                raise PlanError(f"code_change={code_change!r} is not one of {', '.join(CODE_CHANGE)}. Fix: "
+                                f"{hint('code_change', 'refuse')} (default), rerun or accept")
+            got = per_settings[id(settings)] = (st, bool(sweep_setting(settings, launcher, "new_variant")),
+                                                bool(sweep_setting(settings, launcher, "retry_failed")), code_change, hint)
+        st, new_variant, retry_failed, code_change, hint = got
+        twin = first_label.setdefault((label_base(spec.config), spec.hash, spec.seed), spec)
+        if twin.config != spec.config and twin.run_config == spec.run_config:
+            spec = replace(spec, config=twin.config)  # one identity, two labels in this sweep: the first one's
         try:
             v, why, rd = verdict_for(st, spec, new_variant=new_variant, stall_after=stall_after, policy=policy,
-                                     job_state=job_state, sweep_id=sweep_id, retry_failed=retry_failed)
+                                     job_state=job_state, sweep_id=sweep_id, retry_failed=retry_failed, hint=hint)
         except NotADirectoryError as e:
             raise PlanError(f"store.root={st.root}: {e.filename} is not a directory. Fix: point store.root at "
                             f"a store directory (or a new path)") from e
-        v, why, note = code_verdict(spec, rd, v, why, code_change)
+        stored_label = (rd.path.parent if spec.seed is None else rd.path.parent.parent).name
+        if stored_label != spec.config:  # stored under the label of the command line that first ran it
+            spec = replace(spec, config=stored_label)
+            first_label[(label_base(spec.config), spec.hash, spec.seed)] = spec
+        v, why, note = code_verdict(spec, rd, v, why, code_change, hint)
         if spec.key in seen:  # the same cell twice in one sweep (e.g. seed=1,1): run it once
             v, why = "running-elsewhere", f"duplicate of job #{seen[spec.key]} in this sweep"
         seen.setdefault(spec.key, i)
@@ -529,7 +581,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     conflicts = [c for c in cells if c.verdict == "conflict"]
     if conflicts:
         raise PlanError("refusing to launch: " + "\n".join(f"{c.label}: {c.reason}" for c in conflicts))
-    refuse_code_changes(cells)
+    refuse_code_changes(cells, flag_hint(cells[0].settings) if cells else _default_hint)
     return cells
 
 

@@ -105,7 +105,7 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
         if c["key"] in seen:
             continue
         seen.add(c["key"])
-        rd = store.run_dir(c["config"], c["seed"], c["hash"])  # seed None: an app without one
+        rd = store.locate(c["config"], c["seed"], c["hash"])  # by identity; seed None: an app without one
         seed = "" if c["seed"] is None else f" seed {c['seed']}"
         t = Tracked(key=c["key"], rd=rd, label=f"{c['config']}{seed} [{c['hash']}]", payload=c,
                     mem_gb=mem_gb)

@@ -30,7 +30,7 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
     planned = os.environ.get(RUN_DIR_ENV)
     if planned and Path(planned).name == spec.hash:
         return spec, RunDir(Path(planned), lease_from_env(Path(planned)))
-    return spec, Store(cfg.store.root).run_dir(spec.config, spec.seed, spec.hash)
+    return spec, Store(cfg.store.root).locate(spec.config, spec.seed, spec.hash, spec.run_config)
 
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:

@@ -90,6 +90,9 @@ def _choose_run_dir(store: Store, cell: dict) -> tuple[RunDir | None, list[RunDi
     chosen = None
     if cell.get("hash"):
         chosen = next((rd for rd in found if rd.path.name == cell["hash"]), None)
+        if chosen is None:  # stored under another label: found by its identity
+            located = store.locate(cell["config"], cell["seed"], cell["hash"])
+            chosen = located if located.spec_path.exists() else None
     elif found:
         chosen = found[-1]
     return chosen, [rd for rd in found if rd is not chosen and rd != chosen]

@@ -1,0 +1,110 @@
+"""Issue 19's any-app scenario, end to end through the sds_local launcher: a 2x2x3 sweep of an app
+with its own config groups (`alg=a,b env=x,y seed=0,1,2`), then one of its cells asked alone
+(`alg=b env=x seed=2`): it is found by its identity, nothing runs again, and status counts 12 cells."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from safedreamer_sweep.core.store import Store
+
+LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.3", "hydra.launcher.progress=none",
+         "hydra.launcher.max_parallel=2"]
+
+
+def write_app(root: Path) -> Path:
+    """An app that knows nothing of the launcher: config groups alg and env, a seed, and a log of
+    every time its task really ran (one line per run)."""
+    (root / "conf" / "alg").mkdir(parents=True)
+    (root / "conf" / "env").mkdir(parents=True)
+    (root / "conf" / "config.yaml").write_text(textwrap.dedent("""\
+        defaults:
+          - alg: a
+          - env: x
+          - _self_
+        seed: 0
+        """))
+    for name, lr in (("a", 0.1), ("b", 0.2)):
+        (root / "conf" / "alg" / f"{name}.yaml").write_text(f"name: {name}\nlr: {lr}\n")
+    for name, size in (("x", 3), ("y", 5)):
+        (root / "conf" / "env" / f"{name}.yaml").write_text(f"name: {name}\nsize: {size}\n")
+    app = root / "train.py"
+    app.write_text(textwrap.dedent(f"""\
+        import os
+
+        import hydra
+
+        @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+        def main(cfg):
+            with open({str(root / "ran.log")!r}, "a") as f:
+                f.write(f"{{cfg.alg.name}} {{cfg.env.name}} {{cfg.seed}}\\n")
+            if os.path.exists({str(root / "fail.marker")!r}):
+                raise RuntimeError("planted failure (fail.marker exists)")
+            return cfg.alg.lr * cfg.env.size + cfg.seed
+
+        if __name__ == "__main__":
+            main()
+        """))
+    return app
+
+
+def run(app: Path, store: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(app), "-m", f"hydra.sweep.dir={store}/multirun/${{now:%H-%M-%S-%f}}", *LOCAL, *args]
+    return subprocess.run(cmd, cwd=app.parent, env={**os.environ, "SDS_STORE": str(store)}, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def test_a_cell_of_a_grid_asked_alone_is_not_run_again(tmp_path):
+    app, store = write_app(tmp_path), tmp_path / "store"
+    grid = run(app, store, "alg=a,b", "env=x,y", "seed=0,1,2")
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    assert len((tmp_path / "ran.log").read_text().splitlines()) == 12
+    (stored,) = [rd for rd in Store(store).iter_runs() if rd.read_spec()["config"] == "train,alg=b,env=x"
+                 and rd.read_spec()["seed"] == 2]
+
+    alone = run(app, store, "alg=b", "env=x", "seed=2")
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert "plan: 1 cells, 0 to submit | done 1" in alone.stdout, alone.stdout
+    assert f"train,alg=b,env=x seed 2 [{stored.path.name}]" in alone.stdout
+    assert len((tmp_path / "ran.log").read_text().splitlines()) == 12  # nothing ran again
+    assert len(list(Store(store).iter_runs())) == 12
+    # the job handed back still has Hydra's job directory in this sweep's dir, naming where it came from
+    sweep_dirs = sorted((store / "multirun").iterdir())
+    assert len(sweep_dirs) == 2
+    job = sweep_dirs[-1] / "0"
+    assert all((job / ".hydra" / f).exists() for f in ("config.yaml", "hydra.yaml", "overrides.yaml"))
+    assert yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) == ["alg=b", "env=x", "seed=2"]
+    log = (job / "train.log").read_text()
+    assert f"handed back from run directory {stored.path}" in log and "nothing ran" in log, log
+
+    status = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store)], capture_output=True,
+                            text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert status.stdout.startswith("DONE 12/12"), status.stdout + status.stderr
+
+
+def test_a_failed_cell_is_run_again_with_the_flag_its_message_printed(tmp_path):
+    """An app without a `sweep` node: the plan's message names hydra.launcher.retry_failed=true (its
+    `sweep.retry_failed` does not exist there), and that flag, as printed, runs the cell again."""
+    app, store = write_app(tmp_path), tmp_path / "store"
+    (tmp_path / "fail.marker").touch()
+    failed = run(app, store, "alg=a", "env=y", "seed=1")
+    assert failed.returncode != 0 and "planted failure" in (failed.stdout + failed.stderr)
+    (tmp_path / "fail.marker").unlink()  # the bug is fixed; the cell's identity is unchanged
+
+    again = run(app, store, "alg=a", "env=y", "seed=1")
+    assert again.returncode != 0 and "plan: 1 cells, 0 to submit | failed 1" in again.stdout, again.stdout
+    hint = re.search(r"pass (\S+) to run it again", again.stdout)
+    assert hint and hint.group(1) == "hydra.launcher.retry_failed=true", again.stdout
+    assert "sweep.retry_failed" not in again.stdout
+
+    retried = run(app, store, "alg=a", "env=y", "seed=1", hint.group(1))
+    assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
+    assert "retry" in retried.stdout and "1/1 cells done" in retried.stdout
+    assert len((tmp_path / "ran.log").read_text().splitlines()) == 2
