@@ -253,18 +253,19 @@ def test_ctrl_c_leaves_cells_running_and_watch_finishes_the_rest(tmp_path):
     store = tmp_path / "store"
     budget = [o for o in TINY if not o.startswith(("trainer.total_steps", "trainer.eval_every"))] + [
         "trainer.total_steps=16384", "trainer.eval_every_steps=16384"]
-    # SIGINT only to the launcher (a background job's SIGINT is ignored unless reset)
+    # SIGINT to the launcher's whole process group, as a terminal's Ctrl-C sends it (a background
+    # job's SIGINT is ignored unless reset): the cells' controllers are in sessions of their own
     # stdout to a file, not a pipe: the cell that keeps running inherits it, and reading a pipe to EOF
     # would wait for the cell to end, not for the launcher
     log = tmp_path / "sweep.log"
     p = subprocess.Popen([sys.executable, "-m", "safedreamer_sweep", "-m", "config=v2_baseline", "seed=0,1",
                           f"store.root={store}", *budget, *LOCAL, "hydra.launcher.max_parallel=1"], cwd=ROOT, text=True,
-                         stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     deadline = time.time() + 120
     while time.time() < deadline and not running_cells(store):
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    os.killpg(p.pid, signal.SIGINT)
     p.wait(timeout=60)
     out = log.read_text()
     assert p.returncode == 130 and "interrupted: 1 cell(s) keep running, 1 not submitted" in out, out[-2000:]

@@ -283,6 +283,35 @@ def slurm_mem(mem_gb: float | None) -> str | None:
     return None if not mem_gb else f"{max(1, round(float(mem_gb) * 1024))}M"
 
 
+class _NewSessionPopen(subprocess.Popen):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("start_new_session", True)
+        super().__init__(*args, **kwargs)
+
+
+def _local_executor(folder: Path, python: str) -> Any:
+    """submitit's LocalExecutor, each job's controller started in a session of its own: a terminal's
+    Ctrl-C (SIGINT to the foreground process group) then reaches the launcher only, which says so and
+    exits, while the cells keep running for `watch` (they died with the controllers' tracebacks when
+    the controllers shared the terminal's group). submitit has no option for it: its start_controller's
+    one Popen call is given a new session for the duration of the submission."""
+    import types
+
+    import submitit
+    from submitit.local import local
+
+    class SessionLocalExecutor(submitit.LocalExecutor):
+        def _submit_command(self, command: str) -> Any:
+            saved = local.subprocess
+            local.subprocess = types.SimpleNamespace(Popen=_NewSessionPopen)  # type: ignore[assignment]
+            try:
+                return super()._submit_command(command)
+            finally:
+                local.subprocess = saved
+
+    return SessionLocalExecutor(folder=str(folder), python=python)
+
+
 def make_executor(backend: str, folder: Path, params: dict[str, Any], *, mem_gb: float | None = None,
                   exclude: list[str] | None = None, partition: str | None = None) -> Any:
     """A submitit executor for `backend` ("local" | "slurm") with the launcher's parameters."""
@@ -290,8 +319,7 @@ def make_executor(backend: str, folder: Path, params: dict[str, Any], *, mem_gb:
 
     if backend == "local":
         # exitwatch.py is the cell's parent: it records the exit status submitit's controller drops
-        lex = submitit.LocalExecutor(folder=str(folder), python=f"{sys.executable} -m safedreamer_sweep.sweep.exitwatch "
-                                                                f"{sys.executable}")
+        lex = _local_executor(folder, f"{sys.executable} -m safedreamer_sweep.sweep.exitwatch {sys.executable}")
         lex.update_parameters(timeout_min=params.get("timeout_min") or 60 * 24 * 7,
                               signal_delay_s=int(params.get("signal_delay_s") or 30))
         return lex
