@@ -178,3 +178,19 @@ def test_the_built_in_grid_composes_one_job_per_config(tmp_path):
     with pytest.raises(Exception) as e:  # a config that does not exist: Hydra's own message
         ShapeValidator(loader, master).validate([*batch, ["config=v2_nope", "seed=0"]])
     assert "v2_nope" in str(e.value) and type(e.value).__name__ == "MissingConfigException"
+
+
+def test_the_handover_keeps_the_newest_configs_in_a_long_process(tmp_path):
+    """Configs nobody took (a dry run, cells found done) must not fill the handover for good: after
+    more than _HANDOVER_MAX of them, a new sweep's composed configs are still handed to its planner."""
+    from omegaconf import OmegaConf
+
+    from safedreamer_sweep.sweep import shapes
+
+    old_master = OmegaConf.create({"m": 0})
+    for i in range(shapes._HANDOVER_MAX + 5):
+        shapes._hand_over(old_master, [f"seed={i}"], OmegaConf.create({"i": i}))
+    assert len(shapes._HANDOVER) <= shapes._HANDOVER_MAX
+    master = OmegaConf.create({"m": 1})
+    shapes._hand_over(master, ["seed=0"], OmegaConf.create({"new": True}))
+    assert shapes.take_composed(master, ["seed=0"]) == OmegaConf.create({"new": True})

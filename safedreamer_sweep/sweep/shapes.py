@@ -210,8 +210,14 @@ class ShapeValidator:
 
 
 def _hand_over(master: DictConfig, overrides: list[str], cfg: DictConfig) -> None:
-    if len(_HANDOVER) < _HANDOVER_MAX and isinstance(cfg, DictConfig):
-        _HANDOVER[(id(master), tuple(overrides))] = (master, cfg)
+    """Keep the newest _HANDOVER_MAX composed configs: configs nobody took (a dry run, a job found
+    done) are dropped oldest first, so a long process (many sweeps, a sweeper's many batches)
+    neither stops handing over nor holds configs forever."""
+    if not isinstance(cfg, DictConfig):
+        return
+    while len(_HANDOVER) >= _HANDOVER_MAX:
+        _HANDOVER.pop(next(iter(_HANDOVER)))
+    _HANDOVER[(id(master), tuple(overrides))] = (master, cfg)
 
 
 def take_composed(master: DictConfig, overrides: Sequence[str]) -> DictConfig | None:
