@@ -89,18 +89,19 @@ def dead_pid() -> int:
 
 
 
-_NOT_IMPORTED = object()
-
-
 @pytest.fixture(autouse=True)
-def _hydra_version_base_does_not_leak():
-    """Hydra keeps its version_base process-wide: a test that initializes Hydra with one
-    (initialize_config_dir(version_base="1.3")) would hand it to every later in-process Hydra run
-    of the session, and Hydra's launcher suites, which assume a fresh process's default, then see
-    hydra.job.chdir=False (their jobs' logs land in the cwd). Each test leaves it as it found it."""
-    vb = sys.modules.get("hydra.version")
-    saved = vb.VersionBase.instance().version_base if vb is not None else _NOT_IMPORTED
+def _hydra_version_base_as_in_a_fresh_process():
+    """Hydra keeps its version_base process-wide: a test (or a module imported at collection) that
+    initializes Hydra with one (initialize_config_dir(version_base="1.3")) would hand it to every
+    later in-process Hydra run of the session, and Hydra's launcher suites, which assume a fresh
+    process's default, then see hydra.job.chdir=False (their jobs' logs land in the cwd). Every test
+    starts and ends with the version base unset, as in a new process."""
+
+    def reset() -> None:
+        vb = sys.modules.get("hydra.version")
+        if vb is not None:
+            vb.VersionBase.instance().version_base = vb._UNSPECIFIED_
+
+    reset()
     yield
-    vb = sys.modules.get("hydra.version")
-    if vb is not None:
-        vb.VersionBase.instance().version_base = vb._UNSPECIFIED_ if saved is _NOT_IMPORTED else saved
+    reset()
