@@ -36,7 +36,12 @@ from safedreamer_sweep.sweep.plan import (
     check_store_root,
     plan_cells,
 )
-from safedreamer_sweep.sweep.submit import CellTasks, SlotPool, visible_gpus
+from safedreamer_sweep.sweep.submit import (
+    CellTasks,
+    SlotPool,
+    temporary_environ,
+    visible_gpus,
+)
 from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
 
 log = logging.getLogger("sds_launcher")
@@ -241,17 +246,11 @@ class Sweep:
                    f"(finished {when}; handed back {time.strftime('%Y-%m-%d %H:%M:%S')} by sweep {self.id})")
         root = logging.getLogger()
         handlers, level = list(root.handlers), root.level
-        saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, "SDS_HANDED_BACK")}
-        os.environ.update({RUN_DIR_ENV: str(c.run_dir.path), "SDS_HANDED_BACK": "1"})  # our callback records nothing
-        try:
-            return run_job(hydra_context=self.hydra_context, task_function=_HandBack(value, message), config=cfg,
-                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        try:  # SDS_HANDED_BACK: our callback records nothing for it
+            with temporary_environ({RUN_DIR_ENV: str(c.run_dir.path), "SDS_HANDED_BACK": "1"}):
+                return run_job(hydra_context=self.hydra_context, task_function=_HandBack(value, message), config=cfg,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             root.handlers[:] = handlers
             root.setLevel(level)
 

@@ -6,11 +6,13 @@ Heavy imports (submitit, hydra internals) happen inside functions so plugin disc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +283,21 @@ class Submission:
 
 def slurm_mem(mem_gb: float | None) -> str | None:
     return None if not mem_gb else f"{max(1, round(float(mem_gb) * 1024))}M"
+
+
+@contextlib.contextmanager
+def temporary_environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ updated with `env` for the block, then restored (keys it lacked are removed)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class _NewSessionPopen(subprocess.Popen):

@@ -23,6 +23,7 @@ from safedreamer_sweep.sweep.submit import (
     cell_resources,
     make_executor,
     pre_register,
+    temporary_environ,
 )
 
 WAKE_S = 0.1  # how soon after a cell's process exits the supervisor notices (and refills its slot)
@@ -40,21 +41,6 @@ def _sigkill(pid: Any) -> None:
         os.kill(int(pid), signal.SIGKILL)
     except (ProcessLookupError, PermissionError, ValueError, TypeError):
         pass
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    """The job's process starts with its slot's environment (submitit's local executor forks ours)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -112,7 +98,7 @@ class LocalBackend(Backend):
             ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),))
         res = cell_resources("local", self.params, mem_gb=t.mem_gb, gpus=gpu)
         try:
-            with _environ(env), (_stdio_to_devnull() if self.detached else contextlib.nullcontext()):
+            with temporary_environ(env), (_stdio_to_devnull() if self.detached else contextlib.nullcontext()):
                 job = ex.submit(self.tasks(t.payload, env, {**res, "env": env}))
         except BaseException:
             self.pool.release(slot)
