@@ -137,6 +137,17 @@ source_fix "$COOR" "    self._render = render if mode=='train' else True" \
   "eval mode renders its videos only when --env.safetygymcoor.render is True" \
   "note: $COOR renders every evaluation step at 1024x1024 (slow on a CPU). Fix: re-run with SDS_SAFEDREAMER_PATCH=1 so that task.vars.eval_video=false turns it off"
 
+# 3d) the evaluated policy is the trained one: train_eval saves its checkpoint at start and on a wall-clock
+#     timer (save_every seconds) but not when the loop reaches --run.steps, so the newest checkpoint (the
+#     one eval_only evaluates) lagged up to save_every seconds of training behind (status: "STALE: ID eval
+#     of checkpoint 1000 < 1500 trained steps"). The fix also saves on the loop's last pass, once
+#     step >= --run.steps; training itself is untouched.
+TRAIN_EVAL=$CODE/SafeDreamer/embodied/run/train_eval.py
+source_fix "$TRAIN_EVAL" "    if should_save(step):" \
+  "    if should_save(step) or not step < args.steps:  # sds: save when training ends, so eval_only sees the trained policy" \
+  "save a checkpoint when training reaches --run.steps (eval_only then evaluates the trained policy)" \
+  "note: $TRAIN_EVAL saves on a timer only, never when training ends: the evaluated checkpoint lags up to save_every seconds behind (status says STALE). Fix: re-run with SDS_SAFEDREAMER_PATCH=1"
+
 # 4) headless OpenGL: eval_only renders its videos (task.vars.eval_video=true), through EGL (MUJOCO_GL=egl)
 #    and Mesa's software rasterizer on a machine without a GPU.
 if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' && ! ldconfig -p | grep -q 'libEGL_nvidia.so.0'; then

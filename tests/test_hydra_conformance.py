@@ -8,11 +8,10 @@ across tests) is a finished cell handed back from the store, and still gets a re
 (.hydra/config.yaml, hydra.yaml, overrides.yaml, <task>.log naming the run directory it came from)
 that its JobReturn points at (issue 19); verify_dir_outputs checks it.
 
-IntegrationTestSuite gives each app invocation its own store (the suite's documented
-generate_custom_cmd hook): its tests re-invoke one app name and one config with a task file that
-prints something else each time, and read the task's side effect (output.txt) as proof it ran, while
-this launcher by design hands a finished cell's stored result back without running it (the same job
-name and resolved config are the same cell; tests/test_any_app.py checks that).
+IntegrationTestSuite runs in its vanilla form too, one store for the whole module: its tests write a
+task file per test (each in its own folder: another app, core/identity.app_identity) and re-invoke
+one of them with other contents (an edited main script: its cells run again, the old result moved to
+superseded/, because an app that declares no sds.code has its main script as its code).
 
 The sds sweeper runs the suites Hydra runs against its BasicSweeper (hydra's tests/test_basic_launcher.py:
 the launcher suite, the batched-sweeper suite with max_batch_size=2, the integration suite), under
@@ -21,7 +20,6 @@ Hydra's basic launcher and, batched, under sds_local.
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
@@ -51,18 +49,6 @@ def one_store(tmp_path_factory):
         os.environ.pop("SDS_STORE", None)
     else:
         os.environ["SDS_STORE"] = saved
-
-
-_INVOCATION = itertools.count()
-
-
-class FreshStorePerInvocation:
-    def generate_custom_cmd(self):
-        def fun(cmd, filename):
-            # `env` sets the store of this invocation only (the suite appends -m and overrides after cmd)
-            return ["env", f"SDS_STORE={os.environ['SDS_STORE']}/invocation_{next(_INVOCATION)}", *cmd]
-
-        return fun
 
 
 @pytest.mark.parametrize("cls", [SdsLocalLauncher, SdsSlurmLauncher])
@@ -106,7 +92,7 @@ class TestSdsLocalLauncher(LauncherTestSuite):
      "hydra": {"launcher": {"poll_s": 0.2, "progress": "none"}}},
     ["-m"],
 )])
-class TestSdsLocalLauncherIntegration(FreshStorePerInvocation, IntegrationTestSuite):
+class TestSdsLocalLauncherIntegration(IntegrationTestSuite):
     pass
 
 
@@ -122,5 +108,5 @@ class TestSdsSlurmLauncher(LauncherTestSuite):
      "hydra": {"launcher": {"poll_s": 0.2, "progress": "none", "mem_gb": 1, "timeout_min": 5}}},
     ["-m"],
 )])
-class TestSdsSlurmLauncherIntegration(FreshStorePerInvocation, IntegrationTestSuite):
+class TestSdsSlurmLauncherIntegration(IntegrationTestSuite):
     pass

@@ -108,3 +108,59 @@ def test_a_failed_cell_is_run_again_with_the_flag_its_message_printed(tmp_path):
     assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
     assert "retry" in retried.stdout and "1/1 cells done" in retried.stdout
     assert len((tmp_path / "ran.log").read_text().splitlines()) == 2
+
+
+def test_two_apps_with_one_job_name_and_config_are_two_cells_and_an_edited_script_reruns(tmp_path):
+    """One store, two projects that both have `train.py` with the same config: each app's cells are its
+    own (the identity names the app: core/identity.app_identity). An edit of an app's main script (it
+    declares no sds.code, so the script is its code) runs its cells again by default, the old result
+    moved to superseded/; hydra.launcher.code_change=accept keeps the finished cells instead."""
+    store = tmp_path / "store"
+    one, two = write_app(tmp_path / "one"), write_app(tmp_path / "two")
+    for app in (one, two):
+        p = run(app, store, "alg=a", "env=x", "seed=0")
+        assert p.returncode == 0 and "1/1 cells done" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    assert [len((a.parent / "ran.log").read_text().splitlines()) for a in (one, two)] == [1, 1]
+    specs = [rd.read_spec() for rd in Store(store).iter_runs()]
+    assert len(specs) == 2 and {s["config"] for s in specs} == {"train"}
+    assert {s["app"] for s in specs} == {f"path:{one.resolve()}", f"path:{two.resolve()}"}
+
+    # the same app again: done, nothing runs
+    again = run(one, store, "alg=a", "env=x", "seed=0")
+    assert "done 1" in again.stdout and len((one.parent / "ran.log").read_text().splitlines()) == 1, again.stdout
+
+    # an edited script: the plan says rerun and names the flag that keeps finished cells
+    one.write_text(one.read_text().replace("return cfg.alg.lr * cfg.env.size + cfg.seed",
+                                           "return 2 * cfg.alg.lr * cfg.env.size + cfg.seed"))
+    edited = run(one, store, "alg=a", "env=x", "seed=0")
+    assert edited.returncode == 0 and "rerun 1" in edited.stdout, edited.stdout[-3000:] + edited.stderr[-3000:]
+    assert "hydra.launcher.code_change=accept" in edited.stdout, edited.stdout
+    assert len((one.parent / "ran.log").read_text().splitlines()) == 2
+    (rd,) = [r for r in Store(store).iter_runs() if r.read_spec()["app"] == f"path:{one.resolve()}"]
+    assert rd.read_result() == 2 * 0.1 * 3 and list((rd.path / "superseded").iterdir())
+
+    # another edit, with the flag: the finished cell is kept and nothing runs
+    one.write_text(one.read_text() + "\n# a comment\n")
+    kept = run(one, store, "alg=a", "env=x", "seed=0", "hydra.launcher.code_change=accept")
+    assert kept.returncode == 0 and "done 1" in kept.stdout, kept.stdout[-3000:] + kept.stderr[-3000:]
+    assert len((one.parent / "ran.log").read_text().splitlines()) == 2
+
+
+def test_an_app_in_git_is_one_app_in_every_clone(tmp_path):
+    """Inside git, which app a cell belongs to is the repository's first commit and the script's path in
+    it: two clones (two hosts, two paths) are one app; outside git, the absolute path."""
+    from safedreamer_sweep.core.identity import app_identity
+
+    repo = tmp_path / "repo"
+    app = write_app(repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "first"], check=True)
+    clone = tmp_path / "elsewhere" / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    first = subprocess.run(["git", "-C", str(repo), "rev-list", "--max-parents=0", "HEAD"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert app_identity(str(app)) == app_identity(str(clone / "train.py")) == f"git:{first[:12]}:train.py"
+    outside = write_app(tmp_path / "plain")
+    assert app_identity(str(outside)) == f"path:{outside}"

@@ -112,6 +112,54 @@ def config_hash(run_cfg: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
+def identity_hash(run_cfg: dict, app: str | None = None) -> str:
+    """The cell's hash8: of its run config, and for any app other than this package's own tasks, of
+    which app it is too (`app_identity`), so two scripts with equal job names and configs sharing
+    a store are two cells."""
+    return config_hash(run_cfg) if app is None else config_hash({"app": app, "run_config": run_cfg})
+
+
+# ----------------------------------------------------------------------------- which app
+# An app's cells are told apart from another app's by where its main script is, not by what the script
+# holds (that is its code, sds.code's fingerprint: an edited script is the same app, and the code-change
+# policy decides). Inside a git repository: the repository's first commit and the script's path in it,
+# the same in every clone on every host; outside git: the script's absolute path. `sds.app` names the
+# app explicitly instead (e.g. a script that moves between machines outside git).
+
+_APP_CACHE: dict[str, str] = {}
+
+
+def main_script() -> str | None:
+    """The file the running Python was started with (`python train.py`, `python -m pkg.train`): the
+    same in the launching process for every launcher, and in an in-process job."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c") else None)
+    return str(Path(path).resolve()) if path else None
+
+
+def app_identity(script: str | None = None) -> str:
+    """`git:<first commit>:<path in the repo>`, else `path:<absolute path>` of the app's main script
+    (`main_script()` unless given); cached per script."""
+    script = script or main_script() or "<interactive>"
+    if script not in _APP_CACHE:
+        where = f"path:{script}"
+        folder = Path(script).parent
+        try:
+            top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True,
+                                 text=True, timeout=5, check=False)
+            roots = subprocess.run(["git", "-C", str(folder), "rev-list", "--max-parents=0", "HEAD"],
+                                   capture_output=True, text=True, timeout=5, check=False)
+            if top.returncode == 0 and roots.returncode == 0 and roots.stdout.split():
+                rel = Path(script).relative_to(Path(top.stdout.strip()).resolve())
+                where = f"git:{min(roots.stdout.split())[:12]}:{rel.as_posix()}"
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        _APP_CACHE[script] = where
+    return _APP_CACHE[script]
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
     out: dict[str, Any] = {}
@@ -160,6 +208,8 @@ class RunSpec:
     # the app's primary config (hydra.job.config_name): two primary configs under one label are two
     # experiments, not a conflict (recorded in spec.json; not part of the identity)
     primary: str | None = field(default=None, compare=False)
+    # which app (app_identity) for any app but this package's own tasks: part of the hash, in spec.json
+    app: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -180,9 +230,14 @@ class RunSpec:
         rc = run_config(cfg)
         seed = check_seed(rc["seed"]) if "seed" in rc else None
         primary = OmegaConf.select(cfg, "hydra.job.config_name", default=None) if "hydra" in cfg else None
-        return cls(config=config_name, seed=seed, hash=config_hash(rc), run_config=rc,
-                   overrides=tuple(overrides), done_when=done_when_of(rc), code=code_fingerprint(cfg),
-                   primary=None if primary is None else str(primary))
+        done_when = done_when_of(rc)
+        app = None
+        if done_when == "return":  # any app: which one is part of its cells' identity
+            named = OmegaConf.select(cfg, "sds.app", default=None) if "sds" in cfg else None
+            app = f"named:{named}" if named else app_identity()
+        return cls(config=config_name, seed=seed, hash=identity_hash(rc, app), run_config=rc,
+                   overrides=tuple(overrides), done_when=done_when, code=code_fingerprint(cfg),
+                   primary=None if primary is None else str(primary), app=app)
 
     def spec_document(self) -> dict:
         """What spec.json holds (`code_change` is not written: RunDir.ensure_spec applies it)."""
@@ -197,6 +252,7 @@ class RunSpec:
             "code": self.code,
             "code_change": self.code_change,
             **({"primary_config": self.primary} if self.primary else {}),
+            **({"app": self.app} if self.app else {}),
             "packages": package_versions(),
             "python": platform.python_version(),
         }
@@ -269,16 +325,22 @@ class CodeFilesError(ValueError):
     """A task's declared code (task.code / sds.code) cannot be read. Names the glob and the fix."""
 
 
+MAIN_SCRIPT = "main script"  # what an app's code is when it declares none (sds.code)
+
+
 def declared_code(cfg: DictConfig | dict) -> tuple[str, list[str]] | None:
     """(what, globs) of the code a cell runs: the package's trainer for the built-in task, the
-    task's `task.code` for an external one, `sds.code` for any other app; None when an external
-    task or an app declares none (its cells are then not compared)."""
+    task's `task.code` for an external one, `sds.code` for any other app, and for an app that
+    declares none, its main script (MAIN_SCRIPT: an edited script reruns its cells by default,
+    sweep/plan.py). None when an external task declares none (its cells are then not compared)."""
     task = cfg.get("task") or {}
     kind = task.get("kind") if isinstance(task, (dict, DictConfig)) else None
     if kind == "builtin":
         return "built-in trainer", [f"{PACKAGE_ROOT.name}/{g}" for g in BUILTIN_CODE]
     declared = task.get("code") if kind == "external" else (cfg.get("sds") or {}).get("code")
     key = "task.code" if kind == "external" else "sds.code"
+    if not declared and kind is None and (script := main_script()) and Path(script).is_file():
+        return MAIN_SCRIPT, [script]
     if not declared:
         return None
     if isinstance(declared, str):
@@ -376,6 +438,11 @@ def _git_state(root: Path, files: list[Path]) -> tuple[str | None, bool | None]:
     except (OSError, subprocess.SubprocessError):
         pass
     return os.environ.get("SDS_CODE_VERSION"), None
+
+
+def implicit_code(code: dict | None) -> bool:
+    """Whether `code` (a spec's) is an app's main script, taken because the app declares no code."""
+    return str((code or {}).get("of") or "").startswith(MAIN_SCRIPT + ":")
 
 
 def recorded_fingerprint(spec: dict) -> str | None:

@@ -623,11 +623,17 @@ def settle_code_change(rd: RunDir, old: dict, new: dict, policy: str) -> None:
     spec.json's `code_accepted` and keeps the work; `refuse` raises StoreError naming both. Without
     work, spec.json simply takes the new code. A task that declares no code is never compared
     (fingerprints: core/identity.py)."""
-    from safedreamer_sweep.core.identity import describe_code, recorded_fingerprint
+    from safedreamer_sweep.core.identity import (
+        describe_code,
+        implicit_code,
+        recorded_fingerprint,
+    )
 
     new_code = new.get("code") or {}
     if not new_code.get("fingerprint") or recorded_fingerprint(old) == new_code["fingerprint"]:
         return
+    if recorded_fingerprint(old) is None and implicit_code(new_code):
+        policy = "accept"  # an app's cell stored before its main script was fingerprinted: kept, the script recorded
     if not has_work(rd):
         atomic_write_json(rd.spec_path, new)
         return

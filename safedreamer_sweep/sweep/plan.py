@@ -38,11 +38,12 @@ from safedreamer_sweep.core.identity import (
     absolute_code_globs,
     cell_label,
     config_choice,
-    config_hash,
     declared_exclusions,
     describe_code,
     diff_keys,
     identity_excluded,
+    identity_hash,
+    implicit_code,
     recorded_fingerprint,
     resolved_without_hydra,
 )
@@ -359,9 +360,9 @@ def plan_specs(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
                 raise PlanError(f"job {' '.join(ov)}: seed={seed} is not allowed: must be an integer >= 0. Fix: seed=0")
             rc = dict(g.spec.run_config)
             rc["seed"] = seed
-            spec = RunSpec(config=g.spec.config, seed=seed, hash=config_hash(rc), run_config=rc,
+            spec = RunSpec(config=g.spec.config, seed=seed, hash=identity_hash(rc, g.spec.app), run_config=rc,
                            overrides=task_overrides(ov), done_when=g.spec.done_when, code=g.spec.code,
-                           primary=g.spec.primary)
+                           primary=g.spec.primary, app=g.spec.app)
             out.append((spec, g.cfg, None))
             continue
         spec, cfg = job_spec(config_loader, config, ov, swept=swept)
@@ -383,13 +384,18 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     policy = policy or RetryPolicy()
     rd = store.locate(spec.config, spec.seed, spec.hash, spec.run_config)
     if not rd.spec_path.exists():
+        # another primary config or another app (a recorded one that differs): another experiment
         others = [r for r in store.find(spec.config, spec.seed) if r.path.name != spec.hash
-                  and (r.read_spec() or {}).get("primary_config", spec.primary) == spec.primary]  # another primary config: another experiment
+                  and (o := r.read_spec() or {}).get("primary_config", spec.primary) == spec.primary
+                  and o.get("app", spec.app) == spec.app]
         if others and not new_variant:
             old = others[-1].read_spec() or {}
             diff = diff_keys(old.get("run_config") or {}, spec.run_config)
             keys = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in list(diff.items())[:8]))
             more = f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""
+            if not diff and spec.app and "app" not in old:
+                keys = ("none: it was stored by an older safedreamer-sweep, before an app's cells were told "
+                        f"apart by the app they belong to (this app: {spec.app})")
             why = (f"{others[-1].path} holds {spec.config} seed {spec.seed} with hash {old.get('hash')}; this "
                    f"sweep resolves to {spec.hash}; differing keys: {keys}{more}. Fix: revert those overrides, "
                    f"or pass {hint('new_variant', True)} to train a new variant")
@@ -456,13 +462,19 @@ def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_chan
     old = rd.read_spec() or {}
     if recorded_fingerprint(old) == now["fingerprint"]:
         return verdict, reason, None
+    if recorded_fingerprint(old) is None and implicit_code(now):
+        return verdict, reason, None  # stored before an app's main script was its code: kept (store.settle_code_change)
     recorded = (old.get("code_accepted") or [old.get("code")])[-1]
     note = {"recorded": recorded, "now": now, "code_change": code_change}
     what = f"its work was computed by code {describe_code(recorded)}; this code is {describe_code(now)}"
     if code_change == "refuse":
         return "code-changed", what, note
     if code_change == "rerun":
-        return "rerun", f"{what}: trained again by this code (the old work moves to superseded/)", note
+        why = f"{what}: trained again by this code (the old work moves to superseded/)"
+        if implicit_code(now):
+            why += (f"; an app that declares no sds.code has its main script as its code and reruns on an edit: "
+                    f"to keep finished cells across edits pass {hint('code_change', 'accept')}")
+        return "rerun", why, note
     return verdict, f"{reason}; {what}: accepted ({hint('code_change', 'accept')})", note
 
 
@@ -544,19 +556,26 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
     cells: list[PlannedCell] = []
     seen: dict[str, int] = {}
     first_label: dict[tuple[str, str, int | None], RunSpec] = {}  # (base, hash, seed): that identity's first job
-    per_settings: dict[int, tuple[Store, bool, bool, str, Callable[[str, Any], str]]] = {}  # id(settings): what a verdict needs
+    per_settings: dict[int, tuple[Store, bool, bool, str, bool, Callable[[str, Any], str]]] = {}  # id(settings): what a verdict needs
     for i, ((spec, settings, composed), ov) in enumerate(zip(specs, job_overrides)):
         got = per_settings.get(id(settings))
         if got is None:
             st = store or Store(check_store_root(absolute_store_root(settings)))
             hint = flag_hint(settings)
             code_change = str(sweep_setting(settings, launcher, "code_change"))
+            # Unset, an edited main script of an app that declares no code reruns its cells (nothing says
+            # which of its lines compute them; Hydra's other launchers always run the script as it is now)
+            explicit = (launcher or {}).get("code_change") is not None or "code_change" in (
+                (settings.get("sweep") if settings is not None else None) or {})
             if code_change not in CODE_CHANGE:
                 raise PlanError(f"code_change={code_change!r} is not one of {', '.join(CODE_CHANGE)}. Fix: "
                                 f"{hint('code_change', 'refuse')} (default), rerun or accept")
             got = per_settings[id(settings)] = (st, bool(sweep_setting(settings, launcher, "new_variant")),
-                                                bool(sweep_setting(settings, launcher, "retry_failed")), code_change, hint)
-        st, new_variant, retry_failed, code_change, hint = got
+                                                bool(sweep_setting(settings, launcher, "retry_failed")), code_change,
+                                                explicit, hint)
+        st, new_variant, retry_failed, code_change, explicit, hint = got
+        if not explicit and implicit_code(spec.code):
+            code_change = "rerun"
         twin = first_label.setdefault((label_base(spec.config), spec.hash, spec.seed), spec)
         if twin.config != spec.config and twin.run_config == spec.run_config:
             spec = replace(spec, config=twin.config)  # one identity, two labels in this sweep: the first one's

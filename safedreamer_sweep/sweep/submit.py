@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safedreamer_sweep.core.cell import RUN_DIR_ENV
 from safedreamer_sweep.core.store import RunDir, host, lease_from_env, read_json
 
 # ----------------------------------------------------------------------------- local GPU slots
@@ -172,6 +173,9 @@ class CellTask:
         os.environ.update(SDS_ATTEMPT_STARTED=str(time.time()), SDS_TIMEOUT_MIN=str(self.timeout_min),
                           SDS_SIGNAL_DELAY_S=str(self.signal_delay_s))
         rd = RunDir(Path(self.run_dir), lease_from_env(Path(self.run_dir)))  # fenced by SDS_LEASE
+        # This process is the cell planned at run_dir: callbacks (report/callback.py) must not plan it again
+        # (in here the main script is submitit's, not the app's, so its identity could not be recomputed)
+        os.environ[RUN_DIR_ENV] = str(rd.path)
         job_id = str(submitit.JobEnvironment().job_id)
         os.environ["SDS_JOB_ID"] = job_id
         if self.race:
