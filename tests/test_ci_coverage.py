@@ -94,7 +94,11 @@ def test_two_seeds_print_no_interval_anywhere(tmp_path):
     slides = (out / "slides.md").read_text()
     assert "+4.00 no interval (n=2 vs 2;" in slides
     doc = (out / "decision.md").read_text()
-    assert "ID return difference to v2_baseline +4.00: no interval (n=2 vs 2;" in doc
+    # the rule's reasons: the brief form, and why once, under the verdict table
+    assert "ID return difference to v2_baseline +4.00: no interval (n=2 vs 2)" in doc
+    from safedreamer_sweep.report.analysis.stats import NO_INTERVAL_NOTE
+
+    assert doc.count(NO_INTERVAL_NOTE) == 1 and "seeds are needed for one to mean anything" not in doc
     assert "CI [nan" not in doc and "[n/a" not in doc
     metrics = doc[doc.index("## 4. Key metrics"):doc.index("## 5.")]
     assert metrics.count("no interval") == 4 and "no interval (n=" not in metrics  # once per table

@@ -83,6 +83,9 @@ def test_a_cell_of_a_grid_asked_alone_is_not_run_again(tmp_path):
     assert yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) == ["alg=b", "env=x", "seed=2"]
     log = (job / "train.log").read_text()
     assert f"handed back from run directory {stored.path}" in log and "nothing ran" in log, log
+    # a job the grid ran keeps its own job directory as its cell process left it: not also "handed back"
+    ran = sweep_dirs[0] / "0"
+    assert (ran / ".hydra" / "config.yaml").exists() and "nothing ran" not in (ran / "train.log").read_text()
 
     status = subprocess.run([sys.executable, "-m", "safedreamer_sweep", "status", str(store)], capture_output=True,
                             text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})

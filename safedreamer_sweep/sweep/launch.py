@@ -207,19 +207,21 @@ class Sweep:
 
     def cached_return(self, c: PlannedCell) -> Any:
         """A done cell's JobReturn: the task function's stored return value (any app), or the package's
-        own result read from its evaluations (or the sweep.objective picked out of it)."""
+        own result read from its evaluations (or the sweep.objective picked out of it). A cell this
+        sweep ran already has its Hydra job directory (its cell process ran run_job): its JobReturn
+        points there. A cell done before is handed back (handed_back)."""
         from safedreamer_sweep.core.store import StoreError
         from safedreamer_sweep.tasks.run import cell_result
 
-        if c.spec.done_when == "return":
-            try:
-                return self.handed_back(c, c.run_dir.read_result())
-            except StoreError as e:
-                return self.job_return(c, False, SweepIncomplete(str(e)))
+        ran_here = c.verdict in RUNNABLE
         try:
-            return self.handed_back(c, _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective")))
-        except SweepIncomplete as e:
-            return self.job_return(c, False, e)
+            if c.spec.done_when == "return":
+                value = c.run_dir.read_result()
+            else:
+                value = _objective(cell_result(c.spec, c.run_dir), self.settings("sweep").get("objective"))
+        except (StoreError, SweepIncomplete) as e:
+            return self.job_return(c, False, e if isinstance(e, SweepIncomplete) else SweepIncomplete(str(e)))
+        return self.job_return(c, True, value) if ran_here else self.handed_back(c, value)
 
     def handed_back(self, c: PlannedCell, value: Any) -> Any:
         """The JobReturn of a done cell whose stored value is handed back, with a real Hydra job

@@ -362,7 +362,7 @@ def _apply_tests(v: Verdict, frames: Frames, cov: pd.DataFrame, main: pd.DataFra
     cost_label = METRICS[rule.cost_metric][0]
     cost_name = f"{cost_label} {'mean' if rule.cost_bound == 'mean' else 'CI upper bound'}"
     if math.isfinite(v.cost_mean) and not math.isfinite(v.cost_value):
-        unsure.append(f"{cost_label}: {stats.no_interval_text(int(cost.get('n', 0)))}")
+        unsure.append(f"{cost_label}: {stats.no_interval_brief(int(cost.get('n', 0)))}")
     elif not math.isfinite(limit) or not math.isfinite(v.cost_value):
         unsure.append(f"{cost_name} or the cost limit is unknown")
     elif v.cost_value < limit:
@@ -376,7 +376,7 @@ def _apply_tests(v: Verdict, frames: Frames, cov: pd.DataFrame, main: pd.DataFra
     lo, hi = v.return_ci
     if math.isfinite(v.return_diff) and not math.isfinite(lo):
         unsure.append(f"{ret_name} {v.return_diff:+.2f}: "
-                      f"{stats.no_interval_text(int(ret.get('n', 0)), int(ret.get('n_baseline', 0)))}")
+                      f"{stats.no_interval_brief(int(ret.get('n', 0)), int(ret.get('n_baseline', 0)))}")
     elif not math.isfinite(lo):
         unsure.append(f"{ret_name} is unknown")
     elif lo > rule.min_return_gain:

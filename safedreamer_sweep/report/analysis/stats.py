@@ -61,6 +61,15 @@ def no_interval_text(n: int, n_baseline: int | None = None) -> str:
     return f"no interval ({seeds}; at least {MIN_SEEDS_FOR_INTERVAL} seeds are needed for one to mean anything)"
 
 
+def no_interval_brief(n: int, n_baseline: int | None = None) -> str:
+    """The same in a table that says why once, under it (NO_INTERVAL_NOTE): `no interval (n=2 vs 2)`."""
+    return f"no interval (n={n})" if n_baseline is None else f"no interval (n={n} vs {n_baseline})"
+
+
+NO_INTERVAL_NOTE = (f"\"no interval\": fewer than {MIN_SEEDS_FOR_INTERVAL} seeds on a side, too few for an interval "
+                    f"to mean anything (at n = 2 a Student t interval spans about ±9 standard deviations).")
+
+
 def iqm(x: ArrayLike) -> float:
     """Interquartile mean (rliable.metrics.aggregate_iqm): the mean of the middle 50% of values,
     25% trimmed from each end. Robust to one collapsed seed, less noisy than the median."""

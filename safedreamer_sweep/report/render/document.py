@@ -105,6 +105,8 @@ def _decision_section(r: Report) -> list[str]:
     for v in d.verdicts:
         need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
         L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
+    if any("no interval" in reason for v in d.verdicts for reason in v.reasons):
+        L += ["", stats.NO_INTERVAL_NOTE]
     return L + ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
                      f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
                      f"power = {s.power:g}; for the return test δ = observed difference − {rule.min_return_gain:g}, "

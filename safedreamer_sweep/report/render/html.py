@@ -26,7 +26,7 @@ import jinja2
 import pandas as pd
 
 from safedreamer_sweep.core.store import RunDir, StoreError
-from safedreamer_sweep.report.analysis import tables
+from safedreamer_sweep.report.analysis import stats, tables
 from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
@@ -247,6 +247,8 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
                      "cls": "ok" if d.headline.startswith("recommended") else
                             ("bad" if d.headline.startswith("not") else "run")},
         "verdicts": _verdicts(r),
+        "no_interval_note": stats.NO_INTERVAL_NOTE if any(
+            "no interval" in reason for v in r.decision.verdicts for reason in v.reasons) else "",
         "baseline": s.baseline, "cost_limit": d.cost_limit, "min_seeds": s.min_seeds,
         "confidence": round(s.confidence * 100),
         "coverage": {"done": n_done, "total": len(cov), **_coverage(r)},
