@@ -156,8 +156,7 @@ def one_node_partition() -> tuple[str | None, str]:
     parts = {r.split("|")[0]: r.split("|")[1:] for r in rows}
     if "edge" in parts and parts["edge"][1] == "1":
         return "edge", parts["edge"][0]
-    name, (node, _) = next(iter(parts.items()))
-    return None, node
+    return None, next(iter(parts.values()))[0]
 
 
 def test_node_fault_on_the_only_node_of_a_partition_cannot_be_retried_there(tmp_path):

@@ -99,6 +99,11 @@ class Backend:
         keyed as `classify_failure` reads it; `last` is the cell's newest attempt record."""
         return {"slurm_state": None, "node": last.get("node") or last.get("host")}
 
+    def exclude_nodes(self, active: list[Tracked], nodes: list[str]) -> list[str]:
+        """Keep the active cells' jobs that have not started yet off `nodes`; returns the job ids
+        changed (a backend without nodes changes none)."""
+        return []
+
     def release(self, t: Tracked, sub: Any) -> None:
         """The cell ended: give back whatever it held (a local slot)."""
 
