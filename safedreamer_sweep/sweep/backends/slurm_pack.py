@@ -29,7 +29,7 @@ def job_folder(folder: str | os.PathLike, job_id: str) -> Path:
     """submitit's folder of this job (`%j` in the launcher's folder replaced, as submitit does)."""
     from submitit.core.utils import JobPaths
 
-    return JobPaths(folder, job_id=job_id).folder
+    return JobPaths(Path(folder), job_id=job_id).folder
 
 
 def exit_record_path(folder: str | os.PathLike, job_id: str, slot: int) -> Path:
