@@ -264,3 +264,23 @@ def test_a_crash_in_one_packed_cell_leaves_its_neighbour_running_to_done(tmp_pat
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
     assert n["ended_at"] > c["ended_at"]  # it trained on after its neighbour died
     assert st[crashed]["attempts"][-1]["outcome"] == "done"  # the crashed cell was retried (once) to done
+
+
+def test_an_oom_kill_of_one_packed_cell_is_its_own_and_its_neighbour_runs_to_done(tmp_path):
+    store = tmp_path / "store"
+    t0 = time.time()
+    # slot 1 allocates until its step's memory limit (mem_gb=1, enforced per step) kills it
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(2048), *SLURM, *CAPPED,
+            "hydra.launcher.runs_per_gpu=2", "+hydra.launcher.env.SDS_INJECT_FAULT='oom@slot1:1'", timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    st = states(store)
+    print(f"packed oom ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
+    first = {k: s["attempts"][0] for k, s in st.items()}
+    (killed,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
+    (neighbour,) = [k for k in first if k != killed]
+    o, n = first[killed], first[neighbour]
+    assert o["job_id"] == n["job_id"]
+    assert o["cause"] == "oom" and "exceeded memory limit" in o["evidence"], o
+    assert st[killed]["attempts"][-1]["resources"]["mem_gb"] == 1.5 and st[killed]["phase"] == "done"
+    assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
+    print({"oom": o["evidence"]})

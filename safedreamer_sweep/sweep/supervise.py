@@ -348,6 +348,7 @@ class Supervisor:
                 from safedreamer_sweep.sweep.submit import submitit_stderr
 
                 stderr = submitit_stderr(self.store.root / "launcher" / "submitit", sub.job_id)
+            stderr = self.backend.own_stderr(sub, stderr, ev)
         if last.get("n"):
             err = t.rd.attempt_log_paths(int(last["n"]))[1]
             if err.exists():

@@ -104,6 +104,11 @@ class Backend:
         changed (a backend without nodes changes none)."""
         return []
 
+    def own_stderr(self, sub: Any, stderr: str, evidence: dict[str, Any]) -> str:
+        """The part of the job's scheduler stderr that is this copy's (all of it, unless several
+        cells share the job); `evidence` is what end_evidence returned."""
+        return stderr
+
     def release(self, t: Tracked, sub: Any) -> None:
         """The cell ended: give back whatever it held (a local slot)."""
 

@@ -58,15 +58,15 @@ class SlurmQueue:
         missing = [j for j in ids if j not in self.info]
         if missing:
             a = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(missing),
-                                "--format=JobID,State,ExitCode,NodeList,MaxRSS,ReqMem,Elapsed,JobName"],
+                                "--format=JobID,State,ExitCode,NodeList,MaxRSS,ReqMem,Elapsed,JobName,JobIDRaw"],
                                check=False, capture_output=True, text=True, timeout=60)
             for line in a.stdout.splitlines():
                 f = line.split("|")
-                if len(f) < 8:
+                if len(f) < 9:
                     continue
                 if "." in f[0]:  # a step; a packed cell's is named sds-slot<i> (slurm_pack.py)
                     self.steps.setdefault(f[0].split(".")[0], {})[f[7]] = {
-                        "State": f[1], "ExitCode": f[2], "NodeList": f[3], "MaxRSS": f[4], "step": f[0]}
+                        "State": f[1], "ExitCode": f[2], "NodeList": f[3], "MaxRSS": f[4], "step": f[0], "raw": f[8]}
                 jid = f[0]
                 base = jid.split(".")[0]
                 if base in missing and jid == base:
@@ -78,13 +78,14 @@ class SlurmQueue:
     def step(self, job_id: str, name: str) -> dict[str, str] | None:
         """sacct's record of the step `name` of `job_id` (read now if the job is still running)."""
         if name not in self.steps.get(job_id, {}):
-            a = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "--format=JobID,State,ExitCode,NodeList,MaxRSS,JobName"],
+            a = subprocess.run(["sacct", "-n", "-P", "-j", job_id,
+                                "--format=JobID,State,ExitCode,NodeList,MaxRSS,JobName,JobIDRaw"],
                                check=False, capture_output=True, text=True, timeout=60)
             for line in a.stdout.splitlines():
                 f = line.split("|")
-                if len(f) >= 6 and "." in f[0]:
+                if len(f) >= 7 and "." in f[0]:  # raw: slurmstepd names an array task's step by it
                     self.steps.setdefault(job_id, {})[f[5]] = {"State": f[1], "ExitCode": f[2], "NodeList": f[3],
-                                                               "MaxRSS": f[4], "step": f[0]}
+                                                               "MaxRSS": f[4], "step": f[0], "raw": f[6]}
         return self.steps.get(job_id, {}).get(name)
 
     def state(self, job_id: str) -> str | None:
@@ -267,6 +268,14 @@ class SlurmBackend(Backend):
                     changed.append(s.job_id)
         return changed
 
+    def own_stderr(self, sub: Any, stderr: str, evidence: dict[str, Any]) -> str:
+        """A packed cell's job stderr holds its neighbours' lines too (slurmstepd's memory kill of
+        another step): keep only the lines naming its own step (StepId=<job>.<step>)."""
+        if getattr(sub, "slot", None) is None:
+            return stderr
+        own = {f"StepId={s} " for s in (evidence.get("packed_step"), evidence.get("packed_step_raw")) if s}
+        return "\n".join(line for line in stderr.splitlines() if any(o in f"{line} " for o in own))
+
     def end_evidence(self, sub: Any, last: dict[str, Any]) -> dict[str, Any]:
         info = self.queue.info.get(sub.job_id, {}) if sub is not None else {}
         if getattr(sub, "slot", None) is not None:
@@ -287,6 +296,7 @@ class SlurmBackend(Backend):
             rec = read_slot_exit(self.folder, sub.job_id, sub.slot) or {}
             rc = rec.get("returncode")
             ev["packed_step"] = info.get("step") or f"{sub.job_id} slot {sub.slot}"
+            ev["packed_step_raw"] = info.get("raw")
             if "signal" not in ev and isinstance(rc, int) and rc > 128:  # srun: 128 + the task's signal
                 ev["signal"] = rc - 128
         return ev
