@@ -284,3 +284,23 @@ def test_an_oom_kill_of_one_packed_cell_is_its_own_and_its_neighbour_runs_to_don
     assert st[killed]["attempts"][-1]["resources"]["mem_gb"] == 1.5 and st[killed]["phase"] == "done"
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
     print({"oom": o["evidence"]})
+
+
+def test_a_stalled_packed_cell_is_killed_alone_and_its_neighbour_trains_on(tmp_path):
+    store = tmp_path / "store"
+    t0 = time.time()
+    # slot 1 hangs without progress: after stall_after the supervisor kills its step only
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(24576), *SLURM, *CAPPED,
+            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.stall_after=30",
+            "+hydra.launcher.env.SDS_INJECT_FAULT='hang@slot1:1'", timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    st = states(store)
+    print(f"packed stall ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
+    first = {k: s["attempts"][0] for k, s in st.items()}
+    (hung,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
+    (neighbour,) = [k for k in first if k != hung]
+    h, n = first[hung], first[neighbour]
+    assert h["job_id"] == n["job_id"] and h["cause"] == "stalled", h
+    assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
+    assert n["ended_at"] > h["ended_at"] + 5  # it was still training when its neighbour was killed
+    assert st[hung]["phase"] == "done"

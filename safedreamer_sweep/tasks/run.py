@@ -229,7 +229,8 @@ def _inject_fault(attempt: int) -> None:
     """Test hook (documented in tests/test_launcher_slurm.py and tests/test_slurm_cluster.py):
     SDS_INJECT_FAULT holds faults separated by spaces, each `KIND[@WHERE][:N[,N...]]`: KIND is
     node_fault (raises "CUDA error: busy", the way a faulty GPU node fails), error (a plain Python
-    error), crash (the process dies of SIGSEGV) or oom (allocates until a memory limit kills it); WHERE a Slurm node name (SLURMD_NODENAME) or
+    error), crash (the process dies of SIGSEGV), hang (sleeps without progress) or oom (allocates until a
+    memory limit kills it); WHERE a Slurm node name (SLURMD_NODENAME) or
     `slotK` (the cell's place in a packed job, SDS_PACK_SLOT), any when omitted; N the attempts it
     hits, every attempt when omitted. `node_fault:1` = attempt 1 anywhere; `node_fault@n2` = every
     attempt on node n2."""
@@ -247,6 +248,8 @@ def _inject_fault(attempt: int) -> None:
             import signal
 
             os.kill(os.getpid(), signal.SIGSEGV)
+        if kind == "hang":  # alive, never moving: the supervisor's stall detection must kill it
+            time.sleep(24 * 3600)
         if kind == "oom":  # grow until the scheduler's (or the local guard's) memory limit kills it
             hog = []
             while True:
