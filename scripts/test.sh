@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The test suite: creates .venv, starts the single-node Slurm (root only; installs Debian's packages
+# The test suite: creates .venv, starts the local Slurm (three nodes) (root only; installs Debian's packages
 # the first time), then runs pytest. Extra arguments go to pytest (one pytest run, as given).
 #
 # Without arguments the suite runs as up to three pytest processes side by side, because most of its
 # time is waiting (Slurm's minute-granular time limits and requeues, leases, Hydra start-ups): one
 # process kept about one of the two cores busy.
-#   slurm        the tests marked `slurm`, one after another: they share the one-node cluster, and
+#   slurm        the tests marked `slurm`, one after another: they share the one cluster, and
 #                several assert on what it schedules and when
 #   rest         everything else except `safedreamer` (Hydra's launcher suites first, in a pytest process of their own)
 #   safedreamer  the real SafeDreamer (only with SDS_SAFEDREAMER_PYTHON set, as .ci/run does), at nice

@@ -174,6 +174,14 @@ def test_recorded_next_to_submitit_logs_for_a_local_job(tmp_path):
 # ----------------------------------------------------------------------------- evidence seen on Slurm
 
 
+def test_a_job_step_killed_by_a_fatal_signal_is_a_crash_not_a_cancel():
+    # sacct's record of a packed cell's step whose task died of SIGSEGV (seen on Slurm 22.05.8)
+    cause, ev = classify_failure({"slurm_state": "CANCELLED", "exit_code": "0:11", "node": "n1"})
+    assert cause == "crash" and "SIGSEGV" in ev
+    # a person's scancel of a step or job names them, whatever the signal
+    assert classify_failure({"slurm_state": "CANCELLED by 0", "exit_code": "0:15", "node": "n1"})[0] == "cancelled"
+
+
 def test_slurm_memory_kill_is_oom_with_the_kill_line():
     cause, ev = classify_failure({"slurm_state": "FAILED", "exit_code": "9:0", "node": "vm", "stderr_tail": OOM_STDERR})
     assert cause == "oom"

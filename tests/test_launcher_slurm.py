@@ -1,5 +1,5 @@
-"""The launcher on the real single-node Slurm (scripts/start-slurm.sh), running the REAL cell task
-with tiny budgets: job arrays under array_parallelism, re-runs that submit nothing, scancel and
+"""The launcher on the real local Slurm (scripts/start-slurm.sh: three nodes by default, one with
+SLURM_NODES=1), running the REAL cell task with tiny budgets: job arrays under array_parallelism, re-runs that submit nothing, scancel and
 SIGKILL recovery, OOM retry with more memory, timeout requeue from the checkpoint, node-fault
 exclusion, and partition racing.
 
@@ -149,17 +149,30 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
     print({"timeout": first["evidence"]})
 
 
-def test_node_fault_is_excluded_on_the_retry(tmp_path):
+def one_node_partition() -> tuple[str | None, str]:
+    """A partition of one node and that node: `edge` (n3) on the multi-node cluster, else the default."""
+    rows = subprocess.run(["sinfo", "-h", "-o", "%R|%N|%D"], check=True, capture_output=True, text=True,
+                          timeout=30).stdout.split()
+    parts = {r.split("|")[0]: r.split("|")[1:] for r in rows}
+    if "edge" in parts and parts["edge"][1] == "1":
+        return "edge", parts["edge"][0]
+    return None, next(iter(parts.values()))[0]
+
+
+def test_node_fault_on_the_only_node_of_a_partition_cannot_be_retried_there(tmp_path):
     store = tmp_path / "store"
+    partition, node = one_node_partition()
     p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *TINY, *SLURM,
+            *([f"hydra.launcher.partition={partition}"] if partition else []),
             "+hydra.launcher.env.SDS_INJECT_FAULT=node_fault:1", timeout=300)
-    # one node only: the retry that excludes it cannot be scheduled, and sbatch says so
+    # one node in the partition: the retry that excludes it cannot be scheduled, and sbatch says so
+    # (tests/test_slurm_cluster.py: a fault among good nodes is retried on another)
     assert p.returncode == 1
-    assert "cause node_fault" in p.stdout and "excluding node(s) vm" in p.stdout
+    assert "cause node_fault" in p.stdout and f"excluding node(s) {node}" in p.stdout
     (st,) = states(store).values()
     first, second = st["attempts"][0], st["attempts"][1]
-    assert first["cause"] == "node_fault" and "CUDA error: busy" in first["evidence"] and first["node"] == "vm"
-    assert "exclude vm" in second["evidence"] and "Requested node configuration is not available" in second["evidence"]
+    assert first["cause"] == "node_fault" and "CUDA error: busy" in first["evidence"] and first["node"] == node
+    assert f"exclude {node}" in second["evidence"] and "Requested node configuration is not available" in second["evidence"]
     assert "0/1 cells done" in p.stdout
     print({"node_fault": first["evidence"], "retry": second["evidence"]})
 

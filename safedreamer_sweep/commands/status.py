@@ -23,6 +23,7 @@ from typing import Any
 from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
 from safedreamer_sweep.report.cost import cell_cost, format_hours, store_cost
 from safedreamer_sweep.sweep.claim import holder_alive
+from safedreamer_sweep.sweep.failures import bad_nodes_of_store, bad_nodes_text
 from safedreamer_sweep.sweep.observe import observe_store
 
 SCHEMA = "safedreamer-sweep/status/1"
@@ -335,6 +336,8 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
         "counts": {"cells": len(cells), **counts},
         "cells": cells,
         "cost": {"total": cost["total"], "configs": cost["configs"], "money": cost["money"]},
+        # nodes that ended an attempt with a node fault: the node, its first evidence, the cells it cost
+        "bad_nodes": bad_nodes_of_store(store),
     }
 
 
@@ -419,6 +422,8 @@ def render(doc: dict):
     if not cells:
         return Group(*parts)
     parts += [_matrix_table(cells, evals), _detail_table(cells, evals)]
+    for node in doc.get("bad_nodes") or []:
+        parts.append(Text(f"bad node {bad_nodes_text(node)}", style="bold red"))
     cost = doc.get("cost") or {}
     if cost.get("total"):
         parts.append(_cost_table(cost))

@@ -92,8 +92,12 @@ class SlurmOptions(BaseOptions):
     qos: str | None = None
     account: str | None = None
     constraint: str | None = None
-    # nodes never to use (comma-separated); node faults add to it for later submissions
+    # nodes never to use (comma-separated); a node fault adds its node for the rest of the sweep
+    # (later submissions, and the sweep's jobs still pending)
     exclude: str | None = None
+    # true: also exclude every node that ever ended an attempt in this store with a node fault
+    # (status' and the report's "bad node" lines), in every later sweep on it
+    exclude_bad_nodes_across_sweeps: bool = False
     gres: str | None = None
     gpus_per_node: int | None = opt(None, ge=0, le=64)
     # cells of one job array running at once (QOS limits)
@@ -106,3 +110,7 @@ class SlurmOptions(BaseOptions):
     max_num_timeout: int = opt(3, ge=0, le=100)
     # submit each cell to each of these partitions; the copies that do not start first are cancelled
     race_partitions: list[str] = opt(factory=list)  # noqa: RUF009 (opt returns a dataclasses.field)
+    # cells sharing one GPU allocation: each job holds the gres above (one GPU), k x cpus_per_task and
+    # k x mem_gb, and runs k cells, each its own job step with mem_gb and
+    # XLA_PYTHON_CLIENT_MEM_FRACTION=1/k (a QOS cap of G GPUs then runs G x k cells); not with race_partitions
+    runs_per_gpu: int = opt(1, ge=1, le=64)

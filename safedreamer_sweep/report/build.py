@@ -90,8 +90,23 @@ def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
     ablation = tables.ablation_table(frames.seeds, settings)
     warns = collect_warnings(frames, cov, settings)
     decision = decide(frames, cov, main, ablation, settings)
+    cost = {**cost_summary(frames, settings), "bad_nodes": node_fault_cost(frames)}
     return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
-                  decision=decision, cost=cost_summary(frames, settings))
+                  decision=decision, cost=cost)
+
+
+def node_fault_cost(frames: Frames) -> list[dict]:
+    """The nodes that ended attempts with a node fault (sweep/failures.bad_nodes: node, first
+    evidence, cells), each with the device-hours of those attempts."""
+    from safedreamer_sweep.report.cost import attempt_hours
+    from safedreamer_sweep.sweep.failures import bad_nodes
+
+    states = {f"{c} seed {s}": st for (c, s), st in frames.states.items() if st.get("phase") != "missing"}
+    out = bad_nodes(states.items())
+    for n in out:
+        n["hours"] = round(sum(attempt_hours(a)["hours"] for st in states.values() for a in st.get("attempts") or []
+                               if a.get("cause") == "node_fault" and str(a.get("node")) == n["node"]), 4)
+    return out
 
 
 def template_context(r: Report) -> dict[str, Any]:

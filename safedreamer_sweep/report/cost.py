@@ -33,10 +33,11 @@ _NOT_STARTED = ("submitted",)
 _OVERLAP_SLACK_S = 1.0
 
 
-def attempt_device(attempt: Mapping[str, Any]) -> tuple[str, int]:
-    """('gpu', n) if the attempt held GPUs, else ('cpu', cores); 1 CPU core when nothing was recorded."""
+def attempt_device(attempt: Mapping[str, Any]) -> tuple[str, float]:
+    """('gpu', n) if the attempt held GPUs (a packed cell 1/runs_per_gpu of one), else ('cpu', cores);
+    1 CPU core when nothing was recorded."""
     res = attempt.get("resources") or {}
-    gpus = int(res.get("gpus") or 0)
+    gpus = float(res.get("gpus") or 0)
     if gpus > 0:
         return "gpu", gpus
     return "cpu", max(1, int(res.get("cpus") or 1))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 import signal as _signal
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +202,9 @@ def _by_scheduler(f: _Facts) -> tuple[str, str] | None:
 
 def _by_person(f: _Facts) -> tuple[str, str] | None:
     """A person stopped it (scancel, Ctrl-C, a kill with SIGINT/SIGTERM/SIGHUP): recorded, never retried."""
+    if f.state.startswith("CANCELLED") and " BY " not in f.state and f.sig is not None and \
+            int(f.sig) not in _USER_SIGNALS | _BENIGN_SIGNALS | {int(_signal.SIGKILL)}:
+        return None  # a job step whose task died of a fatal signal: sacct says CANCELLED, nobody's scancel
     who = cancelled_by(f.state) if f.state.startswith("CANCELLED") else None
     if who is None and (f.ev.get("cancelled_by") or f.cell_cause in ("cancelled", "interrupted")
                         or (f.sig is not None and int(f.sig) in _USER_SIGNALS)):
@@ -288,3 +292,50 @@ class Action:
     reason: str
     mem_gb: float | None = None
     exclude: list[str] = field(default_factory=list)
+
+
+def bad_nodes(states: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """The nodes that ended an attempt with a node fault, read from the cells' attempt records
+    (`(label, state.json)` pairs): per node, the first evidence and when, how many attempts it
+    ended and which cells they were. The store is the record: status and the report name these
+    nodes, and `exclude_bad_nodes_across_sweeps` keeps them out of later sweeps. Other causes (a
+    Python error, a crash) never make a node bad."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for label, state in states:
+        for a in state.get("attempts") or []:
+            if a.get("cause") != "node_fault" or not a.get("node"):
+                continue
+            at = a.get("ended_at") or a.get("submitted_at")
+            n = nodes.setdefault(str(a["node"]), {"node": str(a["node"]), "evidence": a.get("evidence"),
+                                                  "first_at": at, "last_at": at, "attempts": 0, "cells": []})
+            n["attempts"] += 1
+            if at is not None and (n["first_at"] is None or at < n["first_at"]):
+                n.update(first_at=at, evidence=a.get("evidence"))
+            if at is not None and (n["last_at"] is None or at > n["last_at"]):
+                n["last_at"] = at
+            if label not in n["cells"]:
+                n["cells"].append(label)
+    return [nodes[k] for k in sorted(nodes)]
+
+
+def bad_nodes_text(node: Mapping[str, Any]) -> str:
+    """`n2: 1 attempt of 1 cell (v2_baseline seed 1) ended with a node fault: <first evidence>`."""
+    cells = node["cells"]
+    shown = ", ".join(cells[:6]) + (" ..." if len(cells) > 6 else "")
+    return (f"{node['node']}: {node['attempts']} attempt{'s' if node['attempts'] != 1 else ''} of {len(cells)} "
+            f"cell{'s' if len(cells) != 1 else ''} ({shown}) ended with a node fault: {node.get('evidence') or '?'}")
+
+
+def bad_nodes_of_store(store: Any) -> list[dict[str, Any]]:
+    """`bad_nodes` over every run directory of a `Store` (cells labelled `config seed N`; a run
+    directory with a corrupt spec or state is left out: status shows it as corrupt)."""
+    from safedreamer_sweep.core.store import StoreError
+
+    items = []
+    for rd in store.iter_runs():
+        try:
+            spec, state = rd.read_spec() or {}, rd.read_state()
+        except StoreError:
+            continue
+        items.append((f"{spec.get('config', rd.path.parent.parent.name)} seed {spec.get('seed', '?')}", state))
+    return bad_nodes(items)

@@ -25,7 +25,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
     slurm_state_lookup,
 )
 from safedreamer_sweep.sweep.claim import Lease, try_lease
-from safedreamer_sweep.sweep.failures import RetryPolicy
+from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
 from safedreamer_sweep.sweep.plan import (
@@ -332,11 +332,22 @@ class Sweep:
                         gpus=visible_gpus(self.params.get("gpus")), runs_per_gpu=int(self.params.get("runs_per_gpu") or 1))
         return LocalBackend(pool=pool, tasks=tasks, folder=folder, params=self.params, detached=not self.wait)
 
+    def excluded_nodes(self) -> list[str]:
+        """hydra.launcher.exclude, and with exclude_bad_nodes_across_sweeps every node this store's
+        attempts recorded a node fault on (sweep/failures.bad_nodes)."""
+        nodes = [x for x in (self.params.get("exclude") or "").split(",") if x]
+        if self.params.get("exclude_bad_nodes_across_sweeps"):
+            bad = [n["node"] for n in bad_nodes_of_store(self.store) if n["node"] not in nodes]
+            if bad:
+                say(f"[sds] excluding node(s) {','.join(bad)}: node faults recorded in this store "
+                    f"(exclude_bad_nodes_across_sweeps=true)")
+            nodes += bad
+        return nodes
+
     def supervisor(self, backend: Backend, tracked: list[Tracked]) -> Supervisor:
         sup = Supervisor(store=self.store, backend=backend, sweep_id=self.id, stall_after=self.stall_after,
                          policy=self.policy, poll_s=float(self.params.get("poll_s", 5.0)), log=say,
-                         exclude=[x for x in (self.params.get("exclude") or "").split(",") if x],
-                         lease_s=self.params.get("lease_s"))
+                         exclude=self.excluded_nodes(), lease_s=self.params.get("lease_s"))
         for t in tracked:
             sup.add(t)
         return sup

@@ -137,7 +137,10 @@ class CellTask:
             nonlocal number
             attempts = s.setdefault("attempts", [])
             extra = {"job_id": job_id, "node": node, "resources": self.resources,
-                     "partition": os.environ.get("SLURM_JOB_PARTITION"), "sweep_id": self.sweep_id}
+                     "partition": os.environ.get("SLURM_JOB_PARTITION"), "sweep_id": self.sweep_id,
+                     # what the cell saw of its GPU share (checked by the packing tests)
+                     "gpu_env": {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                                                             "SDS_PACK_SLOT", "SLURM_STEP_ID") if k in os.environ}}
             prev = attempts[-1] if attempts else None
             if prev is not None and prev.get("outcome") == "running":
                 # The previous run of this cell could not close its attempt (requeued, killed):

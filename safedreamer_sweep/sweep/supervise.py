@@ -311,8 +311,12 @@ class Supervisor:
         if act.kind == "retry":
             if act.mem_gb:
                 t.mem_gb = act.mem_gb
-            if act.exclude:
+            if act.exclude and act.exclude != self.exclude:
                 self.exclude = act.exclude
+                # the jobs already waiting in the queue must not land on the bad node either
+                moved = self.backend.exclude_nodes([x for x in self.active if x is not t], self.exclude)
+                self.log(f"[sds] node(s) {','.join(self.exclude)} excluded for the rest of the sweep"
+                         + (f"; pending job(s) {', '.join(moved)} updated to avoid them" if moved else ""))
             t.subs, t.stall, t.first_seen_unknown = [], None, {}
             t.pending_cause = cause
             self.queue.append(t)
@@ -344,6 +348,7 @@ class Supervisor:
                 from safedreamer_sweep.sweep.submit import submitit_stderr
 
                 stderr = submitit_stderr(self.store.root / "launcher" / "submitit", sub.job_id)
+            stderr = self.backend.own_stderr(sub, stderr, ev)
         if last.get("n"):
             err = t.rd.attempt_log_paths(int(last["n"]))[1]
             if err.exists():

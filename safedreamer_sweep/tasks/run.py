@@ -226,11 +226,35 @@ def _env_step(rd: RunDir) -> int | None:
 
 
 def _inject_fault(attempt: int) -> None:
-    """Test hook (documented in tests/test_launcher_slurm.py): SDS_INJECT_FAULT=node_fault:N makes
-    attempt N fail the way a faulty GPU node does, so node-fault handling can be exercised."""
-    spec = os.environ.get("SDS_INJECT_FAULT", "")
-    if spec.startswith("node_fault:") and str(attempt) in spec.split(":", 1)[1].split(","):
-        raise RuntimeError("CUDA error: busy (injected by SDS_INJECT_FAULT for a test)")
+    """Test hook (documented in tests/test_launcher_slurm.py and tests/test_slurm_cluster.py):
+    SDS_INJECT_FAULT holds faults separated by spaces, each `KIND[@WHERE][:N[,N...]]`: KIND is
+    node_fault (raises "CUDA error: busy", the way a faulty GPU node fails), error (a plain Python
+    error), crash (the process dies of SIGSEGV), hang (sleeps without progress) or oom (allocates until a
+    memory limit kills it); WHERE a Slurm node name (SLURMD_NODENAME) or
+    `slotK` (the cell's place in a packed job, SDS_PACK_SLOT), any when omitted; N the attempts it
+    hits, every attempt when omitted. `node_fault:1` = attempt 1 anywhere; `node_fault@n2` = every
+    attempt on node n2."""
+    here = {os.environ.get("SLURMD_NODENAME"), f"slot{os.environ.get('SDS_PACK_SLOT')}"}
+    for fault in os.environ.get("SDS_INJECT_FAULT", "").split():
+        what, _, attempts = fault.partition(":")
+        kind, _, where = what.partition("@")
+        if (where and where not in here) or (attempts and str(attempt) not in attempts.split(",")):
+            continue
+        if kind == "node_fault":
+            raise RuntimeError("CUDA error: busy (injected by SDS_INJECT_FAULT for a test)")
+        if kind == "error":
+            raise ValueError(f"injected by SDS_INJECT_FAULT={fault} for a test (a bug in the cell, not the node)")
+        if kind == "crash":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if kind == "hang":  # alive, never moving: the supervisor's stall detection must kill it
+            time.sleep(24 * 3600)
+        if kind == "oom":  # grow until the scheduler's (or the local guard's) memory limit kills it
+            hog = []
+            while True:
+                hog.append(bytearray(64 << 20))
+                time.sleep(0.05)
 
 
 def cell_result(spec: RunSpec, rd: RunDir) -> dict[str, Any]:

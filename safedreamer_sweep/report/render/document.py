@@ -159,7 +159,7 @@ def cost_lines(r: Report) -> list[str]:
     """The cost section: device-hours per config (useful, wasted, pending) and money, or why not."""
     c = r.cost
     if not c.get("available"):
-        return [f"Cost is unavailable: {c.get('why', 'no cost data')}."]
+        return [f"Cost is unavailable: {c.get('why', 'no cost data')}.", *node_fault_lines(r)]
     unit = "GPU-hours" if c["device"] == "gpu" else "CPU-core-hours"
     lines = [(f"Total: {c['device_hours']:.3f} {unit}: {c['useful_h']:.3f} useful (the attempts a finished cell "
              f"used), {c['wasted_h']:.3f} wasted (failed, duplicated or redone work), {c['pending_h']:.3f} "
@@ -173,4 +173,14 @@ def cost_lines(r: Report) -> list[str]:
     else:
         lines.append("Money: not computed (set cost.per_gpu_hour in conf/sweep.yaml).")
     lines += ["", text.to_markdown(pd.DataFrame(c["per_config"]), index=False)]
-    return lines
+    return lines + node_fault_lines(r)
+
+
+def node_fault_lines(r: Report) -> list[str]:
+    """One line per node that ended attempts with a node fault: the node, its evidence, the cells
+    and device-hours it cost (their retries ran elsewhere: the node is excluded for the sweep)."""
+    from safedreamer_sweep.sweep.failures import bad_nodes_text
+
+    return [""] + [f"Bad node {bad_nodes_text(n)}; {n.get('hours', 0.0):.4f} device-hours lost on it, "
+                   f"excluded for the rest of that sweep." for n in r.cost.get("bad_nodes") or []] \
+        if r.cost.get("bad_nodes") else []

@@ -99,6 +99,16 @@ class Backend:
         keyed as `classify_failure` reads it; `last` is the cell's newest attempt record."""
         return {"slurm_state": None, "node": last.get("node") or last.get("host")}
 
+    def exclude_nodes(self, active: list[Tracked], nodes: list[str]) -> list[str]:
+        """Keep the active cells' jobs that have not started yet off `nodes`; returns the job ids
+        changed (a backend without nodes changes none)."""
+        return []
+
+    def own_stderr(self, sub: Any, stderr: str, evidence: dict[str, Any]) -> str:
+        """The part of the job's scheduler stderr that is this copy's (all of it, unless several
+        cells share the job); `evidence` is what end_evidence returned."""
+        return stderr
+
     def release(self, t: Tracked, sub: Any) -> None:
         """The cell ended: give back whatever it held (a local slot)."""
 
