@@ -358,6 +358,8 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     out["cell_cpu_efficiency"] = steps / (cells_cpu * raw_cpu) if cells_cpu else float("nan")
     print(f"   cells by CPU time: env steps / (the cells' CPU-s x raw per CPU-s) = {out['cell_cpu_efficiency']:.2f}")
     out["cells_cpu_s"] = cells_cpu
+    out["cell_cpu_s"] = [s["cpu_total"] for _, s in rows]  # each cell's own process
+    out["cell_env_cpu_s"] = [(s["train_steps"] + s["eval_equiv"]) / raw_cpu for _, s in rows]  # its env steps at the raw rate
     print(f"   training alone: {cpu_eff:.2f} of the raw rate per CPU-s, {wall_eff:.2f} per wall-s")
     print(f"   per-cell fixed cost (submitted -> first env step {statistics.median(out['start_to_first_step_s']):.2f} s "
           f"median, + evaluation beyond its env steps {statistics.median(out['eval_overhead_s']):.2f} s): median "

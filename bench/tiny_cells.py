@@ -47,7 +47,7 @@ def measure_path(work: Path, warm: bool, cores: int, raw_seconds: float, raws: l
     """The sweeps of one path, each reported against the raw rate measured on either side of it."""
     tag = "warm" if warm else "old"
     flag = [f"hydra.launcher.warm_workers={str(warm).lower()}", "hydra.launcher.progress=none"]
-    out: dict[str, Any] = {"path": tag}
+    out: dict[str, Any] = {"path": tag, "cores": cores}
 
     def sweep(name: str, overrides: list[str], axes: list[str] | None, expected: int) -> dict[str, Any]:
         sw = se.run_sweep(work, f"{tag}_{name}", cores, [*overrides, *flag], axes=axes, expected=expected)
@@ -96,6 +96,16 @@ def print_goals(results: list[dict[str, Any]]) -> None:
             _, m, g, u, met = by[p][i]
             cells.append(f"{m:.2f}{u} ({m / g:.2f}x) {'MET' if met else 'NOT MET'}")
         print(f"   {what + f' {sign} {goal:g}{unit}':<62}" + "".join(f"{c:>24}" for c in cells))
+    print("   the same by CPU time (what an idle core would take; the machine may be shared, so these are the "
+          "figures to compare across runs)")
+    for label, fn in (("tiny cell: its own process, median CPU-s", lambda r: statistics.median(
+                           r["four"]["cell_cpu_s"] + r["short"]["cell_cpu_s"])),
+                      ("tiny cell: all processes of the sweep per cell, CPU-s", lambda r: r["short"]["sweep_cpu_s"] / 8),
+                      ("tiny cell beyond its env work: all processes per cell, CPU-s", lambda r: (
+                           r["short"]["sweep_cpu_s"] - sum(r["short"]["cell_env_cpu_s"])) / 8),
+                      ("4-cell tiny sweep: CPU-s of all its processes / cores", lambda r: r["four"]["sweep_cpu_s"] / r["cores"]),
+                      ("demo matrix at 2,048 steps: efficiency by CPU time", lambda r: r["short"]["cpu_efficiency"])):
+        print(f"   {label:<62}" + "".join(f"{fn(r):>24.2f}" for r in results))
     if len(paths) == 2:
         old, warm = results
         for name in ("four", "short"):

@@ -1,8 +1,9 @@
 """Warm workers (sweep/backends/warm.py): a slot's worker forks one fresh child per cell.
 
 The worker alone (real worker processes, stdlib tasks): one worker runs cell after cell, a crashed
-or killed cell ends alone with its exit record and the next cell gets a fresh child of the same
-worker; a cell's process state (its working directory) does not reach the next. Then the launcher:
+or killed cell ends alone with its exit record, a cell past its time limit is checkpointed and
+started again under its job id, and the next cell gets a fresh child of the same worker; a cell's process state
+(its working directory) does not reach the next. Then the launcher:
 two real cells run one after the other in one worker give the same results as the same cells run
 the old way, each in a new interpreter (hydra.launcher.warm_workers=false)."""
 
@@ -35,9 +36,8 @@ def _wait_done(job, timeout: float = 60.0) -> int:
 def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell(tmp_path):
     pool = WarmPool(tmp_path / "warm")
     folder = tmp_path / "submitit"
-    env = {"SDS_TEST_SLOT": "0"}
+    env = {"SDS_TEST_SLOT": "0", "PYTHONPATH": str(Path(__file__).parent)}  # this module imports there
     try:
-        # stdlib functions: the worker unpickles them without this test module
         run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder,
                                          timeout_s=0, signal_delay_s=0)
         first = run(os.chdir, str(tmp_path))  # this cell changes its working directory ...
@@ -53,15 +53,42 @@ def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell
         assert _wait_done(hung) == -9
         rec = read_exit_record(hung.paths.folder, hung.job_id)
         assert rec["signal_name"] == "SIGKILL" and rec["warm_worker"] and rec["pid"] == int(hung.job_id)
+        # past the local time limit: the requeue signal, checkpoint, and the task started again under
+        # its job id, as submitit's controller does it
+        late = pool.submit(0, env, list(BASE_PRELOAD), SleepsPastItsLimitOnce(str(tmp_path / "requeued")), folder,
+                           timeout_s=3, signal_delay_s=2)
+        assert _wait_done(late, timeout=30) == 0 and late.result() == "second run"
+        assert "Caught signal SIGUSR2" in Path(late.paths.stderr).read_text()
+        rec = read_exit_record(late.paths.folder, late.job_id)
+        assert rec["job_id"] == late.job_id and rec["pid"] != int(late.job_id)  # a new child, the same job
         after = run(operator.add, 2, 3)
         assert _wait_done(after) == 0 and after.result() == 5
-        jobs = [first, second, crash, hung, after]
-        assert len({j.job_id for j in jobs}) == 5  # a child per cell ...
+        jobs = [first, second, crash, hung, late, after]
+        assert len({j.job_id for j in jobs}) == 6  # a child per cell ...
         workers = {read_exit_record(j.paths.folder, j.job_id)["watcher_pid"] for j in jobs}
         assert workers == {pool.workers[0].proc.pid} and pool.workers[0].alive  # ... of one worker, still up
         assert Path(after.paths.stdout).exists()  # each child has its own submitit logs
     finally:
         pool.close()
+
+
+class SleepsPastItsLimitOnce:
+    """A checkpointable task: sleeps until the time limit; run again after its requeue, it returns."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self) -> str:
+        if Path(self.marker).exists():
+            return "second run"
+        time.sleep(60)
+        return "not stopped"
+
+    def checkpoint(self) -> object:
+        import submitit
+
+        Path(self.marker).write_text("requeued")
+        return submitit.helpers.DelayedSubmission(self)
 
 
 def _results(store: Path) -> dict[str, dict]:

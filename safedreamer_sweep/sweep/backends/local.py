@@ -138,7 +138,8 @@ class LocalBackend(Backend):
         try:
             return self.warm.submit(slot, env, self._preload(t), task, ex.folder,
                                     timeout_s=60 * float(ex.parameters.get("timeout_min") or 0),
-                                    signal_delay_s=float(ex.parameters.get("signal_delay_s") or 0))
+                                    signal_delay_s=float(ex.parameters.get("signal_delay_s") or 0),
+                                    max_num_timeout=int(ex.max_num_timeout))
         except WarmUnavailable as e:
             if slot not in self._warm_refused:
                 self._warm_refused.add(slot)

@@ -184,15 +184,19 @@ class WarmPool:
             self.worker(slot, env, preload)
 
     def submit(self, slot: int, env: dict[str, str], preload: list[str], task: Any, folder: Path,
-               timeout_s: float, signal_delay_s: float) -> Any:
-        """Run `task` (a CellTask) in the slot's worker: a submitit LocalJob whose id is the cell's pid."""
+               timeout_s: float, signal_delay_s: float, max_num_timeout: int = 3) -> Any:
+        """Run `task` (a CellTask) in the slot's worker: a submitit LocalJob whose id is the cell's pid.
+        `timeout_s` 0: no time limit; `max_num_timeout`: requeues on timeout (as LocalExecutor's)."""
         from submitit.core import utils
         from submitit.local.local import LocalJob
 
         base = utils.JobPaths.get_first_id_independent_folder(folder)
         base.mkdir(parents=True, exist_ok=True)
         staged = base / f".warm_{uuid.uuid4().hex}_submitted.pkl"
-        utils.DelayedSubmission(task).dump(staged)
+        delayed = utils.DelayedSubmission(task)
+        # as submitit's executor does (it passes timeout_min, a float, typed int there)
+        delayed.set_timeout(timeout_s / 60, max_num_timeout)  # type: ignore[arg-type]
+        delayed.dump(staged)
         cell_env = {**env, "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")}
         try:
             try:
@@ -214,10 +218,17 @@ class WarmPool:
         job._process = w.current = WarmProcess(pid, paths.folder / f"{pid}_0_exit.json", w)  # type: ignore[assignment]
         return job
 
-    def close(self) -> None:
-        """Let every worker go: each exits once its cell (if any) has ended."""
+    def close(self, wait_s: float = 5.0) -> None:
+        """Let every worker go: each exits once its cell (if any) has ended. An idle one is waited
+        for (up to `wait_s`), so it is reaped here and its CPU time counts as this process's
+        children's, as a cold cell's does; one whose cell still runs (detached, Ctrl-C) is not."""
         for w in self.workers.values():
             w.close()
+        deadline = time.monotonic() + wait_s
+        for w in self.workers.values():
+            if w.idle:
+                with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 _SHARED: WarmPool | None = None
@@ -354,6 +365,17 @@ def _wait(pid: int, timeout_s: float, signal_delay_s: float) -> int:
         time.sleep(0.02)
 
 
+_CURRENT: dict[str, int] = {}  # the pid of the child the worker waits for
+
+
+def _forward_or_exit(sig: int, _frame: Any) -> None:
+    pid = _CURRENT.get("pid")
+    if pid is None:
+        sys.exit(128 + sig)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def _run_request(req: dict[str, Any], ctl_in: int, ctl_out: IO[str]) -> None:
     """Fork the cell's child, answer its pid, wait for it (starting it again when it asks to be
     requeued, as submitit's controller does, under the same job id) and write its exit record."""
@@ -370,11 +392,15 @@ def _run_request(req: dict[str, Any], ctl_in: int, ctl_out: IO[str]) -> None:
         pid = os.fork()
         if pid == 0:
             _child(req, job_id or str(os.getpid()), (ctl_in, ctl_out.fileno()), first=attempt == 0)
+        _CURRENT["pid"] = pid
         if job_id is None:
             job_id = str(pid)
             ctl_out.write(json.dumps({"pid": pid}) + "\n")
             ctl_out.flush()
-        code = _wait(pid, float(req.get("timeout_s") or 0), float(req.get("signal_delay_s") or 0))
+        try:
+            code = _wait(pid, float(req.get("timeout_s") or 0), float(req.get("signal_delay_s") or 0))
+        finally:
+            _CURRENT.pop("pid", None)
         ended = time.time()
         if code != REQUEUE_RETURN_CODE:
             break
@@ -403,6 +429,8 @@ def serve(preload: list[str]) -> int:
     os.close(devnull)
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the launcher; the cells run on
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as exitwatch does: to the cell, which ends by it
+        signal.signal(sig, _forward_or_exit)
     t0 = time.time()
     failed: list[str] = []
     for name in preload:
