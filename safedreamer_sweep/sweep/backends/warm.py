@@ -106,6 +106,8 @@ class WarmWorker:
 
     def __init__(self, slot: int, env: dict[str, str], preload: list[str], log_dir: Path) -> None:
         self.slot, self.env, self.preload = slot, dict(env), list(preload)
+        # what a cold cell inherits from the launcher at its submission: kept as of the worker's start
+        self.inherited = (os.getcwd(), dict(os.environ))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"warm_slot{slot}_{os.getpid()}_{int(time.time() * 1000)}.log"
         with open(self.log_path, "ab") as log:
@@ -171,8 +173,10 @@ class WarmPool:
         # as submitit's controller sets it for a local job: the slot's GPU, or none
         env = {**env, "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")}
         w = self.workers.get(slot)
-        # a worker whose cell still runs (a detached launch's) is let go, never queued behind
-        if w is None or not w.alive or w.env != env or w.preload != preload or not w.idle:
+        # A worker whose cell still runs (a detached launch's) is let go, never queued behind; so is
+        # one started from another working directory or environment (a cell would not see them).
+        if (w is None or not w.alive or w.env != env or w.preload != preload or not w.idle
+                or w.inherited != (os.getcwd(), dict(os.environ))):
             if w is not None:
                 w.close()
             w = self.workers[slot] = WarmWorker(slot, env, preload, self.log_dir)
