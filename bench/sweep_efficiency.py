@@ -118,13 +118,16 @@ def raw_rate(cores: int, num_envs: int, seconds: float) -> dict[str, float]:
 # ----------------------------------------------------------------------------- one sweep
 
 
-def run_sweep(work: Path, name: str, cores: int, overrides: list[str]) -> dict[str, Any]:
+def run_sweep(work: Path, name: str, cores: int, overrides: list[str], axes: list[str] | None = None,
+              expected: int = 8) -> dict[str, Any]:
+    """One sweep (default: the demo matrix, 8 cells) on a fresh store; `axes` replaces its axes."""
     store = work / f"store_{name}"
     env = dict(os.environ)
     # A fresh cache for this sweep, where tasks/run.py keeps it (in the store): the first cell of each
     # shape compiles, the others may load. Older code read the same variable.
     env["JAX_COMPILATION_CACHE_DIR"] = str(store / "cache" / "jax")
-    argv = [sys.executable, "-m", "safedreamer_sweep", "-m", f"config={CONFIGS}", "seed=0,1", f"store.root={store}",
+    argv = [sys.executable, "-m", "safedreamer_sweep", "-m", *(axes or [f"config={CONFIGS}", "seed=0,1"]),
+            f"store.root={store}",
             "hydra/launcher=sds_local", f"hydra.launcher.max_parallel={cores}",
             f"hydra.sweep.dir={work / ('multirun_' + name)}", *overrides]
     load_before = os.getloadavg()[0]
@@ -145,6 +148,7 @@ def run_sweep(work: Path, name: str, cores: int, overrides: list[str]) -> dict[s
     if p.returncode != 0:
         print(stdout[-3000:], stderr[-3000:], file=sys.stderr)
     out = read_sweep(store, name, t0, t_exit, exit_code=p.returncode, load=(load_before + os.getloadavg()[0]) / 2)
+    out["expected"] = expected
     out["stdout_tail"] = stdout[-1500:]
     said = [t for t, text in lines if "[sds] decision:" in text or "[sds] report:" in text]
     out["summary_said_at"] = said[0] if said else None
@@ -354,6 +358,8 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     out["cell_cpu_efficiency"] = steps / (cells_cpu * raw_cpu) if cells_cpu else float("nan")
     print(f"   cells by CPU time: env steps / (the cells' CPU-s x raw per CPU-s) = {out['cell_cpu_efficiency']:.2f}")
     out["cells_cpu_s"] = cells_cpu
+    out["cell_cpu_s"] = [s["cpu_total"] for _, s in rows]  # each cell's own process
+    out["cell_env_cpu_s"] = [(s["train_steps"] + s["eval_equiv"]) / raw_cpu for _, s in rows]  # its env steps at the raw rate
     print(f"   training alone: {cpu_eff:.2f} of the raw rate per CPU-s, {wall_eff:.2f} per wall-s")
     print(f"   per-cell fixed cost (submitted -> first env step {statistics.median(out['start_to_first_step_s']):.2f} s "
           f"median, + evaluation beyond its env steps {statistics.median(out['eval_overhead_s']):.2f} s): median "

@@ -84,6 +84,9 @@ class LocalOptions(BaseOptions):
     gpus: Any = opt(None, schema_type=int | list[int] | str | None)  # noqa: RUF009 (opt returns a dataclasses.field)
     # cells sharing one GPU (each gets XLA_PYTHON_CLIENT_MEM_FRACTION=1/runs_per_gpu)
     runs_per_gpu: int = opt(1, ge=1, le=64)
+    # a warm worker per slot (imports done once) forks a fresh process per cell; false: a new
+    # interpreter per cell through submitit's local controller (sweep/backends/warm.py)
+    warm_workers: bool = True
 
 
 @dataclass

@@ -45,10 +45,9 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         )
     else:
         platform = cfg.get("trainer", {}).get("platform")
-        if "jax" not in sys.modules:  # read when JAX is imported
-            if platform:
-                os.environ.setdefault("JAX_PLATFORMS", str(platform))
-            use_store_jax_cache(cfg)
+        if platform:
+            os.environ.setdefault("JAX_PLATFORMS", str(platform))
+        use_store_jax_cache(cfg)
         with timeline.phase("imports"):
             from safedreamer_sweep.trainer.evaluate import evaluate
             from safedreamer_sweep.trainer.ppo_lag import train
@@ -218,6 +217,21 @@ def use_store_jax_cache(cfg: DictConfig) -> None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(str(cfg.store.root)).expanduser() / "cache" / "jax"))
     # Small programs too: loading one is faster than compiling it (JAX's default caches only >= 1 s).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    if "jax" in sys.modules:
+        # JAX reads these variables when it is imported. A warm worker (sweep/backends/warm.py) imported
+        # it before this cell, but never used a backend or compiled: the same settings through its config.
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+        if os.environ.get("JAX_PLATFORMS") and not _jax_backend_started():
+            jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+
+
+def _jax_backend_started() -> bool:
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(bridge, "_backends", None))
 
 
 def _env_step(rd: RunDir) -> int | None:

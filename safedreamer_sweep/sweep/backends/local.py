@@ -1,6 +1,8 @@
-"""The local backend: submitit's LocalExecutor, at most `max_parallel` cells at once, each in a
-slot pinned to one GPU; a job's id is its controller pid, so liveness and kills go through pids.
-Slurm enforces `mem_gb` itself; here the supervisor polls each cell's process tree instead."""
+"""The local backend: at most `max_parallel` cells at once, each in a slot pinned to one GPU. With
+`warm_workers` (the default) each slot has a warm worker (backends/warm.py) that forks one process
+per cell, whose pid is the job id; otherwise each cell is a submitit LocalExecutor job whose id is
+its controller pid. Either way liveness and kills go through pids. Slurm enforces `mem_gb` itself;
+here the supervisor polls each cell's process tree instead."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ from typing import Any
 
 from safedreamer_sweep.core.store import host
 from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
+from safedreamer_sweep.sweep.backends.warm import (
+    WarmPool,
+    WarmUnavailable,
+    preload_modules,
+    shared_pool,
+)
 from safedreamer_sweep.sweep.observe import pid_alive
 from safedreamer_sweep.sweep.submit import (
     CellTasks,
@@ -73,12 +81,20 @@ class LocalBackend(Backend):
         self.pool, self.tasks, self.folder, self.params = pool, tasks, folder, params or {}
         self.detached = detached
         self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
+        self.warm: WarmPool | None = None
+        self._warm_refused: set[int] = set()
+        if tasks is not None and folder is not None and self.params.get("warm_workers", True):
+            self.warm = shared_pool(Path(str(folder)).parent / "warm")
 
     def has_room(self, active: int, picked: int) -> bool:
         return self.pool is not None and len(self.pool.busy) + picked < self.pool.capacity
 
     def submit(self, cells: list[Tracked], exclude: list[str]) -> list[tuple[Tracked, Started | Refused]]:
         out: list[tuple[Tracked, Started | Refused]] = []
+        if self.warm is not None and cells and self.pool is not None:
+            # start the free slots' workers at once: their imports overlap
+            free = [i for i in range(self.pool.capacity) if i not in self.pool.busy][:len(cells)]
+            self.warm.warm_up([(i, self.pool.env(i, self.base_env)) for i in free], self._preload(cells[0]))
         for t in cells:
             try:
                 out.append((t, self._submit_one(t)))
@@ -98,8 +114,11 @@ class LocalBackend(Backend):
             ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),))
         res = cell_resources("local", self.params, mem_gb=t.mem_gb, gpus=gpu)
         try:
-            with temporary_environ(env), (_stdio_to_devnull() if self.detached else contextlib.nullcontext()):
-                job = ex.submit(self.tasks(t.payload, env, {**res, "env": env}))
+            task = self.tasks(t.payload, env, {**res, "env": env})
+            job = self._start_warm(slot, env, task, ex, t) if self.warm is not None else None
+            if job is None:
+                with temporary_environ(env), (_stdio_to_devnull() if self.detached else contextlib.nullcontext()):
+                    job = ex.submit(task)
         except BaseException:
             self.pool.release(slot)
             raise
@@ -107,6 +126,26 @@ class LocalBackend(Backend):
                      partition=None, exclude=None)
         t.slot_gpu = gpu
         return [Submission(key=t.key, job=job, job_id=str(job.job_id), backend="local", slot=slot, resources=res)]
+
+    def _preload(self, t: Tracked) -> list[str]:
+        assert self.tasks is not None
+        return preload_modules(t.payload, self.tasks.task_function)
+
+    def _start_warm(self, slot: int, env: dict[str, str], task: Any, ex: Any, t: Tracked) -> Any:
+        """The cell as a child of its slot's warm worker; None (the cold path) when the worker
+        cannot run cells, said once per slot."""
+        assert self.warm is not None
+        try:
+            return self.warm.submit(slot, env, self._preload(t), task, ex.folder,
+                                    timeout_s=60 * float(ex.parameters.get("timeout_min") or 0),
+                                    signal_delay_s=float(ex.parameters.get("signal_delay_s") or 0),
+                                    max_num_timeout=int(ex.max_num_timeout))
+        except WarmUnavailable as e:
+            if slot not in self._warm_refused:
+                self._warm_refused.add(slot)
+                print(f"[sds] {e}; slot {slot} starts this cell in a new process instead "
+                      f"(hydra.launcher.warm_workers=false does so for every cell)", flush=True)
+            return None
 
     def alive(self, t: Tracked, sub: Any) -> bool:
         process = getattr(getattr(sub, "job", None), "_process", None)

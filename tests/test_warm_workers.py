@@ -1,0 +1,132 @@
+"""Warm workers (sweep/backends/warm.py): a slot's worker forks one fresh child per cell.
+
+The worker alone (real worker processes, stdlib tasks): one worker runs cell after cell, a crashed
+or killed cell ends alone with its exit record, a cell past its time limit is checkpointed and
+started again under its job id, and the next cell gets a fresh child of the same worker; a cell's process state
+(its working directory) does not reach the next. Then the launcher:
+two real cells run one after the other in one worker give the same results as the same cells run
+the old way, each in a new interpreter (hydra.launcher.warm_workers=false)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, sds
+
+from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.backends.warm import BASE_PRELOAD, WarmPool
+from safedreamer_sweep.sweep.exitwatch import read_exit_record
+
+
+def _wait_done(job, timeout: float = 60.0) -> int:
+    deadline = time.time() + timeout
+    while (code := job._process.poll()) is None:
+        assert time.time() < deadline, f"job {job.job_id} still running after {timeout} s"
+        time.sleep(0.05)
+    return code
+
+
+def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell(tmp_path):
+    pool = WarmPool(tmp_path / "warm")
+    folder = tmp_path / "submitit"
+    env = {"SDS_TEST_SLOT": "0", "PYTHONPATH": str(Path(__file__).parent)}  # this module imports there
+    try:
+        run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder,
+                                         timeout_s=0, signal_delay_s=0)
+        first = run(os.chdir, str(tmp_path))  # this cell changes its working directory ...
+        assert _wait_done(first) == 0
+        second = run(os.getcwd)  # ... the next one does not inherit it: a fresh child of the same worker
+        assert _wait_done(second) == 0 and second.result() == os.getcwd()
+        crash = run(operator.truediv, 1, 0)
+        assert _wait_done(crash) == 1
+        assert "ZeroDivisionError" in Path(crash.paths.stderr).read_text()
+        hung = run(time.sleep, 60)
+        time.sleep(0.5)
+        os.kill(int(hung.job_id), signal.SIGKILL)  # what the supervisor does to a stalled cell: its pid
+        assert _wait_done(hung) == -9
+        rec = read_exit_record(hung.paths.folder, hung.job_id)
+        assert rec["signal_name"] == "SIGKILL" and rec["warm_worker"] and rec["pid"] == int(hung.job_id)
+        # past the local time limit: the requeue signal, checkpoint, and the task started again under
+        # its job id, as submitit's controller does it
+        late = pool.submit(0, env, list(BASE_PRELOAD), SleepsPastItsLimitOnce(str(tmp_path / "requeued")), folder,
+                           timeout_s=3, signal_delay_s=2)
+        assert _wait_done(late, timeout=30) == 0 and late.result() == "second run"
+        assert "Caught signal SIGUSR2" in Path(late.paths.stderr).read_text()
+        rec = read_exit_record(late.paths.folder, late.job_id)
+        assert rec["job_id"] == late.job_id and rec["pid"] != int(late.job_id)  # a new child, the same job
+        after = run(operator.add, 2, 3)
+        assert _wait_done(after) == 0 and after.result() == 5
+        jobs = [first, second, crash, hung, late, after]
+        assert len({j.job_id for j in jobs}) == 6  # a child per cell ...
+        workers = {read_exit_record(j.paths.folder, j.job_id)["watcher_pid"] for j in jobs}
+        assert workers == {pool.workers[0].proc.pid} and pool.workers[0].alive  # ... of one worker, still up
+        assert Path(after.paths.stdout).exists()  # each child has its own submitit logs
+    finally:
+        pool.close()
+
+
+class SleepsPastItsLimitOnce:
+    """A checkpointable task: sleeps until the time limit; run again after its requeue, it returns."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self) -> str:
+        if Path(self.marker).exists():
+            return "second run"
+        time.sleep(60)
+        return "not stopped"
+
+    def checkpoint(self) -> object:
+        import submitit
+
+        Path(self.marker).write_text("requeued")
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _results(store: Path) -> dict[str, dict]:
+    out = {}
+    for rd in Store(store).iter_runs():
+        curves = [{k: v for k, v in json.loads(line).items() if k not in ("steps_per_s", "wall_time_s")}
+                  for line in (rd.path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        out[rd.path.parts[-2]] = {"id": rd.read_eval("id")["summary"], "ood": rd.read_eval("ood")["summary"],
+                                  "curves": curves, "trained": rd.read_state().get("trained_steps")}
+    return out
+
+
+def _exit_records(store: Path) -> list[dict]:
+    recs = []
+    for rd in Store(store).iter_runs():
+        for a in rd.read_state()["attempts"]:
+            rec = read_exit_record(store / "launcher" / "submitit", str(a["job_id"]))
+            if rec:
+                recs.append(rec)
+    return recs
+
+
+@pytest.mark.slow
+def test_two_cells_in_one_worker_give_the_results_of_two_processes(tmp_path):
+    args = ["-m", "config=v2_baseline", "seed=0,1", *TINY, "hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5",
+            "hydra.launcher.max_parallel=1", "hydra.sweep.dir=${store.root}/multirun"]
+    results = {}
+    for mode in ("true", "false"):
+        store = tmp_path / f"store_{mode}"
+        p = sds(*args, f"store.root={store}", f"hydra.launcher.warm_workers={mode}", timeout=400)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        results[mode] = _results(store)
+        recs = _exit_records(store)
+        assert len(recs) == 2
+        if mode == "true":  # both cells were children of one worker
+            assert all(r.get("warm_worker") for r in recs) and len({r["watcher_pid"] for r in recs}) == 1
+            assert len({r["pid"] for r in recs}) == 2
+        else:
+            assert not any(r.get("warm_worker") for r in recs)
+    assert results["true"].keys() == {"seed_0", "seed_1"}
+    assert results["true"] == results["false"]
