@@ -1,5 +1,5 @@
 """The local backend: at most `max_parallel` cells at once, each in a slot pinned to one GPU. With
-`warm_workers` (the default) each slot has a warm worker (backends/warm.py) that forks one process
+`warm_workers=true` (opt-in for now) each slot has a warm worker (backends/warm.py) that forks one process
 per cell, whose pid is the job id; otherwise each cell is a submitit LocalExecutor job whose id is
 its controller pid. Either way liveness and kills go through pids. Slurm enforces `mem_gb` itself;
 here the supervisor polls each cell's process tree instead."""
@@ -83,7 +83,7 @@ class LocalBackend(Backend):
         self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
         self.warm: WarmPool | None = None
         self._warm_refused: set[int] = set()
-        if tasks is not None and folder is not None and self.params.get("warm_workers", True):
+        if tasks is not None and folder is not None and self.params.get("warm_workers", False):
             self.warm = shared_pool(Path(str(folder)).parent / "warm")
 
     def has_room(self, active: int, picked: int) -> bool:
