@@ -246,19 +246,26 @@ def test_packing_two_cells_per_gpu_under_a_two_gpu_cap_runs_four_at_once_and_no_
     assert _max_concurrent(sacct(*jobs)) <= 2
 
 
-def test_a_crash_in_one_packed_cell_leaves_its_neighbour_running_to_done(tmp_path):
+def _packed_sweep_with_a_fault_in_slot_1(tmp_path, fault: str, what: str, steps: int, *extra: str):
+    """Two cells packed on one GPU, `fault` planted in slot 1's first attempt: the sweep must still end
+    with exit 0. Returns (states, the faulted cell's key, its neighbour's key)."""
     store = tmp_path / "store"
     t0 = time.time()
-    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(2048), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", "+hydra.launcher.env.SDS_INJECT_FAULT='crash@slot1:1'", timeout=600)
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(steps), *SLURM, *CAPPED,
+            "hydra.launcher.runs_per_gpu=2", *extra, f"+hydra.launcher.env.SDS_INJECT_FAULT='{fault}'", timeout=600)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
     st = states(store)
-    print(f"packed crash ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
-    assert all(s["phase"] == "done" for s in st.values())
+    print(f"packed {what} ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
     first = {k: s["attempts"][0] for k, s in st.items()}
-    (crashed,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
-    (neighbour,) = [k for k in first if k != crashed]
-    c, n = first[crashed], first[neighbour]
+    (faulted,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
+    (neighbour,) = [k for k in first if k != faulted]
+    return st, faulted, neighbour
+
+
+def test_a_crash_in_one_packed_cell_leaves_its_neighbour_running_to_done(tmp_path):
+    st, crashed, neighbour = _packed_sweep_with_a_fault_in_slot_1(tmp_path, "crash@slot1:1", "crash", 2048)
+    assert all(s["phase"] == "done" for s in st.values())
+    c, n = st[crashed]["attempts"][0], st[neighbour]["attempts"][0]
     assert c["job_id"] == n["job_id"]  # they shared one allocation
     assert c["cause"] == "crash" and "SIGSEGV" in c["evidence"], c
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
@@ -267,18 +274,9 @@ def test_a_crash_in_one_packed_cell_leaves_its_neighbour_running_to_done(tmp_pat
 
 
 def test_an_oom_kill_of_one_packed_cell_is_its_own_and_its_neighbour_runs_to_done(tmp_path):
-    store = tmp_path / "store"
-    t0 = time.time()
     # slot 1 allocates until its step's memory limit (mem_gb=1, enforced per step) kills it
-    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(2048), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", "+hydra.launcher.env.SDS_INJECT_FAULT='oom@slot1:1'", timeout=600)
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
-    st = states(store)
-    print(f"packed oom ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
-    first = {k: s["attempts"][0] for k, s in st.items()}
-    (killed,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
-    (neighbour,) = [k for k in first if k != killed]
-    o, n = first[killed], first[neighbour]
+    st, killed, neighbour = _packed_sweep_with_a_fault_in_slot_1(tmp_path, "oom@slot1:1", "oom", 2048)
+    o, n = st[killed]["attempts"][0], st[neighbour]["attempts"][0]
     assert o["job_id"] == n["job_id"]
     assert o["cause"] == "oom" and "exceeded memory limit" in o["evidence"], o
     assert st[killed]["attempts"][-1]["resources"]["mem_gb"] == 1.5 and st[killed]["phase"] == "done"
@@ -287,19 +285,10 @@ def test_an_oom_kill_of_one_packed_cell_is_its_own_and_its_neighbour_runs_to_don
 
 
 def test_a_stalled_packed_cell_is_killed_alone_and_its_neighbour_trains_on(tmp_path):
-    store = tmp_path / "store"
-    t0 = time.time()
     # slot 1 hangs without progress: after stall_after the supervisor kills its step only
-    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(24576), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.stall_after=30",
-            "+hydra.launcher.env.SDS_INJECT_FAULT='hang@slot1:1'", timeout=600)
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
-    st = states(store)
-    print(f"packed stall ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
-    first = {k: s["attempts"][0] for k, s in st.items()}
-    (hung,) = [k for k, a in first.items() if a["gpu_env"]["SDS_PACK_SLOT"] == "1"]
-    (neighbour,) = [k for k in first if k != hung]
-    h, n = first[hung], first[neighbour]
+    st, hung, neighbour = _packed_sweep_with_a_fault_in_slot_1(tmp_path, "hang@slot1:1", "stall", 24576,
+                                                               "hydra.launcher.stall_after=30")
+    h, n = st[hung]["attempts"][0], st[neighbour]["attempts"][0]
     assert h["job_id"] == n["job_id"] and h["cause"] == "stalled", h
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
     assert n["ended_at"] > h["ended_at"] + 5  # it was still training when its neighbour was killed
