@@ -73,15 +73,23 @@ def sweep_setting(settings: DictConfig | None, launcher: dict | None, key: str) 
     value = (launcher or {}).get(key)
     if value is not None:
         return value
-    sw = (settings.get("sweep") if settings is not None else None) or {}
-    return sw.get(key, SWEEP_SETTINGS[key])
+    return _app_sweep(settings).get(key, SWEEP_SETTINGS[key])
+
+
+def sweep_setting_given(settings: DictConfig | None, launcher: dict | None, key: str) -> bool:
+    """Whether `key` is set for the job (hydra.launcher.<key> or the app's sweep.<key>), not defaulted."""
+    return (launcher or {}).get(key) is not None or key in _app_sweep(settings)
+
+
+def _app_sweep(settings: DictConfig | None) -> Any:
+    return (settings.get("sweep") if settings is not None else None) or {}
 
 
 def flag_hint(settings: DictConfig | None) -> Callable[[str, Any], str]:
     """How a message names a sweep setting so it works on this app's command line: `sweep.<key>=v`
     for an app whose config has that key (the built-in app), else `hydra.launcher.<key>=v` (any app
     under the sds launchers; `sweep.<key>` would not exist there)."""
-    sw = (settings.get("sweep") if settings is not None else None) or {}
+    sw = _app_sweep(settings)
 
     def hint(key: str, value: Any) -> str:
         text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -565,8 +573,7 @@ def plan_cells(job_overrides: Sequence[Sequence[str]], *, config_loader: Any, co
             code_change = str(sweep_setting(settings, launcher, "code_change"))
             # Unset, an edited main script of an app that declares no code reruns its cells (nothing says
             # which of its lines compute them; Hydra's other launchers always run the script as it is now)
-            explicit = (launcher or {}).get("code_change") is not None or "code_change" in (
-                (settings.get("sweep") if settings is not None else None) or {})
+            explicit = sweep_setting_given(settings, launcher, "code_change")
             if code_change not in CODE_CHANGE:
                 raise PlanError(f"code_change={code_change!r} is not one of {', '.join(CODE_CHANGE)}. Fix: "
                                 f"{hint('code_change', 'refuse')} (default), rerun or accept")
