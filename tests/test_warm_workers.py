@@ -14,6 +14,7 @@ import json
 import operator
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +71,57 @@ def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell
         assert Path(after.paths.stdout).exists()  # each child has its own submitit logs
     finally:
         pool.close()
+
+
+def test_a_cell_sees_the_launchers_environment_of_its_submission(tmp_path, monkeypatch):
+    """A cold cell inherits the launcher's environment when it is submitted; so does a warm one. A
+    variable numpy sets for a moment while it imports (in a launcher thread) keeps the worker."""
+    pool = WarmPool(tmp_path / "warm")
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), tmp_path / "submitit",
+                                     timeout_s=0, signal_delay_s=0)
+    try:
+        assert _wait_done(job := run(os.environ.get, "SDS_TEST_LATE")) == 0 and job.result() is None
+        worker = pool.workers[0].proc.pid
+        monkeypatch.setenv("OPENBLAS_MAIN_FREE", "1")
+        assert _wait_done(job := run(os.environ.get, "OPENBLAS_MAIN_FREE")) == 0 and job.result() == "1"
+        assert pool.workers[0].proc.pid == worker  # the same worker; its cell saw the variable as set now
+        monkeypatch.setenv("SDS_TEST_LATE", "set after the worker started")
+        assert _wait_done(job := run(os.environ.get, "SDS_TEST_LATE")) == 0
+        assert job.result() == "set after the worker started"
+        assert pool.workers[0].proc.pid != worker  # a new worker: its imports must see what a cold cell's would
+    finally:
+        pool.close()
+
+
+def test_a_cell_that_ended_while_the_supervisor_was_busy_wakes_it_at_once():
+    """LocalBackend.wait: a cell's process that ended before the call (while the supervisor was
+    submitting) returns at once, so its slot is refilled now, not a poll later; once woken for,
+    it does not wake the supervisor again (no busy loop); a process ending during the wait wakes it."""
+    from types import SimpleNamespace
+
+    from safedreamer_sweep.sweep.backends.local import LocalBackend
+
+    class Process:  # as submitit's LocalJob holds a Popen: poll() is None while it runs
+        def __init__(self, code: int | None) -> None:
+            self.code = code
+
+        def poll(self) -> int | None:
+            return self.code
+
+    procs = [Process(0), Process(None)]
+    active = [SimpleNamespace(subs=[SimpleNamespace(job=SimpleNamespace(_process=p))]) for p in procs]
+    backend = LocalBackend()
+    t0 = time.monotonic()
+    backend.wait(active, 60)
+    assert time.monotonic() - t0 < 10
+    t0 = time.monotonic()
+    backend.wait(active, 0.5)
+    assert time.monotonic() - t0 >= 0.5  # the same ended process: slept the whole timeout
+    threading.Timer(0.3, lambda: setattr(procs[1], "code", 0)).start()
+    t0 = time.monotonic()
+    backend.wait(active, 60)
+    assert time.monotonic() - t0 < 10
 
 
 class SleepsPastItsLimitOnce:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class LocalBackend(Backend):
         self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
         self.warm: WarmPool | None = None
         self._warm_refused: set[int] = set()
+        self._ended_seen: weakref.WeakSet[Any] = weakref.WeakSet()  # cells' processes ended and woken for (wait)
         if tasks is not None and folder is not None and self.params.get("warm_workers", False):
             self.warm = shared_pool(Path(str(folder)).parent / "warm")
 
@@ -188,11 +190,20 @@ class LocalBackend(Backend):
 
     def wait(self, active: list[Tracked], timeout: float) -> None:
         """Sleep up to `timeout`, waking within WAKE_S of any running cell's process exiting (a
-        non-blocking waitpid per cell: cheap), so a freed slot is refilled at once."""
+        non-blocking waitpid per cell: cheap), so a freed slot is refilled at once. A process that
+        ended before this call and was not yet woken for (it ended while the supervisor was busy
+        submitting) returns at once; one woken for already does not again (no busy loop)."""
         procs = [p for t in active for sub in t.subs
-                 if (p := getattr(getattr(sub, "job", None), "_process", None)) is not None and p.poll() is None]
+                 if (p := getattr(getattr(sub, "job", None), "_process", None)) is not None]
+        if self._woke_for(procs):
+            return
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
-            if any(p.poll() is not None for p in procs):
-                return
             time.sleep(min(WAKE_S, left))
+            if self._woke_for(procs):
+                return
+
+    def _woke_for(self, procs: list[Any]) -> bool:
+        ended = [p for p in procs if p.poll() is not None and p not in self._ended_seen]
+        self._ended_seen.update(ended)
+        return bool(ended)

@@ -54,6 +54,9 @@ ANSWER_S = 180.0  # how long the launcher waits for a worker's answer (its first
 REQUEUE_RETURN_CODE = 144  # submitit's LOCAL_REQUEUE_RETURN_CODE: the task asked to be started again
 BUILTIN_PRELOAD = ("safedreamer_sweep.tasks.run", "safedreamer_sweep.trainer.ppo_lag",
                    "safedreamer_sweep.trainer.evaluate")
+# numpy.core sets these while it imports and removes them after (when they were unset): a launcher
+# whose background thread imports numpy shows them for a moment, which is no change of environment.
+IMPORT_TRANSIENT_ENV = ("OPENBLAS_MAIN_FREE", "GOTOBLAS_MAIN_FREE")
 BASE_PRELOAD = ("hydra.core.utils", "omegaconf", "submitit", "cloudpickle", "psutil", "filelock",
                 "safedreamer_sweep.sweep.submit", "safedreamer_sweep.tasks.app")
 
@@ -63,6 +66,12 @@ class WarmUnavailable(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- the launcher's side
+
+
+def inherited() -> tuple[str, dict[str, str]]:
+    """What a worker's imports saw of the launcher: its working directory and environment. A
+    worker whose imports saw other ones than a cold cell's would is replaced."""
+    return os.getcwd(), {k: v for k, v in os.environ.items() if k not in IMPORT_TRANSIENT_ENV}
 
 
 class WarmProcess:
@@ -107,7 +116,7 @@ class WarmWorker:
     def __init__(self, slot: int, env: dict[str, str], preload: list[str], log_dir: Path) -> None:
         self.slot, self.env, self.preload = slot, dict(env), list(preload)
         # what a cold cell inherits from the launcher at its submission: kept as of the worker's start
-        self.inherited = (os.getcwd(), dict(os.environ))
+        self.inherited = inherited()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"warm_slot{slot}_{os.getpid()}_{int(time.time() * 1000)}.log"
         with open(self.log_path, "ab") as log:
@@ -129,8 +138,9 @@ class WarmWorker:
     def start_cell(self, pickle: Path, folder: str, env: dict[str, str], timeout_s: float,
                    signal_delay_s: float) -> int:
         """Hand the worker one cell; returns the pid of the child that runs it."""
-        req = {"pickle": str(pickle), "folder": folder, "env": env, "timeout_s": timeout_s,
-               "signal_delay_s": signal_delay_s}
+        # the launcher's working directory and environment of this moment, as a cold cell inherits them
+        req = {"pickle": str(pickle), "folder": folder, "cwd": os.getcwd(), "environ": dict(os.environ),
+               "env": env, "timeout_s": timeout_s, "signal_delay_s": signal_delay_s}
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write((json.dumps(req) + "\n").encode())
@@ -176,7 +186,7 @@ class WarmPool:
         # A worker whose cell still runs (a detached launch's) is let go, never queued behind; so is
         # one started from another working directory or environment (a cell would not see them).
         if (w is None or not w.alive or w.env != env or w.preload != preload or not w.idle
-                or w.inherited != (os.getcwd(), dict(os.environ))):
+                or w.inherited != inherited()):
             if w is not None:
                 w.close()
             w = self.workers[slot] = WarmWorker(slot, env, preload, self.log_dir)
@@ -310,6 +320,11 @@ def _child(req: dict[str, Any], job_id: str, ctl: tuple[int, int], first: bool) 
         sys.stderr.flush()
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
+        if req.get("cwd"):
+            os.chdir(req["cwd"])
+        if req.get("environ") is not None:
+            os.environ.clear()
+            os.environ.update(req["environ"])
         os.environ.update(req.get("env") or {})
         os.environ.update(SUBMITIT_LOCAL_JOB_ID=job_id, SUBMITIT_LOCAL_NTASKS="1", SUBMITIT_LOCAL_NODEID="0",
                           SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_LOCAL_GLOBALID="0", SUBMITIT_LOCAL_LOCALID="0",
