@@ -96,6 +96,8 @@ def print_goals(results: list[dict[str, Any]]) -> None:
             _, m, g, u, met = by[p][i]
             cells.append(f"{m:.2f}{u} ({m / g:.2f}x) {'MET' if met else 'NOT MET'}")
         print(f"   {what + f' {sign} {goal:g}{unit}':<62}" + "".join(f"{c:>24}" for c in cells))
+    print(f"   {'ceiling of the 2,048-step efficiency (env steps alone + launch + tail)':<62}"
+          + "".join(f"{r['short']['ceiling_efficiency']:>24.2f}" for r in results))
     print("   the same by CPU time (what an idle core would take; the machine may be shared, so these are the "
           "figures to compare across runs)")
     for label, fn in (("tiny cell: its own process, median CPU-s", lambda r: statistics.median(

@@ -128,10 +128,11 @@ def test_time_limit_requeues_and_resumes_from_the_checkpoint(tmp_path):
     # Slurm may send the signal up to 60 s early (sbatch --signal), so anywhere from 30 s to 90 s into a
     # 2-min job with signal_delay_s=30. Not a 1-min job: there the signal can land at 0 s, before the
     # first checkpoint (seen in CI: 8 s into the first attempt, which then had nothing to resume from).
-    # The cell needs more than 90 s of work (81,920 steps: about 3-5 min here) for the signal to always
-    # land while it trains.
-    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(81920), *SLURM,
-            "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+    # The cell needs more than 90 s of work for the signal to always land while it trains: 40,960 steps
+    # with 2 s after each of its 80 checkpoints (160 s on any machine; the steps alone took 14 s on an
+    # idle one, where 81,920 steps without the pause once finished before the signal).
+    p = sds("-m", "config=v2_baseline", "seed=0", f"store.root={store}", *budget(40960), *SLURM,
+            "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "+hydra.launcher.env.SDS_INJECT_FAULT='slow=2'",
             # allow enough requeues for the budget to finish; each resumes from the previous
             # attempt's checkpoint
             "hydra.launcher.max_num_timeout=10", timeout=1200)

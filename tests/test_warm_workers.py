@@ -182,3 +182,34 @@ def test_two_cells_in_one_worker_give_the_results_of_two_processes(tmp_path):
             assert not any(r.get("warm_worker") for r in recs)
     assert results["true"].keys() == {"seed_0", "seed_1"}
     assert results["true"] == results["false"]
+
+
+def test_a_cell_that_registers_its_attempt_before_the_launcher_does_has_one_attempt(tmp_path):
+    """A warm cell starts within milliseconds of its submission, so it may register its attempt
+    before the launcher's pre_register returns: the launcher then adds to that attempt and opens no
+    second one (seen under load: a `running` attempt never closed beside the `done` one)."""
+    from types import SimpleNamespace
+
+    from safedreamer_sweep.core.store import RunDir
+    from safedreamer_sweep.sweep.submit import CellTask, pre_register
+
+    (tmp_path / "cell").mkdir()
+    rd = RunDir(tmp_path / "cell")
+    submitted = time.time()
+    cell = SimpleNamespace(resources={"cpus": 1}, sweep_id="sweep-1")
+    assert CellTask._register_attempt(cell, rd, "4242") == 1  # the cell, first
+    rd.begin_attempt(start_step=0)
+    pre_register(rd, job_id="4242", resources={"cpus": 1, "env": {}}, sweep_id="sweep-1", partition=None,
+                 exclude=None, submitted_at=submitted)  # the launcher, after
+    rd.end_attempt("done", end_step=1024)
+    (attempt,) = rd.read_state()["attempts"]
+    assert attempt["outcome"] == "done" and attempt["job_id"] == "4242" and attempt["exclude"] == []
+    assert attempt["submitted_at"] == submitted <= attempt["started_at"]
+    # the usual order: the launcher first, then the cell fills in the same attempt
+    (tmp_path / "other").mkdir()
+    rd = RunDir(tmp_path / "other")
+    pre_register(rd, job_id="7", resources={}, sweep_id="sweep-1", partition=None, exclude=None)
+    CellTask._register_attempt(cell, rd, "7")
+    rd.begin_attempt(start_step=0)
+    rd.end_attempt("done")
+    assert [a["outcome"] for a in rd.read_state()["attempts"]] == ["done"]

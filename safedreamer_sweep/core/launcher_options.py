@@ -86,7 +86,7 @@ class LocalOptions(BaseOptions):
     runs_per_gpu: int = opt(1, ge=1, le=64)
     # a warm worker per slot (imports done once) forks a fresh process per cell; false: a new
     # interpreter per cell through submitit's local controller (sweep/backends/warm.py)
-    warm_workers: bool = False  # opt-in until the whole suite has run on it (issue 21)
+    warm_workers: bool = True
 
 
 @dataclass

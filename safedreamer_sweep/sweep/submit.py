@@ -381,15 +381,25 @@ def cell_resources(backend: str, params: dict[str, Any], *, mem_gb: float | None
 
 
 def pre_register(rd: RunDir, *, job_id: str, resources: dict, sweep_id: str, partition: str | None,
-                 exclude: list[str] | None) -> None:
-    """Record the attempt the launcher just submitted (outcome `submitted`); the cell fills it in."""
+                 exclude: list[str] | None, submitted_at: float | None = None) -> None:
+    """Record the attempt the launcher just submitted (outcome `submitted`); the cell fills it in.
+    `submitted_at`: when the launcher began submitting it (default: now). A cell may have registered
+    this attempt itself already (a warm worker's cell starts within milliseconds of its submission):
+    then only what it lacks is added, and no second attempt is opened."""
+    submitted = time.time() if submitted_at is None else submitted_at
 
     def change(s: dict) -> None:
         attempts = s.setdefault("attempts", [])
         extra = {"job_id": job_id, "resources": resources, "sweep_id": sweep_id, "partition": partition,
-                 "exclude": exclude or [], "submitted_at": time.time()}
-        if attempts and attempts[-1].get("outcome") == "submitted":
-            attempts[-1].update(extra)
+                 "exclude": exclude or [], "submitted_at": submitted}
+        last = attempts[-1] if attempts else {}
+        if (str(last.get("job_id")) == job_id and last.get("sweep_id") == sweep_id
+                and last.get("outcome") in ("submitted", "running")):
+            for k, v in extra.items():
+                last.setdefault(k, v)
+            last["submitted_at"] = min(float(last["submitted_at"]), submitted)
+        elif last.get("outcome") == "submitted":
+            last.update(extra)
         else:
             attempts.append({"n": len(attempts) + 1, "outcome": "submitted", **extra})
 

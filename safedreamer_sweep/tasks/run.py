@@ -120,6 +120,7 @@ def _watch_jax() -> None:
 
 
 _CHECKPOINT = {"s": 0.0, "cpu_s": 0.0, "n": 0}
+_SLOW = {"s": 0.0}  # test hook (SDS_INJECT_FAULT=slow=S): seconds slept after each checkpoint write
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ class TimedRunDir(RunDir):
             _CHECKPOINT["s"] += time.perf_counter() - w
             _CHECKPOINT["cpu_s"] += time.process_time() - c
             _CHECKPOINT["n"] += 1
+            if _SLOW["s"]:
+                time.sleep(_SLOW["s"])  # after the timed write: a paced cell, not a slow store
 
 
 class Timeline:
@@ -243,8 +246,10 @@ def _inject_fault(attempt: int) -> None:
     """Test hook (documented in tests/test_launcher_slurm.py and tests/test_slurm_cluster.py):
     SDS_INJECT_FAULT holds faults separated by spaces, each `KIND[@WHERE][:N[,N...]]`: KIND is
     node_fault (raises "CUDA error: busy", the way a faulty GPU node fails), error (a plain Python
-    error), crash (the process dies of SIGSEGV), hang (sleeps without progress) or oom (allocates until a
-    memory limit kills it); WHERE a Slurm node name (SLURMD_NODENAME) or
+    error), crash (the process dies of SIGSEGV), hang (sleeps without progress), oom (allocates until a
+    memory limit kills it) or slow=S (the built-in trainer sleeps S seconds after each checkpoint: a
+    cell that trains for a known least time whatever the machine's speed, with progress throughout);
+    WHERE a Slurm node name (SLURMD_NODENAME) or
     `slotK` (the cell's place in a packed job, SDS_PACK_SLOT), any when omitted; N the attempts it
     hits, every attempt when omitted. `node_fault:1` = attempt 1 anywhere; `node_fault@n2` = every
     attempt on node n2."""
@@ -252,8 +257,11 @@ def _inject_fault(attempt: int) -> None:
     for fault in os.environ.get("SDS_INJECT_FAULT", "").split():
         what, _, attempts = fault.partition(":")
         kind, _, where = what.partition("@")
+        kind, _, arg = kind.partition("=")
         if (where and where not in here) or (attempts and str(attempt) not in attempts.split(",")):
             continue
+        if kind == "slow":
+            _SLOW["s"] = float(arg)
         if kind == "node_fault":
             raise RuntimeError("CUDA error: busy (injected by SDS_INJECT_FAULT for a test)")
         if kind == "error":

@@ -115,6 +115,7 @@ class LocalBackend(Backend):
         if gpu is not None and gpu.isdigit():
             ex.update_parameters(gpus_per_node=1, visible_gpus=(int(gpu),))
         res = cell_resources("local", self.params, mem_gb=t.mem_gb, gpus=gpu)
+        submitted_at = time.time()
         try:
             task = self.tasks(t.payload, env, {**res, "env": env})
             job = self._start_warm(slot, env, task, ex, t) if self.warm is not None else None
@@ -125,7 +126,7 @@ class LocalBackend(Backend):
             self.pool.release(slot)
             raise
         pre_register(t.rd, job_id=str(job.job_id), resources={**res, "env": env}, sweep_id=self.tasks.sweep_id,
-                     partition=None, exclude=None)
+                     partition=None, exclude=None, submitted_at=submitted_at)
         t.slot_gpu = gpu
         return [Submission(key=t.key, job=job, job_id=str(job.job_id), backend="local", slot=slot, resources=res)]
 
