@@ -136,6 +136,7 @@ def test_racing_two_real_partitions_runs_the_cell_once_on_the_first_starter(tmp_
     store = tmp_path / "store"
     # edge's only node is busy: its copy waits (Resources), main's copy starts first
     blocker = subprocess.run(["sbatch", "--parsable", "-p", "edge", "-w", "n3", "-c", "8", "-J", "blocker",
+                              f"--output={tmp_path}/%j.out",
                               "--wrap", "sleep 600"], check=True, capture_output=True, text=True, timeout=30).stdout.strip()
     t0 = time.time()
     try:
