@@ -1,7 +1,7 @@
-"""The local backend: at most `max_parallel` cells at once, each in a slot pinned to one GPU. With
-`warm_workers=true` (opt-in for now) each slot has a warm worker (backends/warm.py) that forks one process
-per cell, whose pid is the job id; otherwise each cell is a submitit LocalExecutor job whose id is
-its controller pid. Either way liveness and kills go through pids. Slurm enforces `mem_gb` itself;
+"""The local backend: at most `max_parallel` cells at once, each in a slot pinned to one GPU. By
+default (`warm_workers=true`) each slot has a warm worker (backends/warm.py) that forks one process
+per cell, whose pid is the job id; with `warm_workers=false` each cell is a submitit LocalExecutor
+job whose id is its controller pid. Either way liveness and kills go through pids. Slurm enforces `mem_gb` itself;
 here the supervisor polls each cell's process tree instead."""
 
 from __future__ import annotations
