@@ -65,6 +65,24 @@ def test_moving_env_step_keeps_a_claim_alive_even_without_its_launcher(tmp_path)
     assert not alive
 
 
+def test_a_running_packed_job_does_not_hold_a_cell_whose_own_step_in_it_ended(tmp_path):
+    """A packed Slurm job runs on for its other cells after one cell's step ended: the job's RUNNING
+    state keeps that cell's claim alive only while the cell's attempt in it is open."""
+    rd = run_dir(tmp_path)
+    atomic_write_json(rd.claim_path, {"sweep_id": "old", "host": host(), "pid": dead_pid(), "backend": "slurm",
+                                      "claimed_at": time.time() - 1000, "job_ids": ["123"]})
+    atomic_write_json(rd.state_path, {"attempts": [{"n": 1, "job_id": "123", "pack_slot": 1, "outcome": "running"}]})
+    alive, why = holder_alive(read_json(rd.claim_path), rd, stall_after=60, job_state=lambda j: "RUNNING")
+    assert alive and "job 123 is RUNNING" in why
+    atomic_write_json(rd.state_path, {"attempts": [{"n": 1, "job_id": "123", "pack_slot": 1, "outcome": "failed",
+                                                    "cause": "crash"}]})
+    alive, why = holder_alive(read_json(rd.claim_path), rd, stall_after=60, job_state=lambda j: "RUNNING")
+    assert not alive and "step in it (slot 1) ended: attempt 1 failed (crash)" in why, why
+    # not packed: the job's word stands
+    atomic_write_json(rd.state_path, {"attempts": [{"n": 1, "job_id": "123", "outcome": "failed"}]})
+    assert holder_alive(read_json(rd.claim_path), rd, stall_after=60, job_state=lambda j: "RUNNING")[0]
+
+
 def test_released_claim_is_free_and_kept_as_a_record(tmp_path):
     rd = run_dir(tmp_path)
     try_claim(rd, "a", backend="local", stall_after=60)

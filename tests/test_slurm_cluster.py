@@ -297,3 +297,51 @@ def test_a_stalled_packed_cell_is_killed_alone_and_its_neighbour_trains_on(tmp_p
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
     assert n["ended_at"] > h["ended_at"] + 5  # it was still training when its neighbour was killed
     assert st[hung]["phase"] == "done"
+
+
+def test_a_detached_packed_sweep_under_watch_retries_the_crashed_cell_alone(tmp_path):
+    """Detached, two cells packed in one job, slot 1 crashes: `watch` judges the cell by its own step
+    (crash, SIGSEGV: not `lost` from the job's state), resubmits it although the job runs on for its
+    neighbour, and the neighbour is never touched."""
+    from safedreamer_sweep.sweep.watch import watch
+
+    store = tmp_path / "store"
+    t0 = time.time()
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(2048), *SLURM, *CAPPED,
+            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.wait=false",
+            "+hydra.launcher.env.SDS_INJECT_FAULT='crash@slot1:1'", timeout=120)
+    assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert watch(store, poll_s=1) == 0
+    st = states(store)
+    print(f"packed, detached, watched ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
+    first = {k: s["attempts"][0] for k, s in st.items()}
+    (crashed,) = [k for k, a in first.items() if a.get("pack_slot") == 1]
+    (neighbour,) = [k for k in first if k != crashed]
+    c, n = first[crashed], first[neighbour]
+    assert c["job_id"] == n["job_id"] and c["cause"] == "crash" and "SIGSEGV" in c["evidence"], c
+    assert st[crashed]["phase"] == "done" and st[crashed]["attempts"][-1]["job_id"] != c["job_id"]
+    assert st[neighbour]["phase"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
+
+
+def test_a_stalled_packed_cell_under_watch_is_killed_alone(tmp_path):
+    """Detached and packed, slot 1 hangs: `watch` kills that cell's own step (scancel JOB.STEP, by the
+    slot recorded on its attempt), never the job its neighbour still trains in."""
+    from safedreamer_sweep.sweep.watch import watch
+
+    store = tmp_path / "store"
+    t0 = time.time()
+    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(24576), *SLURM, *CAPPED,
+            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.wait=false", "hydra.launcher.stall_after=30",
+            "+hydra.launcher.env.SDS_INJECT_FAULT='hang@slot1:1 slow=1@slot0:1'", timeout=120)
+    assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert watch(store, poll_s=1) == 0
+    st = states(store)
+    print(f"packed stall, detached, watched ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
+    first = {k: s["attempts"][0] for k, s in st.items()}
+    (hung,) = [k for k, a in first.items() if a.get("pack_slot") == 1]
+    (neighbour,) = [k for k in first if k != hung]
+    h, n = first[hung], first[neighbour]
+    assert h["job_id"] == n["job_id"] and h["cause"] == "stalled", h
+    assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
+    assert n["ended_at"] > h["ended_at"] + 5  # it trained on after its neighbour's step was killed
+    assert st[hung]["phase"] == "done"

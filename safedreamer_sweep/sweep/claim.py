@@ -77,6 +77,10 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
         elif job_state is not None:
             st = job_state(jid)
             if st and st.split()[0] in SLURM_ALIVE:
+                ended = packed_step_ended(rd, jid)
+                if ended:  # the job runs on for the cells packed beside this one
+                    checked.append(f"job {jid} {st}, but {ended}")
+                    continue
                 return True, f"job {jid} is {st}{gen}"  # the scheduler's word, whatever the lease says
             if st:
                 checked.append(f"job {jid} {st}")
@@ -104,6 +108,20 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
                       f"(lease_s={lease_s:.0f}, store clock)")
     what = f"lease not renewed for {age:.0f}s > lease_s={lease_s:.0f}" if age is not None else "no lease"
     return False, f"holder {claim.get('sweep_id')} (pid {claim.get('pid')} on {claim.get('host')}{gen}) is gone: {what}"
+
+
+def packed_step_ended(rd: RunDir, job_id: str) -> str | None:
+    """Why packed job `job_id` no longer works on this cell although it runs (its neighbours' steps
+    do): this cell ran in it as its own step (`pack_slot`) and its newest attempt there is closed.
+    None when it was not packed there or its attempt is still open."""
+    mine = [a for a in (rd.read_state().get("attempts", []) if rd.state_path.exists() else [])
+            if str(a.get("job_id")) == str(job_id)]
+    last = mine[-1] if mine else {}
+    packed = last.get("pack_slot", (last.get("gpu_env") or {}).get("SDS_PACK_SLOT"))
+    if packed is None or last.get("outcome") not in ("done", "failed", "interrupted"):
+        return None
+    return f"this cell's step in it (slot {packed}) ended: attempt {last.get('n')} {last.get('outcome')}" + (
+        f" ({last['cause']})" if last.get("cause") else "")
 
 
 def owner_gone(claim: dict, rd: RunDir, *, lease_s: float | None = None) -> tuple[bool, str]:

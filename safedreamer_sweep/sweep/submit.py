@@ -381,17 +381,19 @@ def cell_resources(backend: str, params: dict[str, Any], *, mem_gb: float | None
 
 
 def pre_register(rd: RunDir, *, job_id: str, resources: dict, sweep_id: str, partition: str | None,
-                 exclude: list[str] | None, submitted_at: float | None = None) -> None:
+                 exclude: list[str] | None, submitted_at: float | None = None, pack_slot: int | None = None) -> None:
     """Record the attempt the launcher just submitted (outcome `submitted`); the cell fills it in.
     `submitted_at`: when the launcher began submitting it (default: now). A cell may have registered
     this attempt itself already (a warm worker's cell starts within milliseconds of its submission):
-    then only what it lacks is added, and no second attempt is opened."""
+    then only what it lacks is added, and no second attempt is opened. `pack_slot`: the cell's place
+    in a packed Slurm job (its own job step), which `watch` needs to judge and kill the cell alone."""
     submitted = time.time() if submitted_at is None else submitted_at
 
     def change(s: dict) -> None:
         attempts = s.setdefault("attempts", [])
         extra = {"job_id": job_id, "resources": resources, "sweep_id": sweep_id, "partition": partition,
-                 "exclude": exclude or [], "submitted_at": submitted}
+                 "exclude": exclude or [], "submitted_at": submitted,
+                 **({"pack_slot": pack_slot} if pack_slot is not None else {})}
         last = attempts[-1] if attempts else {}
         if (str(last.get("job_id")) == job_id and last.get("sweep_id") == sweep_id
                 and last.get("outcome") in ("submitted", "running")):

@@ -16,6 +16,7 @@ from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import SlurmBackend
 from safedreamer_sweep.sweep.failures import RetryPolicy
 from safedreamer_sweep.sweep.hooks import run_on_complete
+from safedreamer_sweep.sweep.launch import submitit_folder
 from safedreamer_sweep.sweep.observe import observe_run, observe_store
 from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
 
@@ -60,7 +61,7 @@ class Reattached(Backend):
             raise RuntimeError(f"resubmission failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
         new = [d for d in self.store.read_sweep_manifests() if d["id"] not in before]
         ids = [j for d in new for j in (d.get("jobs") or {}).get(t.key, [])]
-        return [RecordedJob(key=t.key, job_id=str(j), backend=self.name) for j in ids]
+        return recorded_jobs(t.rd, t.key, ids, self.name)
 
     def refresh(self, active: list[Tracked]) -> None:
         self.jobs.refresh(active)
@@ -82,6 +83,19 @@ class Reattached(Backend):
 
     def end_evidence(self, sub: Any, last: dict[str, Any]) -> dict[str, Any]:
         return self.jobs.end_evidence(sub, last)
+
+
+def recorded_jobs(rd: Any, key: str, job_ids: list[Any], backend: str) -> list[RecordedJob]:
+    """The cell's jobs by id, each with its place in a packed Slurm job when it has one (the attempt's
+    `pack_slot`, else what the cell saw: SDS_PACK_SLOT), so that its own step is judged and killed,
+    never its neighbours' job."""
+    slots: dict[str, int] = {}
+    if rd.state_path.exists():
+        for a in rd.read_state().get("attempts", []):
+            slot = a.get("pack_slot", (a.get("gpu_env") or {}).get("SDS_PACK_SLOT"))
+            if a.get("job_id") is not None and slot is not None:
+                slots[str(a["job_id"])] = int(slot)
+    return [RecordedJob(key=key, job_id=str(j), backend=backend, slot=slots.get(str(j))) for j in job_ids]
 
 
 def _manifest_cells(store: Store) -> list[dict]:
@@ -109,7 +123,7 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
         seed = "" if c["seed"] is None else f" seed {c['seed']}"
         t = Tracked(key=c["key"], rd=rd, label=f"{c['config']}{seed} [{c['hash']}]", payload=c,
                     mem_gb=mem_gb)
-        t.subs = [RecordedJob(key=c["key"], job_id=str(j), backend=backend) for j in c["job_ids"]]
+        t.subs = recorded_jobs(rd, c["key"], c["job_ids"], backend)
         view = observe_run(rd, stall_after=sup.stall_after) if rd.spec_path.exists() else None
         if view is not None and view.phase == "done":
             t.result = "done"
@@ -132,7 +146,9 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
         return 0 if all(v.phase == "done" for v in observe_store(store, stall_after=600)) else 1
     launcher = cells[-1]["manifest"].get("launcher") or {}
     name = launcher.get("backend", "local")
-    jobs: Backend = SlurmBackend() if name == "slurm" else LocalBackend()
+    # Slurm: the submitit folder, where a packed job's steps leave their exit records (slurm_pack.py)
+    jobs: Backend = SlurmBackend(folder=submitit_folder("slurm", launcher, store.root)) if name == "slurm" \
+        else LocalBackend()
     backend = Reattached(jobs, store, max_parallel=int(launcher.get("max_parallel") or os.cpu_count() or 1))
     sup = Supervisor(store=store, backend=backend, sweep_id=f"watch-{os.getpid()}",
                      policy=RetryPolicy(max_attempts=int(launcher.get("max_attempts", 3)),

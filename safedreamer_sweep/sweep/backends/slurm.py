@@ -205,7 +205,7 @@ class SlurmBackend(Backend):
             res = shares[len(pack)]
             for slot, t in enumerate(pack):
                 pre_register(t.rd, job_id=str(job.job_id), resources=res, sweep_id=self.tasks.sweep_id,
-                             partition=self.params.get("partition"), exclude=exclude)
+                             partition=self.params.get("partition"), exclude=exclude, pack_slot=slot)
                 out.append((t, [Submission(key=t.key, job=job, job_id=str(job.job_id), backend="slurm", slot=slot,
                                            partition=self.params.get("partition"), resources=res)]))
         return out
