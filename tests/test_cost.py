@@ -9,6 +9,7 @@ from safedreamer_sweep.report.cost import (
     attempt_hours,
     cell_cost,
     format_hours,
+    queue_wait,
     store_cost,
     sweep_cost,
 )
@@ -127,3 +128,17 @@ def test_store_cost_counts_an_abandoned_identity_as_wasted(tmp_path):
 def test_format_hours():
     assert (format_hours(0), format_hours(0.00001), format_hours(0.0123), format_hours(2.345)) == (
         "0", "<0.0001", "0.0123", "2.35")
+
+
+def test_queue_wait_is_submission_to_start_and_never_device_hours():
+    states = {("a", 0): {"attempts": [att(1, 1.0, 2.0, "failed", submitted_at=T0 + 0.5 * H),
+                                      att(2, 3.0, 4.0, "done", submitted_at=T0 + 2.9 * H)]},
+              ("a", 1): {"attempts": [att(1, 1.0, 2.0, "done", submitted_at=T0 + 0.9 * H),
+                                      {"n": 2, "outcome": "submitted", "submitted_at": T0}]}}  # never started
+    q = queue_wait(states)
+    assert q["attempts"] == 3 and q["total_h"] == pytest.approx(0.5 + 0.1 + 0.1)
+    assert q["median_s"] == pytest.approx(0.1 * H) and q["max_s"] == pytest.approx(0.5 * H)
+    assert q["max_cell"] == "a/seed_0 attempt 1"
+    # the device-hours do not change with the wait
+    assert sweep_cost(states)["total"]["gpu"]["total_h"] == pytest.approx(3.0)
+    assert queue_wait({("a", 0): {"attempts": [att(1, 1.0, 2.0, "done")]}})["attempts"] == 0

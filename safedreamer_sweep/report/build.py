@@ -75,7 +75,7 @@ def cost_summary(frames: Frames, settings: ReportSettings) -> dict:
             "pending_h": float(t.get("pending_h", 0.0)),
             "by_device": {d: {k: float(v) for k, v in h.items()} for d, h in total.items()},
             "money": float(money["total"]) if money else None, "per_gpu_hour": settings.per_gpu_hour,
-            "currency": settings.currency, "per_config": rows}
+            "currency": settings.currency, "per_config": rows, "queue": cost_mod.queue_wait(states)}
 
 
 def compute_report(store_root: str | Path, cfg: Any = None) -> Report:

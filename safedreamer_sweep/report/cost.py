@@ -212,6 +212,27 @@ def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None =
     return {"cells": cells, "configs": configs, "total": total, "money": money}
 
 
+def queue_wait(states) -> dict[str, Any]:
+    """Time attempts waited from their submission to their start (a scheduler's queue, a busy slot's
+    worker): wall time, not device-hours, since a waiting job holds nothing. `states` as sweep_cost's.
+    Returns {'attempts', 'total_h', 'median_s', 'max_s', 'max_cell'}; attempts that never started
+    (or record no submission) are not counted."""
+    waits: list[tuple[float, str]] = []
+    for config, seed, st in _cells(states):
+        for a in st.get("attempts") or []:
+            sub, start = a.get("submitted_at"), a.get("started_at")
+            if isinstance(sub, (int, float)) and isinstance(start, (int, float)) and start >= sub:
+                waits.append((float(start) - float(sub), f"{config}/seed_{seed} attempt {a.get('n', '?')}"))
+    if not waits:
+        return {"attempts": 0, "total_h": 0.0, "median_s": None, "max_s": None, "max_cell": None}
+    secs = sorted(w for w, _ in waits)
+    longest = max(waits)
+    mid = len(secs) // 2
+    median = secs[mid] if len(secs) % 2 else (secs[mid - 1] + secs[mid]) / 2
+    return {"attempts": len(secs), "total_h": sum(secs) / 3600.0, "median_s": median, "max_s": longest[0],
+            "max_cell": longest[1]}
+
+
 def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = None,
                now: float | None = None) -> dict[str, Any]:
     """`sweep_cost` over every run directory of a `Store` (all identities of a cell are counted:
