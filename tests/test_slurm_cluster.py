@@ -249,14 +249,22 @@ def test_packing_two_cells_per_gpu_under_a_two_gpu_cap_runs_four_at_once_and_no_
     assert _max_concurrent(sacct(*jobs)) <= 2
 
 
-def _packed_sweep_with_a_fault_in_slot_1(tmp_path, fault: str, what: str, steps: int, *extra: str):
+def _packed_sweep_with_a_fault_in_slot_1(tmp_path, fault: str, what: str, steps: int, *extra: str,
+                                        watched: bool = False):
     """Two cells packed on one GPU, `fault` planted in slot 1's first attempt: the sweep must still end
-    with exit 0. Returns (states, the faulted cell's key, its neighbour's key)."""
+    with exit 0 (`watched`: launched detached, then supervised to the end by `watch`). Returns
+    (states, the faulted cell's key, its neighbour's key)."""
+    from safedreamer_sweep.sweep.watch import watch
+
     store = tmp_path / "store"
     t0 = time.time()
     p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(steps), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", *extra, f"+hydra.launcher.env.SDS_INJECT_FAULT='{fault}'", timeout=600)
+            "hydra.launcher.runs_per_gpu=2", *extra, *(["hydra.launcher.wait=false"] if watched else []),
+            f"+hydra.launcher.env.SDS_INJECT_FAULT='{fault}'", timeout=600)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    if watched:
+        assert "detached: 2 job(s) submitted" in p.stdout, p.stdout[-3000:]
+        assert watch(store, poll_s=1) == 0
     st = states(store)
     print(f"packed {what} ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
     first = {k: s["attempts"][0] for k, s in st.items()}
@@ -287,11 +295,13 @@ def test_an_oom_kill_of_one_packed_cell_is_its_own_and_its_neighbour_runs_to_don
     print({"oom": o["evidence"]})
 
 
-def test_a_stalled_packed_cell_is_killed_alone_and_its_neighbour_trains_on(tmp_path):
-    # slot 1 hangs without progress: after stall_after the supervisor kills its step only. Slot 0 trains
-    # for at least 48 s on any machine (48 checkpoints, 1 s after each), past the kill at about 30 s.
+@pytest.mark.parametrize("watched", [False, True], ids=["foreground", "detached-then-watch"])
+def test_a_stalled_packed_cell_is_killed_alone_and_its_neighbour_trains_on(tmp_path, watched):
+    # slot 1 hangs without progress: after stall_after the supervisor kills its step only (under
+    # `watch`, by the slot recorded on its attempt; before, watch scancelled the whole job). Slot 0
+    # trains for at least 48 s on any machine (48 checkpoints, 1 s after each), past the kill at ~30 s.
     st, hung, neighbour = _packed_sweep_with_a_fault_in_slot_1(tmp_path, "hang@slot1:1 slow=1@slot0:1", "stall", 24576,
-                                                               "hydra.launcher.stall_after=30")
+                                                               "hydra.launcher.stall_after=30", watched=watched)
     h, n = st[hung]["attempts"][0], st[neighbour]["attempts"][0]
     assert h["job_id"] == n["job_id"] and h["cause"] == "stalled", h
     assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
@@ -303,45 +313,10 @@ def test_a_detached_packed_sweep_under_watch_retries_the_crashed_cell_alone(tmp_
     """Detached, two cells packed in one job, slot 1 crashes: `watch` judges the cell by its own step
     (crash, SIGSEGV: not `lost` from the job's state), resubmits it although the job runs on for its
     neighbour, and the neighbour is never touched."""
-    from safedreamer_sweep.sweep.watch import watch
-
-    store = tmp_path / "store"
-    t0 = time.time()
-    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(2048), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.wait=false",
-            "+hydra.launcher.env.SDS_INJECT_FAULT='crash@slot1:1'", timeout=120)
-    assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
-    assert watch(store, poll_s=1) == 0
-    st = states(store)
-    print(f"packed, detached, watched ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
-    first = {k: s["attempts"][0] for k, s in st.items()}
-    (crashed,) = [k for k, a in first.items() if a.get("pack_slot") == 1]
-    (neighbour,) = [k for k in first if k != crashed]
-    c, n = first[crashed], first[neighbour]
-    assert c["job_id"] == n["job_id"] and c["cause"] == "crash" and "SIGSEGV" in c["evidence"], c
+    st, crashed, neighbour = _packed_sweep_with_a_fault_in_slot_1(tmp_path, "crash@slot1:1", "crash, watched", 2048,
+                                                                  watched=True)
+    c, n = st[crashed]["attempts"][0], st[neighbour]["attempts"][0]
+    assert c["job_id"] == n["job_id"] and c["pack_slot"] == 1 and c["cause"] == "crash" and "SIGSEGV" in c["evidence"], c
     assert st[crashed]["phase"] == "done" and st[crashed]["attempts"][-1]["job_id"] != c["job_id"]
     assert st[neighbour]["phase"] == "done" and len(st[neighbour]["attempts"]) == 1 and n.get("cause") is None, n
 
-
-def test_a_stalled_packed_cell_under_watch_is_killed_alone(tmp_path):
-    """Detached and packed, slot 1 hangs: `watch` kills that cell's own step (scancel JOB.STEP, by the
-    slot recorded on its attempt), never the job its neighbour still trains in."""
-    from safedreamer_sweep.sweep.watch import watch
-
-    store = tmp_path / "store"
-    t0 = time.time()
-    p = sds("-m", "config=v2_baseline", "seed=0,1", f"store.root={store}", *budget(24576), *SLURM, *CAPPED,
-            "hydra.launcher.runs_per_gpu=2", "hydra.launcher.wait=false", "hydra.launcher.stall_after=30",
-            "+hydra.launcher.env.SDS_INJECT_FAULT='hang@slot1:1 slow=1@slot0:1'", timeout=120)
-    assert p.returncode == 0 and "detached: 2 job(s) submitted" in p.stdout, p.stdout + p.stderr[-2000:]
-    assert watch(store, poll_s=1) == 0
-    st = states(store)
-    print(f"packed stall, detached, watched ({time.time() - t0:.0f}s):\n" + timeline(t0, attempt_events(st)))
-    first = {k: s["attempts"][0] for k, s in st.items()}
-    (hung,) = [k for k, a in first.items() if a.get("pack_slot") == 1]
-    (neighbour,) = [k for k in first if k != hung]
-    h, n = first[hung], first[neighbour]
-    assert h["job_id"] == n["job_id"] and h["cause"] == "stalled", h
-    assert n["outcome"] == "done" and len(st[neighbour]["attempts"]) == 1, n
-    assert n["ended_at"] > h["ended_at"] + 5  # it trained on after its neighbour's step was killed
-    assert st[hung]["phase"] == "done"
