@@ -345,14 +345,13 @@ def report_sweep(sweep: dict[str, Any], raw: dict[str, float], cores: int) -> di
     print(f"   efficiency = {steps:,} / ({sweep['wall']:.1f} s x {cores} x {raw_core:,.0f}) = {eff:.2f}")
     # The most this definition allows: cells doing nothing but their env steps (an OOD step at its CPU
     # cost), packed on the slots without a gap, between this run's own launch and tail.
-    env_s = sum((s["train_steps"] + s["eval_equiv"]) / raw_core for _, s in rows)
-    ceiling_wall = launch + tail + env_s / cores
+    equiv = sum(s["train_steps"] + s["eval_equiv"] for _, s in rows)  # env steps, an OOD one at its cost
+    ceiling_wall = launch + tail + equiv / raw_core / cores
     out["ceiling_efficiency"] = steps / (ceiling_wall * cores * raw_core)
     print(f"   its ceiling (no per-cell cost beyond env steps, an OOD step at its CPU cost, this launch {launch:.1f} s "
           f"and tail {tail:.1f} s): {steps:,} / ({ceiling_wall:.1f} s x {cores} x {raw_core:,.0f}) = "
           f"{out['ceiling_efficiency']:.2f}")
     if ood_cost != 1.0:
-        equiv = sum(s["train_steps"] + s["eval_equiv"] for _, s in rows)
         out["efficiency_goal1_equiv"] = equiv / (sweep["wall"] * cores * raw_core)
         print(f"   counting an OOD step (SafetyPointGoal2: more hazards and vases) as the {ood_cost:.1f} raw steps its CPU "
               f"costs: {out['efficiency_goal1_equiv']:.2f}")

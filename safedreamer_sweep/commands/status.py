@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
-from safedreamer_sweep.report.cost import cell_cost, format_hours, store_cost
+from safedreamer_sweep.report.cost import (
+    cell_cost,
+    format_duration,
+    format_hours,
+    store_cost,
+)
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import bad_nodes_of_store, bad_nodes_text
 from safedreamer_sweep.sweep.observe import observe_store
@@ -40,20 +45,6 @@ class StatusError(Exception):
 
 
 # ----------------------------------------------------------------------------- evidence
-
-
-def duration(seconds: float | None) -> str:
-    """14 min, 45 s, 2.1 h, 3.0 d: what a human reads at a glance."""
-    if seconds is None:
-        return "?"
-    s = float(seconds)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
 
 
 def _slurm_backend(store: Store) -> bool:
@@ -258,7 +249,7 @@ def verdict(cells: list[dict]) -> str:
     if by["stalled"]:
         first = by["stalled"][0]
         line = (f"STALLED {len(by['stalled'])}: {first['config']} seed {first['seed']}, no progress for "
-                f"{duration(first.get('progress_age_s'))} ({_alive_text(first)})")
+                f"{format_duration(first.get('progress_age_s'))} ({_alive_text(first)})")
         if len(by["stalled"]) > 1:
             line += f"; also {_labels(by['stalled'][1:])}"
         return line
@@ -269,7 +260,7 @@ def verdict(cells: list[dict]) -> str:
             extras.append(f"{len(group)} {name}")
     if by["running"] or queued:
         eta_s = _sweep_eta(cells, by["running"], queued)
-        eta = f"ETA {duration(eta_s)}" if eta_s is not None else "ETA unknown"
+        eta = f"ETA {format_duration(eta_s)}" if eta_s is not None else "ETA unknown"
         parts = [eta, f"{len(by['running'])} running"] + ([queued_text(queued)] if queued else []) + extras
         return f"RUNNING {done}/{n} ({'; '.join(parts)})"
     parts = []
@@ -416,7 +407,7 @@ def render(doc: dict):
     evals = any(c.get("done_when") != "return" for c in cells)
     parts: list[Any] = [Text(doc["verdict"], style=_verdict_style(doc["verdict"])),
                         Text(f"store {doc['store']}  ·  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc['generated_at']))}"
-                             f"  ·  stalled after {duration(doc['stall_after_s'])} without "
+                             f"  ·  stalled after {format_duration(doc['stall_after_s'])} without "
                              f"{'env-step' if evals else 'heartbeat'} progress",
                              style="dim")]
     if not cells:
@@ -488,8 +479,8 @@ def _detail_table(cells: list[dict], evals: bool):
             Text("queued" if _queued(c) else c["phase"], style=_PHASE_STYLE.get(c["phase"], "")),
             _step_text(c),
             f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
-            duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] == "running" else "-",
-            duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
+            format_duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] == "running" else "-",
+            format_duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
             _where(c),
             str(c.get("attempts") or 0),
             *((_eval_text(c.get("eval_id")), _eval_text(c.get("eval_ood"))) if evals else ()),

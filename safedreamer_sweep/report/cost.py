@@ -23,6 +23,7 @@ its stall until the supervisor kills it and closes the attempt.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -225,12 +226,10 @@ def queue_wait(states) -> dict[str, Any]:
                 waits.append((float(start) - float(sub), f"{config}/seed_{seed} attempt {a.get('n', '?')}"))
     if not waits:
         return {"attempts": 0, "total_h": 0.0, "median_s": None, "max_s": None, "max_cell": None}
-    secs = sorted(w for w, _ in waits)
+    secs = [w for w, _ in waits]
     longest = max(waits)
-    mid = len(secs) // 2
-    median = secs[mid] if len(secs) % 2 else (secs[mid - 1] + secs[mid]) / 2
-    return {"attempts": len(secs), "total_h": sum(secs) / 3600.0, "median_s": median, "max_s": longest[0],
-            "max_cell": longest[1]}
+    return {"attempts": len(secs), "total_h": sum(secs) / 3600.0, "median_s": statistics.median(secs),
+            "max_s": longest[0], "max_cell": longest[1]}
 
 
 def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = None,
@@ -261,6 +260,20 @@ def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = 
                      for x in other.get("attempts", [])]
             merged[key] = {**done, "attempts": list(done.get("attempts", [])) + extra}
     return sweep_cost(merged, per_gpu_hour=per_gpu_hour, currency=currency, now=now)
+
+
+def format_duration(seconds: float | None) -> str:
+    """14 min, 45 s, 2.1 h, 3.0 d: what a human reads at a glance (`?` when unknown)."""
+    if seconds is None:
+        return "?"
+    s = float(seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
 
 
 def format_hours(h: float) -> str:

@@ -110,6 +110,13 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
     return False, f"holder {claim.get('sweep_id')} (pid {claim.get('pid')} on {claim.get('host')}{gen}) is gone: {what}"
 
 
+def attempt_pack_slot(attempt: dict) -> int | None:
+    """The attempt's place in a packed Slurm job: `pack_slot` (recorded at submission), else what
+    the cell saw (SDS_PACK_SLOT, in stores from before the launcher recorded it); None unpacked."""
+    slot = attempt.get("pack_slot", (attempt.get("gpu_env") or {}).get("SDS_PACK_SLOT"))
+    return None if slot is None else int(slot)
+
+
 def packed_step_ended(rd: RunDir, job_id: str) -> str | None:
     """Why packed job `job_id` no longer works on this cell although it runs (its neighbours' steps
     do): this cell ran in it as its own step (`pack_slot`) and its newest attempt there is closed.
@@ -117,7 +124,7 @@ def packed_step_ended(rd: RunDir, job_id: str) -> str | None:
     mine = [a for a in (rd.read_state().get("attempts", []) if rd.state_path.exists() else [])
             if str(a.get("job_id")) == str(job_id)]
     last = mine[-1] if mine else {}
-    packed = last.get("pack_slot", (last.get("gpu_env") or {}).get("SDS_PACK_SLOT"))
+    packed = attempt_pack_slot(last)
     if packed is None or last.get("outcome") not in ("done", "failed", "interrupted"):
         return None
     return f"this cell's step in it (slot {packed}) ended: attempt {last.get('n')} {last.get('outcome')}" + (

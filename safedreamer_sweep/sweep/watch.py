@@ -10,10 +10,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.core.store import RunDir, Store
 from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Started
 from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import SlurmBackend
+from safedreamer_sweep.sweep.claim import attempt_pack_slot
 from safedreamer_sweep.sweep.failures import RetryPolicy
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.launch import submitit_folder
@@ -85,16 +86,15 @@ class Reattached(Backend):
         return self.jobs.end_evidence(sub, last)
 
 
-def recorded_jobs(rd: Any, key: str, job_ids: list[Any], backend: str) -> list[RecordedJob]:
-    """The cell's jobs by id, each with its place in a packed Slurm job when it has one (the attempt's
-    `pack_slot`, else what the cell saw: SDS_PACK_SLOT), so that its own step is judged and killed,
-    never its neighbours' job."""
+def recorded_jobs(rd: RunDir, key: str, job_ids: list[Any], backend: str) -> list[RecordedJob]:
+    """The cell's jobs by id, each with its place in a packed Slurm job when it has one
+    (claim.attempt_pack_slot), so that its own step is judged and killed, never its neighbours' job."""
     slots: dict[str, int] = {}
     if rd.state_path.exists():
         for a in rd.read_state().get("attempts", []):
-            slot = a.get("pack_slot", (a.get("gpu_env") or {}).get("SDS_PACK_SLOT"))
+            slot = attempt_pack_slot(a)
             if a.get("job_id") is not None and slot is not None:
-                slots[str(a["job_id"])] = int(slot)
+                slots[str(a["job_id"])] = slot
     return [RecordedJob(key=key, job_id=str(j), backend=backend, slot=slots.get(str(j))) for j in job_ids]
 
 

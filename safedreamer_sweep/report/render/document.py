@@ -10,6 +10,7 @@ import pandas as pd
 from safedreamer_sweep.report.analysis import stats, tables
 from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
+from safedreamer_sweep.report.cost import format_duration
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
 
@@ -174,18 +175,12 @@ def cost_lines(r: Report) -> list[str]:
         lines.append("Money: not computed (set cost.per_gpu_hour in conf/sweep.yaml).")
     q = c.get("queue") or {}
     if q.get("attempts"):
-        lines.append(f"Waiting: {q['attempts']} attempt(s) waited {_duration(q['total_h'] * 3600)} in all from "
-                     f"submission to start (median {_duration(q['median_s'])}, longest {_duration(q['max_s'])}: "
+        lines.append(f"Waiting: {q['attempts']} attempt(s) waited {format_duration(q['total_h'] * 3600)} in all "
+                     f"from submission to start (median {format_duration(q['median_s'])}, longest "
+                     f"{format_duration(q['max_s'])}: "
                      f"{q['max_cell']}); wall time in the queue, not device-hours (a waiting job holds nothing).")
     lines += ["", text.to_markdown(pd.DataFrame(c["per_config"]), index=False)]
     return lines + node_fault_lines(r)
-
-
-def _duration(seconds: float) -> str:
-    """0.42 -> '0.4 s', 95 -> '1.6 min', 7200 -> '2.00 h'."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
 def node_fault_lines(r: Report) -> list[str]:
