@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from safedreamer_sweep.core.durations import format_hours
 from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.report.cost import (
     attempt_hours,
     cell_cost,
-    format_hours,
     queue_wait,
     store_cost,
     sweep_cost,

@@ -51,6 +51,7 @@ import pickle
 import re
 import socket
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +59,13 @@ from typing import Any
 
 import filelock
 
+from safedreamer_sweep.core.files import atomic_write_bytes, atomic_write_json, json_line, read_jsonl
+
 from safedreamer_sweep.core.index import RunIndex, register_run
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{12})\.pkl$")
 EVAL_KINDS = ("id", "ood")
+TRACEBACK_TAIL_CHARS = 4000  # of a failed attempt's traceback, kept in state.json
 
 
 class StoreError(Exception):
@@ -146,33 +150,7 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
     return f"held by pid {holder['pid']} ({holder.get('name', '?')}, {what})"
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old or the new content, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+# ----------------------------------------------------------------------------- reading documents
 
 
 def read_json(path: Path) -> Any | None:
@@ -189,34 +167,6 @@ def read_json(path: Path) -> Any | None:
             f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt. "
             f"Fix: restore it from a backup or move it aside; nothing was overwritten."
         ) from e
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line of a JSON-lines file. A torn last line (killed mid-append) is skipped."""
-    rows: list[dict] = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return rows
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
 def now() -> float:
@@ -236,6 +186,14 @@ def lease_from_env(path: Path) -> int | None:
 
 
 # ----------------------------------------------------------------------------- a run directory
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The fields that close an attempt failed by `exc`: cause `error`, the exception as evidence and
+    the tail of its traceback (`RunDir.end_attempt("failed", **error_fields(e))`)."""
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_TAIL_CHARS:]
+    return {"cause": "error", "evidence": f"{type(exc).__name__}: {exc}", "traceback_tail": tail}
+
 
 
 @dataclass(frozen=True)
@@ -480,7 +438,7 @@ class RunDir:
         path = path or self.metrics_path
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._write_lock(), open(path, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.write(json_line(row))
             f.flush()
 
     def read_metrics(self) -> list[dict]:
@@ -498,7 +456,7 @@ class RunDir:
             if not path.exists():
                 continue
             rows = [r for r in read_jsonl(path) if int(r.get("env_step", 0)) <= env_step]
-            data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+            data = "".join(json_line(r) for r in rows)
             atomic_write_bytes(path, data.encode())
 
     # --- checkpoints

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV, register_resolver
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.store import RunDir, Store, error_fields
 
 log = logging.getLogger(__name__)
 register_resolver()  # ${sds_run_dir:} under any launcher: Hydra imports this before it composes a job
@@ -138,10 +137,7 @@ def record_outcome(rd: RunDir, job_return: JobReturn) -> None:
         rd.end_attempt("done")
         rd.set_phase("done")
         return
-    if isinstance(value, BaseException):
-        tail = "".join(traceback.format_exception(type(value), value, value.__traceback__))[-4000:]
-        evidence = f"{type(value).__name__}: {value}"
-    else:
-        tail, evidence = "", f"job status {job_return.status.name}"
-    rd.end_attempt("failed", cause="error", evidence=evidence, traceback_tail=tail)
+    fields = (error_fields(value) if isinstance(value, BaseException)
+              else {"cause": "error", "evidence": f"job status {job_return.status.name}", "traceback_tail": ""})
+    rd.end_attempt("failed", **fields)
     rd.set_phase("failed")

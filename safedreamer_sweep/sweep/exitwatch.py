@@ -12,7 +12,6 @@ Stdlib only: it starts once per cell and must stay cheap.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -21,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from safedreamer_sweep.core.process import die_with_parent, exit_record, write_exit_record
+
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1
 
 
 def memory_cgroups(pid: int | str = "self") -> list[Path]:
@@ -95,10 +95,7 @@ def _in_child() -> None:
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     # If this watcher is SIGKILLed (submitit's kill_tasks), the cell must not run on as an orphan.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:
@@ -117,17 +114,13 @@ def main(argv: list[str]) -> int:
             break
         except InterruptedError:  # pragma: no cover (PEP 475 retries; kept for clarity)
             continue
-    rec = {"pid": child.pid, "returncode": code, "signal": -code if code < 0 else None,
-           "signal_name": signal.Signals(-code).name if code < 0 else None,
-           "oom_kill_before": before, "oom_kill_after": oom_kill_count(cgroups),
-           "cgroup": str(cgroups[0]) if cgroups else None, "started_at": started, "ended_at": time.time(),
-           "watcher_pid": os.getpid()}
+    rec = exit_record(code, started_at=started, pid=child.pid, oom_kill_before=before,
+                      oom_kill_after=oom_kill_count(cgroups), cgroup=str(cgroups[0]) if cgroups else None,
+                      watcher_pid=os.getpid())
     path = record_path(argv)
     if path is not None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(rec, indent=2) + "\n")
-            os.replace(tmp, path)
+            write_exit_record(path, rec)
         except OSError as e:
             print(f"exitwatch: cannot write {path}: {e}", file=sys.stderr)
     return 128 - code if code < 0 else code

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
-from safedreamer_sweep.core.store import RunDir, lease_from_env
+from safedreamer_sweep.core.store import RunDir, error_fields, lease_from_env
 
 
 def _close_open_attempt(rd: RunDir, outcome: str, **fields: Any) -> bool:
@@ -74,9 +73,7 @@ class RecordedTask:
                 rd.set_phase("interrupted")
             raise
         except BaseException as e:
-            tail = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
-            if _close_open_attempt(rd, "failed", cause="error", evidence=f"{type(e).__name__}: {e}",
-                                   traceback_tail=tail):
+            if _close_open_attempt(rd, "failed", **error_fields(e)):
                 rd.set_phase("failed")
             raise
         if _close_open_attempt(rd, "done"):

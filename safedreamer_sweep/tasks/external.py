@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import io
 import json
@@ -46,6 +45,7 @@ import psutil
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
+from safedreamer_sweep.core.process import die_with_parent
 from safedreamer_sweep.core.schema import ExternalSettings, refusals
 from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
 from safedreamer_sweep.tasks import probes as P
@@ -518,28 +518,16 @@ def _without(v: Any, seed: str) -> Any:
 # ----------------------------------------------------------------------------- running a command
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux/glibc: no parent-death signal
-        return None
-
-
-# Loaded once in the parent: the child only calls it between fork and exec (no import, no lock).
-_PRCTL = _load_prctl()
-
-
 def _in_child() -> None:
     """In the child before exec, after its new session began:
     - get SIGTERM when the cell process dies (a kill -9 of the cell must not leave the script training
-      on its own). 1 = PR_SET_PDEATHSIG.
+      on its own).
     - keep the cell's niceness. With Linux's autogroup scheduling (sched_autogroup_enabled=1, the
       default on desktop and many server kernels) a new session is a new scheduling group at nice 0,
       which competes with every other group as an equal: a sweep started with `nice -n 19` would see
       its script take a full share of the machine. Writing the nice value to /proc/self/autogroup
       gives the new group the cell's priority (raising niceness needs no privilege)."""
-    if _PRCTL is not None:
-        _PRCTL(1, int(signal.SIGTERM))
+    die_with_parent(signal.SIGTERM)
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     if nice > 0:
         # no autogroup (not Linux, or CONFIG_SCHED_AUTOGROUP off): OSError, and the niceness holds as is
@@ -613,7 +601,7 @@ def run_command(argv: list[str], *, cwd: str | None, env: Mapping[str, str], out
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_in_child)  # noqa: PLW1509  see _PRCTL
+                                preexec_fn=_in_child)  # noqa: PLW1509  see _in_child
     except FileNotFoundError as e:
         raise ExternalTaskError(f"{header or 'command'}: cannot start {argv[0]!r} ({e.strerror}) in cwd "
                                 f"{cwd or os.getcwd()}. Fix: use an absolute path or set task.cwd") from e

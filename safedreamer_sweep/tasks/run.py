@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
 from safedreamer_sweep.core.identity import RunSpec
-from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, lease_from_env
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, error_fields, lease_from_env
 
 
 def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec, RunDir]:
@@ -78,9 +77,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         rd.set_phase("interrupted")
         raise
     except BaseException as e:
-        tail = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]
-        rd.end_attempt("failed", cause="error", evidence=f"{type(e).__name__}: {e}", traceback_tail=tail,
-                       end_step=_env_step(rd), timeline=timeline.document())
+        rd.end_attempt("failed", **error_fields(e), end_step=_env_step(rd), timeline=timeline.document())
         rd.set_phase("failed")
         raise
     rd.end_attempt("done", end_step=_env_step(rd), timeline=timeline.document())

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safedreamer_sweep.core.process import exit_record, write_exit_record
+
 STEP_NAME = "sds-slot{slot}"
 
 
@@ -72,12 +74,9 @@ class PackedCells:
                 if slot in codes or p.poll() is None:
                     continue
                 codes[slot] = int(p.returncode)
-                rec = {"job_id": job_id, "slot": slot, "returncode": codes[slot], "started_at": started,
-                       "ended_at": time.time(), "step_name": STEP_NAME.format(slot=slot)}
-                path = exit_record_path(self.folder, job_id, slot)
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(json.dumps(rec) + "\n")
-                os.replace(tmp, path)
+                write_exit_record(exit_record_path(self.folder, job_id, slot),
+                                  exit_record(codes[slot], started_at=started, job_id=job_id, slot=slot,
+                                              step_name=STEP_NAME.format(slot=slot)))
                 print(f"[sds] packed job {job_id}: slot {slot} ended with exit code {codes[slot]}", flush=True)
             time.sleep(0.5)
         return codes

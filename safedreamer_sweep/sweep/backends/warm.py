@@ -49,6 +49,8 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
+from safedreamer_sweep.core.process import die_with_parent, exit_record, write_exit_record
+
 IDLE_S = 120.0  # a worker with no request for this long exits (a new one starts when needed)
 ANSWER_S = 180.0  # how long the launcher waits for a worker's answer (its first one includes the imports)
 REQUEUE_RETURN_CODE = 144  # submitit's LOCAL_REQUEUE_RETURN_CODE: the task asked to be started again
@@ -298,10 +300,7 @@ def _child(req: dict[str, Any], job_id: str, ctl: tuple[int, int], first: bool) 
     code = 1
     try:
         os.setpgid(0, 0)
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        die_with_parent(signal.SIGKILL)
         for fd in ctl:
             os.close(fd)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT, signal.SIGCHLD):
@@ -423,18 +422,14 @@ def _run_request(req: dict[str, Any], ctl_in: int, ctl_out: IO[str]) -> None:
         ended = time.time()
         if code != REQUEUE_RETURN_CODE:
             break
-    rec = {"pid": pid, "job_id": job_id, "returncode": code, "signal": -code if code < 0 else None,
-           "signal_name": signal.Signals(-code).name if code < 0 else None, "oom_kill_before": before,
-           "oom_kill_after": oom_kill_count(cgroups), "cgroup": str(cgroups[0]) if cgroups else None,
-           "started_at": started, "ended_at": ended, "watcher_pid": os.getpid(), "warm_worker": True}
+    rec = exit_record(code, started_at=started, ended_at=ended, pid=pid, job_id=job_id, oom_kill_before=before,
+                      oom_kill_after=oom_kill_count(cgroups), cgroup=str(cgroups[0]) if cgroups else None,
+                      watcher_pid=os.getpid(), warm_worker=True)
     from submitit.core import utils
 
     folder = utils.JobPaths(req["folder"], job_id=job_id, task_id=0).folder
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{job_id}_0_exit.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_exit_record(folder / f"{job_id}_0_exit.json", rec)
     print(f"[warm] job {job_id}: ended with {code} after {ended - started:.1f} s", file=sys.stderr, flush=True)
 
 
