@@ -504,7 +504,7 @@ def report(res: dict, log=print) -> bool:
             verdict(f"fault {f['kind']}", False, f["detail"])
             continue
         lost = f["lost_steps"]
-        good_lost = f["kind"] == "oom" and f["env_step"] is None or (lost is not None and lost <= (f["bound"] or 0))
+        good_lost = (f["kind"] == "oom" and f["env_step"] is None) or (lost is not None and lost <= (f["bound"] or 0))
         good_cause = f["cause"] in expect.get(f["kind"], {f["cause"]})
         verdict(f"fault {f['kind']:<7} {f['cell']}", good_lost and good_cause,
                 f"at env_step {f['env_step']}, resumed from {f['resumed_from']}, lost {lost} env steps "

@@ -166,7 +166,7 @@ def false_recommendation_rate(sims: int, shape: Shape, n: int = 5, configs: int 
         for name in names:
             ret = shape.draw(rng, (n,))
             for s in range(n):
-                row = {m: math.nan for m in METRICS}
+                row = dict.fromkeys(METRICS, math.nan)
                 row.update(config=name, seed=s, id_return=ret[s], ood_return=ret[s],
                            id_cost=rng.normal(5.0, 1.0), ood_cost=rng.normal(5.0, 1.0))
                 rows.append(row)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
 from safedreamer_sweep.core.durations import format_duration, format_hours
+from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
 from safedreamer_sweep.report.cost import cell_cost, store_cost
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import bad_nodes_of_store, bad_nodes_text

@@ -259,7 +259,7 @@ def example_value(schema: dict) -> Any:
         return 0
     if t == "array":
         return [example_value(schema["items"])] * max(1, schema.get("minItems", 0)) if "items" in schema else []
-    return {"boolean": True, "string": "x", "object": {}}.get(t or "", None)
+    return {"boolean": True, "string": "x", "object": {}}.get(t or "")
 
 
 def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:

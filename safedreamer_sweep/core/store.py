@@ -60,7 +60,6 @@ from typing import Any
 import filelock
 
 from safedreamer_sweep.core.files import atomic_write_bytes, atomic_write_json, json_line, read_jsonl
-
 from safedreamer_sweep.core.index import RunIndex, register_run
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{12})\.pkl$")

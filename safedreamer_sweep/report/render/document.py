@@ -7,10 +7,10 @@ import math
 
 import pandas as pd
 
+from safedreamer_sweep.core.durations import format_duration
 from safedreamer_sweep.report.analysis import stats, tables
 from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
-from safedreamer_sweep.core.durations import format_duration
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
 
