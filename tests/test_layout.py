@@ -72,3 +72,67 @@ def test_every_referenced_file_exists() -> None:
             if not (ROOT / ref).exists() and "my_project" not in ref and "mytrainer" not in ref:
                 missing.append(f"{p.relative_to(ROOT)}: {ref}")
     assert not missing, "references to files that do not exist:\n" + "\n".join(missing)
+
+
+# ----------------------------------------------------------------------------- rooms of one job (issue 28)
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+MODULE_REF = re.compile(r"\b((?:safedreamer_sweep|hydra_plugins)/[\w/]+\.py)\b")
+# The longest a function may be (lines from `def` to its last line). Above it a function holds more than one
+# step; the exceptions are linear markup or a loop that reads better whole, each with its reason.
+MAX_FUNCTION_LINES = 60
+LONG_BY_DESIGN: dict[str, str] = {}
+
+
+def product_modules() -> list[Path]:
+    return sorted(p for base in (PKG, ROOT / "hydra_plugins") for p in base.rglob("*.py") if p.name != "__init__.py")
+
+
+def test_architecture_names_every_module_and_only_modules_that_exist() -> None:
+    named = set(MODULE_REF.findall(ARCHITECTURE.read_text()))
+    actual = {str(p.relative_to(ROOT)) for p in product_modules()}
+    unnamed, gone = sorted(actual - named), sorted(named - actual - {n for n in named if n.endswith("__init__.py")})
+    assert not unnamed and not gone, (
+        "docs/architecture.md is out of step with the code (its module map, 'Where each stage lives', names each "
+        f"module by its path):\n  modules it does not name: {unnamed}\n  modules it names that do not exist: {gone}")
+
+
+def test_no_function_over_the_limit() -> None:
+    long = []
+    for p in product_modules():
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                where = f"{p.relative_to(ROOT)}:{node.name}"
+                if n > MAX_FUNCTION_LINES and where not in LONG_BY_DESIGN:
+                    long.append(f"{where} ({n} lines, line {node.lineno})")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split at a natural seam, or add to LONG_BY_DESIGN " \
+                     f"with the reason):\n" + "\n".join(sorted(long))
+
+
+def test_every_subpackage_declares_what_it_offers() -> None:
+    bad = []
+    for init in sorted(PKG.rglob("__init__.py")):
+        tree = ast.parse(init.read_text())
+        offered = None
+        defined = set()
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+                offered = ast.literal_eval(node.value)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.Assign):
+                defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        where = init.parent.relative_to(ROOT)
+        if not ast.get_docstring(tree):
+            bad.append(f"{where}: no docstring saying what the package holds")
+        if offered is None:
+            bad.append(f"{where}: no __all__")
+            continue
+        for name in offered:
+            if name not in defined and not (init.parent / f"{name}.py").exists() and not (init.parent / name).is_dir():
+                bad.append(f"{where}: __all__ names {name!r}, which is neither a module of it nor defined in it")
+    assert not bad, "\n".join(bad)
