@@ -71,7 +71,7 @@ def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     if not final and now - _Beat.written_at < every:
         return False
     # lazy: only a cell that beats pays for the store's imports
-    from safedreamer_sweep.core.store import RunDir, lease_from_env
+    from safedreamer_sweep.core.run_dir import RunDir, lease_from_env
 
     rate = None
     if _Beat.step is not None and now > _Beat.written_at and step >= _Beat.step:

@@ -101,7 +101,7 @@ class RunIndex:
         A corrupt index file is replaced; one this process cannot write gives way to an index in memory."""
         if self._checked and self._conn is not None and self._pid == os.getpid():
             return self._conn
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 conn = self._connect()
                 if self._stale(conn):
