@@ -59,10 +59,12 @@ class LeaseLost(StoreError):
 
 
 def now() -> float:
+    """The wall-clock time the store's records are stamped with."""
     return time.time()
 
 
 def host() -> str:
+    """This host's name, as the store's records name it."""
     return socket.gethostname()
 
 
@@ -79,7 +81,6 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
     the tail of its traceback (`RunDir.end_attempt("failed", **error_fields(e))`)."""
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-_TRACEBACK_TAIL_CHARS:]
     return {"cause": "error", "evidence": f"{type(exc).__name__}: {exc}", "traceback_tail": tail}
-
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class RunDir:
 
     # --- the locks and the lease (see core/locks.py)
     def lock(self, timeout: float = CELL_LOCK_S) -> contextlib.AbstractContextManager[None]:
-        """The data lock (state.json read-modify-write, fenced writes; see the module docstring).
+        """The data lock (state.json read-modify-write, fenced writes; see core/locks.py).
         LockBusy, naming its holder, when it is not free within `timeout` seconds."""
         return locked(self.path / ".lock", timeout)
 
