@@ -1,4 +1,4 @@
-"""Code fingerprints (core/identity.py): which code computed a cell, recorded in spec.json and
+"""Code fingerprints (core/code_fingerprint.py): which code computed a cell, recorded in spec.json and
 compared at plan time. The fingerprint is a content hash of the code that trains (never tests or
 docs), the same in a git checkout and in an installed copy; a cell computed by other code is
 refused (default), rerun or accepted (sweep.code_change). The end-to-end test runs a tiny real
@@ -17,7 +17,9 @@ import pytest
 from conftest import TINY
 
 from safedreamer_sweep.core import identity
-from safedreamer_sweep.core.store import RunDir, StoreError
+from safedreamer_sweep.core.code_fingerprint import CodeFilesError, absolute_code_globs, code_fingerprint, recorded_fingerprint
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = {"task": {"kind": "builtin"}}
@@ -33,30 +35,30 @@ def _external(code, cwd=None) -> dict:
 def test_builtin_fingerprint_is_the_trainer_files_content_wherever_they_are(tmp_path):
     """A copy of the trainer's files outside git hashes to the package's fingerprint: the hash is
     over content and paths relative to the files' folder, not over a commit or an absolute path."""
-    ours = identity.code_fingerprint(BUILTIN)
+    ours = code_fingerprint(BUILTIN)
     assert len(ours["fingerprint"]) == 12 and ours["files"] >= 5 and "safedreamer_sweep/trainer/*.py" in ours["of"]
     copy = tmp_path / "installed" / "trainer"
     shutil.copytree(ROOT / "safedreamer_sweep" / "trainer", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    theirs = identity.code_fingerprint(_external([str(copy / "*.py")]))
+    theirs = code_fingerprint(_external([str(copy / "*.py")]))
     assert theirs["fingerprint"] == ours["fingerprint"]
     assert theirs["uncommitted"] is None  # not a git checkout: nothing to compare with
     (copy / "ppo_lag.py").write_text((copy / "ppo_lag.py").read_text() + "# a change\n")
-    assert identity.code_fingerprint(_external([str(copy / "*.py")]))["fingerprint"] != ours["fingerprint"]
+    assert code_fingerprint(_external([str(copy / "*.py")]))["fingerprint"] != ours["fingerprint"]
 
 
 def test_external_code_globs_start_at_task_cwd_and_a_glob_matching_nothing_is_refused(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text("print('v1')\n")
     (tmp_path / "src" / "configs.yaml").write_text("a: 1\n")
-    fp = identity.code_fingerprint(_external(["*.py", "configs.yaml"], cwd=str(tmp_path / "src")))
+    fp = code_fingerprint(_external(["*.py", "configs.yaml"], cwd=str(tmp_path / "src")))
     assert fp["files"] == 2 and fp["of"] == "task.code: *.py, configs.yaml"
-    assert identity.absolute_code_globs(_external(["*.py"], cwd=str(tmp_path / "src"))) == [str(tmp_path / "src" / "*.py")]
+    assert absolute_code_globs(_external(["*.py"], cwd=str(tmp_path / "src"))) == [str(tmp_path / "src" / "*.py")]
     (tmp_path / "src" / "configs.yaml").write_text("a: 2\n")
-    assert identity.code_fingerprint(_external(["*.py", "configs.yaml"], cwd=str(tmp_path / "src")))["fingerprint"] \
+    assert code_fingerprint(_external(["*.py", "configs.yaml"], cwd=str(tmp_path / "src")))["fingerprint"] \
         != fp["fingerprint"]
-    with pytest.raises(identity.CodeFilesError, match=r"task.code: '.*nope/\*\.py' matches no file.*Fix"):
-        identity.code_fingerprint(_external(["nope/*.py"], cwd=str(tmp_path)))
-    assert identity.code_fingerprint(_external([]))["fingerprint"] is None  # nothing declared: never compared
+    with pytest.raises(CodeFilesError, match=r"task.code: '.*nope/\*\.py' matches no file.*Fix"):
+        code_fingerprint(_external(["nope/*.py"], cwd=str(tmp_path)))
+    assert code_fingerprint(_external([]))["fingerprint"] is None  # nothing declared: never compared
 
 
 def test_the_shipped_external_task_declares_its_code_and_it_is_not_part_of_the_identity(monkeypatch):
@@ -68,7 +70,7 @@ def test_the_shipped_external_task_declares_its_code_and_it_is_not_part_of_the_i
         other = compose("sweep", overrides=["hydra/launcher=basic", "task=external", "task.code=[tests/*.py]"])
     spec = identity.RunSpec.from_cfg(cfg, config_name="v2_baseline")
     assert spec.code["of"] == "task.code: tests/fake_safedreamer.py" and spec.code["files"] == 1
-    assert spec.code["fingerprint"] == identity.code_fingerprint(_external([str(ROOT / "tests" / "fake_safedreamer.py")]))[
+    assert spec.code["fingerprint"] == code_fingerprint(_external([str(ROOT / "tests" / "fake_safedreamer.py")]))[
         "fingerprint"]
     assert identity.RunSpec.from_cfg(other, config_name="v2_baseline").hash == spec.hash  # which files: not identity
 
@@ -118,7 +120,7 @@ def test_rerun_moves_the_old_work_aside_and_accept_records_the_new_code(tmp_path
     kept = rd.read_spec()
     assert kept["code"]["fingerprint"] == "aaaaaaaaaaaa" and rd.eval_path("id").exists()
     assert [a["fingerprint"] for a in kept["code_accepted"]] == ["bbbbbbbbbbbb"]
-    assert identity.recorded_fingerprint(kept) == "bbbbbbbbbbbb"
+    assert recorded_fingerprint(kept) == "bbbbbbbbbbbb"
     rd.ensure_spec(_new_spec(spec, "refuse"))  # the accepted code is now the cell's: no refusal
 
 
@@ -174,7 +176,7 @@ def test_changing_the_trainer_after_a_finished_sweep_makes_the_next_plan_refuse_
     refused = _sweep(proj, store, "hydra.launcher.dry_run=true")
     out = refused.stdout + refused.stderr
     assert refused.returncode != 0, out[-3000:]
-    second = identity.code_fingerprint(_external([str(proj / "safedreamer_sweep" / "trainer" / "*.py")]))["fingerprint"]
+    second = code_fingerprint(_external([str(proj / "safedreamer_sweep" / "trainer" / "*.py")]))["fingerprint"]
     assert second != first
     assert "refusing to launch: 1 cell(s) hold work computed by other code" in out, out[-3000:]
     assert f"v2_baseline seed 0 [{run.name}]: its work was computed by code {first} (commit copy-v1)" in out
@@ -201,7 +203,7 @@ def test_changing_the_trainer_after_a_finished_sweep_makes_the_next_plan_refuse_
 
 
 def test_the_reports_first_warning_lists_which_cells_came_from_which_code(tmp_path):
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     from safedreamer_sweep.report.build import compute_report
     from safedreamer_sweep.report.synthetic import write_store
 

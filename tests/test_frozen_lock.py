@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY
 
-from safedreamer_sweep.core.store import RunDir, Store, lock_holder
+from safedreamer_sweep.core.locks import lock_holder
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 
 LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5", "hydra.sweep.dir=${store.root}/multirun"]
 # Long enough to be caught mid-run, a checkpoint (and so a locked write) every 512 env steps.

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 import safedreamer_sweep
 from safedreamer_sweep.core import cell
-from safedreamer_sweep.core.store import RunDir, read_json
+from safedreamer_sweep.core.files import read_json
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep.observe import observe_run
 
 
@@ -87,7 +88,7 @@ def test_progress_is_never_torn_while_a_cell_beats(in_cell):
 def test_importing_it_loads_no_heavy_module():
     code = ("import sys; from safedreamer_sweep import heartbeat, run_dir; "
             "print([m for m in sys.modules if m.split('.')[0] in ('omegaconf', 'hydra', 'filelock', 'numpy') "
-            "or m == 'safedreamer_sweep.core.store'])")
+            "or m in ('safedreamer_sweep.core.store', 'safedreamer_sweep.core.run_dir', 'safedreamer_sweep.core.locks')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

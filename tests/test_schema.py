@@ -85,7 +85,7 @@ def test_every_key_of_the_composed_config_is_declared(composed):
     assert not undeclared, f"declare {undeclared} in core/schema.py"
 
 
-@pytest.mark.parametrize(("schema", "key", "bad"), malformed_values(), ids=lambda x: str(x))
+@pytest.mark.parametrize(("schema", "key", "bad"), malformed_values(), ids=str)
 def test_each_malformed_value_is_refused_naming_key_value_range_and_fix(composed, schema, key, bad):
     if schema == "cell":
         from omegaconf import OmegaConf

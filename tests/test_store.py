@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safedreamer_sweep.core import store
-from safedreamer_sweep.core.store import (
-    RunDir,
-    StoreError,
-    atomic_write_bytes,
-    atomic_write_json,
-)
+from safedreamer_sweep.core import files
+from safedreamer_sweep.core.files import StoreError, atomic_write_bytes, atomic_write_json
+from safedreamer_sweep.core.run_dir import RunDir
 
 # A writer that replaces one file forever with self-verifying 2 MB payloads (digest + body).
 WRITER = """
 import hashlib, os, sys
-from safedreamer_sweep.core.store import atomic_write_bytes
+from safedreamer_sweep.core.files import atomic_write_bytes
 path, i = sys.argv[1], 0
 while True:
     body = (b"%09d" % i) * (2_000_000 // 9)
@@ -62,7 +58,7 @@ def test_failed_rename_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypat
     def crash(src, dst):
         raise OSError("simulated crash between write and rename")
 
-    monkeypatch.setattr(store.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         atomic_write_json(target, {"phase": "done", "n": 2})
     assert json.loads(target.read_text()) == {"phase": "running", "n": 1}
@@ -76,7 +72,7 @@ def test_failed_write_midway_keeps_the_old_file(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk gone during fsync")
 
-    monkeypatch.setattr(store.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old"

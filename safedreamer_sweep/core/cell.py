@@ -25,7 +25,7 @@ from typing import Any
 
 RUN_DIR_ENV = "SDS_RUN_DIR"
 HEARTBEAT_EVERY_ENV = "SDS_HEARTBEAT_EVERY_S"
-RESOLVER = "sds_run_dir"
+_RESOLVER = "sds_run_dir"
 
 
 def run_dir() -> Path | None:
@@ -34,7 +34,7 @@ def run_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def resolve_run_dir() -> str:
+def _resolve_run_dir() -> str:
     """What `${sds_run_dir:}` resolves to: the cell's run directory, or "." outside a cell (and at
     plan time, so a config that uses it has one identity whichever cell it lands in)."""
     return os.environ.get(RUN_DIR_ENV) or "."
@@ -44,8 +44,8 @@ def register_resolver() -> None:
     """Register `${sds_run_dir:}` with OmegaConf (idempotent; never cached, the cell sets it late)."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, resolve_run_dir, use_cache=False)
+    if not OmegaConf.has_resolver(_RESOLVER):
+        OmegaConf.register_new_resolver(_RESOLVER, _resolve_run_dir, use_cache=False)
 
 
 class _Beat:
@@ -71,7 +71,7 @@ def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     if not final and now - _Beat.written_at < every:
         return False
     # lazy: only a cell that beats pays for the store's imports
-    from safedreamer_sweep.core.store import RunDir, lease_from_env
+    from safedreamer_sweep.core.run_dir import RunDir, lease_from_env
 
     rate = None
     if _Beat.step is not None and now > _Beat.written_at and step >= _Beat.step:

@@ -1,6 +1,8 @@
 """Files replaced atomically: a reader sees the old content or the new, never a mix, and a kill -9 at
 any instant leaves one of the two (write a temp file beside it, fsync, rename, fsync the directory).
 JSON-lines files are appended to, and a torn last line (killed mid-append) is skipped on reading.
+A JSON document that does not parse is a StoreError (the store's error: a file is missing, corrupt or
+inconsistent), which names the file and the fix.
 
 Standard library only: exit records are written with it by processes that must start cheaply
 (sweep/exitwatch.py runs once per cell).
@@ -14,6 +16,10 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+
+class StoreError(Exception):
+    """A store file is missing, corrupt or inconsistent. The message names the file and the fix."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -45,6 +51,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def json_line(row: Any) -> str:
     """`row` as one line of a JSON-lines file (numpy values and paths as plain JSON)."""
     return json.dumps(row, default=_json_default) + "\n"
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed document, or None when the file does not exist. A corrupt file is a StoreError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StoreError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt. "
+            f"Fix: restore it from a backup or move it aside; nothing was overwritten."
+        ) from e
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 INDEX_NAME = "index.sqlite"
 STALE_MARKER = "index.stale"
-VERSION = "1"
+_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (path TEXT PRIMARY KEY, hash TEXT NOT NULL, label TEXT NOT NULL, seed INTEGER);
@@ -34,7 +34,7 @@ CREATE INDEX IF NOT EXISTS runs_by_hash ON runs (hash);
 """
 
 
-def scan_runs(runs_dir: Path) -> Iterable[tuple[str, str, str, int | None]]:
+def _scan_runs(runs_dir: Path) -> Iterable[tuple[str, str, str, int | None]]:
     """(path relative to runs/, hash, label, seed) of every run directory, read from the layout alone:
     runs/<label>/seed_<seed>/<hash8>/spec.json and runs/<label>/<hash8>/spec.json (no seed)."""
     if not runs_dir.is_dir():
@@ -86,8 +86,8 @@ class RunIndex:
         row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         if row is None:
             return "no index yet"
-        if row[0] != VERSION:
-            return f"index version {row[0]}, this code reads {VERSION}"
+        if row[0] != _VERSION:
+            return f"index version {row[0]}, this code reads {_VERSION}"
         if (self.root / STALE_MARKER).exists():
             return f"a writer could not register a run directory ({STALE_MARKER})"
         on_disk = {e.name for e in os.scandir(self.runs_dir) if e.is_dir()} if self.runs_dir.is_dir() else set()
@@ -101,7 +101,7 @@ class RunIndex:
         A corrupt index file is replaced; one this process cannot write gives way to an index in memory."""
         if self._checked and self._conn is not None and self._pid == os.getpid():
             return self._conn
-        for attempt in range(3):
+        for _attempt in range(3):
             try:
                 conn = self._connect()
                 if self._stale(conn):
@@ -123,13 +123,13 @@ class RunIndex:
         """Build the index from the directories (one glob of runs/). Returns the number of run dirs."""
         with contextlib.suppress(FileNotFoundError):
             (self.root / STALE_MARKER).unlink()  # before the scan: a registration failing during it re-marks
-        rows = list(scan_runs(self.runs_dir))
+        rows = list(_scan_runs(self.runs_dir))
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("DELETE FROM runs")
             conn.executemany("INSERT OR REPLACE INTO runs (path, hash, label, seed) VALUES (?, ?, ?, ?)", rows)
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?)", (VERSION,))
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?)", (_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -163,7 +163,7 @@ class RunIndex:
         return int(self.ensure_fresh().execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
 
-def store_root_of(run_path: Path, seed: int | None) -> Path | None:
+def _store_root_of(run_path: Path, seed: int | None) -> Path | None:
     """The store root of a run directory laid out as runs/<label>/seed_<seed>/<hash8> (or
     runs/<label>/<hash8> without a seed), None for a directory outside that layout."""
     runs = run_path.parents[2] if seed is not None else run_path.parents[1]
@@ -174,7 +174,7 @@ def register_run(run_path: Path, hash8: str, seed: int | None) -> None:
     """Add a new run directory to its store's index. Never fails the write it follows: when the index
     cannot be written it leaves the marker `index.stale`, and the next lookup rebuilds it."""
     run_path = Path(run_path)
-    root = store_root_of(run_path, seed)
+    root = _store_root_of(run_path, seed)
     label = (run_path.parents[1] if seed is not None else run_path.parent).name
     if root is None or not (root / INDEX_NAME).exists():
         return  # no index yet: the first lookup builds it from the directories, this one included

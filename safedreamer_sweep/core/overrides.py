@@ -59,7 +59,7 @@ def _cause(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def hydra_quoted(key: str, value: str) -> str:
+def _hydra_quoted(key: str, value: str) -> str:
     """The override with its value quoted for Hydra's grammar (single quotes unless the value has one)."""
     if "'" not in value:
         return f"{key}='{value}'"
@@ -84,7 +84,7 @@ def suggest_fix(override: str) -> str | None:
     parts = _split(override)
     if parts is None or not parts.key:
         return None
-    candidate = hydra_quoted(parts.key, parts.value)
+    candidate = _hydra_quoted(parts.key, parts.value)
     from hydra.errors import HydraException
 
     try:

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from safedreamer_sweep.core.launcher_options import LocalOptions, SlurmOptions
 
-PosInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+_PosInt = Annotated[int, Field(ge=1)]
+_NonNegInt = Annotated[int, Field(ge=0)]
+_Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Group(BaseModel):
@@ -58,9 +58,9 @@ class Agent(_Group):
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(min_length=1, max_length=16)
     lr: float = Field(gt=0, le=1)
     gamma: float = Field(gt=0, le=1)
-    lam: Unit
+    lam: _Unit
     cost_gamma: float = Field(gt=0, le=1)
-    cost_lam: Unit
+    cost_lam: _Unit
     clip: float = Field(gt=0, le=1)
     update_epochs: int = Field(ge=1, le=1000)
     minibatches: int = Field(ge=1, le=100_000)
@@ -74,14 +74,14 @@ class Agent(_Group):
 
 
 class Trainer(_Group):
-    total_steps: PosInt
+    total_steps: _PosInt
     num_envs: int = Field(ge=1, le=1024)
-    rollout_steps: PosInt
-    log_every_steps: PosInt
-    checkpoint_every_steps: PosInt
-    eval_every_steps: PosInt
-    eval_curve_episodes: NonNegInt
-    keep_checkpoints: PosInt
+    rollout_steps: _PosInt
+    log_every_steps: _PosInt
+    checkpoint_every_steps: _PosInt
+    eval_every_steps: _PosInt
+    eval_curve_episodes: _NonNegInt
+    keep_checkpoints: _PosInt
     heartbeat_every_s: float = Field(gt=0, le=3600)
     platform: Literal["cpu", "gpu", "cuda", "rocm", "tpu"] | None
 
@@ -218,11 +218,11 @@ def _leaf_schemas(schema: dict, defs: dict, prefix: str = "") -> Iterator[tuple[
     yield prefix.rstrip("."), schema
 
 
-def allowed_text(schema: dict) -> str:
+def _allowed_text(schema: dict) -> str:
     """`an integer >= 1 and <= 64`, `one of ['cpu', 'gpu']`, `a boolean (true/false)`, ..."""
     options = schema.get("anyOf")
     if options:
-        return " or ".join(allowed_text(o) for o in options)
+        return " or ".join(_allowed_text(o) for o in options)
     if "enum" in schema or "const" in schema:
         return f"one of {schema.get('enum', [schema.get('const')])}"
     kind = {"integer": "an integer", "number": "a number", "boolean": "a boolean (true/false)", "string": "a string",
@@ -235,15 +235,15 @@ def allowed_text(schema: dict) -> str:
         bounds.append(f"with >= {schema['minItems']} items")
     text = " ".join([kind, " and ".join(bounds)]).strip()
     if schema.get("type") == "array" and "items" in schema:
-        text += f", each {allowed_text(schema['items'])}"
+        text += f", each {_allowed_text(schema['items'])}"
     return text
 
 
-def example_value(schema: dict) -> Any:
+def _example_value(schema: dict) -> Any:
     """A value the schema accepts (for the fix), near its lower bound."""
     options = schema.get("anyOf")
     if options:
-        return example_value(next((o for o in options if o.get("type") != "null"), options[0]))
+        return _example_value(next((o for o in options if o.get("type") != "null"), options[0]))
     if "enum" in schema:
         return schema["enum"][0]
     if "const" in schema:
@@ -258,7 +258,7 @@ def example_value(schema: dict) -> Any:
             return (lo + hi) / 2 if hi is not None else (lo + 1 if t == "integer" else lo + 0.5)
         return 0
     if t == "array":
-        return [example_value(schema["items"])] * max(1, schema.get("minItems", 0)) if "items" in schema else []
+        return [_example_value(schema["items"])] * max(1, schema.get("minItems", 0)) if "items" in schema else []
     return {"boolean": True, "string": "x", "object": {}}.get(t or "")
 
 
@@ -282,8 +282,8 @@ def refusals(model: type[BaseModel], data: Any, prefix: str) -> list[Refusal]:
                 out.append(Refusal(prefix + key, err.get("input"), f"a declared key (the schema has no `{loc[-1]}`)",
                                    f"remove it, or use one of {known}" if known else "remove it"))
                 continue
-            allowed = allowed_text(sch) if sch else err["msg"]
-            example = example_value(sch) if sch else None
+            allowed = _allowed_text(sch) if sch else err["msg"]
+            example = _example_value(sch) if sch else None
             fix = (f"set {prefix}{key} to {allowed}, e.g. {prefix}{key}={_override(example)}" if sch
                    else f"{err['msg']}")
             out.append(Refusal(prefix + key, _refused_value(data, err), allowed, fix))
@@ -361,7 +361,7 @@ def prefetch_safety_gymnasium_ids() -> None:
             pool.shutdown(wait=False)
 
 
-def safety_gymnasium_ids() -> frozenset[str]:
+def _safety_gymnasium_ids() -> frozenset[str]:
     """Every env id Safety-Gymnasium registers, read once per process in a child interpreter (~2 s):
     importing it here would load MuJoCo and gymnasium-robotics into the launcher for good."""
     prefetch_safety_gymnasium_ids()
@@ -388,7 +388,7 @@ def check_env_ids(cfg: Any) -> list[Refusal]:
     data = _plain(cfg)
     if (data.get("task") or {}).get("kind", "builtin") != "builtin":
         return []
-    ids = safety_gymnasium_ids()
+    ids = _safety_gymnasium_ids()
     out = []
     for key, value in (("env.id", (data.get("env") or {}).get("id")), ("eval.id_env", (data.get("eval") or {}).get("id_env")),
                        ("eval.ood_env", (data.get("eval") or {}).get("ood_env"))):
@@ -414,7 +414,7 @@ def malformed_values() -> list[tuple[str, str, Any]]:
             out.append((name, key, _bad(sch)))
             item = sch.get("items")
             if sch.get("type") == "array" and item and item.get("type") in ("integer", "number"):
-                out.append((name, key, [*[example_value(item)] * max(0, sch.get("minItems", 1) - 1), _bad(item)]))
+                out.append((name, key, [*[_example_value(item)] * max(0, sch.get("minItems", 1) - 1), _bad(item)]))
     return out
 
 
