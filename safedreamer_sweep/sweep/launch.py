@@ -25,17 +25,12 @@ from safedreamer_sweep.sweep.backends.slurm import (
     slurm_state_lookup,
 )
 from safedreamer_sweep.sweep.claim import Lease, try_lease
+from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
-from safedreamer_sweep.sweep.plan import (
-    RUNNABLE,
-    PlanError,
-    PlannedCell,
-    absolute_store_root,
-    check_store_root,
-    plan_cells,
-)
+from safedreamer_sweep.sweep.plan import PlannedCell, plan_cells
+from safedreamer_sweep.sweep.settings import absolute_store_root, check_store_root
 from safedreamer_sweep.sweep.submit import (
     CellTasks,
     SlotPool,
@@ -43,6 +38,7 @@ from safedreamer_sweep.sweep.submit import (
     visible_gpus,
 )
 from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
+from safedreamer_sweep.sweep.verdicts import RUNNABLE
 
 log = logging.getLogger("sds_launcher")
 
