@@ -24,6 +24,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
     have_slurm,
     slurm_state_lookup,
 )
+from safedreamer_sweep.sweep.cell_task import CellTasks
 from safedreamer_sweep.sweep.claim import Lease, try_lease
 from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
@@ -31,12 +32,8 @@ from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
 from safedreamer_sweep.sweep.plan import PlannedCell, plan_cells
 from safedreamer_sweep.sweep.settings import absolute_store_root, check_store_root
-from safedreamer_sweep.sweep.submit import (
-    CellTasks,
-    SlotPool,
-    temporary_environ,
-    visible_gpus,
-)
+from safedreamer_sweep.sweep.slots import SlotPool, visible_gpus
+from safedreamer_sweep.sweep.submit import temporary_environ
 from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
 from safedreamer_sweep.sweep.verdicts import RUNNABLE
 

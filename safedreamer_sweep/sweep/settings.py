@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.sweep.errors import PlanError
 
-SWEEP_SETTINGS: dict[str, Any] = {"new_variant": False, "retry_failed": False, "code_change": "refuse",
+_SWEEP_SETTINGS: dict[str, Any] = {"new_variant": False, "retry_failed": False, "code_change": "refuse",
                                   "strict_confounds": True}  # with their defaults
 _DEFAULT_STORE = "sds_store"
 Hint = Callable[[str, Any], str]  # how a message names a sweep setting and its value (flag_hint)
@@ -26,11 +26,11 @@ Hint = Callable[[str, Any], str]  # how a message names a sweep setting and its 
 
 def sweep_setting(settings: DictConfig | None, launcher: dict | None, key: str) -> Any:
     """The value of sweep setting `key` for a job: hydra.launcher.<key> when set, else the app's own
-    sweep.<key>, else the default (SWEEP_SETTINGS)."""
+    sweep.<key>, else the default (_SWEEP_SETTINGS)."""
     value = (launcher or {}).get(key)
     if value is not None:
         return value
-    return _app_sweep(settings).get(key, SWEEP_SETTINGS[key])
+    return _app_sweep(settings).get(key, _SWEEP_SETTINGS[key])
 
 
 def sweep_setting_given(settings: DictConfig | None, launcher: dict | None, key: str) -> bool:
