@@ -273,7 +273,7 @@ def test_a_generated_malformed_value_for_every_key_is_refused_before_anything_is
     import dataclasses
 
     from hydra_plugins.sds_launcher.config import SdsLocalConf
-    from safedreamer_sweep.sweep.plan import PlanError
+    from safedreamer_sweep.sweep.errors import PlanError
 
     plan, store = planner
     params = dataclasses.asdict(SdsLocalConf())

@@ -6,17 +6,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from safedreamer_sweep.commands.cli import main as cli_main
 from safedreamer_sweep.core.confounds import (
-    ConfoundError,
-    check_confounds,
     find_confounds,
     format_confounds,
     is_knob,
     specs_for_overrides,
 )
 from safedreamer_sweep.core.identity import RunSpec
+from safedreamer_sweep.sweep.checks import check_confounds
+from safedreamer_sweep.sweep.errors import PlanError
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOBS = ["agent.u.enabled", "agent.cert.enabled"]
@@ -50,11 +51,17 @@ def test_rew_rms_confound_is_found_and_stops_a_strict_launch(rew_rms_conf):
     assert found[0].values == {"v2_baseline": [True], "v2_u_only": [False], "v2_full": [False]}
     text = format_confounds(found)
     assert text == "  agent.rew_rms: v2_baseline=true  v2_u_only=false  v2_full=false"
-    with pytest.raises(ConfoundError) as e:
-        check_confounds(specs, KNOBS, strict=True)
+    settings = OmegaConf.create({"sweep": {"ablation_knobs": KNOBS, "strict_confounds": True}})
+    with pytest.raises(PlanError) as e:  # the planner's check: strict (the default) stops the launch
+        check_confounds(specs, settings, log=lambda m: None)
     msg = str(e.value)
-    assert "agent.rew_rms" in msg and "add each key to sweep.ablation_knobs" in msg and "make the configs agree" in msg
-    assert check_confounds(specs, KNOBS, strict=False) == found
+    assert f"{text}\n" in msg and "declare them in sweep.ablation_knobs" in msg and "make those keys equal" in msg
+    assert "sweep.strict_confounds=false" in msg
+    logged: list[str] = []  # not strict: logged, the launch goes on
+    check_confounds(specs, settings, log=logged.append, launcher={"strict_confounds": False})
+    assert logged == [f"[plan] WARNING confounds (sweep.strict_confounds=false):\n{text}"]
+    check_confounds(specs, settings, log=logged.append, swept={"agent.rew_rms"})  # a swept key is a knob
+    assert len(logged) == 1
     # declaring it as a knob (or a parent key of it) removes the confound
     assert find_confounds(specs, [*KNOBS, "agent.rew_rms"]) == []
 

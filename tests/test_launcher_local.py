@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, TINY, sds
 
 from safedreamer_sweep.core.store import RunDir, Store
-from safedreamer_sweep.sweep.submit import SlotPool, visible_gpus
+from safedreamer_sweep.sweep.slots import SlotPool, visible_gpus
 
 # Hydra's own sweep dir goes inside the test's store, not into the repository.
 LOCAL = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.5", "hydra.sweep.dir=${store.root}/multirun"]

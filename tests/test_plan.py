@@ -14,13 +14,10 @@ from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
 from safedreamer_sweep.core.store import Store, atomic_write_json
-from safedreamer_sweep.sweep.plan import (
-    PlanError,
-    check_store_root,
-    format_plan,
-    job_spec,
-    plan_cells,
-)
+from safedreamer_sweep.sweep.compose import job_spec
+from safedreamer_sweep.sweep.errors import PlanError
+from safedreamer_sweep.sweep.plan import format_plan, plan_cells
+from safedreamer_sweep.sweep.settings import check_store_root
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -50,13 +50,13 @@ class SdsLauncher(Launcher):
         sup = sweep.supervisor(backend, sweep.claim())
         if not sweep.wait:
             return sweep.detach(sup)
-        warm_report_imports()  # pandas, scipy, rliable ...: loaded while cells run, so the verdict follows the last cell at once
+        _warm_report_imports()  # pandas, scipy, rliable ...: loaded while cells run, so the verdict follows the last cell at once
         with Progress(sweep.progress, *sweep.settled()) as progress:
             if sweep.progress != "none":
                 sup.on_tick = progress.tick
             finished = sweep.supervise(sup)
         returns, summary = sweep.job_returns(finished)
-        # imported here, not before the plan: its imports cost ~1 s, and warm_report_imports loaded them meanwhile
+        # imported here, not before the plan: its imports cost ~1 s, and _warm_report_imports loaded them meanwhile
         from safedreamer_sweep.report.callback import refresh
 
         # the report is idempotent, runs even when cells failed, and never raises
@@ -67,7 +67,7 @@ class SdsLauncher(Launcher):
         return returns
 
 
-def warm_report_imports() -> None:
+def _warm_report_imports() -> None:
     """Import the report's heavy modules in a background thread while the supervisor waits: the
     launcher is idle then, and the end-of-sweep verdict no longer pays ~2 CPU-s of imports."""
 

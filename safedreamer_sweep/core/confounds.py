@@ -6,6 +6,8 @@ compared key by key. A key is a confound when the set of values it takes differs
 and it is not an ablation knob (`sweep.ablation_knobs`). Seeds never count, nor does a key swept
 as its own axis (it takes the same set of values under every config). Configs are always labelled
 by their exact config name (RunSpec.config), never by matching a substring of a path.
+Pure functions: the planner refuses or logs what they find (sweep/checks.py, check_confounds), the
+report and `safedreamer-sweep confounds` show it.
 """
 
 from __future__ import annotations
@@ -29,21 +31,6 @@ class Confound:
 
     key: str
     values: dict[str, list[Any]] = field(default_factory=dict)
-
-
-class ConfoundError(Exception):
-    """The configs on the `config` axis differ in keys that are not declared ablation knobs."""
-
-    def __init__(self, confounds: Sequence[Confound]):
-        self.confounds = list(confounds)
-        keys = ", ".join(c.key for c in self.confounds)
-        super().__init__(
-            f"confounded sweep: the configs differ in {len(self.confounds)} key(s) that are not "
-            f"ablation knobs: {keys}\n{format_confounds(self.confounds)}\n"
-            f"Fix: add each key to sweep.ablation_knobs if it is part of the ablation, or make the "
-            f"configs agree on it (or set sweep.strict_confounds=false to launch anyway, and the "
-            f"report will show the confound first)."
-        )
 
 
 def is_knob(key: str, knobs: Iterable[str]) -> bool:
@@ -98,15 +85,6 @@ def format_confounds(confounds: Sequence[Confound]) -> str:
 
 def _show(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v)
-
-
-def check_confounds(specs: Iterable[RunSpec], ablation_knobs: Iterable[str], strict: bool = True) -> list[Confound]:
-    """What the launcher calls before planning: raise ConfoundError when `strict` and any confound
-    exists; otherwise return the confounds (possibly empty) for the caller to print and record."""
-    found = find_confounds(specs, ablation_knobs)
-    if found and strict:
-        raise ConfoundError(found)
-    return found
 
 
 def specs_for_overrides(conf_dir: str, overrides: Sequence[str]) -> list[RunSpec]:

@@ -33,7 +33,7 @@ from safedreamer_sweep.core.store import (
 )
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE, JobState, pid_alive
 
-LEASE_S = 60.0  # default lease: renewed every poll (seconds) and every heartbeat, so 60 s is many renewals
+_LEASE_S = 60.0  # default lease: renewed every poll (seconds) and every heartbeat, so 60 s is many renewals
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Lease:
     generation: int | None = None
 
 
-def lease_age(claim_rd: RunDir) -> float | None:
+def _lease_age(claim_rd: RunDir) -> float | None:
     """Seconds since claim.json was last written or renewed, on the store's own clock."""
     try:
         mtime = claim_rd.claim_path.stat().st_mtime
@@ -59,7 +59,7 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
     """Is the sweep named in `claim` still working on the cell? Returns (alive, evidence)."""
     t = time.time() if now is None else now
     # the holder's own promise (it renews within the lease_s it recorded), else the caller's, else 60 s
-    lease_s = float(claim.get("lease_s") or (LEASE_S if lease_s is None else lease_s)) if claim else LEASE_S
+    lease_s = float(claim.get("lease_s") or (_LEASE_S if lease_s is None else lease_s)) if claim else _LEASE_S
     if not claim or claim.get("released_at"):
         return False, "no active claim"
     gen = f" (lease generation {claim.get('generation')})" if claim.get("generation") is not None else ""
@@ -102,7 +102,7 @@ def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobS
         # Every process that could renew the lease would be on this host, and none is alive.
         return False, (f"holder {claim.get('sweep_id')} is gone: launcher pid {claim.get('pid')} on {host()} is dead "
                        f"and no job or training process of it is alive")
-    age = lease_age(rd)
+    age = _lease_age(rd)
     if age is not None and age <= lease_s:
         return True, (f"lease of sweep {claim.get('sweep_id')} on {claim.get('host')}{gen} renewed {age:.0f}s ago "
                       f"(lease_s={lease_s:.0f}, store clock)")
@@ -142,8 +142,8 @@ def owner_gone(claim: dict, rd: RunDir, *, lease_s: float | None = None) -> tupl
         if pid_alive(claim.get("pid"), claim.get("pid_started_at")):
             return False, f"launcher pid {claim.get('pid')} of sweep {claim.get('sweep_id')} is alive"
         return True, f"launcher pid {claim.get('pid')} of sweep {claim.get('sweep_id')} on {host()} is dead"
-    lease_s = float(claim.get("lease_s") or (LEASE_S if lease_s is None else lease_s))
-    age = lease_age(rd)
+    lease_s = float(claim.get("lease_s") or (_LEASE_S if lease_s is None else lease_s))
+    age = _lease_age(rd)
     if age is not None and age <= lease_s:
         return False, f"lease of sweep {claim.get('sweep_id')} on {claim.get('host')} renewed {age:.0f}s ago"
     return True, (f"sweep {claim.get('sweep_id')} on {claim.get('host')} renewed no lease for "
@@ -176,7 +176,7 @@ def _try_lease(rd: RunDir, sweep_id: str, *, backend: str, stall_after: float,
         generation = int(old.get("generation") or 0) + (0 if ours and old.get("generation") else 1)
         doc: dict[str, Any] = {"sweep_id": sweep_id, "host": host(), "pid": os.getpid(),
                                "pid_started_at": time.time(), "backend": backend, "generation": generation,
-                               "lease_s": LEASE_S if lease_s is None else lease_s,
+                               "lease_s": _LEASE_S if lease_s is None else lease_s,
                                "claimed_at": time.time(), "job_ids": old.get("job_ids", []) if ours else [], **took}
         try:
             import psutil
@@ -206,11 +206,6 @@ def still_held(rd: RunDir, sweep_id: str, generation: int | None) -> tuple[bool,
                    + (f" ({doc.get('took_over_because')})" if doc.get("took_over_because") else ""))
 
 
-def renew(rd: RunDir, sweep_id: str, generation: int | None) -> bool:
-    """Renew our lease (touch claim.json under the lock); False when it was taken over."""
-    return rd.fenced(generation).renew_lease() if generation is not None else False
-
-
 def add_jobs(rd: RunDir, sweep_id: str, job_ids: list[str]) -> None:
     """Record the scheduler jobs that run the cell for this claim (they keep it alive after a
     detached launcher exits)."""
@@ -233,7 +228,7 @@ def release(rd: RunDir, sweep_id: str, outcome: str) -> None:
             atomic_write_json(rd.claim_path, doc)
 
 
-def race_path(rd: RunDir) -> Path:
+def _race_path(rd: RunDir) -> Path:
     """`race_winner`: created exclusively by the first racing copy to start (its job id inside)."""
     return rd.path / "race_winner"
 
@@ -245,7 +240,7 @@ def race_start(rd: RunDir, job_id: str) -> str | None:
     if not (read_json(rd.claim_path) or {}).get("race"):
         return None
     try:
-        fd = os.open(race_path(rd), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(_race_path(rd), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         winner = race_winner(rd)
         return winner if winner and winner != str(job_id) else None
@@ -259,7 +254,7 @@ def race_start(rd: RunDir, job_id: str) -> str | None:
 def race_winner(rd: RunDir) -> str | None:
     """The job id of the racing copy that started first, None before any has."""
     try:
-        return race_path(rd).read_text().strip() or None
+        return _race_path(rd).read_text().strip() or None
     except FileNotFoundError:
         return None
 
@@ -272,5 +267,5 @@ def record_race(rd: RunDir, partitions: list[str], first: bool) -> None:
         doc["race"] = partitions
         if first:
             with contextlib.suppress(FileNotFoundError):
-                race_path(rd).unlink()
+                _race_path(rd).unlink()
         atomic_write_json(rd.claim_path, doc)

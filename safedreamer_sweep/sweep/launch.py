@@ -24,25 +24,18 @@ from safedreamer_sweep.sweep.backends.slurm import (
     have_slurm,
     slurm_state_lookup,
 )
+from safedreamer_sweep.sweep.cell_task import CellTasks
 from safedreamer_sweep.sweep.claim import Lease, try_lease
+from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
 from safedreamer_sweep.sweep.hooks import run_on_complete
 from safedreamer_sweep.sweep.observe import JobState, observe_run
-from safedreamer_sweep.sweep.plan import (
-    RUNNABLE,
-    PlanError,
-    PlannedCell,
-    absolute_store_root,
-    check_store_root,
-    plan_cells,
-)
-from safedreamer_sweep.sweep.submit import (
-    CellTasks,
-    SlotPool,
-    temporary_environ,
-    visible_gpus,
-)
+from safedreamer_sweep.sweep.plan import PlannedCell, plan_cells
+from safedreamer_sweep.sweep.settings import absolute_store_root, check_store_root
+from safedreamer_sweep.sweep.slots import SlotPool, visible_gpus
+from safedreamer_sweep.sweep.submit import temporary_environ
 from safedreamer_sweep.sweep.supervise import Supervisor, Tracked
+from safedreamer_sweep.sweep.verdicts import RUNNABLE
 
 log = logging.getLogger("sds_launcher")
 
@@ -66,7 +59,7 @@ _RANGES = (("max_parallel", 1, "cells at once (unset: one per CPU core)", True),
            ("mem_factor", 1, "memory factor after an out-of-memory kill", False),
            ("runs_per_gpu", 1, "cells sharing one GPU", True),
            ("timeout_min", 1, "job time limit in minutes", True))
-PROGRESS_MODES = ("rich", "plain", "none")
+_PROGRESS_MODES = ("rich", "plain", "none")
 
 
 def check_launcher_params(params: dict) -> None:
@@ -87,8 +80,8 @@ def check_launcher_params(params: dict) -> None:
             raise PlanError(f"hydra.launcher.{name}={v!r} is out of range: {what}, must be >= {low}"
                             + (" (or unset)" if may_be_unset else "")
                             + f". Fix: e.g. hydra.launcher.{name}={max(low, 1) if name != 'poll_s' else 5}")
-    if params.get("progress", "rich") not in PROGRESS_MODES:
-        raise PlanError(f"hydra.launcher.progress={params.get('progress')!r} is not one of {'|'.join(PROGRESS_MODES)}. "
+    if params.get("progress", "rich") not in _PROGRESS_MODES:
+        raise PlanError(f"hydra.launcher.progress={params.get('progress')!r} is not one of {'|'.join(_PROGRESS_MODES)}. "
                         f"Fix: hydra.launcher.progress=plain (one line every few seconds) or none")
 
 

@@ -22,7 +22,7 @@ So a job's override is a *free value* when its key is not a config group, it is 
 `+key=v` or `++key=v` with a plain dotted key that no other override of the job touches (no equal,
 parent or child key), and v, as Hydra's grammar reads it, is an int, float, bool or str (a str
 without `$` or backslash: OmegaConf parses interpolation syntax on assignment). No key name is
-special: the planner's seed (a top-level `seed=<int>`, sweep/plan.py) is one free value, and so are
+special: the planner's seed (a top-level `seed=<int>`, sweep/compose.py) is one free value, and so are
 another app's `training.seed=3` or `lr=0.1`; a `seed` that is a config group is not. A job's *shape* is
 its override list with the free values blanked. The first job of each shape is composed through
 Hydra exactly as BasicSweeper does; every later job of the shape is accepted if each free value's
@@ -46,7 +46,7 @@ _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 # A plain dotted key (the only keys whose node is looked up here; anything else is composed).
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PREFIXES = ("", "+", "++")
-# The configs the last shape checks composed, handed once to the launcher's planner (plan.compose_job)
+# The configs the last shape checks composed, handed once to the launcher's planner (compose.job_spec)
 # so that it does not compose the same jobs again: (master config, overrides) -> composed config.
 _HANDOVER: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig]] = {}
 _HANDOVER_MAX = 64
@@ -62,7 +62,7 @@ def _node_takes() -> dict[type, tuple[type, ...]]:
 
 @dataclass
 class ShapeCheck:
-    """What validate_jobs did: jobs composed through Hydra and jobs accepted from their shape."""
+    """What ShapeValidator.validate did: jobs composed through Hydra and jobs accepted from their shape."""
 
     composed: int = 0
     derived: int = 0
@@ -231,12 +231,6 @@ def take_composed(master: DictConfig, overrides: Sequence[str]) -> DictConfig | 
 def _every_key_a_group(key: str) -> bool:
     """Stands in for group_exists when the loader does not expose its repository: nothing is free."""
     return True
-
-
-def validate_jobs(config_loader: Any, master_config: DictConfig, batch: Sequence[Sequence[str]],
-                  compose: Callable[[list[str]], Any] | None = None) -> ShapeCheck:
-    """ShapeValidator(...).validate(batch) for one batch."""
-    return ShapeValidator(config_loader, master_config, compose).validate(batch)
 
 
 def _group_test(config_loader: Any, master_config: DictConfig, overrides: list[str]
