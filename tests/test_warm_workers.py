@@ -1,4 +1,4 @@
-"""Warm workers (sweep/backends/warm.py): a slot's worker forks one fresh child per cell.
+"""Warm workers (sweep/backends/warm_pool.py, warm_worker.py): a slot's worker forks one fresh child per cell.
 
 The worker alone (real worker processes, stdlib tasks): one worker runs cell after cell, a crashed
 or killed cell ends alone with its exit record, a cell past its time limit is checkpointed and
@@ -22,8 +22,8 @@ import pytest
 from conftest import TINY, sds
 
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.backends.warm import BASE_PRELOAD, WarmPool
-from safedreamer_sweep.sweep.exitwatch import read_exit_record
+from safedreamer_sweep.sweep.backends.warm_pool import BASE_PRELOAD, WarmPool
+from safedreamer_sweep.sweep.exit_records import read_exit_record
 
 
 def _wait_done(job, timeout: float = 60.0) -> int:

@@ -334,7 +334,7 @@ class Supervisor:
         ev: dict[str, Any] = dict(t.stall or {})
         ev.update(self.backend.end_evidence(sub, last))
         if sub is not None and getattr(sub, "job", None) is not None and getattr(sub.job, "_process", None) is not None:
-            from safedreamer_sweep.sweep.exitwatch import read_exit_record
+            from safedreamer_sweep.sweep.exit_records import read_exit_record
 
             rec = read_exit_record(sub.job.paths.folder, str(sub.job_id))  # local: how the cell process ended
             if rec:
