@@ -39,8 +39,10 @@ def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell
     folder = tmp_path / "submitit"
     env = {"SDS_TEST_SLOT": "0", "PYTHONPATH": str(Path(__file__).parent)}  # this module imports there
     try:
-        run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder,
-                                         timeout_s=0, signal_delay_s=0)
+        def run(fn, *a):
+            return pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder, timeout_s=0,
+                               signal_delay_s=0)
+
         first = run(os.chdir, str(tmp_path))  # this cell changes its working directory ...
         assert _wait_done(first) == 0
         second = run(os.getcwd)  # ... the next one does not inherit it: a fresh child of the same worker
@@ -78,8 +80,10 @@ def test_a_cell_sees_the_launchers_environment_of_its_submission(tmp_path, monke
     variable numpy sets for a moment while it imports (in a launcher thread) keeps the worker."""
     pool = WarmPool(tmp_path / "warm")
     env = {"PYTHONPATH": str(Path(__file__).parent)}
-    run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), tmp_path / "submitit",
-                                     timeout_s=0, signal_delay_s=0)
+    def run(fn, *a):
+        return pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), tmp_path / "submitit",
+                           timeout_s=0, signal_delay_s=0)
+
     try:
         assert _wait_done(job := run(os.environ.get, "SDS_TEST_LATE")) == 0 and job.result() is None
         worker = pool.workers[0].proc.pid

@@ -39,14 +39,14 @@ from safedreamer_sweep.sweep.observe import CellView, observe_run
 
 __all__ = ["Supervisor", "Tracked"]
 
-Log = Callable[[str], None]
+_Log = Callable[[str], None]
 
 
 class Supervisor:
     """The loop: `run()` returns every tracked cell once each is terminal ("done" or "failed")."""
 
     def __init__(self, *, store: Store, backend: Backend, sweep_id: str, policy: RetryPolicy,
-                 stall_after: float, poll_s: float, exclude: list[str] | None = None, log: Log = print,
+                 stall_after: float, poll_s: float, exclude: list[str] | None = None, log: _Log = print,
                  on_tick: Callable[[list[Tracked]], None] | None = None, lease_s: float | None = None) -> None:
         self.store, self.backend, self.sweep_id, self.policy = store, backend, sweep_id, policy
         self.stall_after, self.poll_s, self.exclude, self.log = stall_after, poll_s, list(exclude or []), log
