@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from safedreamer_sweep.sweep.exitwatch import read_exit_record
+from safedreamer_sweep.sweep.exit_records import read_exit_record
 from safedreamer_sweep.sweep.failures import (
     RetryPolicy,
     classify_failure,

@@ -45,7 +45,7 @@ def test_snapshot_counts_rate_eta_and_the_newest_failure(tmp_path):
     assert s.failure == "g: oom: exceeded memory limit"
     assert [r[0] for r in s.rows] == ["a", "b"]
     line = s.line()
-    assert line.startswith("[sds] progress: 3/9 done, 2 running, 2 queued, 2 failed | 1,000 env steps/s | ETA 12s")
+    assert line.startswith("[sds] progress: 3/9 done, 2 running, 2 queued, 2 failed | 1,000 env steps/s | ETA 12 s")
     assert "submitted" not in line  # the launcher tests read "submitted" as "a job was submitted"
 
 

@@ -1,4 +1,4 @@
-"""Warm workers (sweep/backends/warm.py): a slot's worker forks one fresh child per cell.
+"""Warm workers (sweep/backends/warm_pool.py, warm_worker.py): a slot's worker forks one fresh child per cell.
 
 The worker alone (real worker processes, stdlib tasks): one worker runs cell after cell, a crashed
 or killed cell ends alone with its exit record, a cell past its time limit is checkpointed and
@@ -22,8 +22,8 @@ import pytest
 from conftest import TINY, sds
 
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.backends.warm import BASE_PRELOAD, WarmPool
-from safedreamer_sweep.sweep.exitwatch import read_exit_record
+from safedreamer_sweep.sweep.backends.warm_pool import BASE_PRELOAD, WarmPool
+from safedreamer_sweep.sweep.exit_records import read_exit_record
 
 
 def _wait_done(job, timeout: float = 60.0) -> int:
@@ -39,8 +39,10 @@ def test_one_worker_runs_cell_after_cell_and_a_crash_or_kill_ends_only_that_cell
     folder = tmp_path / "submitit"
     env = {"SDS_TEST_SLOT": "0", "PYTHONPATH": str(Path(__file__).parent)}  # this module imports there
     try:
-        run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder,
-                                         timeout_s=0, signal_delay_s=0)
+        def run(fn, *a):
+            return pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), folder, timeout_s=0,
+                               signal_delay_s=0)
+
         first = run(os.chdir, str(tmp_path))  # this cell changes its working directory ...
         assert _wait_done(first) == 0
         second = run(os.getcwd)  # ... the next one does not inherit it: a fresh child of the same worker
@@ -78,8 +80,10 @@ def test_a_cell_sees_the_launchers_environment_of_its_submission(tmp_path, monke
     variable numpy sets for a moment while it imports (in a launcher thread) keeps the worker."""
     pool = WarmPool(tmp_path / "warm")
     env = {"PYTHONPATH": str(Path(__file__).parent)}
-    run = lambda fn, *a: pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), tmp_path / "submitit",
-                                     timeout_s=0, signal_delay_s=0)
+    def run(fn, *a):
+        return pool.submit(0, env, list(BASE_PRELOAD), functools.partial(fn, *a), tmp_path / "submitit",
+                           timeout_s=0, signal_delay_s=0)
+
     try:
         assert _wait_done(job := run(os.environ.get, "SDS_TEST_LATE")) == 0 and job.result() is None
         worker = pool.workers[0].proc.pid

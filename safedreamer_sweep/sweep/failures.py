@@ -1,7 +1,7 @@
 """Why a cell's attempt ended, and what to do about it.
 
 `classify_failure(evidence)` is a pure function over the facts the supervisor gathered; it returns
-`(cause, evidence_text)` with one of CAUSES. A cause is read only from evidence of how the attempt
+`(cause, evidence_text)` with one of _CAUSES. A cause is read only from evidence of how the attempt
 ended, never from words that merely appear in a log:
 
     oom        the scheduler says OUT_OF_MEMORY; slurmstepd's own "exceeded memory limit ... being
@@ -31,12 +31,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-CAUSES = ("oom", "timeout", "preempted", "node_fault", "stalled", "cancelled", "crash", "lost", "error")
-RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost", "crash"}
+_CAUSES = ("oom", "timeout", "preempted", "node_fault", "stalled", "cancelled", "crash", "lost", "error")
+_RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost", "crash"}
 # Causes a new launch of the sweep resumes (the user asking again is the retry): a cancel is not
 # retried by the supervisor that saw it, but running the sweep again means "go on".
-RELAUNCHABLE = RESUMABLE | {"cancelled"}
-CRASH_RETRIES = 1  # a fatal signal is retried once: twice in a row is the code, not bad luck
+RELAUNCHABLE = _RESUMABLE | {"cancelled"}
+_CRASH_RETRIES = 1  # a fatal signal is retried once: twice in a row is the code, not bad luck
 
 # Scheduler lines that record a kill for memory (written by slurmstepd, not by the application).
 _SLURM_MEM_KILL_RE = re.compile(r"^slurmstepd\S*: error: .*(?:exceeded memory limit .*being killed|"
@@ -55,7 +55,7 @@ _USER_SIGNALS = {int(_signal.SIGINT), int(_signal.SIGTERM), int(_signal.SIGHUP)}
 _BENIGN_SIGNALS = {int(_signal.SIGUSR1), int(_signal.SIGUSR2), int(_signal.SIGCONT)}
 
 
-def signal_name(sig: int) -> str:
+def _signal_name(sig: int) -> str:
     """`SIGSEGV (signal 11)` for 11."""
     try:
         return f"{_signal.Signals(int(sig)).name} (signal {int(sig)})"
@@ -94,7 +94,7 @@ def cancelled_by(state: str) -> str | None:
         return f"uid {uid}"
 
 
-def slurm_signal(exit_code: Any) -> int | None:
+def _slurm_signal(exit_code: Any) -> int | None:
     """The signal in sacct's `ExitCode` (`0:11` -> 11), None when the job was not killed by one."""
     m = re.match(r"^(-?\d+):(\d+)$", str(exit_code or ""))
     return int(m.group(2)) if m and m.group(2) != "0" else None
@@ -147,14 +147,14 @@ class _Facts:
         stderr = str(ev.get("stderr_tail") or "")
         cell_cause = ev.get("cell_cause")
         rec = ev.get("exit_record") or {}
-        sig = ev.get("signal") or rec.get("signal") or slurm_signal(ev.get("exit_code"))
+        sig = ev.get("signal") or rec.get("signal") or _slurm_signal(ev.get("exit_code"))
         code = ev.get("exit_code")
         if code in (None, "") and rec.get("returncode") is not None and not rec.get("signal"):
             code = rec.get("returncode")
         where = f" on {ev['node']}" if ev.get("node") else ""
         pid = ev.get("pid") or rec.get("pid")
         how = ((f"slurm {state}" if state else (f"pid {pid}" if pid else "process")) + where
-               + (f", killed by {signal_name(sig)}" if sig else "")
+               + (f", killed by {_signal_name(sig)}" if sig else "")
                + (f", exit code {code}" if code not in (None, "") else ""))
         exc = ""
         if cell_cause == "error":
@@ -212,7 +212,7 @@ def _by_person(f: _Facts) -> tuple[str, str] | None:
     if who is None:
         return None
     what = f"scancel by {who}" if f.state.startswith("CANCELLED") else (
-        f"{signal_name(f.sig) if f.sig else (f.ev.get('cell_evidence') or 'interrupt')} from {who}")
+        f"{_signal_name(f.sig) if f.sig else (f.ev.get('cell_evidence') or 'interrupt')} from {who}")
     return "cancelled", f"{f.how}: cancelled: {what}; not retried (run the sweep again to resume it)"
 
 
@@ -220,7 +220,7 @@ def _by_signal_or_exception(f: _Facts) -> tuple[str, str] | None:
     """A fatal signal is a crash; the cell's own exception an error; a SIGKILL with no memory evidence is lost."""
     sig = None if f.sig is None else int(f.sig)
     if sig is not None and sig not in _BENIGN_SIGNALS and sig != int(_signal.SIGKILL):
-        return "crash", f"{f.how}: the process died of {signal_name(sig)}" + (f"; last exception {f.exc}" if f.exc else "")
+        return "crash", f"{f.how}: the process died of {_signal_name(sig)}" + (f"; last exception {f.exc}" if f.exc else "")
     if f.cell_cause == "error":
         first = f.exc or (f.ev.get("cell_evidence") or "").strip()
         if _NAN_RE.search(first):
@@ -269,13 +269,13 @@ class RetryPolicy:
             return Action("stop", "an exception is not retried (set hydra.launcher.retry_errors=true to retry)")
         if cause == "cancelled":
             return Action("stop", "cancelled by a user: not retried (run the sweep again to resume it)")
-        if cause not in RESUMABLE and cause != "error":
+        if cause not in _RESUMABLE and cause != "error":
             return Action("stop", f"unknown cause {cause}")
         if used >= self.max_attempts and cause != "preempted":
             return Action("stop", f"{used} of max_attempts={self.max_attempts} used")
         crashes = sum(1 for a in attempts if a.get("cause") == "crash")
-        if cause == "crash" and crashes > CRASH_RETRIES:
-            return Action("stop", f"{crashes} attempts died of a fatal signal: retried {CRASH_RETRIES}x already")
+        if cause == "crash" and crashes > _CRASH_RETRIES:
+            return Action("stop", f"{crashes} attempts died of a fatal signal: retried {_CRASH_RETRIES}x already")
         act = Action("retry", f"resume from checkpoint (attempt {used + 1} of {self.max_attempts})")
         if cause == "oom" and mem_gb:
             act.mem_gb = math.ceil(round(mem_gb * self.mem_factor * 100, 6)) / 100  # up to 10 MB

@@ -24,18 +24,18 @@ from safedreamer_sweep.core.store import (
     read_json,
 )
 
-PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
+_PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
 # Scheduler states of a job that still holds (or will hold) resources.
 SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING", "PREEMPTED_REQUEUE"}
-SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"}
+_SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"}
 
 JobState = Callable[[str], "str | None"]
 
 
 @dataclass
 class CellView:
-    """One cell as `status` shows it. `phase` is one of PHASES; every other field is evidence."""
+    """One cell as `status` shows it. `phase` is one of _PHASES; every other field is evidence."""
 
     config: str
     seed: int | None  # None: an app without a top-level seed

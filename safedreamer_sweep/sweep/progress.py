@@ -12,18 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from safedreamer_sweep.core.durations import format_duration
+
 PLAIN_EVERY_S = 5.0
 PLAIN_QUIET_S = 60.0
-
-
-def duration(seconds: float | None) -> str:
-    """3h05m, 4m10s, 12s; `-` when unknown."""
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    h, m = divmod(s, 3600)
-    m, s = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @dataclass
@@ -54,7 +46,7 @@ class Snapshot:
     def line(self) -> str:
         rate = f"{self.steps_per_s:,.0f} env steps/s" if self.running else "no cell running"
         return (f"[sds] progress: {self.done}/{self.total} done, {self.running} running, {self.queued_text}, "
-                f"{self.failed} failed | {rate} | ETA {duration(self.eta_s)}"
+                f"{self.failed} failed | {rate} | ETA {format_duration(self.eta_s)}"
                 + (f" | newest failure: {self.failure[:160]}" if self.failure else ""))
 
 
@@ -101,14 +93,14 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
                     failure=newest[1] if newest else None, rows=rows, queue_reasons=reasons)
 
 
-def render(s: Snapshot, elapsed_s: float) -> Any:
+def _render(s: Snapshot, elapsed_s: float) -> Any:
     """The rich live view: one summary line, then the running cells."""
     from rich.table import Table
 
     table = Table(title=(f"[bold]{s.done}/{s.total} done[/]  [cyan]{s.running} running[/]  {s.queued_text}  "
                          + (f"[red]{s.failed} failed[/]" if s.failed else "0 failed")
-                         + f"  |  {s.steps_per_s:,.0f} env steps/s  |  ETA {duration(s.eta_s)}"
-                         + f"  |  elapsed {duration(elapsed_s)}"),
+                         + f"  |  {s.steps_per_s:,.0f} env steps/s  |  ETA {format_duration(s.eta_s)}"
+                         + f"  |  elapsed {format_duration(elapsed_s)}"),
                   title_justify="left", caption=f"newest failure: {s.failure[:200]}" if s.failure else None,
                   caption_justify="left", caption_style="red", expand=False)
     for col in ("cell", "phase", "env step", "steps/s"):
@@ -173,7 +165,7 @@ class Progress:
         s = snapshot(cells, total=self.total, done_before=self.done_before, failed_before=self.failed_before,
                      sweep_rate=self.sweep_rate(cells, time.time()))
         if self.mode == "rich" and self._live is not None:
-            self._live.update(render(s, time.time() - self.started), refresh=True)
+            self._live.update(_render(s, time.time() - self.started), refresh=True)
         elif self.mode == "plain":
             now = time.time()
             changed = s.counts != self._last_counts

@@ -2,7 +2,8 @@
 cell is terminal, classify each ended attempt with its evidence, and apply the retry policy per cause.
 
 Local and Slurm share this one loop; what differs (submitting, reading job state, killing) sits
-behind `backends.Backend`. Each poll hands every tracked cell to `on_tick` (the live progress view).
+behind `backends.Backend`; what an ended attempt's evidence is and how its record is closed sits in
+sweep/attempt_end.py. Each poll hands every tracked cell to `on_tick` (the live progress view).
 
 The loop never dies of its own I/O: every stage of a poll, and every cell within a stage, runs
 guarded (`_guarded`): an exception (a lock a frozen cell holds, a full disk, a vanished file, a
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.store import LeaseLost, LockBusy, Store, read_json
+from safedreamer_sweep.sweep.attempt_end import close_attempt, close_unstarted, ended_evidence, note_stall
 from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Tracked
 from safedreamer_sweep.sweep.claim import (
     add_jobs,
@@ -39,14 +41,14 @@ from safedreamer_sweep.sweep.observe import CellView, observe_run
 
 __all__ = ["Supervisor", "Tracked"]
 
-Log = Callable[[str], None]
+_Log = Callable[[str], None]
 
 
 class Supervisor:
     """The loop: `run()` returns every tracked cell once each is terminal ("done" or "failed")."""
 
     def __init__(self, *, store: Store, backend: Backend, sweep_id: str, policy: RetryPolicy,
-                 stall_after: float, poll_s: float, exclude: list[str] | None = None, log: Log = print,
+                 stall_after: float, poll_s: float, exclude: list[str] | None = None, log: _Log = print,
                  on_tick: Callable[[list[Tracked]], None] | None = None, lease_s: float | None = None) -> None:
         self.store, self.backend, self.sweep_id, self.policy = store, backend, sweep_id, policy
         self.stall_after, self.poll_s, self.exclude, self.log = stall_after, poll_s, list(exclude or []), log
@@ -203,18 +205,22 @@ class Supervisor:
         if view.phase == "running" and view.progress_age_s is not None:
             self._wake_at = min(self._wake_at, time.time() + self.stall_after - view.progress_age_s + 0.05)
         if view.phase == "stalled" and t.stall is None:
-            t.stall = {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
-                       "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
+            t.stall = self._stall_evidence(view)
             self.log(f"[sds] {t.label}: stalled (env_step {view.env_step} unchanged for "
                      f"{view.progress_age_s:.0f}s); killing it to resume from the checkpoint")
             self._stop_stalled(t, view)
+
+    def _stall_evidence(self, view: CellView) -> dict[str, Any]:
+        """What a stall is classified by: how long env_step has not moved, and what was alive."""
+        return {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
+                "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
 
     def _stop_stalled(self, t: Tracked, view: CellView) -> None:
         """Record the stall in the running attempt, then kill. A cell frozen inside one of its own
         writes holds the data lock: then kill first (the kernel drops its lock with it) and the
         stall is recorded when the attempt is closed (t.stall is the evidence)."""
         try:
-            self._record_stall(t, t.stall or {})
+            note_stall(t.rd, classify_failure(t.stall or {})[1])
         except LockBusy as e:
             self.log(f"[sds] {t.label}: cannot record the stall before the kill ({e}); killing it first, "
                      f"the attempt is closed as stalled once it is gone")
@@ -236,8 +242,7 @@ class Supervisor:
         elif view.phase == "stalled" and t.stall is None:
             gone, owner = owner_gone(claim, t.rd, lease_s=self.lease_s)
             if gone:  # an orphan that stopped moving: its own sweep would have killed it; nobody else will
-                t.stall = {"stalled": True, "progress_age_s": view.progress_age_s, "stall_after": self.stall_after,
-                           "env_step": view.env_step, "alive_what": f"pid {view.pid}" if view.pid else f"job {view.job_id}"}
+                t.stall = self._stall_evidence(view)
                 self.log(f"[sds] {t.label}: stalled (env_step {view.env_step} unchanged for {view.progress_age_s:.0f}s) "
                          f"and its sweep is gone ({owner}); killing it to take it over and resume it")
                 t.subs = [RecordedJob(key=t.key, job_id=str(j), backend=str(claim.get("backend")))
@@ -277,18 +282,6 @@ class Supervisor:
         t.subs = [s for s in t.subs if s.job_id == str(winner)]
         return [s for s in alive if s.job_id == str(winner)]
 
-    def _record_stall(self, t: Tracked, ev: dict) -> None:
-        """Write the stall into the running attempt before killing it: the evidence survives even if
-        the kill is slow and the process wakes up and finishes (scancel SIGCONTs it first)."""
-        _, evidence = classify_failure(ev)
-
-        def change(s: dict) -> None:
-            a = s.get("attempts") or []
-            if a and a[-1].get("outcome") in ("running", "submitted"):
-                a[-1].update(cause="stalled", evidence=evidence, stall_detected_at=time.time())
-
-        t.rd.update_state(change)
-
     # --- an attempt ended
     def _ended(self, t: Tracked, view: CellView) -> None:
         state = t.rd.read_state()
@@ -301,10 +294,10 @@ class Supervisor:
         last = attempts[-1] if attempts else {}
         if sub is not None and sub.job_id and str(last.get("job_id", sub.job_id)) != str(sub.job_id):
             last = next((a for a in reversed(attempts) if str(a.get("job_id")) == str(sub.job_id)), last)
-        ev = self._evidence(t, sub, last)
+        ev = ended_evidence(self.backend, self.store.root / "launcher" / "submitit", t, sub, last)
         cause, evidence = classify_failure(ev)
         node = ev.get("node")
-        state = self._close_attempt(t, last, cause, evidence, node)
+        state = close_attempt(t.rd, last, cause, evidence, node)
         t.failure = (time.time(), cause, evidence)
         act = self.policy.decide(cause, state.get("attempts") or [], mem_gb=t.mem_gb, node=node, exclude=self.exclude)
         self.log(f"[sds] {t.label}: attempt ended, cause {cause}: {evidence[:300]} -> {act.kind}: {act.reason}")
@@ -328,75 +321,10 @@ class Supervisor:
         t.rd.set_phase("failed")
         self._close(t, "failed", reason=f"{cause}: {evidence}")
 
-    def _evidence(self, t: Tracked, sub: Any, last: dict[str, Any]) -> dict[str, Any]:
-        """Everything `classify_failure` reads: our kill's reason, the scheduler's account, the
-        stderr tails (submitit's and the attempt's), and the cell's own closing record."""
-        ev: dict[str, Any] = dict(t.stall or {})
-        ev.update(self.backend.end_evidence(sub, last))
-        if sub is not None and getattr(sub, "job", None) is not None and getattr(sub.job, "_process", None) is not None:
-            from safedreamer_sweep.sweep.exitwatch import read_exit_record
-
-            rec = read_exit_record(sub.job.paths.folder, str(sub.job_id))  # local: how the cell process ended
-            if rec:
-                ev["exit_record"] = rec
-        steps = ev.pop("sacct_steps", None)
-        stderr = ""
-        if sub is not None:
-            try:
-                stderr = Path(sub.job.paths.stderr).read_text(errors="replace")[-4000:]
-            except (OSError, AttributeError):  # reattached (no submitit Job object): find its file
-                from safedreamer_sweep.sweep.submit import submitit_stderr
-
-                stderr = submitit_stderr(self.store.root / "launcher" / "submitit", sub.job_id)
-            stderr = self.backend.own_stderr(sub, stderr, ev)
-        if last.get("n"):
-            err = t.rd.attempt_log_paths(int(last["n"]))[1]
-            if err.exists():
-                stderr += "\n" + err.read_text(errors="replace")[-3000:]
-        if steps:
-            stderr += f"\n[sacct steps] {steps}"
-        ev["stderr_tail"] = stderr
-        if last.get("outcome") in ("failed", "interrupted"):
-            ev.update(cell_cause=last.get("cause"), cell_evidence=last.get("evidence"),
-                      traceback_tail=last.get("traceback_tail"))
-        return ev
-
-    @staticmethod
-    def _close_attempt(t: Tracked, last: dict[str, Any], cause: str, evidence: str, node: str | None) -> dict:
-        """Record the supervisor's cause on the attempt that ended (the cell's own cause is kept as
-        `cell_cause` when they differ). Returns the new state."""
-
-        def change(s: dict) -> None:
-            a = s.get("attempts") or []
-            target = next((x for x in reversed(a) if x is last or x.get("n") == last.get("n")), None) if last else None
-            if target is None:
-                a.append({"n": len(a) + 1})
-                target = a[-1]
-            if target.get("outcome") in (None, "running", "submitted"):
-                target.update(outcome="interrupted" if cause in ("timeout", "preempted", "stalled") else "failed",
-                              ended_at=time.time())
-            if target.get("cause") != cause:
-                if target.get("cause"):
-                    target["cell_cause"] = target.get("cause")
-                target.update(cause=cause, evidence=evidence)
-            target["classified_by"] = "supervisor"
-            if node and not target.get("node"):
-                target["node"] = node
-
-        return t.rd.update_state(change)
-
     def _close(self, t: Tracked, result: str, *, reason: str = "", cause: str | None = None,
                evidence: str | None = None) -> None:
         if cause:
-            def change(s: dict) -> None:
-                a = s.setdefault("attempts", [])
-                if a and a[-1].get("outcome") == "submitted":
-                    a[-1].update(outcome="failed", cause=cause, evidence=evidence, ended_at=time.time())
-                else:
-                    a.append({"n": len(a) + 1, "outcome": "failed", "cause": cause, "evidence": evidence,
-                              "ended_at": time.time(), "classified_by": "supervisor"})
-                s["phase"] = "failed"
-            t.rd.update_state(change)
+            close_unstarted(t.rd, cause, evidence)
             reason = reason or f"{cause}: {evidence}"
             t.failure = (time.time(), cause, str(evidence))
         t.result, t.reason = result, reason or t.reason

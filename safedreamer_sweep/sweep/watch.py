@@ -28,7 +28,7 @@ def exclude_override(nodes: list[str]) -> str:
     return f"hydra.launcher.exclude='{value}'"
 
 
-class Reattached(Backend):
+class _Reattached(Backend):
     """The recorded backend's state and kills, with submission by re-running the sweep command."""
 
     def __init__(self, jobs: Backend, store: Store, max_parallel: int) -> None:
@@ -62,7 +62,7 @@ class Reattached(Backend):
             raise RuntimeError(f"resubmission failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
         new = [d for d in self.store.read_sweep_manifests() if d["id"] not in before]
         ids = [j for d in new for j in (d.get("jobs") or {}).get(t.key, [])]
-        return recorded_jobs(t.rd, t.key, ids, self.name)
+        return _recorded_jobs(t.rd, t.key, ids, self.name)
 
     def refresh(self, active: list[Tracked]) -> None:
         self.jobs.refresh(active)
@@ -86,7 +86,7 @@ class Reattached(Backend):
         return self.jobs.end_evidence(sub, last)
 
 
-def recorded_jobs(rd: RunDir, key: str, job_ids: list[Any], backend: str) -> list[RecordedJob]:
+def _recorded_jobs(rd: RunDir, key: str, job_ids: list[Any], backend: str) -> list[RecordedJob]:
     """The cell's jobs by id, each with its place in a packed Slurm job when it has one
     (claim.attempt_pack_slot), so that its own step is judged and killed, never its neighbours' job."""
     slots: dict[str, int] = {}
@@ -123,7 +123,7 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
         seed = "" if c["seed"] is None else f" seed {c['seed']}"
         t = Tracked(key=c["key"], rd=rd, label=f"{c['config']}{seed} [{c['hash']}]", payload=c,
                     mem_gb=mem_gb)
-        t.subs = recorded_jobs(rd, c["key"], c["job_ids"], backend)
+        t.subs = _recorded_jobs(rd, c["key"], c["job_ids"], backend)
         view = observe_run(rd, stall_after=sup.stall_after) if rd.spec_path.exists() else None
         if view is not None and view.phase == "done":
             t.result = "done"
@@ -149,7 +149,7 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
     # Slurm: the submitit folder, where a packed job's steps leave their exit records (slurm_pack.py)
     jobs: Backend = SlurmBackend(folder=submitit_folder("slurm", launcher, store.root)) if name == "slurm" \
         else LocalBackend()
-    backend = Reattached(jobs, store, max_parallel=int(launcher.get("max_parallel") or os.cpu_count() or 1))
+    backend = _Reattached(jobs, store, max_parallel=int(launcher.get("max_parallel") or os.cpu_count() or 1))
     sup = Supervisor(store=store, backend=backend, sweep_id=f"watch-{os.getpid()}",
                      policy=RetryPolicy(max_attempts=int(launcher.get("max_attempts", 3)),
                                         retry_errors=bool(launcher.get("retry_errors", False))),

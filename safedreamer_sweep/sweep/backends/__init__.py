@@ -1,6 +1,13 @@
-"""Where cells run: one small interface (submit, job state, kill), one implementation per backend
-(`local.py`: submitit's local executor with GPU slots; `slurm.py`: job arrays, squeue/sacct). The
-supervisor only talks to this interface, so adding a backend touches no supervisor code."""
+"""Where cells run: one small interface (`Backend`: submit, job state, kill, here with the records it
+passes around), one implementation per backend. The supervisor only talks to this interface, so
+adding a backend touches no supervisor code.
+
+    local.py        the local backend: GPU slots, a cell's pid is its job id, the RSS guard
+    warm_pool.py    the local slots' warm workers, the launcher's side: the pool, a cell's process
+    warm_worker.py  a warm worker, the process: preloads, forks one child per cell, its exit record
+    slurm.py        the Slurm backend: job arrays, squeue/sacct, scancel
+    slurm_pack.py   packing on Slurm: k cells in one job, each cell a job step with its exit record
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ from typing import Any
 
 from safedreamer_sweep.core.store import RunDir
 from safedreamer_sweep.sweep.observe import CellView, JobState
+
+__all__ = ["Backend", "RecordedJob", "Refused", "Started", "Tracked",
+           "local", "slurm", "slurm_pack", "warm_pool", "warm_worker"]
 
 
 @dataclass

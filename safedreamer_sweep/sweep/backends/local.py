@@ -1,5 +1,5 @@
 """The local backend: at most `max_parallel` cells at once, each in a slot pinned to one GPU. By
-default (`warm_workers=true`) each slot has a warm worker (backends/warm.py) that forks one process
+default (`warm_workers=true`) each slot has a warm worker (backends/warm_pool.py) that forks one process
 per cell, whose pid is the job id; with `warm_workers=false` each cell is a submitit LocalExecutor
 job whose id is its controller pid. Either way liveness and kills go through pids. Slurm enforces `mem_gb` itself;
 here the supervisor polls each cell's process tree instead."""
@@ -18,12 +18,7 @@ from typing import Any
 
 from safedreamer_sweep.core.store import host
 from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
-from safedreamer_sweep.sweep.backends.warm import (
-    WarmPool,
-    WarmUnavailable,
-    preload_modules,
-    shared_pool,
-)
+from safedreamer_sweep.sweep.backends.warm_pool import WarmPool, WarmUnavailable, preload_modules, shared_pool
 from safedreamer_sweep.sweep.observe import pid_alive
 from safedreamer_sweep.sweep.submit import (
     CellTasks,
@@ -35,14 +30,7 @@ from safedreamer_sweep.sweep.submit import (
     temporary_environ,
 )
 
-WAKE_S = 0.1  # how soon after a cell's process exits the supervisor notices (and refills its slot)
-
-def local_state(job_id: str) -> str | None:
-    """A local submitit job's id is its controller pid."""
-    try:
-        return "RUNNING" if pid_alive(int(job_id)) else "ENDED"
-    except ValueError:
-        return None
+_WAKE_S = 0.1  # how soon after a cell's process exits the supervisor notices (and refills its slot)
 
 
 def _sigkill(pid: Any) -> None:
@@ -190,7 +178,7 @@ class LocalBackend(Backend):
             self.pool.release(sub.slot)
 
     def wait(self, active: list[Tracked], timeout: float) -> None:
-        """Sleep up to `timeout`, waking within WAKE_S of any running cell's process exiting (a
+        """Sleep up to `timeout`, waking within _WAKE_S of any running cell's process exiting (a
         non-blocking waitpid per cell: cheap), so a freed slot is refilled at once. A process that
         ended before this call and was not yet woken for (it ended while the supervisor was busy
         submitting) returns at once; one woken for already does not again (no busy loop)."""
@@ -200,7 +188,7 @@ class LocalBackend(Backend):
             return
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
-            time.sleep(min(WAKE_S, left))
+            time.sleep(min(_WAKE_S, left))
             if self._woke_for(procs):
                 return
 

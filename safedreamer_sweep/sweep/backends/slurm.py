@@ -38,7 +38,7 @@ def have_slurm() -> bool:
     return shutil.which("sbatch") is not None
 
 
-class SlurmQueue:
+class _SlurmQueue:
     """Job state from squeue (live jobs, array tasks expanded) and sacct (finished jobs)."""
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ class SlurmQueue:
             return
         q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N|%r"], check=False, capture_output=True, text=True, timeout=60)
         for line in q.stdout.splitlines():
-            jid, st, node, reason = (line.split("|") + ["", "", "", ""])[:4]
+            jid, st, node, reason = [*line.split("|"), "", "", "", ""][:4]
             if jid in ids:
                 self.info[jid] = {"State": st, "NodeList": node, "Reason": reason, "source": "squeue"}
         missing = [j for j in ids if j not in self.info]
@@ -108,7 +108,7 @@ class SlurmQueue:
 
 def slurm_state_lookup() -> Callable[[str], str | None]:
     """`job_id -> state` for observe/claim (one squeue/sacct call per job id, cached)."""
-    q = SlurmQueue()
+    q = _SlurmQueue()
     cache: dict[str, str | None] = {}
 
     def lookup(job_id: str) -> str | None:
@@ -129,7 +129,7 @@ class SlurmBackend(Backend):
                  params: dict[str, Any] | None = None) -> None:
         self.tasks, self.folder, self.params = tasks, folder, params or {}
         self.base_env = {str(k): str(v) for k, v in (self.params.get("env") or {}).items()}
-        self.queue = SlurmQueue()
+        self.queue = _SlurmQueue()
 
     def submit(self, cells: list[Tracked], exclude: list[str]) -> list[tuple[Tracked, Started | Refused]]:
         """One job array per memory size (a retried OOM cell asks for more); compose each job first,
@@ -237,7 +237,7 @@ class SlurmBackend(Backend):
             if getattr(sub, "slot", None) is not None:  # packed: its own step only, never the neighbours'
                 self._kill_step(sub)
             else:
-                SlurmQueue.cancel(sub.job_id, kill=True)
+                _SlurmQueue.cancel(sub.job_id, kill=True)
 
     @staticmethod
     def _kill_step(sub: Any) -> None:
@@ -250,7 +250,7 @@ class SlurmBackend(Backend):
                 subprocess.run(["scancel", "--signal=KILL", step], check=False, capture_output=True, timeout=60)
 
     def cancel(self, sub: Any) -> None:
-        SlurmQueue.cancel(sub.job_id)
+        _SlurmQueue.cancel(sub.job_id)
 
     def exclude_nodes(self, active: list[Tracked], nodes: list[str]) -> list[str]:
         """`scontrol update JobId=.. ExcNodeList=..` for every pending job of the active cells (the

@@ -14,7 +14,6 @@ CellTask (sweep/submit.py) as a normal job's task does.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,27 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.process import exit_record, write_exit_record
+from safedreamer_sweep.sweep.exit_records import read_record
+
+__all__ = ["STEP_NAME", "PackedCells", "main", "read_slot_exit"]
 
 STEP_NAME = "sds-slot{slot}"
 
 
-def job_folder(folder: str | os.PathLike, job_id: str) -> Path:
+def _job_folder(folder: str | os.PathLike, job_id: str) -> Path:
     """submitit's folder of this job (`%j` in the launcher's folder replaced, as submitit does)."""
     from submitit.core.utils import JobPaths
 
     return JobPaths(Path(folder), job_id=job_id).folder
 
 
-def exit_record_path(folder: str | os.PathLike, job_id: str, slot: int) -> Path:
-    return job_folder(folder, job_id) / f"{job_id}_slot{slot}_exit.json"
+def _slot_exit_path(folder: str | os.PathLike, job_id: str, slot: int) -> Path:
+    """Where the step of `slot` in packed job `job_id` leaves its exit record."""
+    return _job_folder(folder, job_id) / f"{job_id}_slot{slot}_exit.json"
 
 
 def read_slot_exit(folder: str | os.PathLike, job_id: str, slot: int) -> dict | None:
     """How the step of `slot` in packed job `job_id` ended (None while it runs)."""
-    try:
-        return json.loads(exit_record_path(folder, job_id, slot).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_record(_slot_exit_path(folder, job_id, slot))
 
 
 class PackedCells:
@@ -60,7 +60,7 @@ class PackedCells:
         job_id = str(submitit.JobEnvironment().job_id)
         procs = []
         for slot, cell in enumerate(self.cells):
-            pkl = job_folder(self.folder, job_id) / f"{job_id}_slot{slot}.pkl"
+            pkl = _job_folder(self.folder, job_id) / f"{job_id}_slot{slot}.pkl"
             cloudpickle_dump(cell, pkl)
             cmd = ["srun", "--overlap", "--nodes=1", "--ntasks=1", f"--cpus-per-task={self.cpus_per_cell}",
                    *([f"--mem={self.mem}"] if self.mem else []), f"--job-name={STEP_NAME.format(slot=slot)}",
@@ -74,7 +74,7 @@ class PackedCells:
                 if slot in codes or p.poll() is None:
                     continue
                 codes[slot] = int(p.returncode)
-                write_exit_record(exit_record_path(self.folder, job_id, slot),
+                write_exit_record(_slot_exit_path(self.folder, job_id, slot),
                                   exit_record(codes[slot], started_at=started, job_id=job_id, slot=slot,
                                               step_name=STEP_NAME.format(slot=slot)))
                 print(f"[sds] packed job {job_id}: slot {slot} ended with exit code {codes[slot]}", flush=True)
