@@ -288,3 +288,23 @@ def test_a_hole_with_another_identity_on_disk_says_so(store_copy):
     assert cell["hash"] == "feedf00d" and cell["run_dir"] is None and cell["phase"] == "pending"
     assert cell["other_identities"] == [{"hash": rd.path.name, "phase": "done", "run_dir": str(rd.path)}]
     assert doc["verdict"] == "INCOMPLETE: 1 cell never run: v2_baseline seed 0"
+
+
+def test_a_slurm_claim_of_an_app_cell_without_a_seed_makes_status_ask_slurm(tmp_path, monkeypatch):
+    """An app without a seed keeps its cells at runs/<label>/<hash8>/ (no seed_<n> level): a Slurm
+    claim there makes status read job states from Slurm, as a claim of a seeded cell does."""
+    from safedreamer_sweep.core.store import atomic_write_json
+
+    asked = []
+
+    def fake_lookup():
+        asked.append(True)
+        return lambda job_id: None
+
+    monkeypatch.setattr("safedreamer_sweep.sweep.backends.slurm.slurm_state_lookup", fake_lookup)
+    store = Store(tmp_path / "store")
+    rd = store.run_dir("my_app", None, "abcd1234")
+    rd.ensure_spec({"config": "my_app", "seed": None, "hash": "abcd1234", "run_config": {}})
+    atomic_write_json(rd.claim_path, {"sweep_id": "s1", "backend": "slurm", "released_at": time.time()})
+    status.collect(store.root, sample_cpu=False)
+    assert asked, "status did not see the Slurm claim of a cell without a seed"
