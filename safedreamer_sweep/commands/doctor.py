@@ -216,8 +216,8 @@ def _existing_ancestor(p: Path) -> Path:
 
 def checkpoint_bytes(store: Store) -> tuple[int, str]:
     """Size of one checkpoint: the largest already in the store, else DEFAULT_CKPT_BYTES."""
-    sizes = [p.stat().st_size for p in store.runs_dir.glob("*/seed_*/*/checkpoints/ckpt_*.pkl")] \
-        if store.runs_dir.is_dir() else []
+    # iter_runs: seeded cells and those of an app without a seed
+    sizes = [p.stat().st_size for rd in store.iter_runs() for p in rd.checkpoints_dir.glob("ckpt_*.pkl")]
     if sizes:
         return max(sizes), f"largest of {len(sizes)} checkpoint(s) in the store"
     return DEFAULT_CKPT_BYTES, "no checkpoint in the store yet: assumed"

@@ -50,9 +50,9 @@ def _slurm_backend(store: Store) -> bool:
         launcher = doc.get("launcher")
         if isinstance(launcher, dict) and launcher.get("backend") == "slurm":
             return True
-    for path in store.runs_dir.glob("*/seed_*/*/claim.json") if store.runs_dir.is_dir() else []:
+    for rd in store.iter_runs():  # seeded cells and those of an app without a seed
         try:
-            if (read_json(path) or {}).get("backend") == "slurm":
+            if (read_json(rd.claim_path) or {}).get("backend") == "slurm":
                 return True
         except StoreError:
             continue
