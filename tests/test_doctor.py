@@ -22,7 +22,7 @@ def test_healthy_local_preflight_is_saved_into_the_store(tmp_path, capsys):
     code = cli_main(["doctor", "--store", str(store), "--launcher", "sds_local", "--json"])
     out = capsys.readouterr().out
     latest = store / "manifests" / "doctor_latest.json"
-    stamped = [p for p in (store / "manifests").glob("doctor_2*.json")]
+    stamped = list((store / "manifests").glob("doctor_2*.json"))
     assert latest.exists() and len(stamped) == 1
     doc = json.loads(latest.read_text())
     checks = by_name(doc)

@@ -59,13 +59,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             json.dump(hist, sys.stdout, indent=2, sort_keys=True, default=str)
             sys.stdout.write("\n")
         else:
-            _console(args.width).print(status.render_cell(hist))
+            _console(args.width).print(status.cell_view(hist))
         return 0 if hist["cell"]["phase"] == "done" else 1
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     else:
-        _console(args.width).print(status.render(doc))
+        _console(args.width).print(status.status_view(doc))
     return status.exit_code(doc)
 
 
@@ -78,7 +78,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     def view():
         doc = status.collect(args.store, stall_after=args.stall_after)
-        return doc, status.render(doc)
+        return doc, status.status_view(doc)
 
     try:
         doc, renderable = view()
@@ -124,7 +124,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return _err(str(e))
     doc = doctor.run_doctor(args.store, launcher=args.launcher, overrides=args.overrides)
     console = _console(args.width)
-    console.print(doctor.render(doc))
+    console.print(doctor.doctor_view(doc))
     try:
         paths = doctor.save_manifest(doc)
         console.print(f"manifest: {paths[0]} (and {paths[1].name})")

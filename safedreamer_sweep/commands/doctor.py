@@ -367,7 +367,7 @@ def save_manifest(doc: dict[str, Any]) -> list[Path]:
     return paths
 
 
-def render(doc: dict[str, Any]):
+def doctor_view(doc: dict[str, Any]):
     """A rich table: one row per check, fixes under failures."""
     from rich.table import Table
     from rich.text import Text
