@@ -22,7 +22,7 @@ def test_healthy_local_preflight_is_saved_into_the_store(tmp_path, capsys):
     code = cli_main(["doctor", "--store", str(store), "--launcher", "sds_local", "--json"])
     out = capsys.readouterr().out
     latest = store / "manifests" / "doctor_latest.json"
-    stamped = [p for p in (store / "manifests").glob("doctor_2*.json")]
+    stamped = list((store / "manifests").glob("doctor_2*.json"))
     assert latest.exists() and len(stamped) == 1
     doc = json.loads(latest.read_text())
     checks = by_name(doc)
@@ -106,6 +106,18 @@ def test_disk_check_measures_real_checkpoints(tmp_path):
     from safedreamer_sweep.core.store import Store
 
     rd = Store(tmp_path).run_dir("v2_full", 0, "abcd1234")
+    rd.ensure_spec({"config": "v2_full", "seed": 0, "hash": "abcd1234", "run_config": {}})
+    rd.save_checkpoint(512, {"w": os.urandom(300_000)})
+    size, how = doctor.checkpoint_bytes(Store(tmp_path))
+    assert size > 300_000 and "1 checkpoint" in how
+
+
+def test_disk_check_measures_checkpoints_of_an_app_without_a_seed(tmp_path):
+    """An app without a seed keeps its cells at runs/<label>/<hash8>/ (no seed_<n> level)."""
+    from safedreamer_sweep.core.store import Store
+
+    rd = Store(tmp_path).run_dir("my_app", None, "abcd1234")
+    rd.ensure_spec({"config": "my_app", "seed": None, "hash": "abcd1234", "run_config": {}})
     rd.save_checkpoint(512, {"w": os.urandom(300_000)})
     size, how = doctor.checkpoint_bytes(Store(tmp_path))
     assert size > 300_000 and "1 checkpoint" in how

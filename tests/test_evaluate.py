@@ -124,7 +124,9 @@ def test_an_evaluation_that_moves_its_episodes_is_not_stalled(tmp_path):
 
 
 def test_status_and_report_flag_an_evaluation_of_a_checkpoint_older_than_the_trained_steps(tmp_path):
-    from safedreamer_sweep.commands.status import _why, collect
+    from rich.console import Console
+
+    from safedreamer_sweep.commands.status import collect, status_view
     from safedreamer_sweep.core.store import atomic_write_json
     from safedreamer_sweep.report.build import compute_report
     from safedreamer_sweep.report.synthetic import write_store
@@ -137,7 +139,9 @@ def test_status_and_report_flag_an_evaluation_of_a_checkpoint_older_than_the_tra
     by_seed = {c["seed"]: c for c in doc["cells"]}
     assert by_seed[0]["stale_eval"] is None
     assert by_seed[1]["stale_eval"] == "OOD eval of checkpoint 12288 < 16384 trained steps"
-    assert "STALE: OOD eval of checkpoint 12288 < 16384 trained steps" in _why(by_seed[1])
+    console = Console(width=400, record=True)
+    console.print(status_view(doc))
+    assert "STALE: OOD eval of checkpoint 12288 < 16384 trained steps" in console.export_text()
     stale = [w.text for w in compute_report(store.root).warnings if w.kind == "stale_eval"]
     assert len(stale) == 1 and stale[0].startswith("v2_baseline seed 1: OOD eval of checkpoint 12288 < 16384")
 

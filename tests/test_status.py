@@ -25,7 +25,7 @@ def run_cell(store: Path, *overrides: str, check: bool = True) -> subprocess.Com
     return sds(f"store.root={store}", *overrides, check=check)
 
 
-def test_done_verdict_from_a_real_finished_cell(finished_store):
+def test_done_headline_from_a_real_finished_cell(finished_store):
     doc = status.collect(finished_store)
     assert doc["verdict"] == "DONE 1/1"
     assert status.exit_code(doc) == 0 and doc["all_done"] is True
@@ -38,7 +38,7 @@ def test_done_verdict_from_a_real_finished_cell(finished_store):
     assert cell["cost"]["useful_h"] > 0 and cell["cost"]["wasted_h"] == 0 and cell["cost"]["pending_h"] == 0
 
 
-def test_incomplete_verdict_names_cells_never_run(store_copy):
+def test_incomplete_headline_names_cells_never_run(store_copy):
     """A sweep manifest asked for 4 cells; only one has a run directory."""
     store = Store(store_copy)
     (rd,) = list(store.iter_runs())
@@ -152,11 +152,11 @@ def test_json_document_is_stable_and_documented(finished_store, capsys):
         assert f"`{k}`" in text, f"docs/status-json.md does not document `{k}`"
 
 
-def test_rendered_screen_shows_verdict_matrix_evidence_and_cost(finished_store):
+def test_rendered_screen_shows_headline_matrix_evidence_and_cost(finished_store):
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(status.render(status.collect(finished_store)))
+    console.print(status.status_view(status.collect(finished_store)))
     text = console.export_text()
     assert text.splitlines()[0] == "DONE 1/1"
     for needle in ("config x seed", "seed 0", "ID eval", "OOD eval", "v2_baseline s0", "1024/1024 100%",
@@ -164,20 +164,20 @@ def test_rendered_screen_shows_verdict_matrix_evidence_and_cost(finished_store):
         assert needle in text, needle
 
 
-def test_verdict_lines_for_queued_and_several_stalled_cells():
-    """The verdict is a pure function of the cell dicts; shapes the real-state tests cannot reach cheaply."""
+def test_headline_lines_for_queued_and_several_stalled_cells():
+    """The headline is a pure function of the cell dicts; shapes the real-state tests cannot reach cheaply."""
     base = {"attempts": 1, "eta_s": None, "progress_age_s": None, "pid": None, "pid_alive": None,
             "job_id": None, "host": "vm", "cause": None, "state_phase": None, "last_outcome": None}
     cells = [dict(base, config="a", seed=0, phase="done"),
              dict(base, config="a", seed=1, phase="pending", job_id="77", last_outcome="submitted"),
              dict(base, config="b", seed=0, phase="running", eta_s=840.0)]
-    assert status.verdict(cells) == "RUNNING 1/3 (ETA 14 min; 1 running; 1 queued)"
+    assert status.headline(cells) == "RUNNING 1/3 (ETA 14 min; 1 running; 1 queued)"
     cells = [dict(base, config="v2_full", seed=3, phase="stalled", progress_age_s=840.0, job_id="123",
                   job_state="RUNNING"),
              dict(base, config="v2_full", seed=4, phase="stalled", progress_age_s=900.0, pid=9, pid_alive=True)]
-    assert status.verdict(cells) == ("STALLED 2: v2_full seed 3, no progress for 14 min (job 123 RUNNING); "
+    assert status.headline(cells) == ("STALLED 2: v2_full seed 3, no progress for 14 min (job 123 RUNNING); "
                                      "also v2_full seed 4")
-    assert status.verdict([]).startswith("EMPTY")
+    assert status.headline([]).startswith("EMPTY")
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
@@ -288,3 +288,23 @@ def test_a_hole_with_another_identity_on_disk_says_so(store_copy):
     assert cell["hash"] == "feedf00d" and cell["run_dir"] is None and cell["phase"] == "pending"
     assert cell["other_identities"] == [{"hash": rd.path.name, "phase": "done", "run_dir": str(rd.path)}]
     assert doc["verdict"] == "INCOMPLETE: 1 cell never run: v2_baseline seed 0"
+
+
+def test_a_slurm_claim_of_an_app_cell_without_a_seed_makes_status_ask_slurm(tmp_path, monkeypatch):
+    """An app without a seed keeps its cells at runs/<label>/<hash8>/ (no seed_<n> level): a Slurm
+    claim there makes status read job states from Slurm, as a claim of a seeded cell does."""
+    from safedreamer_sweep.core.store import atomic_write_json
+
+    asked = []
+
+    def fake_lookup():
+        asked.append(True)
+        return lambda job_id: None
+
+    monkeypatch.setattr("safedreamer_sweep.sweep.backends.slurm.slurm_state_lookup", fake_lookup)
+    store = Store(tmp_path / "store")
+    rd = store.run_dir("my_app", None, "abcd1234")
+    rd.ensure_spec({"config": "my_app", "seed": None, "hash": "abcd1234", "run_config": {}})
+    atomic_write_json(rd.claim_path, {"sweep_id": "s1", "backend": "slurm", "released_at": time.time()})
+    status.collect(store.root, sample_cpu=False)
+    assert asked, "status did not see the Slurm claim of a cell without a seed"

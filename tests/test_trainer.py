@@ -217,7 +217,7 @@ def _cfg(**trainer_overrides):
 def test_budget_that_is_not_a_multiple_of_the_rollout_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"trainer.total_steps=3000 .*Fix: trainer.total_steps=3072"):
         trainer.check_config(_cfg(total_steps=3000, rollout_steps=1024, num_envs=2))
-    with pytest.raises(ValueError, match="trainer.num_envs"):
+    with pytest.raises(ValueError, match=r"trainer.num_envs"):
         trainer.check_config(_cfg(rollout_steps=1000, num_envs=3))
 
 
@@ -293,7 +293,9 @@ def test_real_cell_killed_after_first_checkpoint_resumes_to_a_complete_run_dir(t
            "trainer.eval_every_steps=4096", "trainer.eval_curve_episodes=1", "eval.episodes=1",
            "trainer.heartbeat_every_s=0.5", "hydra/launcher=basic"]
     env = {**os.environ, "SDS_STORE": str(store)}
-    ckpts = lambda: store.glob("runs/v2_full/seed_0/*/checkpoints/ckpt_*.pkl")
+
+    def ckpts():
+        return store.glob("runs/v2_full/seed_0/*/checkpoints/ckpt_*.pkl")
 
     code, out = _first_checkpoint_then_kill(cmd, env, ckpts)
     assert code == -signal.SIGKILL, f"the cell ended before it could be killed (exit {code}):\n{out[-3000:]}"

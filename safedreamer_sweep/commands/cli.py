@@ -40,7 +40,7 @@ def _err(msg: str) -> int:
 # ----------------------------------------------------------------------------- status / watch
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _cmd_status(args: argparse.Namespace) -> int:
     from safedreamer_sweep.commands import status
     from safedreamer_sweep.core.store import StoreError
 
@@ -59,17 +59,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             json.dump(hist, sys.stdout, indent=2, sort_keys=True, default=str)
             sys.stdout.write("\n")
         else:
-            _console(args.width).print(status.render_cell(hist))
+            _console(args.width).print(status.cell_view(hist))
         return 0 if hist["cell"]["phase"] == "done" else 1
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     else:
-        _console(args.width).print(status.render(doc))
+        _console(args.width).print(status.status_view(doc))
     return status.exit_code(doc)
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
+def _cmd_watch(args: argparse.Namespace) -> int:
     """Reattach: supervise the store's detached sweeps (sweep/watch.py) while a rich Live view
     redraws the status; keeps drawing until no cell runs (another process may be supervising)."""
     from rich.live import Live
@@ -78,7 +78,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     def view():
         doc = status.collect(args.store, stall_after=args.stall_after)
-        return doc, status.render(doc)
+        return doc, status.status_view(doc)
 
     try:
         doc, renderable = view()
@@ -114,7 +114,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- doctor
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def _cmd_doctor(args: argparse.Namespace) -> int:
     from safedreamer_sweep.commands import doctor
     from safedreamer_sweep.core.overrides import OverrideError, check_overrides
 
@@ -124,7 +124,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return _err(str(e))
     doc = doctor.run_doctor(args.store, launcher=args.launcher, overrides=args.overrides)
     console = _console(args.width)
-    console.print(doctor.render(doc))
+    console.print(doctor.doctor_view(doc))
     try:
         paths = doctor.save_manifest(doc)
         console.print(f"manifest: {paths[0]} (and {paths[1].name})")
@@ -141,7 +141,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- report / confounds
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _cmd_report(args: argparse.Namespace) -> int:
     root = Path(args.store).expanduser()
     if not root.is_dir():
         return _err(f"{root}: no such store directory. Fix: pass the store.root of your sweep.")
@@ -179,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_confounds(args: argparse.Namespace) -> int:
+def _cmd_confounds(args: argparse.Namespace) -> int:
     from safedreamer_sweep.core.confounds import (
         find_confounds,
         format_confounds,
@@ -232,7 +232,7 @@ def _default_store() -> str:
 COMMANDS = ("status", "watch", "doctor", "report", "confounds")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safedreamer-sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -248,14 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-gpu-hour", type=float, default=None, help="price one GPU-hour (cost.per_gpu_hour)")
     s.add_argument("--currency", default=None, help="currency of --per-gpu-hour (cost.currency)")
     s.add_argument("--width", type=int, default=None, help="console width (default: terminal, else 200)")
-    s.set_defaults(func=cmd_status)
+    s.set_defaults(func=_cmd_status)
 
     w = sub.add_parser("watch", help="live status that also supervises detached sweeps")
     w.add_argument("store", nargs="?", default=_default_store())
     w.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
     w.add_argument("--stall-after", type=float, default=None)
     w.add_argument("--width", type=int, default=None)
-    w.set_defaults(func=cmd_watch)
+    w.set_defaults(func=_cmd_watch)
 
     d = sub.add_parser("doctor", help="preflight checks, saved into the store as a manifest")
     d.add_argument("--store", default=None, help="store root (default: store.root of the config)")
@@ -264,25 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="also print the manifest as JSON")
     d.add_argument("--width", type=int, default=None)
     d.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep, e.g. store.root=/data/exp")
-    d.set_defaults(func=cmd_doctor)
+    d.set_defaults(func=_cmd_doctor)
 
     r = sub.add_parser("report", help="build tables, figures and the decision report from the store")
     r.add_argument("store")
     r.add_argument("--out", default=None, help="output directory (default: <store>/report)")
-    r.set_defaults(func=cmd_report)
+    r.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("confounds", help="check that the configs differ only in the ablation knobs")
     c.add_argument("overrides", nargs="*", help="the sweep's overrides, e.g. config=v2_baseline,v2_full")
     c.add_argument("--knobs", nargs="*", default=None, help="ablation knobs (default: sweep.ablation_knobs)")
     c.add_argument("--conf-dir", default=None, help="config directory (default: the package's conf/)")
-    c.set_defaults(func=cmd_confounds)
+    c.set_defaults(func=_cmd_confounds)
     assert tuple(sub.choices) == COMMANDS, f"COMMANDS {COMMANDS} != the subcommands {tuple(sub.choices)}"
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (and exits with it when run as a script)."""
-    args = build_parser().parse_args(argv)
+    args = _build_parser().parse_args(argv)
     code = int(args.func(args) or 0)
     if argv is None:
         sys.exit(code)

@@ -26,11 +26,11 @@ from safedreamer_sweep.core.store import Store, atomic_write_json, host
 
 SCHEMA = "safedreamer-sweep/doctor/1"
 LAUNCHERS = ("sds_local", "sds_slurm")
-REQUIRED_PACKAGES = ("jax", "jaxlib", "numpy", "safety-gymnasium", "gymnasium", "mujoco", "hydra-core",
+_REQUIRED_PACKAGES = ("jax", "jaxlib", "numpy", "safety-gymnasium", "gymnasium", "mujoco", "hydra-core",
                      "omegaconf", "submitit", "pandas")
 # The exact numpy the project pins: Safety-Gymnasium trajectories differ between numpy versions.
-PINNED = {"numpy": "1.26.4"}
-MUJOCO_GL_VALUES = ("egl", "osmesa", "glfw")
+_PINNED = {"numpy": "1.26.4"}
+_MUJOCO_GL_VALUES = ("egl", "osmesa", "glfw")
 # Without a checkpoint to measure: a generous size for the built-in agent (MLPs + Adam + normaliser).
 DEFAULT_CKPT_BYTES = 2 * 1024 * 1024
 # Per-cell files other than checkpoints (metrics, eval, logs, spec) and the temp file of an atomic write.
@@ -62,7 +62,7 @@ def _run(cmd: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProce
 # ----------------------------------------------------------------------------- checks
 
 
-def check_python() -> Check:
+def _check_python() -> Check:
     v = platform.python_version()
     ok = sys.version_info[:2] == (3, 10)
     return Check("python", "ok" if ok else "fail", f"Python {v} at {sys.executable}",
@@ -70,10 +70,10 @@ def check_python() -> Check:
                  {"version": v, "executable": sys.executable})
 
 
-def check_packages() -> Check:
+def _check_packages() -> Check:
     versions = package_versions()
-    missing = [p for p in REQUIRED_PACKAGES if not versions.get(p)]
-    off_pin = [f"{p} {versions.get(p)} (pinned {want})" for p, want in PINNED.items()
+    missing = [p for p in _REQUIRED_PACKAGES if not versions.get(p)]
+    off_pin = [f"{p} {versions.get(p)} (pinned {want})" for p, want in _PINNED.items()
                if versions.get(p) and versions.get(p) != want]
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     if missing:
@@ -82,12 +82,12 @@ def check_packages() -> Check:
                      "including safety-gymnasium with --no-deps)", {"versions": versions})
     if off_pin:
         return Check("packages", "warn", f"{'; '.join(off_pin)}; found {shown}",
-                     f"pip install {' '.join(f'{p}=={w}' for p, w in PINNED.items())} (results are not "
+                     f"pip install {' '.join(f'{p}=={w}' for p, w in _PINNED.items())} (results are not "
                      f"comparable across numpy versions)", {"versions": versions})
     return Check("packages", "ok", shown, data={"versions": versions})
 
 
-def check_jax_devices(timeout: float = 180.0) -> Check:
+def _check_jax_devices(timeout: float = 180.0) -> Check:
     """What jax.devices() sees, asked in a child process so a hung CUDA init cannot hang doctor."""
     code = "import jax, json; print(json.dumps([[d.platform, str(d)] for d in jax.devices()]))"
     try:
@@ -118,9 +118,9 @@ def check_mujoco_gl() -> Check:
     if v is None:
         return Check("mujoco_gl", "ok", "MUJOCO_GL unset (training and evaluation do not render)",
                      data={"MUJOCO_GL": None})
-    if v.lower() not in MUJOCO_GL_VALUES:
+    if v.lower() not in _MUJOCO_GL_VALUES:
         return Check("mujoco_gl", "fail", f"MUJOCO_GL={v!r} is not a MuJoCo rendering backend",
-                     f"set MUJOCO_GL to one of {', '.join(MUJOCO_GL_VALUES)} (egl on a headless GPU box, "
+                     f"set MUJOCO_GL to one of {', '.join(_MUJOCO_GL_VALUES)} (egl on a headless GPU box, "
                      f"osmesa on CPU) or unset it", {"MUJOCO_GL": v})
     if v.lower() == "glfw" and not os.environ.get("DISPLAY"):
         return Check("mujoco_gl", "warn", "MUJOCO_GL=glfw but no DISPLAY: rendering would fail",
@@ -143,13 +143,13 @@ def check_cuda_visible_devices() -> Check:
     return Check("cuda_visible_devices", "ok", f"CUDA_VISIBLE_DEVICES={v}", data={"CUDA_VISIBLE_DEVICES": v})
 
 
-NVIDIA_QUERY = ("index,name,memory.total,memory.used,utilization.gpu", "csv,noheader,nounits")
+_NVIDIA_QUERY = ("index,name,memory.total,memory.used,utilization.gpu", "csv,noheader,nounits")
 
 
 def check_gpus() -> Check:
     """The NVIDIA GPUs `nvidia-smi` sees (index, name, memory total/used in MiB, utilisation %), and
     whether CUDA_VISIBLE_DEVICES names only GPUs that exist. No nvidia-smi: a CPU machine (ok)."""
-    p = _run(["nvidia-smi", f"--query-gpu={NVIDIA_QUERY[0]}", f"--format={NVIDIA_QUERY[1]}"], timeout=30)
+    p = _run(["nvidia-smi", f"--query-gpu={_NVIDIA_QUERY[0]}", f"--format={_NVIDIA_QUERY[1]}"], timeout=30)
     if p is None:
         return Check("gpus", "ok", "no nvidia-smi on PATH: no NVIDIA GPU here, cells run on the CPU", data={"gpus": []})
     if p.returncode != 0:
@@ -216,8 +216,8 @@ def _existing_ancestor(p: Path) -> Path:
 
 def checkpoint_bytes(store: Store) -> tuple[int, str]:
     """Size of one checkpoint: the largest already in the store, else DEFAULT_CKPT_BYTES."""
-    sizes = [p.stat().st_size for p in store.runs_dir.glob("*/seed_*/*/checkpoints/ckpt_*.pkl")] \
-        if store.runs_dir.is_dir() else []
+    # iter_runs: seeded cells and those of an app without a seed
+    sizes = [p.stat().st_size for rd in store.iter_runs() for p in rd.checkpoints_dir.glob("ckpt_*.pkl")]
     if sizes:
         return max(sizes), f"largest of {len(sizes)} checkpoint(s) in the store"
     return DEFAULT_CKPT_BYTES, "no checkpoint in the store yet: assumed"
@@ -335,7 +335,7 @@ def run_doctor(store_root: str | Path | None = None, launcher: str | None = None
                             "importable) and check the overrides"))
     launcher = launcher or settings.get("launcher") or "sds_local"
     root = Path(store_root or settings.get("store_root") or os.environ.get("SDS_STORE", "experiments")).expanduser().resolve()
-    checks += [check_python(), check_packages(), check_jax_devices(), check_mujoco_gl(), check_cuda_visible_devices(),
+    checks += [_check_python(), _check_packages(), _check_jax_devices(), check_mujoco_gl(), check_cuda_visible_devices(),
                check_gpus()]
     writable = check_store_writable(root)
     checks.append(writable)
@@ -367,7 +367,7 @@ def save_manifest(doc: dict[str, Any]) -> list[Path]:
     return paths
 
 
-def render(doc: dict[str, Any]):
+def doctor_view(doc: dict[str, Any]):
     """A rich table: one row per check, fixes under failures."""
     from rich.table import Table
     from rich.text import Text

@@ -1,5 +1,5 @@
 """The builtin trainer's budget checks, free of jax so the planner can run them for every job
-before anything is written to the store (trainer.py re-exports check_config)."""
+before anything is written to the store (ppo_lag.py imports it from here)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class FastReset(gymnasium.Wrapper):
 
 
 @dataclass
-class EnvClock:
+class _EnvClock:
     """What this process spent on envs outside training rollouts: building them (`make_env`, the
     safety_gymnasium import and VectorEnv's explicit resets included) and stepping/resetting envs
     made one at a time (the
@@ -112,7 +112,7 @@ class EnvClock:
         return asdict(self)
 
 
-CLOCK = EnvClock()
+CLOCK = _EnvClock()
 
 
 class _Clocked(gymnasium.Wrapper):
