@@ -154,8 +154,8 @@ def test_too_few_seeds_is_inconclusive_with_a_seed_estimate(tmp_path):
                        "v2_full": lambda s: {"id_returns": [11 + noisy[(s + 2) % 5]], "id_costs": [5],
                                                  "ood_returns": [5], "ood_costs": [5]}}, SEEDS)
     r = compute_report(root)
-    (v,) = r.decision.verdicts
-    assert v.verdict == "inconclusive" and v.return_ci[0] < 0 < v.return_ci[1]
+    (v,) = r.decision.per_config
+    assert v.decision == "inconclusive" and v.return_ci[0] < 0 < v.return_ci[1]
     # n = (1.96 + 0.8416)^2 * (s^2 + s_b^2) / 1^2 with s = s_b = std of the noise.
     s = pd.Series(list(noisy.values())).std()
     assert v.seeds_needed == pytest.approx(int(-(-7.8489 * 2 * s**2 // 1)), abs=1)

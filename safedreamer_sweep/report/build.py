@@ -24,10 +24,8 @@ from safedreamer_sweep.report.analysis.aggregate import (
     load_frames,
     parquet_ready,
 )
-from safedreamer_sweep.report.analysis.decision import (
-    collect_warnings,
-    decide,
-)
+from safedreamer_sweep.report.analysis.decision import decide
+from safedreamer_sweep.report.caveats import caveats
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.render.document import decision_markdown
 from safedreamer_sweep.report.render.templates import (
@@ -88,7 +86,7 @@ def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
     cov = tables.coverage_long(frames.cells, frames.eval_status)
     main = tables.main_table(frames.seeds, settings)
     ablation = tables.ablation_table(frames.seeds, settings)
-    warns = collect_warnings(frames, cov, settings)
+    warns = caveats(frames, cov, settings)
     decision = decide(frames, cov, main, ablation, settings)
     cost = {**cost_summary(frames, settings), "bad_nodes": node_fault_cost(frames)}
     return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
@@ -132,7 +130,7 @@ def template_context(r: Report) -> dict[str, Any]:
         "min_seeds": r.settings.min_seeds,
         "decision": Namespace("decision", {
             "headline": r.decision.headline, "summary": r.decision.summary,
-            "verdicts": {v.config: v.verdict for v in r.decision.verdicts}}),
+            "verdicts": {d.config: d.decision for d in r.decision.per_config}}),
         "coverage": Namespace("coverage", {
             "done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov),
             "holes": [f"{x.config} seed {x.seed} {x.part} ({x.status})" for x in hole_rows.itertuples()],
@@ -209,8 +207,8 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     summary = {
         "store": str(r.frames.store_root),
         "decision": {"headline": r.decision.headline, "summary": r.decision.summary,
-                     "verdicts": [{"config": v.config, "verdict": v.verdict, "reasons": v.reasons,
-                                   "seeds_needed": v.seeds_needed} for v in r.decision.verdicts]},
+                     "verdicts": [{"config": d.config, "verdict": d.decision, "reasons": d.reasons,
+                                   "seeds_needed": d.seeds_needed} for d in r.decision.per_config]},
         "coverage": {"done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov)},
         "warnings": [{"kind": w.kind, "text": w.text} for w in r.warnings],
         "main": r.main.to_dict(orient="records"),
@@ -250,7 +248,7 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
 
     With `on_summary`, the text artifacts (decision.md, tables, report.json, report.html without
     figures) are written first and `on_summary(report dir, report)` is called, so the caller can
-    show the verdict, then the figures are drawn and written with report.html again, now with them
+    show the decision, then the figures are drawn and written with report.html again, now with them
     embedded (a figure error then leaves the text artifacts written).
 
     Idempotent: the same store gives byte-identical text artifacts (no statistic is random).

@@ -61,7 +61,7 @@ def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log
         if "eval" in kinds:
             from safedreamer_sweep.report import build_report
 
-            # The verdict is on screen as soon as the tables are written; the figures follow.
+            # The decision is on screen as soon as the tables are written; the figures follow.
             written.append(build_report(store.root, cfg=settings, on_summary=lambda out, r: say(
                 f"[sds] decision: {r.decision.headline} ({out / 'report.html'}; drawing the figures)")))
         out = build_app_report(store.root, page="eval" not in kinds)

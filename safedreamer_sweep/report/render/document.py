@@ -86,7 +86,7 @@ def _warnings_section(r: Report) -> list[str]:
 
 
 def _decision_section(r: Report) -> list[str]:
-    """3. The rule, the multiplicity correction, and each config's verdict with the seeds it needs."""
+    """3. The rule, the multiplicity correction, and each config's decision with the seeds it needs."""
     s, d = r.settings, r.decision
     rule = s.rule
     L = ["## 3. Decision", "",
@@ -100,13 +100,13 @@ def _decision_section(r: Report) -> list[str]:
           "It is *not recommended* when complete evidence puts it beyond either threshold; otherwise it is "
           "*inconclusive*."), "",
          f"Multiplicity: {d.correction}", ""]
-    if not d.verdicts:
+    if not d.per_config:
         return L + [f"No config other than the baseline `{s.baseline}` to decide on.", ""]
     L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
-    for v in d.verdicts:
-        need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
-        L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
-    if any("no interval" in reason for v in d.verdicts for reason in v.reasons):
+    for v in d.per_config:
+        need = _fmt_seeds(v.seeds_needed) if v.decision == INCONCLUSIVE else "—"
+        L.append(f"| {v.config} | **{v.decision}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
+    if any("no interval" in reason for v in d.per_config for reason in v.reasons):
         L += ["", stats.NO_INTERVAL_NOTE]
     return L + ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
                      f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "

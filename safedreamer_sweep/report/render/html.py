@@ -214,13 +214,13 @@ def _cost_lines(r: Report) -> list[str]:
     return [line for line in cost_lines(r) if not line.startswith("|") and not line.startswith("_(")]
 
 
-def _verdicts(r: Report) -> list[dict]:
+def _config_decisions(r: Report) -> list[dict]:
     from safedreamer_sweep.report.render.document import _fmt_seeds
 
-    return [{"config": v.config, "verdict": v.verdict, "n": v.n, "reasons": v.reasons,
-             "cls": {"recommended": "ok", "not recommended": "bad"}.get(v.verdict, "run"),
-             "seeds_needed": _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"}
-            for v in r.decision.verdicts]
+    return [{"config": v.config, "verdict": v.decision, "n": v.n, "reasons": v.reasons,
+             "cls": {"recommended": "ok", "not recommended": "bad"}.get(v.decision, "run"),
+             "seeds_needed": _fmt_seeds(v.seeds_needed) if v.decision == INCONCLUSIVE else "—"}
+            for v in r.decision.per_config]
 
 
 def _as_of(states: Any) -> str | None:
@@ -246,9 +246,9 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
         "decision": {"headline": d.headline, "summary": d.summary, "correction": d.correction,
                      "cls": "ok" if d.headline.startswith("recommended") else
                             ("bad" if d.headline.startswith("not") else "run")},
-        "verdicts": _verdicts(r),
+        "verdicts": _config_decisions(r),
         "no_interval_note": stats.NO_INTERVAL_NOTE if any(
-            "no interval" in reason for v in r.decision.verdicts for reason in v.reasons) else "",
+            "no interval" in reason for v in r.decision.per_config for reason in v.reasons) else "",
         "baseline": s.baseline, "cost_limit": d.cost_limit, "min_seeds": s.min_seeds,
         "confidence": round(s.confidence * 100),
         "coverage": {"done": n_done, "total": len(cov), **_coverage(r)},
