@@ -202,9 +202,9 @@ def test_bad_paths_and_settings_are_clear_errors_that_write_nothing(tmp_path):
         build_report(empty)
     assert list(empty.iterdir()) == []
     store = complete_store(tmp_path / "store")
-    with pytest.raises(ValueError, match="unknown key.*min_seed"):
+    with pytest.raises(ValueError, match=r"unknown key.*min_seed"):
         build_report(store.root, cfg={"report": {"min_seed": 3}})
-    with pytest.raises(ValueError, match="report.rule: unknown metric"):
+    with pytest.raises(ValueError, match=r"report\.rule: unknown metric"):
         build_report(store.root, cfg={"report": {"rule": {"cost_metric": "cost"}}})
     assert not (store.root / "report").exists()
 

@@ -48,7 +48,7 @@ ARTIFACTS = (
 FIGURES = ("coverage.png", "learning_curves.png", "id_ood.png", "per_seed.png")
 
 
-def cost_summary(frames: Frames, settings: ReportSettings) -> dict:
+def _cost_summary(frames: Frames, settings: ReportSettings) -> dict:
     """Device-hours per config and in total, and money when cost.per_gpu_hour is set, from
     safedreamer_sweep.report.cost (GPU-hours are priced, CPU-core-hours only reported)."""
     try:
@@ -88,12 +88,12 @@ def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
     ablation = tables.ablation_table(frames.seeds, settings)
     warns = caveats(frames, cov, settings)
     decision = decide(frames, cov, main, ablation, settings)
-    cost = {**cost_summary(frames, settings), "bad_nodes": node_fault_cost(frames)}
+    cost = {**_cost_summary(frames, settings), "bad_nodes": _node_fault_cost(frames)}
     return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
                   decision=decision, cost=cost)
 
 
-def node_fault_cost(frames: Frames) -> list[dict]:
+def _node_fault_cost(frames: Frames) -> list[dict]:
     """The nodes that ended attempts with a node fault (sweep/failures.bad_nodes: node, first
     evidence, cells), each with the device-hours of those attempts."""
     from safedreamer_sweep.report.cost import attempt_hours
@@ -138,16 +138,16 @@ def template_context(r: Report) -> dict[str, Any]:
         "cost": Namespace("cost", {k: v for k, v in r.cost.items() if k != "per_config"}),
         "warnings": [f"{w.kind}: {w.text}" for w in r.warnings],
         "ood_proxy": "; ".join(r.frames.ood_proxy) or "not declared",
-        "tables": Namespace("tables", {"main": text.tables_markdown(main_text_tables(r)),
-                                       "ablation": text.tables_markdown(ablation_text_tables(r))}),
+        "tables": Namespace("tables", {"main": text.tables_markdown(_main_text_tables(r)),
+                                       "ablation": text.tables_markdown(_ablation_text_tables(r))}),
     }
 
 
-def main_text_tables(r: Report) -> list[text.TextTable]:
+def _main_text_tables(r: Report) -> list[text.TextTable]:
     return text.main_tables(r.main, r.settings.confidence)
 
 
-def ablation_text_tables(r: Report) -> list[text.TextTable]:
+def _ablation_text_tables(r: Report) -> list[text.TextTable]:
     return text.ablation_tables(r.ablation, r.settings.baseline, r.settings.confidence)
 
 
@@ -188,17 +188,17 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
                         "✗ failed\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
-        "main.md": ("# Main results per config\n\n" + text.tables_markdown(main_text_tables(r))).encode(),
-        "main.tex": text.tables_latex(main_text_tables(r), "tab:main").encode(),
+        "main.md": ("# Main results per config\n\n" + text.tables_markdown(_main_text_tables(r))).encode(),
+        "main.tex": text.tables_latex(_main_text_tables(r), "tab:main").encode(),
         "ablation.csv": r.ablation.to_csv(index=False).encode(),
         "ablation.md": (f"# Each config against {s.baseline}\n\n"
-                        + text.tables_markdown(ablation_text_tables(r))).encode(),
-        "ablation.tex": text.tables_latex(ablation_text_tables(r), "tab:ablation").encode(),
+                        + text.tables_markdown(_ablation_text_tables(r))).encode(),
+        "ablation.tex": text.tables_latex(_ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
-    figs = render_figures(r) if s.figures and with_figures else {}
+    figs = _render_figures(r) if s.figures and with_figures else {}
     files.update(figs)
-    files["report.html"] = report_page(r, figs)
+    files["report.html"] = _report_page(r, figs)
     for name, body in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
@@ -220,14 +220,14 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     return files
 
 
-def report_page(r: Report, figures: dict[str, bytes]) -> bytes:
+def _report_page(r: Report, figures: dict[str, bytes]) -> bytes:
     """report.html's bytes: the page with `figures` (PNG bytes by file name) embedded."""
     from safedreamer_sweep.report.render.html import report_html
 
     return report_html(r, figures).encode()
 
 
-def render_figures(r: Report) -> dict[str, bytes]:
+def _render_figures(r: Report) -> dict[str, bytes]:
     """The figures' PNG bytes, in memory (matplotlib and seaborn are imported here, not before)."""
     from safedreamer_sweep.report.render import figures
 
@@ -263,8 +263,8 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     out_dir = write_artifacts(r, render_artifacts(r, with_figures=False), out)
     on_summary(out_dir, r)
     if r.settings.figures:
-        figs = render_figures(r)
-        write_artifacts(r, {**figs, "report.html": report_page(r, figs)}, out_dir)
+        figs = _render_figures(r)
+        write_artifacts(r, {**figs, "report.html": _report_page(r, figs)}, out_dir)
     return out_dir
 
 

@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 register_resolver()  # ${sds_run_dir:} under any launcher: Hydra imports this before it composes a job
 
 # What report settings build_report reads from an app's config (when it has them).
-SETTING_KEYS = ("report", "cost", "sweep", "store")
+_SETTING_KEYS = ("report", "cost", "sweep", "store")
 
 
 def report_settings(cfg: DictConfig | None) -> dict | None:
     """The report/cost/sweep/store nodes of a config as plain containers (None: none of them)."""
     if cfg is None:
         return None
-    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SETTING_KEYS if k in cfg}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in _SETTING_KEYS if k in cfg}
     return out or None
 
 

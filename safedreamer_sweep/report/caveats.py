@@ -13,7 +13,7 @@ from safedreamer_sweep.report.analysis.caveats import Caveat, Resumed, collect_c
 from safedreamer_sweep.report.settings import ReportSettings
 
 
-def read_resumed(cells: pd.DataFrame) -> list[Resumed]:
+def _read_resumed(cells: pd.DataFrame) -> list[Resumed]:
     """The resumed cells among `cells` (a frame with config, seed, run_dir), with their resumes."""
     out = []
     for r in cells.itertuples():
@@ -31,9 +31,9 @@ def read_resumed(cells: pd.DataFrame) -> list[Resumed]:
 
 def resume_caveats(cells: pd.DataFrame) -> list[str]:
     """What each resumed cell of `cells` did not restore, and the frames it trained twice."""
-    return resume_texts(read_resumed(cells))
+    return resume_texts(_read_resumed(cells))
 
 
 def caveats(frames: Frames, cov: pd.DataFrame, settings: ReportSettings) -> list[Caveat]:
     """Every caveat of the report, in the order it shows them (before any result)."""
-    return collect_caveats(frames, cov, settings, read_resumed(frames.cells))
+    return collect_caveats(frames, cov, settings, _read_resumed(frames.cells))

@@ -34,7 +34,7 @@ _NOT_STARTED = ("submitted",)
 _OVERLAP_SLACK_S = 1.0
 
 
-def attempt_device(attempt: Mapping[str, Any]) -> tuple[str, float]:
+def _attempt_device(attempt: Mapping[str, Any]) -> tuple[str, float]:
     """('gpu', n) if the attempt held GPUs (a packed cell 1/runs_per_gpu of one), else ('cpu', cores);
     1 CPU core when nothing was recorded."""
     res = attempt.get("resources") or {}
@@ -72,7 +72,7 @@ def _with_last_seen(state: Mapping[str, Any], progress: Mapping[str, Any] | None
 def attempt_hours(attempt: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
     """{'device': 'gpu'|'cpu', 'units': n, 'wall_h': h, 'hours': device-hours, 'open': bool}."""
     now = time.time() if now is None else now
-    device, units = attempt_device(attempt)
+    device, units = _attempt_device(attempt)
     iv = _interval(attempt, now)
     wall = (iv[1] - iv[0]) / 3600.0 if iv else 0.0
     return {"device": device, "units": units, "wall_h": wall, "hours": wall * units,
