@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,16 +68,21 @@ def _no_interval_note(ns: list[int], paired: bool = False) -> str:
             f"±9 standard deviations; a narrower one would be false comfort).")
 
 
+def _by_metric_group(table: pd.DataFrame) -> Iterator[tuple[str, tuple[str, ...], pd.DataFrame]]:
+    """(group, its metrics, the rows of `table` for them) per metric group that has rows."""
+    for group, metrics in _METRIC_GROUPS.items():
+        g = table[table["metric"].isin(metrics)]
+        if not g.empty:
+            yield group, metrics, g
+
+
 def main_tables(main: pd.DataFrame, confidence: float = 0.95) -> list[TextTable]:
     """The main table as one TextTable per metric group: rows configs, cells "mean [CI]"."""
     if main.empty:
         return []
     pct = round(confidence * 100)
     out = []
-    for group, metrics in _METRIC_GROUPS.items():
-        g = main[main["metric"].isin(metrics)]
-        if g.empty:
-            continue
+    for group, metrics, g in _by_metric_group(main):
         rows, low_ns = [], []
         for config, c in g.groupby("config", sort=True):
             n_row = int(c["n"].max())
@@ -110,10 +116,7 @@ def ablation_tables(abl: pd.DataFrame, baseline: str, confidence: float = 0.95) 
         return []
     pct = round(confidence * 100)
     out = []
-    for group, metrics in _METRIC_GROUPS.items():
-        g = abl[abl["metric"].isin(metrics)]
-        if g.empty:
-            continue
+    for group, metrics, g in _by_metric_group(abl):
         rows, low_ns = [], []
         for config, c in g.groupby("config", sort=True):
             n_row, nb_row = int(c["n"].max()), int(c["n_baseline"].max())
