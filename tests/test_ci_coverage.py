@@ -64,15 +64,15 @@ def test_holm_keeps_a_config_that_passes_alone_from_being_picked_among_three(tmp
     # v2_full: +2.6 over the baseline, Welch CI [0.29, 4.91] above 0, one-sided p = 0.016.
     alone = compute_report(write_store(tmp_path / "alone", {"v2_baseline": _cell(10, 5),
                                                             "v2_full": _cell(12.6, 5)}, seeds).root)
-    (v,) = alone.decision.verdicts
-    assert v.verdict == RECOMMENDED and v.p_value == pytest.approx(0.0158, abs=1e-3)
+    (v,) = alone.decision.per_config
+    assert v.decision == RECOMMENDED and v.p_value == pytest.approx(0.0158, abs=1e-3)
     assert "No multiplicity correction needed" in decision_markdown(alone)
     # The same config among three compared with the baseline: Holm needs 3 * 0.016 < 0.025.
     three = compute_report(write_store(tmp_path / "three", {"v2_baseline": _cell(10, 5), "v2_full": _cell(12.6, 5),
                                                             "v2_u_only": _cell(10, 5),
                                                             "v2_cert_only": _cell(10, 5)}, seeds).root)
-    full = next(v for v in three.decision.verdicts if v.config == "v2_full")
-    assert full.verdict == INCONCLUSIVE and full.p_adjusted == pytest.approx(3 * full.p_value)
+    full = next(v for v in three.decision.per_config if v.config == "v2_full")
+    assert full.decision == INCONCLUSIVE and full.p_adjusted == pytest.approx(3 * full.p_value)
     assert any("not after Holm's correction across 3 configs" in r for r in full.reasons)
     assert three.decision.headline == INCONCLUSIVE
     assert "Holm's step-down correction across the 3 configs" in decision_markdown(three)

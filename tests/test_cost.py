@@ -142,3 +142,21 @@ def test_queue_wait_is_submission_to_start_and_never_device_hours():
     # the device-hours do not change with the wait
     assert sweep_cost(states)["total"]["gpu"]["total_h"] == pytest.approx(3.0)
     assert queue_wait({("a", 0): {"attempts": [att(1, 1.0, 2.0, "done")]}})["attempts"] == 0
+
+
+def test_two_seedless_cells_of_one_config_each_keep_their_cost(tmp_path):
+    # An app without a seed has one cell per label and hash (runs/<label>/<hash8>): two such cells of
+    # one label are two cells, each with its own cost, not one cell's identities merged.
+    store = Store(tmp_path)
+    for hash8, gpus in (("aaaaaaaa", 1), ("bbbbbbbb", 2)):
+        rd = store.run_dir("train", None, hash8)
+        rd.ensure_spec({"config": "train", "seed": None, "hash": hash8})
+        rd.update_state(lambda s, g=gpus: s.update({"phase": "done", "attempts": [att(1, 0, 1, "done", gpus=g)]}))
+    out = store_cost(store)
+    assert out["total"]["gpu"] == pytest.approx({"useful_h": 3.0, "wasted_h": 0.0, "pending_h": 0.0, "total_h": 3.0})
+    assert {k: c["useful_h"] for k, c in out["cells"].items()} == pytest.approx(
+        {"train/aaaaaaaa": 1.0, "train/bbbbbbbb": 2.0})
+    # given as plain items, the hash tells the cells apart too
+    items = [{"config": "train", "seed": None, "hash": h, "state": {"phase": "done", "attempts": [att(1, 0, 1, "done")]}}
+             for h in ("aaaaaaaa", "bbbbbbbb")]
+    assert sorted(sweep_cost(items)["cells"]) == ["train/aaaaaaaa", "train/bbbbbbbb"]

@@ -154,8 +154,8 @@ def test_too_few_seeds_is_inconclusive_with_a_seed_estimate(tmp_path):
                        "v2_full": lambda s: {"id_returns": [11 + noisy[(s + 2) % 5]], "id_costs": [5],
                                                  "ood_returns": [5], "ood_costs": [5]}}, SEEDS)
     r = compute_report(root)
-    (v,) = r.decision.verdicts
-    assert v.verdict == "inconclusive" and v.return_ci[0] < 0 < v.return_ci[1]
+    (v,) = r.decision.per_config
+    assert v.decision == "inconclusive" and v.return_ci[0] < 0 < v.return_ci[1]
     # n = (1.96 + 0.8416)^2 * (s^2 + s_b^2) / 1^2 with s = s_b = std of the noise.
     s = pd.Series(list(noisy.values())).std()
     assert v.seeds_needed == pytest.approx(int(-(-7.8489 * 2 * s**2 // 1)), abs=1)
@@ -202,9 +202,9 @@ def test_bad_paths_and_settings_are_clear_errors_that_write_nothing(tmp_path):
         build_report(empty)
     assert list(empty.iterdir()) == []
     store = complete_store(tmp_path / "store")
-    with pytest.raises(ValueError, match="unknown key.*min_seed"):
+    with pytest.raises(ValueError, match=r"unknown key.*min_seed"):
         build_report(store.root, cfg={"report": {"min_seed": 3}})
-    with pytest.raises(ValueError, match="report.rule: unknown metric"):
+    with pytest.raises(ValueError, match=r"report\.rule: unknown metric"):
         build_report(store.root, cfg={"report": {"rule": {"cost_metric": "cost"}}})
     assert not (store.root / "report").exists()
 

@@ -24,10 +24,8 @@ from safedreamer_sweep.report.analysis.aggregate import (
     load_frames,
     parquet_ready,
 )
-from safedreamer_sweep.report.analysis.decision import (
-    collect_warnings,
-    decide,
-)
+from safedreamer_sweep.report.analysis.decision import decide
+from safedreamer_sweep.report.caveats import caveats
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.render.document import decision_markdown
 from safedreamer_sweep.report.render.templates import (
@@ -50,7 +48,7 @@ ARTIFACTS = (
 FIGURES = ("coverage.png", "learning_curves.png", "id_ood.png", "per_seed.png")
 
 
-def cost_summary(frames: Frames, settings: ReportSettings) -> dict:
+def _cost_summary(frames: Frames, settings: ReportSettings) -> dict:
     """Device-hours per config and in total, and money when cost.per_gpu_hour is set, from
     safedreamer_sweep.report.cost (GPU-hours are priced, CPU-core-hours only reported)."""
     try:
@@ -88,14 +86,14 @@ def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
     cov = tables.coverage_long(frames.cells, frames.eval_status)
     main = tables.main_table(frames.seeds, settings)
     ablation = tables.ablation_table(frames.seeds, settings)
-    warns = collect_warnings(frames, cov, settings)
+    warns = caveats(frames, cov, settings)
     decision = decide(frames, cov, main, ablation, settings)
-    cost = {**cost_summary(frames, settings), "bad_nodes": node_fault_cost(frames)}
+    cost = {**_cost_summary(frames, settings), "bad_nodes": _node_fault_cost(frames)}
     return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
                   decision=decision, cost=cost)
 
 
-def node_fault_cost(frames: Frames) -> list[dict]:
+def _node_fault_cost(frames: Frames) -> list[dict]:
     """The nodes that ended attempts with a node fault (sweep/failures.bad_nodes: node, first
     evidence, cells), each with the device-hours of those attempts."""
     from safedreamer_sweep.report.cost import attempt_hours
@@ -132,7 +130,7 @@ def template_context(r: Report) -> dict[str, Any]:
         "min_seeds": r.settings.min_seeds,
         "decision": Namespace("decision", {
             "headline": r.decision.headline, "summary": r.decision.summary,
-            "verdicts": {v.config: v.verdict for v in r.decision.verdicts}}),
+            "verdicts": {d.config: d.decision for d in r.decision.per_config}}),
         "coverage": Namespace("coverage", {
             "done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov),
             "holes": [f"{x.config} seed {x.seed} {x.part} ({x.status})" for x in hole_rows.itertuples()],
@@ -140,16 +138,16 @@ def template_context(r: Report) -> dict[str, Any]:
         "cost": Namespace("cost", {k: v for k, v in r.cost.items() if k != "per_config"}),
         "warnings": [f"{w.kind}: {w.text}" for w in r.warnings],
         "ood_proxy": "; ".join(r.frames.ood_proxy) or "not declared",
-        "tables": Namespace("tables", {"main": text.tables_markdown(main_text_tables(r)),
-                                       "ablation": text.tables_markdown(ablation_text_tables(r))}),
+        "tables": Namespace("tables", {"main": text.tables_markdown(_main_text_tables(r)),
+                                       "ablation": text.tables_markdown(_ablation_text_tables(r))}),
     }
 
 
-def main_text_tables(r: Report) -> list[text.TextTable]:
+def _main_text_tables(r: Report) -> list[text.TextTable]:
     return text.main_tables(r.main, r.settings.confidence)
 
 
-def ablation_text_tables(r: Report) -> list[text.TextTable]:
+def _ablation_text_tables(r: Report) -> list[text.TextTable]:
     return text.ablation_tables(r.ablation, r.settings.baseline, r.settings.confidence)
 
 
@@ -190,17 +188,17 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
                         "✗ failed\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
-        "main.md": ("# Main results per config\n\n" + text.tables_markdown(main_text_tables(r))).encode(),
-        "main.tex": text.tables_latex(main_text_tables(r), "tab:main").encode(),
+        "main.md": ("# Main results per config\n\n" + text.tables_markdown(_main_text_tables(r))).encode(),
+        "main.tex": text.tables_latex(_main_text_tables(r), "tab:main").encode(),
         "ablation.csv": r.ablation.to_csv(index=False).encode(),
         "ablation.md": (f"# Each config against {s.baseline}\n\n"
-                        + text.tables_markdown(ablation_text_tables(r))).encode(),
-        "ablation.tex": text.tables_latex(ablation_text_tables(r), "tab:ablation").encode(),
+                        + text.tables_markdown(_ablation_text_tables(r))).encode(),
+        "ablation.tex": text.tables_latex(_ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
     }
-    figs = render_figures(r) if s.figures and with_figures else {}
+    figs = _render_figures(r) if s.figures and with_figures else {}
     files.update(figs)
-    files["report.html"] = report_page(r, figs)
+    files["report.html"] = _report_page(r, figs)
     for name, body in docs.items():
         if name in files or name == "report.json":
             raise ValueError(f"report.templates: a template renders to {name!r}, which the report itself writes; "
@@ -209,8 +207,8 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     summary = {
         "store": str(r.frames.store_root),
         "decision": {"headline": r.decision.headline, "summary": r.decision.summary,
-                     "verdicts": [{"config": v.config, "verdict": v.verdict, "reasons": v.reasons,
-                                   "seeds_needed": v.seeds_needed} for v in r.decision.verdicts]},
+                     "verdicts": [{"config": d.config, "verdict": d.decision, "reasons": d.reasons,
+                                   "seeds_needed": d.seeds_needed} for d in r.decision.per_config]},
         "coverage": {"done": int((cov["status"] == "done").sum()) if len(cov) else 0, "total": len(cov)},
         "warnings": [{"kind": w.kind, "text": w.text} for w in r.warnings],
         "main": r.main.to_dict(orient="records"),
@@ -222,14 +220,14 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
     return files
 
 
-def report_page(r: Report, figures: dict[str, bytes]) -> bytes:
+def _report_page(r: Report, figures: dict[str, bytes]) -> bytes:
     """report.html's bytes: the page with `figures` (PNG bytes by file name) embedded."""
     from safedreamer_sweep.report.render.html import report_html
 
     return report_html(r, figures).encode()
 
 
-def render_figures(r: Report) -> dict[str, bytes]:
+def _render_figures(r: Report) -> dict[str, bytes]:
     """The figures' PNG bytes, in memory (matplotlib and seaborn are imported here, not before)."""
     from safedreamer_sweep.report.render import figures
 
@@ -250,7 +248,7 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
 
     With `on_summary`, the text artifacts (decision.md, tables, report.json, report.html without
     figures) are written first and `on_summary(report dir, report)` is called, so the caller can
-    show the verdict, then the figures are drawn and written with report.html again, now with them
+    show the decision, then the figures are drawn and written with report.html again, now with them
     embedded (a figure error then leaves the text artifacts written).
 
     Idempotent: the same store gives byte-identical text artifacts (no statistic is random).
@@ -265,8 +263,8 @@ def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any
     out_dir = write_artifacts(r, render_artifacts(r, with_figures=False), out)
     on_summary(out_dir, r)
     if r.settings.figures:
-        figs = render_figures(r)
-        write_artifacts(r, {**figs, "report.html": report_page(r, figs)}, out_dir)
+        figs = _render_figures(r)
+        write_artifacts(r, {**figs, "report.html": _report_page(r, figs)}, out_dir)
     return out_dir
 
 

@@ -11,39 +11,40 @@ a sweep with a failed job still leaves current tables. Refreshing = build_report
 decision report, report.html) when the store holds cells of the package's own tasks, and
 results.csv/.md/.png with report.html for cells of any other app (build.build_app_report).
 
-Under a launcher that does not record cells itself (basic, submitit), the callback records each job
-of an app in the store (spec, attempt, outcome with cause and traceback, the return value) and
-hands the app its run directory (SDS_RUN_DIR, so safedreamer_sweep.heartbeat and ${sds_run_dir:}
-work there too). The package's own tasks record themselves, and inside an sds cell the launcher
-does, so it records nothing then.
+Under a launcher that does not record cells itself (basic, submitit), the callback has each job of
+an app recorded in the store (sweep/app_jobs.py: spec, attempt, outcome with cause and traceback,
+the return value) and hands the app its run directory for the job (SDS_RUN_DIR, so
+safedreamer_sweep.heartbeat and ${sds_run_dir:} work there too). The package's own tasks record
+themselves, and inside an sds cell the launcher does, so nothing is recorded then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV, register_resolver
-from safedreamer_sweep.core.store import RunDir, Store, error_fields
+from safedreamer_sweep.core.store import RunDir, Store
 
 log = logging.getLogger(__name__)
 register_resolver()  # ${sds_run_dir:} under any launcher: Hydra imports this before it composes a job
 
 # What report settings build_report reads from an app's config (when it has them).
-SETTING_KEYS = ("report", "cost", "sweep", "store")
+_SETTING_KEYS = ("report", "cost", "sweep", "store")
 
 
 def report_settings(cfg: DictConfig | None) -> dict | None:
     """The report/cost/sweep/store nodes of a config as plain containers (None: none of them)."""
     if cfg is None:
         return None
-    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SETTING_KEYS if k in cfg}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in _SETTING_KEYS if k in cfg}
     return out or None
 
 
@@ -61,7 +62,7 @@ def refresh(store_root: str | Path, settings: dict | None = None, say: Any = log
         if "eval" in kinds:
             from safedreamer_sweep.report import build_report
 
-            # The verdict is on screen as soon as the tables are written; the figures follow.
+            # The decision is on screen as soon as the tables are written; the figures follow.
             written.append(build_report(store.root, cfg=settings, on_summary=lambda out, r: say(
                 f"[sds] decision: {r.decision.headline} ({out / 'report.html'}; drawing the figures)")))
         out = build_app_report(store.root, page="eval" not in kinds)
@@ -81,7 +82,8 @@ class ReportCallback(Callback):
         self.store_root = store_root
         self.refresh_on_job_end = refresh_on_job_end
         self.swept: set[str] | None = None
-        self._recording: tuple[RunDir, str | None] | None = None
+        # the job being recorded, and the block that hands it its run directory (SDS_RUN_DIR)
+        self._recording: tuple[RunDir, contextlib.ExitStack] | None = None
 
     def _root(self, config: DictConfig) -> Path:
         from safedreamer_sweep.sweep.plan import absolute_store_root
@@ -103,41 +105,23 @@ class ReportCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get(RUN_DIR_ENV):
             return  # inside an sds cell: the launcher records it
-        from safedreamer_sweep.sweep.plan import cell_spec
+        from safedreamer_sweep.sweep.app_jobs import begin_app_job
+        from safedreamer_sweep.sweep.submit import temporary_environ
 
-        overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
-        spec = cell_spec(config, overrides, self.swept or set())
-        if spec.done_when != "return":
+        rd = begin_app_job(self._root(config), config, self.swept or set())
+        if rd is None:
             return  # the package's own tasks record themselves
-        rd = Store(self._root(config)).locate(spec.config, spec.seed, spec.hash, spec.run_config)
-        rd.ensure_spec(spec.spec_document())
-        rd.begin_attempt(launcher=str(OmegaConf.select(config, "hydra.launcher._target_", default="?")))
-        self._recording = (rd, os.environ.get(RUN_DIR_ENV))
-        os.environ[RUN_DIR_ENV] = str(rd.path)
+        env = contextlib.ExitStack()
+        env.enter_context(temporary_environ({RUN_DIR_ENV: str(rd.path)}))
+        self._recording = (rd, env)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self._recording is not None:
-            rd, before = self._recording
+            from safedreamer_sweep.sweep.app_jobs import record_outcome
+
+            rd, env = self._recording
             self._recording = None
-            if before is None:
-                os.environ.pop(RUN_DIR_ENV, None)
-            else:
-                os.environ[RUN_DIR_ENV] = before
+            env.close()
             record_outcome(rd, job_return)
         if self.refresh_on_job_end and not os.environ.get("SDS_HANDED_BACK"):  # a value handed back changes no table
             refresh(self._root(config), report_settings(config))
-
-
-def record_outcome(rd: RunDir, job_return: JobReturn) -> None:
-    """Close the job's attempt: the return value stored and phase done, or failed with the
-    exception as evidence and its traceback tail."""
-    value = job_return._return_value
-    if job_return.status == JobStatus.COMPLETED:
-        rd.write_result(value)
-        rd.end_attempt("done")
-        rd.set_phase("done")
-        return
-    fields = (error_fields(value) if isinstance(value, BaseException)
-              else {"cause": "error", "evidence": f"job status {job_return.status.name}", "traceback_tail": ""})
-    rd.end_attempt("failed", **fields)
-    rd.set_phase("failed")

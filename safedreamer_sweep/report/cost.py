@@ -34,7 +34,7 @@ _NOT_STARTED = ("submitted",)
 _OVERLAP_SLACK_S = 1.0
 
 
-def attempt_device(attempt: Mapping[str, Any]) -> tuple[str, float]:
+def _attempt_device(attempt: Mapping[str, Any]) -> tuple[str, float]:
     """('gpu', n) if the attempt held GPUs (a packed cell 1/runs_per_gpu of one), else ('cpu', cores);
     1 CPU core when nothing was recorded."""
     res = attempt.get("resources") or {}
@@ -72,7 +72,7 @@ def _with_last_seen(state: Mapping[str, Any], progress: Mapping[str, Any] | None
 def attempt_hours(attempt: Mapping[str, Any], now: float | None = None) -> dict[str, Any]:
     """{'device': 'gpu'|'cpu', 'units': n, 'wall_h': h, 'hours': device-hours, 'open': bool}."""
     now = time.time() if now is None else now
-    device, units = attempt_device(attempt)
+    device, units = _attempt_device(attempt)
     iv = _interval(attempt, now)
     wall = (iv[1] - iv[0]) / 3600.0 if iv else 0.0
     return {"device": device, "units": units, "wall_h": wall, "hours": wall * units,
@@ -169,29 +169,43 @@ def _add(into: dict[str, dict[str, float]], by_device: Mapping[str, Mapping[str,
 
 
 def _seed(seed: Any) -> int | None:
-    """A cell's seed; None for an app without one (its cell key is `<label>/seed_None`)."""
+    """A cell's seed; None for an app without one."""
     return None if seed is None else int(seed)
 
 
-def _cells(states: Any) -> Iterable[tuple[str, int | None, Mapping]]:
+def cell_key(config: str, seed: int | None, hash8: str | None = None) -> str:
+    """A cell's key in sweep_cost's `cells`: `<config>/seed_<seed>` (every identity of a seeded cell
+    is that one cell), or `<config>/<hash8>` for an app without a seed, whose every hash is a cell
+    of its own (runs/<config>/<hash8>, as Store.expected_cells counts it)."""
+    if seed is None and hash8 is not None:
+        return f"{config}/{hash8}"
+    return f"{config}/seed_{seed}"
+
+
+def _cells(states: Any) -> Iterable[tuple[str, int | None, str | None, Mapping]]:
+    """(config, seed, hash or None, state) of each cell of sweep_cost's `states`."""
     if isinstance(states, Mapping):
         for (config, seed), st in states.items():
-            yield str(config), _seed(seed), st
+            yield str(config), _seed(seed), None, st
         return
     for item in states:
         if isinstance(item, Mapping):
-            yield str(item["config"]), _seed(item["seed"]), item["state"]
+            yield str(item["config"]), _seed(item["seed"]), item.get("hash"), item["state"]
+        elif len(item) == 4:
+            config, seed, hash8, st = item
+            yield str(config), _seed(seed), hash8, st
         else:
             config, seed, st = item
-            yield str(config), _seed(seed), st
+            yield str(config), _seed(seed), None, st
 
 
 def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None = None,
                now: float | None = None) -> dict[str, Any]:
-    """Cost of a sweep. `states`: {(config, seed): state} or an iterable of (config, seed, state) or
-    of {'config', 'seed', 'state'}.
+    """Cost of a sweep. `states`: {(config, seed): state} or an iterable of (config, seed, state),
+    (config, seed, hash, state) or {'config', 'seed', 'state'} (and optionally 'hash'): a seedless
+    cell is told apart from another of its config by its hash.
 
-    Returns {'cells': {'<config>/seed_<seed>': cell_cost}, 'configs': {config: {dev: hours}},
+    Returns {'cells': {cell_key: cell_cost}, 'configs': {config: {dev: hours}},
     'total': {dev: {'useful_h', 'wasted_h', 'pending_h', 'total_h'}}, 'money': None or
     {'per_gpu_hour', 'currency', 'useful', 'wasted', 'pending', 'total'}}. Money prices GPU-hours
     only: CPU-core-hours are reported, never priced.
@@ -200,9 +214,9 @@ def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None =
     cells: dict[str, dict] = {}
     configs: dict[str, dict[str, dict[str, float]]] = {}
     total: dict[str, dict[str, float]] = {}
-    for config, seed, st in _cells(states):
+    for config, seed, hash8, st in _cells(states):
         c = cell_cost(st, now)
-        cells[f"{config}/seed_{seed}"] = c
+        cells[cell_key(config, seed, hash8)] = c
         _add(configs.setdefault(config, {}), c["by_device"])
         _add(total, c["by_device"])
     money = None
@@ -219,11 +233,11 @@ def queue_wait(states) -> dict[str, Any]:
     Returns {'attempts', 'total_h', 'median_s', 'max_s', 'max_cell'}; attempts that never started
     (or record no submission) are not counted."""
     waits: list[tuple[float, str]] = []
-    for config, seed, st in _cells(states):
+    for config, seed, hash8, st in _cells(states):
         for a in st.get("attempts") or []:
             sub, start = a.get("submitted_at"), a.get("started_at")
             if isinstance(sub, (int, float)) and isinstance(start, (int, float)) and start >= sub:
-                waits.append((float(start) - float(sub), f"{config}/seed_{seed} attempt {a.get('n', '?')}"))
+                waits.append((float(start) - float(sub), f"{cell_key(config, seed, hash8)} attempt {a.get('n', '?')}"))
     if not waits:
         return {"attempts": 0, "total_h": 0.0, "median_s": None, "max_s": None, "max_cell": None}
     secs = [w for w, _ in waits]
@@ -246,18 +260,18 @@ def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = 
             state = _with_last_seen(rd.read_state(), rd.read_progress())
         except StoreError:  # a corrupt file: status shows it as `corrupt`; its hours are unknown
             continue
-        items.append((spec.get("config", rd.path.parent.parent.name), _seed(spec.get("seed", -1)), state))
-    # Several identities of one (config, seed) are merged by summing their attempts' hours.
-    merged: dict[tuple[str, int | None], dict] = {}
-    for config, seed, st in items:
-        key = (config, seed)
+        items.append((spec.get("config", rd.path.parent.parent.name), _seed(spec.get("seed", -1)),
+                      spec.get("hash", rd.path.name), state))
+    # Several identities of one cell (cell_key) are merged by summing their attempts' hours.
+    merged: dict[str, tuple[str, int | None, str | None, dict]] = {}
+    for config, seed, hash8, st in items:
+        key = cell_key(config, seed, hash8)
         if key not in merged:
-            merged[key] = dict(st)
+            merged[key] = (config, seed, hash8, dict(st))
         else:  # keep the done identity's classification, add the other's attempts as wasted
-            a, b = merged[key], st
+            a, b = merged[key][3], st
             done, other = (a, b) if a.get("phase") == "done" else (b, a)
             extra = [{**x, "outcome": x.get("outcome") if x.get("outcome") != "done" else "superseded"}
                      for x in other.get("attempts", [])]
-            merged[key] = {**done, "attempts": list(done.get("attempts", [])) + extra}
-    return sweep_cost(merged, per_gpu_hour=per_gpu_hour, currency=currency, now=now)
-
+            merged[key] = (config, seed, hash8, {**done, "attempts": list(done.get("attempts", [])) + extra})
+    return sweep_cost(merged.values(), per_gpu_hour=per_gpu_hour, currency=currency, now=now)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from safedreamer_sweep.report.analysis.aggregate import Frames
-from safedreamer_sweep.report.analysis.decision import Decision, Warning_
+from safedreamer_sweep.report.analysis.caveats import Caveat
+from safedreamer_sweep.report.analysis.decision import Decision
 from safedreamer_sweep.report.settings import ReportSettings
 
 
@@ -21,7 +22,7 @@ class Report:
     coverage: pd.DataFrame
     main: pd.DataFrame
     ablation: pd.DataFrame
-    warnings: list[Warning_]
+    warnings: list[Caveat]  # the caveats, in the order the report shows them
     decision: Decision
     cost: dict
     documents: dict[str, str] = field(default_factory=dict)

@@ -48,7 +48,7 @@ class ReportSettings:
         or from a bare `report` block; None gives the defaults. Unknown `report` keys are an error
         naming the key, so a typo never silently falls back to a default."""
         if cfg is None:
-            cfg = project_defaults()
+            cfg = _project_defaults()
             if cfg is None:
                 return cls()
         try:
@@ -94,7 +94,7 @@ class ReportSettings:
         return cls(**kw)
 
 
-def project_defaults() -> dict | None:
+def _project_defaults() -> dict | None:
     """The `report`, `cost` and `sweep` blocks of the project's conf/sweep.yaml, when this is a source
     checkout (so `safedreamer-sweep report STORE` uses the same ablation knobs and rule as the sweep)."""
     path = PROJECT_ROOT / "conf" / "sweep.yaml"

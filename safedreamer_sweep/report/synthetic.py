@@ -13,18 +13,18 @@ import numpy as np
 
 from safedreamer_sweep.core.store import Store
 
-COST_LIMIT = 25.0
-OOD_PROXY = "SafetyPointGoal2-v0 as an OOD proxy (synthetic test store)."
+_COST_LIMIT = 25.0
+_OOD_PROXY = "SafetyPointGoal2-v0 as an OOD proxy (synthetic test store)."
 
 
 def run_config(config: str, seed: int, u: bool, cert: bool) -> dict:
     """A minimal resolved run config in the shape identity.run_config produces."""
     return {"seed": seed, "agent": {"u": {"enabled": u}, "cert": {"enabled": cert},
-                                    "lagrangian": {"cost_limit": COST_LIMIT}},
+                                    "lagrangian": {"cost_limit": _COST_LIMIT}},
             "env": {"id": "SafetyPointGoal1-v0"}, "trainer": {"total_steps": 16384}}
 
 
-def hash8_of(config: str, seed: int) -> str:
+def _hash8_of(config: str, seed: int) -> str:
     """A stable stand-in identity hash for a synthetic cell."""
     return hashlib.sha256(f"{config}/{seed}".encode()).hexdigest()[:8]
 
@@ -41,7 +41,7 @@ def write_cell(store: Store, config: str, seed: int, *, id_returns: list[float],
     """One cell: spec, state (one closed attempt), metrics curve, eval curve and eval JSONs."""
     u, cert = KNOBS.get(config, (False, False))
     rc = run_cfg or run_config(config, seed, u, cert)
-    hash8 = hash8 or hash8_of(config, seed)
+    hash8 = hash8 or _hash8_of(config, seed)
     rd = store.run_dir(config, seed, hash8)
     rd.ensure_spec({"config": config, "seed": seed, "hash": hash8, "run_config": rc, "overrides": []})
     t0 = 1_700_000_000.0
@@ -71,12 +71,12 @@ def write_cell(store: Store, config: str, seed: int, *, id_returns: list[float],
             continue
         eps = [{"return": float(r), "cost": float(c), "length": 1000} for r, c in zip(rets, costs)]
         doc = {"kind": kind, "env_id": "SafetyPointGoal1-v0" if kind == "id" else "SafetyPointGoal2-v0",
-               "checkpoint_step": curve_points * steps_per_point, "seed": seed, "cost_limit": COST_LIMIT,
+               "checkpoint_step": curve_points * steps_per_point, "seed": seed, "cost_limit": _COST_LIMIT,
                "episodes": eps,
                "summary": {"return_mean": float(np.mean(rets)), "cost_mean": float(np.mean(costs)),
                            "episodes": len(eps)}}
         if kind == "ood":
-            doc["ood_proxy"] = OOD_PROXY
+            doc["ood_proxy"] = _OOD_PROXY
         rd.write_eval(kind, doc)
 
 
@@ -88,7 +88,7 @@ def write_store(root: str | Path, configs: dict[str, Callable[[int], dict]], see
     store = Store(root)
     cells = manifest_cells or [(c, s) for c in configs for s in seeds]
     store.write_sweep_manifest("synthetic", {"created_at": 0, "cells": [
-        {"config": c, "seed": s, "hash": hash8_of(c, s), "overrides": []} for c, s in cells]})
+        {"config": c, "seed": s, "hash": _hash8_of(c, s), "overrides": []} for c, s in cells]})
     for config, make in configs.items():
         for seed in seeds:
             kw = make(seed)

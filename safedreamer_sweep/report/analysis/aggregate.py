@@ -28,13 +28,13 @@ METRICS: dict[str, tuple[str, bool]] = {
     "risk_penalty": ("risk penalty", False),
 }
 
-CELL_COLUMNS = ["config", "seed", "hash", "run_dir", "phase", "train_status", "trained", "trained_steps",
+_CELL_COLUMNS = ["config", "seed", "hash", "run_dir", "phase", "train_status", "trained", "trained_steps",
                 "attempts", "last_cause", "last_evidence", "device", "useful_h", "wasted_h", "pending_h", "device_hours"]
-EVAL_STATUS_COLUMNS = ["config", "seed", "hash", "kind", "status", "env_id", "checkpoint_step", "episodes",
+_EVAL_STATUS_COLUMNS = ["config", "seed", "hash", "kind", "status", "env_id", "checkpoint_step", "episodes",
                        "return_mean", "cost_mean", "violation_rate", "cost_limit", "path"]
-EVAL_COLUMNS = ["config", "seed", "hash", "kind", "env_id", "checkpoint_step", "episode", "return", "cost",
+_EVAL_COLUMNS = ["config", "seed", "hash", "kind", "env_id", "checkpoint_step", "episode", "return", "cost",
                 "length", "cost_limit", "violation"]
-SEED_COLUMNS = ["config", "seed", "hash", *METRICS, "final_train_return", "final_train_cost", "final_env_step"]
+_SEED_COLUMNS = ["config", "seed", "hash", *METRICS, "final_train_return", "final_train_cost", "final_env_step"]
 
 
 _CORRUPT: dict = {"corrupt": True}  # sentinel: the file exists but does not parse
@@ -63,7 +63,7 @@ class Frames:
     cost_available: bool       # safedreamer_sweep.report.cost exists and priced every cell
 
 
-def open_store(store_root: str | Path) -> Store:
+def _open_store(store_root: str | Path) -> Store:
     """The Store at `store_root`, or NotAStoreError naming the path and the fix."""
     root = Path(store_root).expanduser()
     if not root.exists():
@@ -171,7 +171,7 @@ def load_frames(store_root: str | Path) -> Frames:
     """Read every expected cell of the store into tidy frames. Holes become rows with NaN values
     and a `missing`/`failed`/... status; nothing here raises on a hole. A corrupt JSON file is a
     hole with its name in `Frames.corrupt` (the report cannot silently drop evidence)."""
-    store = open_store(store_root)
+    store = _open_store(store_root)
     reader = _StoreReader(store)
     for cell in store.expected_cells():
         reader.read_cell(cell)
@@ -290,10 +290,10 @@ class _StoreReader:
                 curves[col] = pd.Series(dtype=object)
         return Frames(
             store_root=self.store.root,
-            cells=pd.DataFrame(self.cells, columns=CELL_COLUMNS),
-            eval_status=pd.DataFrame(self.eval_status, columns=EVAL_STATUS_COLUMNS),
-            evals=pd.DataFrame(self.evals, columns=EVAL_COLUMNS),
-            seeds=pd.DataFrame(self.seeds, columns=SEED_COLUMNS),
+            cells=pd.DataFrame(self.cells, columns=_CELL_COLUMNS),
+            eval_status=pd.DataFrame(self.eval_status, columns=_EVAL_STATUS_COLUMNS),
+            evals=pd.DataFrame(self.evals, columns=_EVAL_COLUMNS),
+            seeds=pd.DataFrame(self.seeds, columns=_SEED_COLUMNS),
             curves=curves,
             specs=self.specs,
             states=self.states,

@@ -1,4 +1,5 @@
-"""Warnings and the recommendation: an explicit, configurable rule applied to the tables.
+"""The decision: an explicit, configurable rule applied to the tables (the caveats are
+analysis/caveats.py).
 
 The rule (report.rule in conf/sweep.yaml), for every config other than the baseline:
 
@@ -33,28 +34,20 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from safedreamer_sweep.core.confounds import find_confounds, format_confounds
-from safedreamer_sweep.core.identity import RunSpec
 from safedreamer_sweep.report.analysis import stats
 from safedreamer_sweep.report.analysis.aggregate import METRICS, Frames
+from safedreamer_sweep.report.analysis.tables import complete_seeds
 from safedreamer_sweep.report.settings import ReportSettings
 
 RECOMMENDED, NOT_RECOMMENDED, INCONCLUSIVE = "recommended", "not recommended", "inconclusive"
 
 
 @dataclass
-class Warning_:
-    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit | resume |
-                # code | stale_eval | policy
-    text: str
-
-
-@dataclass
-class Verdict:
+class ConfigDecision:
     """The rule's answer for one config, with every number it used."""
 
     config: str
-    verdict: str
+    decision: str                      # RECOMMENDED | NOT_RECOMMENDED | INCONCLUSIVE
     reasons: list[str] = field(default_factory=list)
     complete: bool = False
     n: int = 0
@@ -76,10 +69,18 @@ class Verdict:
 class Decision:
     headline: str                      # recommended: X | inconclusive | not recommended (keep baseline)
     summary: str
-    verdicts: list[Verdict]
+    per_config: list[ConfigDecision]
     cost_limit: float
     flips: pd.DataFrame                # which numbers would change a decision, nearest first
     correction: str = ""               # the multiplicity correction applied, in words
+
+
+@dataclass
+class _Doubts:
+    """Why a config is not recommended (fails) or not settled (unsure), before Holm's correction."""
+
+    fails: list[str] = field(default_factory=list)
+    unsure: list[str] = field(default_factory=list)
 
 
 def _row(table: pd.DataFrame, config: str, metric: str) -> dict:
@@ -87,228 +88,84 @@ def _row(table: pd.DataFrame, config: str, metric: str) -> dict:
     return r.iloc[0].to_dict() if len(r) else {}
 
 
-def complete_seeds(cov: pd.DataFrame) -> pd.Series:
-    """Per config: how many seeds have train, ID eval and OOD eval all done."""
-    if cov.empty:
-        return pd.Series(dtype=int)
-    done = cov.assign(ok=cov["status"] == "done").groupby(["config", "seed"], observed=True)["ok"].all()
-    return done.groupby(level="config").sum().astype(int)
-
-
-def collect_warnings(frames: Frames, cov: pd.DataFrame, settings: ReportSettings) -> list[Warning_]:
-    """Every caveat, in the order the report shows them (before any result)."""
-    out: list[Warning_] = []
-    bad = cov[cov["status"] != "done"]
-    if not len(frames.cells):
-        out.append(Warning_("holes", "the store has no expected cells and no run directories: nothing to report."))
-    if len(bad):
-        by_status = bad.groupby("status").size().to_dict()
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
-        cells = sorted({f"{r.config} seed {r.seed}" for r in bad.itertuples()})
-        out.append(Warning_("holes", f"{len(bad)} of {len(cov)} expected parts (train / ID eval / OOD eval) are "
-                                     f"not done ({summary}): {', '.join(cells)}."))
-    for problem in frames.corrupt:
-        out.append(Warning_("corrupt", problem))
-    n_ok = complete_seeds(cov)
-    for config in sorted(frames.cells["config"].unique()):
-        n = int(n_ok.get(config, 0))
-        if n < settings.min_seeds:
-            out.append(Warning_("seeds", f"{config}: {n} complete seed(s), fewer than report.min_seeds="
-                                         f"{settings.min_seeds}; its numbers cannot support a decision."))
-    if len(frames.cells) and settings.baseline not in set(frames.cells["config"]):
-        out.append(Warning_("baseline", f"the baseline {settings.baseline!r} (report.baseline) is not in the "
-                                        f"matrix; no ablation comparison is possible. Fix: set report.baseline "
-                                        f"to one of {sorted(frames.cells['config'].unique())}."))
-    for text in find_config_confounds(frames, settings):
-        out.append(Warning_("confound", text))
-    for metric in settings.bimodal_metrics:
-        if metric not in frames.seeds:
-            continue
-        for config, g in frames.seeds.groupby("config", sort=True):
-            split = stats.bimodal_split(g[metric].to_numpy(dtype=float), settings.bimodal_gap_ratio)
-            if split:
-                lo_seeds = sorted(int(s) for s, v in zip(g["seed"], g[metric]) if v <= split[0])
-                hi_seeds = sorted(int(s) for s, v in zip(g["seed"], g[metric]) if v >= split[1])
-                out.append(Warning_("bimodal", f"{config}: {metric} splits into two groups of seeds, "
-                                               f"{lo_seeds} (<= {split[0]:.2f}) and {hi_seeds} (>= {split[1]:.2f}); "
-                                               f"a mean over bifurcating seeds describes neither group "
-                                               f"(see per_seed.png)."))
-    for proxy in frames.ood_proxy:
-        out.append(Warning_("ood_proxy", f"OOD is a proxy: {proxy}"))
-    if len(frames.cells) and not frames.ood_proxy:
-        out.append(Warning_("ood_proxy", "no OOD evaluation declared what its OOD proxy is (eval/ood.json has no "
-                                         "ood_proxy); read OOD numbers as 'a different environment', no more."))
-    if frames.extra_run_dirs:
-        out.append(Warning_("identity", f"{len(frames.extra_run_dirs)} run dir(s) hold other identities of matrix "
-                                        f"cells (an older resolved config) and are not in the tables: "
-                                        f"{', '.join(frames.extra_run_dirs[:5])}"
-                                        f"{' ...' if len(frames.extra_run_dirs) > 5 else ''}"))
-    out.extend(Warning_("resume", text) for text in resume_caveats(frames.cells))
-    if len(frames.cost_limits) > 1:
-        out.append(Warning_("cost_limit", f"evaluations used different cost limits {frames.cost_limits}; "
-                                          f"violation rates are not comparable across them."))
-    out.extend(stale_eval_warnings(frames))
-    out.extend(policy_warnings(frames))
-    code = code_origin_warning(frames)  # first: numbers from different code are not one experiment
-    return ([code] if code else []) + out
-
-
-def _code_label(spec: dict) -> str:
-    """`3f2a9c1b0d4e (commit 97c8f4e)`, or `A (...) then B (...)` for a cell continued under accepted code."""
-    from safedreamer_sweep.core.identity import describe_code
-
-    chain = [spec.get("code"), *(spec.get("code_accepted") or [])]
-    return " then ".join(describe_code(c) for c in chain)
-
-
-def code_origin_warning(frames: Frames) -> Warning_ | None:
-    """Which cells came from which code, when the cells in the tables were not all computed by the
-    same code (fingerprints in spec.json; sweep.code_change=accept keeps such cells)."""
-    groups: dict[str, list[str]] = {}
-    for (config, seed), spec in sorted(frames.specs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        if spec and "run_config" in spec:
-            groups.setdefault(_code_label(spec), []).append(f"{config} seed {seed}")
-    if len(groups) < 2:
-        return None
-    parts = [f"code {label}: {', '.join(cells)}" for label, cells in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
-    return Warning_("code", f"the cells came from {len(groups)} different versions of the code that trains them "
-                            f"(accepted with sweep.code_change=accept, or recorded before code fingerprints), so "
-                            f"differences between them may be the code's, not the configs': " + "; ".join(parts) + ".")
-
-
-def stale_eval_warnings(frames: Frames) -> list[Warning_]:
-    """Cells whose evaluation ran on a checkpoint older than their trained steps."""
-    from safedreamer_sweep.sweep.observe import stale_evaluations
-
-    es, cells = frames.eval_status, frames.cells
-    if not len(es) or "trained_steps" not in cells:
-        return []
-    trained = {(r.config, r.seed): r.trained_steps for r in cells.itertuples()}
-    out: list[Warning_] = []
-    for (config, seed), g in es.groupby(["config", "seed"], sort=True):
-        steps = {str(r.kind): (None if pd.isna(r.checkpoint_step) else int(r.checkpoint_step)) for r in g.itertuples()}
-        t = trained.get((config, seed))
-        text = stale_evaluations(steps, None if t is None or pd.isna(t) else int(t))
-        if text:
-            out.append(Warning_("stale_eval", f"{config} seed {seed}: {text}; its numbers are those of an older "
-                                              f"policy (the newest checkpoint was unreadable, or the script saves on "
-                                              f"a timer). Fix: evaluate it again from its newest checkpoint."))
-    return out
-
-
-def policy_warnings(frames: Frames) -> list[Warning_]:
-    """The built-in trainer enforces the cost limit on the policy it trains, evaluation runs another."""
-    kinds = {((spec.get("run_config") or {}).get("task") or {}).get("kind") for spec in frames.specs.values() if spec}
-    if "builtin" not in kinds:
-        return []
-    return [Warning_("policy", "the cost limit was enforced during training on the stochastic policy (sampled "
-                               "actions: the Lagrange multiplier and the certified step see those episodes' costs), "
-                               "while every evaluation here runs the deterministic policy (the mean action), whose "
-                               "cost can be lower or higher: read the cost numbers as the deterministic policy's.")]
-
-
-def resume_caveats(cells: pd.DataFrame) -> list[str]:
-    """What a resumed cell's resume did not restore (state.json `resumes`, written by the external
-    task adapter: e.g. SafeDreamer's replay buffer and PID-Lagrangian state), and the frames it
-    trained twice. A resumed run is not the same experiment as an uninterrupted one."""
-    from pathlib import Path
-
-    from safedreamer_sweep.core.store import RunDir
-
-    out = []
-    for r in cells.itertuples():
-        if not isinstance(getattr(r, "run_dir", None), str):
-            continue
-        try:
-            resumes = RunDir(Path(r.run_dir)).read_state().get("resumes") or []
-        except Exception:  # noqa: BLE001, S112  an unreadable state is reported as corrupt elsewhere
-            continue
-        for e in resumes:
-            missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
-            seed = int(r.seed) if isinstance(r.seed, (int, float)) and r.seed == r.seed else r.seed
-            out.append(f"{r.config} seed {seed}: attempt {e.get('attempt')} resumed from env step "
-                       f"{e.get('from_step')} (the previous attempt had reached {e.get('reached')}: "
-                       f"{e.get('lost_frames')} frames trained again); the resume did not restore: {missing}.")
-    return out
-
-
-def find_config_confounds(frames: Frames, settings: ReportSettings) -> list[str]:
-    """Keys of the resolved run configs (spec.json) that differ between configs beyond the
-    declared ablation knobs (sweep.ablation_knobs), by safedreamer_sweep.core.confounds.find_confounds
-    (the same check the launcher runs before a sweep; here it covers what was actually run)."""
-    specs = [RunSpec(config=c, seed=s, hash=str(sp.get("hash")), run_config=sp["run_config"])
-             for (c, s), sp in sorted(frames.specs.items()) if sp.get("run_config")]
-    knobs = list(settings.ablation_knobs)
-    knob_text = ("declared ablation knobs: " + ", ".join(knobs)) if knobs else "no ablation knobs declared"
-    return [f"{f.key} differs between configs beyond the ablation knobs ({knob_text}):"
-            f"{format_confounds([f]).split(':', 1)[1]}" for f in find_confounds(specs, knobs)]
+def _cost_limit(frames: Frames) -> float:
+    """The cost limit the evaluations used (the largest when they differ; a caveat says so)."""
+    if len(frames.cost_limits) == 1:
+        return frames.cost_limits[0]
+    return max(frames.cost_limits) if frames.cost_limits else math.nan
 
 
 def decide(frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
            settings: ReportSettings) -> Decision:
     """Apply the rule (module docstring) to every non-baseline config."""
-    limit = frames.cost_limits[0] if len(frames.cost_limits) == 1 else (
-        max(frames.cost_limits) if frames.cost_limits else math.nan)
+    limit = _cost_limit(frames)
     n_ok = complete_seeds(cov)
     configs = sorted(frames.cells["config"].unique()) if len(frames.cells) else []
     incomplete = set(cov.loc[cov["status"] != "done", "config"]) if len(cov) else set()
-    half_alpha = (1.0 - settings.confidence) / 2.0
-    verdicts: list[Verdict] = []
-    pending: list[tuple[Verdict, list[str], list[str]]] = []
+    tested: list[tuple[ConfigDecision, _Doubts]] = []
     for config in configs:
         if config == settings.baseline:
             continue
-        v = Verdict(config=config, verdict=INCONCLUSIVE)
-        fails, unsure = _apply_tests(v, frames, cov, main, ablation, settings, limit, n_ok, configs, incomplete)
-        verdicts.append(v)
-        pending.append((v, fails, unsure))
+        d = ConfigDecision(config=config, decision=INCONCLUSIVE)
+        doubts = _apply_tests(d, frames, main, ablation, settings, limit, n_ok, configs, incomplete)
+        tested.append((d, doubts))
+    per_config = _settle(tested, limit, settings)
+    headline, summary = _headline(per_config, configs, cov, settings)
+    return Decision(headline=headline, summary=summary, per_config=per_config, cost_limit=limit,
+                    flips=decision_flips(per_config, limit, settings),
+                    correction=correction_text(len(per_config), settings))
 
-    # Holm across every config compared with the baseline (module docstring: Multiplicity).
-    for v, adj in zip(verdicts, stats.holm([v.p_value for v in verdicts])):
-        v.p_adjusted = adj
-    m = len(verdicts)
-    for v, fails, unsure in pending:
-        if v.complete and fails:
-            v.verdict = NOT_RECOMMENDED
-            v.reasons = fails + v.reasons
+
+def _settle(tested: list[tuple[ConfigDecision, _Doubts]], limit: float,
+            settings: ReportSettings) -> list[ConfigDecision]:
+    """Each config's decision, after Holm's correction across every config compared with the
+    baseline (module docstring: Multiplicity)."""
+    per_config = [d for d, _ in tested]
+    for d, adj in zip(per_config, stats.holm([d.p_value for d in per_config])):
+        d.p_adjusted = adj
+    m = len(per_config)
+    half_alpha = (1.0 - settings.confidence) / 2.0
+    for d, doubts in tested:
+        fails, unsure = doubts.fails, doubts.unsure
+        if d.complete and fails:
+            d.decision = NOT_RECOMMENDED
+            d.reasons = fails + d.reasons
             continue
-        if v.complete and not unsure:
-            if v.p_adjusted < half_alpha:
-                v.verdict = RECOMMENDED
+        if d.complete and not unsure:
+            if d.p_adjusted < half_alpha:
+                d.decision = RECOMMENDED
                 if m > 1:
-                    v.reasons.append(f"Holm-adjusted p = {v.p_adjusted:.3g} < {half_alpha:g} across {m} configs")
+                    d.reasons.append(f"Holm-adjusted p = {d.p_adjusted:.3g} < {half_alpha:g} across {m} configs")
                 continue
-            unsure.append(f"passes on its own (p = {v.p_value:.3g}) but not after Holm's correction across {m} "
-                          f"configs compared with {settings.baseline} (adjusted p = {v.p_adjusted:.3g}, "
+            unsure.append(f"passes on its own (p = {d.p_value:.3g}) but not after Holm's correction across {m} "
+                          f"configs compared with {settings.baseline} (adjusted p = {d.p_adjusted:.3g}, "
                           f"needs < {half_alpha:g})")
-        v.verdict = INCONCLUSIVE
-        v.reasons = unsure + [f"(points to: {f})" for f in fails] + v.reasons
-        v.seeds_needed = _seeds_needed(v, limit, settings)
+        d.decision = INCONCLUSIVE
+        d.reasons = unsure + [f"(points to: {f})" for f in fails] + d.reasons
+        d.seeds_needed = _seeds_needed(d, limit, settings)
+    return per_config
 
+
+def _headline(per_config: list[ConfigDecision], configs: list[str], cov: pd.DataFrame,
+              settings: ReportSettings) -> tuple[str, str]:
+    """The decision's headline and its one-sentence summary."""
     holes = int((cov["status"] != "done").sum()) if len(cov) else 0
-    rec = [v for v in verdicts if v.verdict == RECOMMENDED]
+    rec = [d for d in per_config if d.decision == RECOMMENDED]
     if not configs:
-        headline = INCONCLUSIVE
-        summary = "the store holds no cells yet: nothing to decide."
-    elif holes:
-        headline = INCONCLUSIVE
-        summary = (f"the matrix has {holes} hole(s); no config is recommended until every "
-                   f"expected cell is trained and evaluated.")
-    elif rec:
-        best = max(rec, key=lambda v: v.return_diff)
-        headline = f"{RECOMMENDED}: {best.config}"
-        summary = (f"{best.config} is recommended over {settings.baseline}: " + "; ".join(best.reasons) + ".")
-    elif verdicts and all(v.verdict == NOT_RECOMMENDED for v in verdicts):
-        headline = f"{NOT_RECOMMENDED} (keep {settings.baseline})"
-        summary = f"no config passes the rule against {settings.baseline}; keep the baseline."
-    else:
-        headline = INCONCLUSIVE
-        summary = ("no config other than the baseline to compare." if not verdicts else
-                                      "the evidence does not settle the rule for " +
-                                      ", ".join(_with_seeds(v) for v in verdicts if v.verdict == INCONCLUSIVE) + ".")
-    return Decision(headline=headline, summary=summary, verdicts=verdicts, cost_limit=limit,
-                    flips=decision_flips(verdicts, limit, settings),
-                    correction=correction_text(m, settings))
+        return INCONCLUSIVE, "the store holds no cells yet: nothing to decide."
+    if holes:
+        return INCONCLUSIVE, (f"the matrix has {holes} hole(s); no config is recommended until every "
+                              f"expected cell is trained and evaluated.")
+    if rec:
+        best = max(rec, key=lambda d: d.return_diff)
+        return (f"{RECOMMENDED}: {best.config}",
+                f"{best.config} is recommended over {settings.baseline}: " + "; ".join(best.reasons) + ".")
+    if per_config and all(d.decision == NOT_RECOMMENDED for d in per_config):
+        return (f"{NOT_RECOMMENDED} (keep {settings.baseline})",
+                f"no config passes the rule against {settings.baseline}; keep the baseline.")
+    return INCONCLUSIVE, ("no config other than the baseline to compare." if not per_config else
+                          "the evidence does not settle the rule for " +
+                          ", ".join(_with_seeds(d) for d in per_config if d.decision == INCONCLUSIVE) + ".")
 
 
 def correction_text(m: int, settings: ReportSettings) -> str:
@@ -326,67 +183,90 @@ def correction_text(m: int, settings: ReportSettings) -> str:
             f"so picking the best of {m} does not inflate the chance of a false recommendation.")
 
 
-def _apply_tests(v: Verdict, frames: Frames, cov: pd.DataFrame, main: pd.DataFrame, ablation: pd.DataFrame,
+def _apply_tests(d: ConfigDecision, frames: Frames, main: pd.DataFrame, ablation: pd.DataFrame,
                  settings: ReportSettings, limit: float, n_ok: pd.Series, configs: list[str],
-                 incomplete: set) -> tuple[list[str], list[str]]:
-    """Fill `v` with the rule's numbers and its unadjusted p-value; return (fails, unsure) reasons."""
-    rule, config = settings.rule, v.config
-    v.n = int(n_ok.get(config, 0))
-    cost = _row(main, config, rule.cost_metric)
-    ret = _row(ablation, config, rule.return_metric)
-    ret_main = _row(main, config, rule.return_metric)
-    base_main = _row(main, settings.baseline, rule.return_metric)
-    v.cost_mean, v.cost_std = cost.get("mean", math.nan), cost.get("std", math.nan)
-    v.cost_ci = (cost.get("ci_low", math.nan), cost.get("ci_high", math.nan))
-    v.cost_value = v.cost_mean if rule.cost_bound == "mean" else v.cost_ci[1]
-    v.return_diff = ret.get("diff", math.nan)
-    v.return_ci = (ret.get("ci_low", math.nan), ret.get("ci_high", math.nan))
-    v.prob_improvement = ret.get("prob_improvement", math.nan)
-    v.return_std, v.baseline_std = ret_main.get("std", math.nan), base_main.get("std", math.nan)
+                 incomplete: set) -> _Doubts:
+    """Fill `d` with the rule's numbers and its unadjusted p-value; return why it fails or is unsure."""
+    rule = settings.rule
+    cost = _row(main, d.config, rule.cost_metric)
+    ret = _row(ablation, d.config, rule.return_metric)
+    _fill_numbers(d, cost, ret, main, settings)
+    d.n = int(n_ok.get(d.config, 0))
     n_base = int(n_ok.get(settings.baseline, 0))
-    v.complete = (config not in incomplete and settings.baseline not in incomplete
-                  and v.n >= settings.min_seeds and n_base >= settings.min_seeds)
-    v.p_value = _claim_p_value(frames.seeds, config, settings, limit)
+    d.complete = (d.config not in incomplete and settings.baseline not in incomplete
+                  and d.n >= settings.min_seeds and n_base >= settings.min_seeds)
+    d.p_value = _claim_p_value(frames.seeds, d.config, settings, limit)
+    doubts = _Doubts()
+    _check_evidence(d, n_base, settings, configs, incomplete, doubts)
+    _test_cost(d, int(cost.get("n", 0)), limit, settings, doubts)
+    _test_return(d, ret, settings, doubts)
+    return doubts
 
-    fails, unsure = [], []
+
+def _fill_numbers(d: ConfigDecision, cost: dict, ret: dict, main: pd.DataFrame, settings: ReportSettings) -> None:
+    """The rule's numbers for `d`: the cost row of the main table, the return row of the ablation."""
+    rule = settings.rule
+    ret_main = _row(main, d.config, rule.return_metric)
+    base_main = _row(main, settings.baseline, rule.return_metric)
+    d.cost_mean, d.cost_std = cost.get("mean", math.nan), cost.get("std", math.nan)
+    d.cost_ci = (cost.get("ci_low", math.nan), cost.get("ci_high", math.nan))
+    d.cost_value = d.cost_mean if rule.cost_bound == "mean" else d.cost_ci[1]
+    d.return_diff = ret.get("diff", math.nan)
+    d.return_ci = (ret.get("ci_low", math.nan), ret.get("ci_high", math.nan))
+    d.prob_improvement = ret.get("prob_improvement", math.nan)
+    d.return_std, d.baseline_std = ret_main.get("std", math.nan), base_main.get("std", math.nan)
+
+
+def _check_evidence(d: ConfigDecision, n_base: int, settings: ReportSettings, configs: list[str],
+                    incomplete: set, doubts: _Doubts) -> None:
+    """Unsure when the baseline is missing, either side has holes, or too few seeds are complete."""
     if settings.baseline not in configs:
-        unsure.append(f"no baseline {settings.baseline!r} to compare with")
-    if config in incomplete:
-        unsure.append(f"{config} has holes in the matrix")
+        doubts.unsure.append(f"no baseline {settings.baseline!r} to compare with")
+    if d.config in incomplete:
+        doubts.unsure.append(f"{d.config} has holes in the matrix")
     if settings.baseline in incomplete:
-        unsure.append(f"the baseline {settings.baseline} has holes in the matrix")
-    if v.n < settings.min_seeds or n_base < settings.min_seeds:
-        unsure.append(f"{v.n} complete seed(s) for {config} and {n_base} for the baseline, "
-                      f"report.min_seeds={settings.min_seeds}")
-    # Cost against the limit.
+        doubts.unsure.append(f"the baseline {settings.baseline} has holes in the matrix")
+    if d.n < settings.min_seeds or n_base < settings.min_seeds:
+        doubts.unsure.append(f"{d.n} complete seed(s) for {d.config} and {n_base} for the baseline, "
+                             f"report.min_seeds={settings.min_seeds}")
+
+
+def _test_cost(d: ConfigDecision, n: int, limit: float, settings: ReportSettings, doubts: _Doubts) -> None:
+    """The cost against the limit (`n`: the seeds of the cost row)."""
+    rule = settings.rule
     cost_label = METRICS[rule.cost_metric][0]
     cost_name = f"{cost_label} {'mean' if rule.cost_bound == 'mean' else 'CI upper bound'}"
-    if math.isfinite(v.cost_mean) and not math.isfinite(v.cost_value):
-        unsure.append(f"{cost_label}: {stats.no_interval_brief(int(cost.get('n', 0)))}")
-    elif not math.isfinite(limit) or not math.isfinite(v.cost_value):
-        unsure.append(f"{cost_name} or the cost limit is unknown")
-    elif v.cost_value < limit:
-        v.reasons.append(f"{cost_name} {v.cost_value:.2f} < cost limit {limit:g}")
-    elif rule.cost_bound == "mean" or v.cost_ci[0] >= limit:
-        fails.append(f"{cost_name} {v.cost_value:.2f} >= cost limit {limit:g}")
+    if math.isfinite(d.cost_mean) and not math.isfinite(d.cost_value):
+        doubts.unsure.append(f"{cost_label}: {stats.no_interval_brief(n)}")
+    elif not math.isfinite(limit) or not math.isfinite(d.cost_value):
+        doubts.unsure.append(f"{cost_name} or the cost limit is unknown")
+    elif d.cost_value < limit:
+        d.reasons.append(f"{cost_name} {d.cost_value:.2f} < cost limit {limit:g}")
+    elif rule.cost_bound == "mean" or d.cost_ci[0] >= limit:
+        doubts.fails.append(f"{cost_name} {d.cost_value:.2f} >= cost limit {limit:g}")
     else:
-        unsure.append(f"{cost_label} CI [{v.cost_ci[0]:.2f}, {v.cost_ci[1]:.2f}] straddles the cost limit {limit:g}")
-    # Return against the baseline.
+        doubts.unsure.append(f"{cost_label} CI [{d.cost_ci[0]:.2f}, {d.cost_ci[1]:.2f}] straddles the cost "
+                             f"limit {limit:g}")
+
+
+def _test_return(d: ConfigDecision, ret: dict, settings: ReportSettings, doubts: _Doubts) -> None:
+    """The return difference to the baseline against report.rule.min_return_gain (`ret`: its ablation row)."""
+    rule = settings.rule
     ret_name = f"{METRICS[rule.return_metric][0]} difference to {settings.baseline}"
-    lo, hi = v.return_ci
-    if math.isfinite(v.return_diff) and not math.isfinite(lo):
-        unsure.append(f"{ret_name} {v.return_diff:+.2f}: "
-                      f"{stats.no_interval_brief(int(ret.get('n', 0)), int(ret.get('n_baseline', 0)))}")
+    lo, hi = d.return_ci
+    if math.isfinite(d.return_diff) and not math.isfinite(lo):
+        doubts.unsure.append(f"{ret_name} {d.return_diff:+.2f}: "
+                             f"{stats.no_interval_brief(int(ret.get('n', 0)), int(ret.get('n_baseline', 0)))}")
     elif not math.isfinite(lo):
-        unsure.append(f"{ret_name} is unknown")
+        doubts.unsure.append(f"{ret_name} is unknown")
     elif lo > rule.min_return_gain:
-        v.reasons.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] above {rule.min_return_gain:g}")
+        d.reasons.append(f"{ret_name} {d.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] above {rule.min_return_gain:g}")
     elif hi < rule.min_return_gain:
-        fails.append(f"{ret_name} {v.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] below {rule.min_return_gain:g}")
+        doubts.fails.append(f"{ret_name} {d.return_diff:+.2f}, CI [{lo:.2f}, {hi:.2f}] below "
+                            f"{rule.min_return_gain:g}")
     else:
-        unsure.append(f"{ret_name} {v.return_diff:+.2f} has a CI [{lo:.2f}, {hi:.2f}] that includes "
-                      f"{rule.min_return_gain:g}")
-    return fails, unsure
+        doubts.unsure.append(f"{ret_name} {d.return_diff:+.2f} has a CI [{lo:.2f}, {hi:.2f}] that includes "
+                             f"{rule.min_return_gain:g}")
 
 
 def _claim_p_value(seeds: pd.DataFrame, config: str, settings: ReportSettings, limit: float) -> float:
@@ -404,14 +284,14 @@ def _claim_p_value(seeds: pd.DataFrame, config: str, settings: ReportSettings, l
     return p
 
 
-def _with_seeds(v: Verdict) -> str:
+def _with_seeds(v: ConfigDecision) -> str:
     """"v2_full (about 12 seeds per config would, at the observed variance)" or just the name."""
     if math.isfinite(v.seeds_needed) and v.seeds_needed <= 1000:
         return f"{v.config} (about {int(v.seeds_needed)} seeds per config would, at the observed variance)"
     return v.config
 
 
-def _seeds_needed(v: Verdict, limit: float, settings: ReportSettings) -> float:
+def _seeds_needed(v: ConfigDecision, limit: float, settings: ReportSettings) -> float:
     """Seeds per config for the rule's two tests to resolve at the observed effect and variance
     (stats.seeds_needed: n = (z_{1-a/2} + z_power)^2 (s^2 + s_b^2) / effect^2)."""
     alpha = 1.0 - settings.confidence
@@ -425,22 +305,26 @@ def _seeds_needed(v: Verdict, limit: float, settings: ReportSettings) -> float:
     return max(need) if need else math.inf
 
 
-def decision_flips(verdicts: list[Verdict], limit: float, settings: ReportSettings) -> pd.DataFrame:
+def decision_flips(per_config: list[ConfigDecision], limit: float, settings: ReportSettings) -> pd.DataFrame:
     """For every config, the rule's two thresholds and how far the deciding bound is from them:
     the smallest distances are the numbers that would change a decision."""
     rule = settings.rule
     rows = []
-    for v in verdicts:
+    for v in per_config:
         if math.isfinite(v.cost_value) and math.isfinite(limit):
             bound = "mean" if rule.cost_bound == "mean" else "CI upper bound"
             rows.append({"config": v.config, "number": f"{METRICS[rule.cost_metric][0]} {bound}",
                          "value": v.cost_value, "threshold": limit, "margin": limit - v.cost_value,
-                         "verdict": v.verdict})
+                         "verdict": v.decision})
         if math.isfinite(v.return_ci[0]):
             rows.append({"config": v.config, "number": f"{METRICS[rule.return_metric][0]} diff CI lower bound",
                          "value": v.return_ci[0], "threshold": rule.min_return_gain,
-                         "margin": v.return_ci[0] - rule.min_return_gain, "verdict": v.verdict})
+                         "margin": v.return_ci[0] - rule.min_return_gain, "verdict": v.decision})
     df = pd.DataFrame(rows, columns=["config", "number", "value", "threshold", "margin", "verdict"])
     if len(df):
         df = df.assign(_abs=df["margin"].abs()).sort_values(["_abs", "config"]).drop(columns="_abs")
     return df.reset_index(drop=True)
+
+
+# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/report.json is applied
+from safedreamer_sweep.report.caveats import resume_caveats  # noqa: E402, F401

@@ -37,11 +37,11 @@ from scipy import stats as sps
 # Below this many seeds the report prints no interval (see the module docstring).
 MIN_SEEDS_FOR_INTERVAL = 3
 
-ArrayLike = Sequence[float] | np.ndarray
-NAN = float("nan")
+_ArrayLike = Sequence[float] | np.ndarray
+_NAN = float("nan")
 
 
-def _clean(x: ArrayLike) -> np.ndarray:
+def _clean(x: _ArrayLike) -> np.ndarray:
     a = np.asarray(x, dtype=float).ravel()
     return a[np.isfinite(a)]
 
@@ -70,33 +70,33 @@ NO_INTERVAL_NOTE = (f"\"no interval\": fewer than {MIN_SEEDS_FOR_INTERVAL} seeds
                     f"to mean anything (at n = 2 a Student t interval spans about ±9 standard deviations).")
 
 
-def iqm(x: ArrayLike) -> float:
+def iqm(x: _ArrayLike) -> float:
     """Interquartile mean (rliable.metrics.aggregate_iqm): the mean of the middle 50% of values,
     25% trimmed from each end. Robust to one collapsed seed, less noisy than the median."""
     a = _clean(x)
     if a.size == 0:
-        return NAN
+        return _NAN
     return float(rly_metrics.aggregate_iqm(a[:, None]))
 
 
-def probability_of_improvement(x: ArrayLike, y: ArrayLike, higher_is_better: bool = True) -> float:
+def probability_of_improvement(x: _ArrayLike, y: _ArrayLike, higher_is_better: bool = True) -> float:
     """P(X > Y) + 0.5 P(X = Y) over all seed pairs (rliable.metrics.probability_of_improvement:
     the Mann-Whitney U statistic over n_x * n_y): the chance that a random seed of X beats a random
     seed of Y. For a cost, pass `higher_is_better=False` so that "improvement" means "lower"."""
     a, b = _clean(x), _clean(y)
     if a.size == 0 or b.size == 0:
-        return NAN
+        return _NAN
     if not higher_is_better:
         a, b = -a, -b
     return float(rly_metrics.probability_of_improvement(a[:, None], b[:, None]))
 
 
-def mean_ci(x: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
+def mean_ci(x: _ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
     """Student t confidence interval of the mean; (nan, nan) below MIN_SEEDS_FOR_INTERVAL seeds.
     Identical seeds give a zero-width interval at their value (the data show no variance)."""
     a = _clean(x)
     if a.size < MIN_SEEDS_FOR_INTERVAL:
-        return NAN, NAN
+        return _NAN, _NAN
     if np.ptp(a) == 0:
         return float(a[0]), float(a[0])
     with _quiet_precision_loss():
@@ -104,12 +104,12 @@ def mean_ci(x: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def difference_ci(x: ArrayLike, y: ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
+def difference_ci(x: _ArrayLike, y: _ArrayLike, confidence: float = 0.95) -> tuple[float, float]:
     """Welch t confidence interval of mean(x) - mean(y); (nan, nan) when either side has fewer
     than MIN_SEEDS_FOR_INTERVAL seeds."""
     a, b = _clean(x), _clean(y)
     if min(a.size, b.size) < MIN_SEEDS_FOR_INTERVAL:
-        return NAN, NAN
+        return _NAN, _NAN
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         d = float(a[0] - b[0])
         return d, d
@@ -118,25 +118,25 @@ def difference_ci(x: ArrayLike, y: ArrayLike, confidence: float = 0.95) -> tuple
     return float(ci.low), float(ci.high)
 
 
-def p_greater(x: ArrayLike, y: ArrayLike, margin: float = 0.0) -> float:
+def p_greater(x: _ArrayLike, y: _ArrayLike, margin: float = 0.0) -> float:
     """One-sided Welch t test p-value of "mean(x) - mean(y) > margin". Below it the one-sided
     level a/2, exactly when the (1 - a) difference_ci lies above `margin`. NaN below
     MIN_SEEDS_FOR_INTERVAL seeds on either side."""
     a, b = _clean(x), _clean(y)
     if min(a.size, b.size) < MIN_SEEDS_FOR_INTERVAL:
-        return NAN
+        return _NAN
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         return 0.0 if a[0] - b[0] > margin else 1.0
     with _quiet_precision_loss():
         return float(sps.ttest_ind(a - margin, b, equal_var=False, alternative="greater").pvalue)
 
 
-def p_below(x: ArrayLike, limit: float) -> float:
+def p_below(x: _ArrayLike, limit: float) -> float:
     """One-sided t test p-value of "mean(x) < limit" (below a/2 exactly when the (1 - a) mean_ci
     lies below `limit`). NaN below MIN_SEEDS_FOR_INTERVAL seeds."""
     a = _clean(x)
     if a.size < MIN_SEEDS_FOR_INTERVAL or not math.isfinite(limit):
-        return NAN
+        return _NAN
     if np.ptp(a) == 0:
         return 0.0 if a[0] < limit else 1.0
     with _quiet_precision_loss():
@@ -153,28 +153,28 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     if p.size == 0:
         return []
     adjusted = multipletests(np.where(np.isfinite(p), p, 1.0), method="holm")[1]
-    return [float(a) if math.isfinite(q) else NAN for a, q in zip(adjusted, p)]
+    return [float(a) if math.isfinite(q) else _NAN for a, q in zip(adjusted, p)]
 
 
-def summarize(x: ArrayLike, *, confidence: float = 0.95) -> dict[str, float]:
+def summarize(x: _ArrayLike, *, confidence: float = 0.95) -> dict[str, float]:
     """n, mean, std (ddof=1), IQM, and the Student t CI of the mean of one sample."""
     a = _clean(x)
     n = int(a.size)
     if n == 0:
-        return {"n": 0, "mean": NAN, "std": NAN, "iqm": NAN, "ci_low": NAN, "ci_high": NAN}
+        return {"n": 0, "mean": _NAN, "std": _NAN, "iqm": _NAN, "ci_low": _NAN, "ci_high": _NAN}
     low, high = mean_ci(a, confidence)
-    return {"n": n, "mean": float(a.mean()), "std": float(a.std(ddof=1)) if n > 1 else NAN,
+    return {"n": n, "mean": float(a.mean()), "std": float(a.std(ddof=1)) if n > 1 else _NAN,
             "iqm": iqm(a), "ci_low": low, "ci_high": high}
 
 
-def compare(x: ArrayLike, baseline: ArrayLike, *, higher_is_better: bool = True,
+def compare(x: _ArrayLike, baseline: _ArrayLike, *, higher_is_better: bool = True,
             confidence: float = 0.95) -> dict[str, float]:
     """`x` against `baseline`: difference of means with its Welch t CI, and the probability of
     improvement."""
     a, b = _clean(x), _clean(baseline)
     if a.size == 0 or b.size == 0:
-        return {"n": int(a.size), "n_baseline": int(b.size), "diff": NAN, "ci_low": NAN, "ci_high": NAN,
-                "prob_improvement": NAN}
+        return {"n": int(a.size), "n_baseline": int(b.size), "diff": _NAN, "ci_low": _NAN, "ci_high": _NAN,
+                "prob_improvement": _NAN}
     low, high = difference_ci(a, b, confidence)
     return {"n": int(a.size), "n_baseline": int(b.size), "diff": float(a.mean() - b.mean()),
             "ci_low": low, "ci_high": high,
@@ -199,7 +199,7 @@ def curve_bands(values: np.ndarray, *, confidence: float = 0.95) -> tuple[np.nda
     return m, m - half, m + half
 
 
-def bimodal_split(x: ArrayLike, gap_ratio: float = 2.0, min_seeds: int = 4) -> tuple[float, float] | None:
+def bimodal_split(x: _ArrayLike, gap_ratio: float = 2.0, min_seeds: int = 4) -> tuple[float, float] | None:
     """Detect seeds that bifurcate (some collapse, some succeed).
 
     Sort the values and split at the largest gap between neighbours. The sample is called

@@ -66,3 +66,11 @@ def ablation_table(seeds: pd.DataFrame, settings: ReportSettings) -> pd.DataFram
                               higher_is_better=higher, confidence=settings.confidence)
             rows.append({"config": config, "metric": metric, "label": label, **c})
     return pd.DataFrame(rows, columns=cols)
+
+
+def complete_seeds(cov: pd.DataFrame) -> pd.Series:
+    """Per config: how many seeds have train, ID eval and OOD eval all done."""
+    if cov.empty:
+        return pd.Series(dtype=int)
+    done = cov.assign(ok=cov["status"] == "done").groupby(["config", "seed"], observed=True)["ok"].all()
+    return done.groupby(level="config").sum().astype(int)

@@ -14,10 +14,10 @@ from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
 
-SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
+_SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
 
 
-def _fmt_seeds(n: float) -> str:
+def fmt_seeds(n: float) -> str:
     if not math.isfinite(n):
         return "not estimable (zero observed effect or unknown variance)"
     if n > 1000:
@@ -52,7 +52,7 @@ def _lead(r: Report) -> list[str]:
         L = ["**Empty store**: no sweep manifest asks for any cell and no run directory exists yet.", ""]
     else:
         L = [f"**Coverage complete**: {n_done} of {n_parts} parts done (train, ID eval, OOD eval).", ""]
-    return L + [f"**Decision: {d.headline}** — {d.summary}", ""]
+    return [*L, f"**Decision: {d.headline}** — {d.summary}", ""]
 
 
 def _matrix_section(r: Report) -> list[str]:
@@ -86,7 +86,7 @@ def _warnings_section(r: Report) -> list[str]:
 
 
 def _decision_section(r: Report) -> list[str]:
-    """3. The rule, the multiplicity correction, and each config's verdict with the seeds it needs."""
+    """3. The rule, the multiplicity correction, and each config's decision with the seeds it needs."""
     s, d = r.settings, r.decision
     rule = s.rule
     L = ["## 3. Decision", "",
@@ -100,16 +100,16 @@ def _decision_section(r: Report) -> list[str]:
           "It is *not recommended* when complete evidence puts it beyond either threshold; otherwise it is "
           "*inconclusive*."), "",
          f"Multiplicity: {d.correction}", ""]
-    if not d.verdicts:
-        return L + [f"No config other than the baseline `{s.baseline}` to decide on.", ""]
+    if not d.per_config:
+        return [*L, f"No config other than the baseline `{s.baseline}` to decide on.", ""]
     L += ["| config | verdict | complete seeds | reasons | seeds needed per config |", "|---|---|---|---|---|"]
-    for v in d.verdicts:
-        need = _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"
-        L.append(f"| {v.config} | **{v.verdict}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
-    if any("no interval" in reason for v in d.verdicts for reason in v.reasons):
+    for v in d.per_config:
+        need = fmt_seeds(v.seeds_needed) if v.decision == INCONCLUSIVE else "—"
+        L.append(f"| {v.config} | **{v.decision}** | {v.n} | {'; '.join(v.reasons)} | {need} |")
+    if any("no interval" in reason for v in d.per_config for reason in v.reasons):
         L += ["", stats.NO_INTERVAL_NOTE]
-    return L + ["", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
-                     f"the observed effect δ and standard deviations, {SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
+    return [*L, "", (f"Seeds needed: the normal-approximation sample size to resolve each of the rule's tests at "
+                     f"the observed effect δ and standard deviations, {_SEEDS_FORMULA} with α = {1 - s.confidence:.2f}, "
                      f"power = {s.power:g}; for the return test δ = observed difference − {rule.min_return_gain:g}, "
                      f"s and s_b the config's and the baseline's seed std; for the cost test δ = limit − mean cost "
                      f"and s_b = 0. An estimate from few seeds, not a guarantee."), ""]
@@ -146,13 +146,13 @@ def _flips_section(r: Report) -> list[str]:
     d = r.decision
     L = ["## 5. Which numbers would change a decision", ""]
     if not len(d.flips):
-        return L + ["No bound is computable yet (no config with evaluations against a baseline).", ""]
+        return [*L, "No bound is computable yet (no config with evaluations against a baseline).", ""]
     L += [("The rule's deciding bounds, nearest to their threshold first. A positive margin passes the "
            "test, a negative one fails it; the smaller its size, the less new evidence it takes to flip."), "",
           text.to_markdown(d.flips.assign(value=d.flips["value"].round(3), margin=d.flips["margin"].round(3)),
                              index=False)]
     top = d.flips.iloc[0]
-    return L + [(f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
+    return [*L, (f"Nearest to flipping: {top['config']}'s {top['number']} = {top['value']:.3f} against "
                  f"{top['threshold']:g} (margin {top['margin']:+.3f})."), ""]
 
 
@@ -160,7 +160,7 @@ def cost_lines(r: Report) -> list[str]:
     """The cost section: device-hours per config (useful, wasted, pending) and money, or why not."""
     c = r.cost
     if not c.get("available"):
-        return [f"Cost is unavailable: {c.get('why', 'no cost data')}.", *node_fault_lines(r)]
+        return [f"Cost is unavailable: {c.get('why', 'no cost data')}.", *_node_fault_lines(r)]
     unit = "GPU-hours" if c["device"] == "gpu" else "CPU-core-hours"
     lines = [(f"Total: {c['device_hours']:.3f} {unit}: {c['useful_h']:.3f} useful (the attempts a finished cell "
              f"used), {c['wasted_h']:.3f} wasted (failed, duplicated or redone work), {c['pending_h']:.3f} "
@@ -180,10 +180,10 @@ def cost_lines(r: Report) -> list[str]:
                      f"{format_duration(q['max_s'])}: "
                      f"{q['max_cell']}); wall time in the queue, not device-hours (a waiting job holds nothing).")
     lines += ["", text.to_markdown(pd.DataFrame(c["per_config"]), index=False)]
-    return lines + node_fault_lines(r)
+    return lines + _node_fault_lines(r)
 
 
-def node_fault_lines(r: Report) -> list[str]:
+def _node_fault_lines(r: Report) -> list[str]:
     """One line per node that ended attempts with a node fault: the node, its evidence, the cells
     and device-hours it cost (their retries ran elsewhere: the node is excluded for the sweep)."""
     from safedreamer_sweep.sweep.failures import bad_nodes_text

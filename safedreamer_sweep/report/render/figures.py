@@ -29,13 +29,13 @@ from safedreamer_sweep.report.analysis import stats
 from safedreamer_sweep.report.analysis.tables import PARTS, SYMBOLS
 
 # "talk" context: fonts readable when the PNG fills a slide.
-THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
-STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4, "corrupt": 4}
-STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b"]
+_THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
+_STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4, "corrupt": 4}
+_STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b"]
 
 
 def _theme() -> None:
-    sns.set_theme(**THEME)
+    sns.set_theme(**_THEME)
 
 
 def _palette(configs: list[str]) -> dict[str, tuple]:
@@ -169,7 +169,7 @@ def coverage_heatmap(cov: pd.DataFrame) -> Figure:
     if cov.empty:
         return _empty(plt.figure(figsize=(8, 3)), "the store has no expected cells")
     labels = {"train": "train", "id": "ID eval", "ood": "OOD eval"}
-    codes = cov.assign(code=cov["status"].map(lambda s: STATUS_CODES.get(s, 3)),
+    codes = cov.assign(code=cov["status"].map(lambda s: _STATUS_CODES.get(s, 3)),
                        sym=cov["status"].map(lambda s: SYMBOLS.get(s, "?")),
                        row=cov["config"].astype(str) + " · " + cov["part"].map(labels).astype(str))
     row_order = [f"{c} · {labels[p]}" for c in sorted(cov["config"].unique()) for p in PARTS]
@@ -178,7 +178,7 @@ def coverage_heatmap(cov: pd.DataFrame) -> Figure:
     annot = codes.pivot(index="row", columns="seed", values="sym").reindex(index=row_order).fillna("")
     fig, ax = plt.subplots(figsize=(min(22, max(8, 0.6 * grid.shape[1] + 5)), 1.2 + 0.42 * len(grid)),
                            constrained_layout=True)
-    sns.heatmap(grid, ax=ax, cmap=ListedColormap(STATUS_COLORS), vmin=-0.5, vmax=len(STATUS_COLORS) - 0.5,
+    sns.heatmap(grid, ax=ax, cmap=ListedColormap(_STATUS_COLORS), vmin=-0.5, vmax=len(_STATUS_COLORS) - 0.5,
                 annot=annot.to_numpy() if annotate else False, fmt="", cbar=False,
                 linewidths=1 if annotate else 0, linecolor="white", annot_kws={"fontsize": "small"},
                 xticklabels="auto")

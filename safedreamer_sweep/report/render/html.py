@@ -31,7 +31,7 @@ from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
 from safedreamer_sweep.report.render import text
 from safedreamer_sweep.report.result import Report
 
-TEMPLATE = "report.html.j2"
+_TEMPLATE = "report.html.j2"
 # The figures of the page, in order: (file, heading, what to read in it).
 FIGURES = (
     ("learning_curves.png", "Learning curves",
@@ -43,9 +43,9 @@ FIGURES = (
      ("Final return and cost in and out of distribution: bars are means, every dot is a seed; the dashed line "
       "is the cost limit.")),
 )
-LOG_TAIL_LINES = 40
-LOG_TAIL_BYTES = 16 * 1024
-STATUS_CLASS = {"done": "ok", "running": "run", "pending": "wait", "missing": "wait", "failed": "bad",
+_LOG_TAIL_LINES = 40
+_LOG_TAIL_BYTES = 16 * 1024
+_STATUS_CLASS = {"done": "ok", "running": "run", "pending": "wait", "missing": "wait", "failed": "bad",
                 "interrupted": "bad", "corrupt": "bad"}
 
 
@@ -58,7 +58,7 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def data_uri(png: bytes) -> str:
+def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -77,16 +77,16 @@ def _text_tables(ts: list[text.TextTable]) -> list[dict]:
 
 
 def _tail(path: Path) -> str:
-    """The last LOG_TAIL_LINES lines of a log (reading at most LOG_TAIL_BYTES from its end)."""
+    """The last _LOG_TAIL_LINES lines of a log (reading at most _LOG_TAIL_BYTES from its end)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - LOG_TAIL_BYTES))
+            f.seek(max(0, size - _LOG_TAIL_BYTES))
             data = f.read().decode("utf-8", "replace")
     except OSError as e:
         return f"(unreadable: {e})"
-    return "\n".join(data.splitlines()[-LOG_TAIL_LINES:])
+    return "\n".join(data.splitlines()[-_LOG_TAIL_LINES:])
 
 
 def _coverage(r: Report) -> dict:
@@ -114,7 +114,7 @@ def _coverage(r: Report) -> dict:
             if hole and (config, seed) in causes:
                 title += f" — {causes[(config, seed)]}"
             entries.append({"anchor": anchor(config, seed), "hole": hole, "title": title,
-                            "parts": [{"part": p, "status": s, "cls": STATUS_CLASS.get(s, "wait"),
+                            "parts": [{"part": p, "status": s, "cls": _STATUS_CLASS.get(s, "wait"),
                                        "symbol": tables.SYMBOLS.get(s, "?")} for (p, _), s in zip(ps, statuses)]})
         rows.append({"config": config, "entries": entries})
     return {"seeds": [str(s) for s in seeds], "rows": rows}
@@ -134,15 +134,13 @@ def _holes(r: Report) -> list[dict]:
                 cause = "never started (no run directory)"
             out[key] = {"config": x.config, "seed": x.seed, "parts": [], "cause": cause, "evidence": evidence,
                         "anchor": anchor(x.config, x.seed)}
-        out[key]["parts"].append({"part": x.part, "status": x.status, "cls": STATUS_CLASS.get(x.status, "wait")})
+        out[key]["parts"].append({"part": x.part, "status": x.status, "cls": _STATUS_CLASS.get(x.status, "wait")})
     return list(out.values())
 
 
 def _drilldown(r: Report) -> list[dict]:
     """Per expected cell: status of each part, attempts with causes and evidence, resume lines,
     trained/checkpoint/eval steps, traceback tail of the newest failure and the tails of its logs."""
-    from safedreamer_sweep.report.cost import cell_cost
-
     es = r.frames.eval_status
     by_cell: dict[tuple, list] = {}
     for e in es.itertuples():  # one pass, not a filter per cell (1,000 cells: 1 s)
@@ -156,49 +154,73 @@ def _drilldown(r: Report) -> list[dict]:
             "config": c.config, "seed": c.seed, "hash": c.hash if isinstance(c.hash, str) else "",
             "anchor": anchor(c.config, c.seed), "phase": c.phase, "run_dir": c.run_dir if isinstance(c.run_dir, str) else "",
             "trained_steps": None if pd.isna(c.trained_steps) else int(c.trained_steps),
-            "evals": [{"kind": e.kind, "status": e.status, "cls": STATUS_CLASS.get(e.status, "wait"),
+            "evals": [{"kind": e.kind, "status": e.status, "cls": _STATUS_CLASS.get(e.status, "wait"),
                        "checkpoint_step": None if pd.isna(e.checkpoint_step) else int(e.checkpoint_step),
                        "episodes": None if pd.isna(e.episodes) else int(e.episodes),
                        "return_mean": text.num(e.return_mean), "cost_mean": text.num(e.cost_mean)}
                       for e in evals],
-            "attempts": [], "resumes": [], "checkpoints": [], "logs": [], "traceback": "",
         }
         cell["train_status"] = c.train_status
-        cell["cls"] = STATUS_CLASS.get(c.train_status, "wait")
+        cell["cls"] = _STATUS_CLASS.get(c.train_status, "wait")
         cell["hole"] = c.train_status != "done" or any(e["status"] != "done" for e in cell["evals"])
-        try:
-            costs = {a["n"]: a for a in cell_cost(state)["attempts"]} if state.get("attempts") else {}
-        except Exception:  # noqa: BLE001 (a cell the cost model cannot price still gets its drill-down)
-            costs = {}
-        for i, a in enumerate(state.get("attempts") or []):
-            n = a.get("n", i + 1)
-            cost = costs.get(n) or {}
-            where = " ".join(str(x) for x in dict.fromkeys((a.get("host"), a.get("node"),
-                                                            f"job {a['job_id']}" if a.get("job_id") else None,
-                                                            f"pid {a['pid']}" if a.get("pid") else None)) if x)
-            cell["attempts"].append({"n": n, "outcome": a.get("outcome") or "?", "started": a.get("started_at"),
-                                     "ended": a.get("ended_at"), "where": where or "–",
-                                     "hours": cost.get("hours"), "class": cost.get("class", "–"),
-                                     "cause": a.get("cause") or "", "evidence": a.get("evidence") or ""})
-            if a.get("traceback_tail"):
-                cell["traceback"] = f"attempt {n}:\n" + str(a["traceback_tail"]).rstrip()[-3000:]
-        for e in state.get("resumes") or []:
-            missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
-            cell["resumes"].append(f"attempt {e.get('attempt')} resumed from env step {e.get('from_step')} (the "
-                                   f"previous attempt had reached {e.get('reached')}: {e.get('lost_frames')} frames "
-                                   f"trained again); not restored: {missing}")
-        if cell["run_dir"]:
-            rd = RunDir(Path(cell["run_dir"]))
-            try:
-                cell["checkpoints"] = [step for step, _ in rd.checkpoints()]
-            except (OSError, StoreError):
-                cell["checkpoints"] = []
-            if rd.logs_dir.is_dir():
-                for p in sorted(rd.logs_dir.iterdir()):
-                    if p.is_file():
-                        cell["logs"].append({"name": p.name, "path": str(p), "tail": _tail(p)})
+        cell["attempts"], cell["traceback"] = _attempt_rows(state)
+        cell["resumes"] = _resume_lines(state)
+        cell["checkpoints"], cell["logs"] = _run_dir_files(cell["run_dir"])
         out.append(cell)
     return out
+
+
+def _attempt_rows(state: dict) -> tuple[list[dict], str]:
+    """A cell's attempts (where they ran, their hours and class, cause and evidence) and the
+    traceback tail of the newest attempt that recorded one."""
+    from safedreamer_sweep.report.cost import cell_cost
+
+    try:
+        costs = {a["n"]: a for a in cell_cost(state)["attempts"]} if state.get("attempts") else {}
+    except Exception:  # noqa: BLE001 (a cell the cost model cannot price still gets its drill-down)
+        costs = {}
+    rows, traceback = [], ""
+    for i, a in enumerate(state.get("attempts") or []):
+        n = a.get("n", i + 1)
+        cost = costs.get(n) or {}
+        where = " ".join(str(x) for x in dict.fromkeys((a.get("host"), a.get("node"),
+                                                        f"job {a['job_id']}" if a.get("job_id") else None,
+                                                        f"pid {a['pid']}" if a.get("pid") else None)) if x)
+        rows.append({"n": n, "outcome": a.get("outcome") or "?", "started": a.get("started_at"),
+                     "ended": a.get("ended_at"), "where": where or "–",
+                     "hours": cost.get("hours"), "class": cost.get("class", "–"),
+                     "cause": a.get("cause") or "", "evidence": a.get("evidence") or ""})
+        if a.get("traceback_tail"):
+            traceback = f"attempt {n}:\n" + str(a["traceback_tail"]).rstrip()[-3000:]
+    return rows, traceback
+
+
+def _resume_lines(state: dict) -> list[str]:
+    """One line per resume of the cell: where it resumed from, the frames trained twice, what it did not restore."""
+    out = []
+    for e in state.get("resumes") or []:
+        missing = ", ".join(e.get("not_restored") or []) or "nothing declared"
+        out.append(f"attempt {e.get('attempt')} resumed from env step {e.get('from_step')} (the "
+                   f"previous attempt had reached {e.get('reached')}: {e.get('lost_frames')} frames "
+                   f"trained again); not restored: {missing}")
+    return out
+
+
+def _run_dir_files(run_dir: str) -> tuple[list[int], list[dict]]:
+    """The cell's checkpoint steps and the tails of its logs (none without a run directory)."""
+    if not run_dir:
+        return [], []
+    rd = RunDir(Path(run_dir))
+    try:
+        checkpoints = [step for step, _ in rd.checkpoints()]
+    except (OSError, StoreError):
+        checkpoints = []
+    logs = []
+    if rd.logs_dir.is_dir():
+        for p in sorted(rd.logs_dir.iterdir()):
+            if p.is_file():
+                logs.append({"name": p.name, "path": str(p), "tail": _tail(p)})
+    return checkpoints, logs
 
 
 def _cost(r: Report) -> dict:
@@ -214,13 +236,13 @@ def _cost_lines(r: Report) -> list[str]:
     return [line for line in cost_lines(r) if not line.startswith("|") and not line.startswith("_(")]
 
 
-def _verdicts(r: Report) -> list[dict]:
-    from safedreamer_sweep.report.render.document import _fmt_seeds
+def _config_decisions(r: Report) -> list[dict]:
+    from safedreamer_sweep.report.render.document import fmt_seeds
 
-    return [{"config": v.config, "verdict": v.verdict, "n": v.n, "reasons": v.reasons,
-             "cls": {"recommended": "ok", "not recommended": "bad"}.get(v.verdict, "run"),
-             "seeds_needed": _fmt_seeds(v.seeds_needed) if v.verdict == INCONCLUSIVE else "—"}
-            for v in r.decision.verdicts]
+    return [{"config": v.config, "verdict": v.decision, "n": v.n, "reasons": v.reasons,
+             "cls": {"recommended": "ok", "not recommended": "bad"}.get(v.decision, "run"),
+             "seeds_needed": fmt_seeds(v.seeds_needed) if v.decision == INCONCLUSIVE else "—"}
+            for v in r.decision.per_config]
 
 
 def _as_of(states: Any) -> str | None:
@@ -246,9 +268,9 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
         "decision": {"headline": d.headline, "summary": d.summary, "correction": d.correction,
                      "cls": "ok" if d.headline.startswith("recommended") else
                             ("bad" if d.headline.startswith("not") else "run")},
-        "verdicts": _verdicts(r),
+        "verdicts": _config_decisions(r),
         "no_interval_note": stats.NO_INTERVAL_NOTE if any(
-            "no interval" in reason for v in r.decision.verdicts for reason in v.reasons) else "",
+            "no interval" in reason for v in r.decision.per_config for reason in v.reasons) else "",
         "baseline": s.baseline, "cost_limit": d.cost_limit, "min_seeds": s.min_seeds,
         "confidence": round(s.confidence * 100),
         "coverage": {"done": n_done, "total": len(cov), **_coverage(r)},
@@ -256,7 +278,7 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
         "warnings": [{"kind": w.kind, "text": w.text} for w in r.warnings],
         "main": _text_tables(text.main_tables(r.main, s.confidence)),
         "ablation": _text_tables(text.ablation_tables(r.ablation, s.baseline, s.confidence)),
-        "figures": [{"file": f, "title": t, "caption": cap, "src": data_uri(figures[f]) if f in figures else None}
+        "figures": [{"file": f, "title": t, "caption": cap, "src": _data_uri(figures[f]) if f in figures else None}
                     for f, t, cap in FIGURES],
         "figures_on": s.figures,
         "flips": _frame(flips) if len(flips) else None,
@@ -264,7 +286,7 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
         "cells": _drilldown(r),
         "app": None,
     }
-    return _env().get_template(TEMPLATE).render(**ctx)
+    return _env().get_template(_TEMPLATE).render(**ctx)
 
 
 def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
@@ -281,6 +303,6 @@ def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
         "title": f"Results: {store_root}", "store": str(store_root),
         "as_of": None,
         "app": {"done": done, "total": len(df), "failed": failed, "table": _frame(shown),
-                "figure": data_uri(figure) if figure else None},
+                "figure": _data_uri(figure) if figure else None},
     }
-    return _env().get_template(TEMPLATE).render(**ctx)
+    return _env().get_template(_TEMPLATE).render(**ctx)

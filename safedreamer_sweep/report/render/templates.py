@@ -97,7 +97,7 @@ class Namespace:
         return f"<{self._kind}: {', '.join(k for k in self.__dict__ if not k.startswith('_'))}>"
 
 
-def resolve_template(path: str | Path) -> Path:
+def _resolve_template(path: str | Path) -> Path:
     """An absolute path, or a relative one found in the current directory or the project root."""
     p = Path(path).expanduser()
     candidates = [p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]
@@ -109,7 +109,7 @@ def resolve_template(path: str | Path) -> Path:
                               f"or remove it from report.templates.")
 
 
-def output_name(template: Path) -> str:
+def _output_name(template: Path) -> str:
     """slides.md.j2 -> slides.md; notes.jinja -> notes; anything else keeps its name."""
     for suffix in (".j2", ".jinja2", ".jinja"):
         if template.name.endswith(suffix):
@@ -128,7 +128,7 @@ def _template_line(exc: BaseException, template: Path) -> int | None:
     return line
 
 
-def render_template(template: Path, context: dict[str, Any]) -> str:
+def _render_template(template: Path, context: dict[str, Any]) -> str:
     """Render one template with StrictUndefined; TemplateRenderError names the placeholder, the
     template file and its line."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template.parent)), undefined=jinja2.StrictUndefined,
@@ -156,11 +156,11 @@ def render_all(paths: list[str] | tuple[str, ...], context: dict[str, Any]) -> d
     so a bad template never leaves some documents updated and others stale."""
     out: dict[str, str] = {}
     for p in paths:
-        t = resolve_template(p)
-        name = output_name(t)
+        t = _resolve_template(p)
+        name = _output_name(t)
         if name in out:
             raise TemplateRenderError(f"report.templates: two templates render to the same file {name!r}; "
                                       f"rename one of them.")
-        out[name] = render_template(t, context)
+        out[name] = _render_template(t, context)
     return out
 

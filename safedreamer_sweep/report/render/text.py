@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.analysis.stats import MIN_SEEDS_FOR_INTERVAL
 
 # Two groups of metrics: one table of each fits a page where seven columns would not.
-METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+_METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "return and cost": ("id_return", "id_cost", "ood_return", "ood_cost"),
     "violations and risk": ("id_violation_rate", "ood_violation_rate", "risk_penalty"),
 }
@@ -67,16 +68,21 @@ def _no_interval_note(ns: list[int], paired: bool = False) -> str:
             f"±9 standard deviations; a narrower one would be false comfort).")
 
 
+def _by_metric_group(table: pd.DataFrame) -> Iterator[tuple[str, tuple[str, ...], pd.DataFrame]]:
+    """(group, its metrics, the rows of `table` for them) per metric group that has rows."""
+    for group, metrics in _METRIC_GROUPS.items():
+        g = table[table["metric"].isin(metrics)]
+        if not g.empty:
+            yield group, metrics, g
+
+
 def main_tables(main: pd.DataFrame, confidence: float = 0.95) -> list[TextTable]:
     """The main table as one TextTable per metric group: rows configs, cells "mean [CI]"."""
     if main.empty:
         return []
     pct = round(confidence * 100)
     out = []
-    for group, metrics in METRIC_GROUPS.items():
-        g = main[main["metric"].isin(metrics)]
-        if g.empty:
-            continue
+    for group, metrics, g in _by_metric_group(main):
         rows, low_ns = [], []
         for config, c in g.groupby("config", sort=True):
             n_row = int(c["n"].max())
@@ -110,10 +116,7 @@ def ablation_tables(abl: pd.DataFrame, baseline: str, confidence: float = 0.95) 
         return []
     pct = round(confidence * 100)
     out = []
-    for group, metrics in METRIC_GROUPS.items():
-        g = abl[abl["metric"].isin(metrics)]
-        if g.empty:
-            continue
+    for group, metrics, g in _by_metric_group(abl):
         rows, low_ns = [], []
         for config, c in g.groupby("config", sort=True):
             n_row, nb_row = int(c["n"].max()), int(c["n_baseline"].max())
@@ -137,7 +140,7 @@ def ablation_tables(abl: pd.DataFrame, baseline: str, confidence: float = 0.95) 
         if low_ns:
             notes.append(_no_interval_note(low_ns, paired=True))
         out.append(TextTable(f"Against {baseline}: {group}", pd.DataFrame(rows, columns=cols).fillna("n/a"), notes))
-    for group, metrics in METRIC_GROUPS.items():
+    for group, metrics in _METRIC_GROUPS.items():
         p = abl[abl["metric"].isin(metrics)].pivot(index="config", columns="label", values="prob_improvement")
         if p.empty:
             continue
@@ -171,7 +174,7 @@ def tables_markdown(tables: list[TextTable], level: int = 3) -> str:
     return "\n".join(parts)
 
 
-def to_latex(df: pd.DataFrame, caption: str, label: str, index: bool = False) -> str:
+def _to_latex(df: pd.DataFrame, caption: str, label: str, index: bool = False) -> str:
     """A booktabs LaTeX table at \\small (pandas Styler; config names and headers escaped); the
     config and n columns left-aligned, the numbers right-aligned."""
     if df.empty:
@@ -193,7 +196,7 @@ def _latex_caption(text: str) -> str:
 _CELL = re.compile(r"^(?P<num>\S+)(?: (?P<ci>\[[^\]]*\]))?(?P<rest>.*)$")
 
 
-def interval_rows(df: pd.DataFrame, keep: tuple[str, ...] = ("config", "n")) -> pd.DataFrame:
+def _interval_rows(df: pd.DataFrame, keep: tuple[str, ...] = ("config", "n")) -> pd.DataFrame:
     """Each row as two: the numbers, then their intervals under them (the `keep` columns blank), so
     a column is as wide as "[-2.43, 2.93]" rather than "+0.25 [-2.43, 2.93]"; rows without any
     interval stay one row."""
@@ -213,12 +216,12 @@ def interval_rows(df: pd.DataFrame, keep: tuple[str, ...] = ("config", "n")) -> 
 
 
 def tables_latex(tables: list[TextTable], label: str) -> str:
-    """One LaTeX table per TextTable, each interval under its number (interval_rows: four metric
+    """One LaTeX table per TextTable, each interval under its number (_interval_rows: four metric
     columns fit a text width at \\small); the caption holds the title and the notes (said once)."""
     if not tables:
         return f"% {label}: no rows\n"
     parts = []
     for i, t in enumerate(tables):
         caption = _latex_caption(t.title + ". " + " ".join(t.notes))
-        parts.append(to_latex(interval_rows(t.frame), caption, f"{label}{'' if i == 0 else f':{i + 1}'}"))
+        parts.append(_to_latex(_interval_rows(t.frame), caption, f"{label}{'' if i == 0 else f':{i + 1}'}"))
     return "\n".join(parts)
