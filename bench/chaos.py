@@ -44,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_jsonl
+from safedreamer_sweep.core.files import StoreError, read_jsonl
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 
 RESUME_RE = re.compile(r"resuming \S+ from checkpoint step (\d+)")
 START_RE = re.compile(r"^\[train\] \S+ x\d+, (\d+) env steps", re.MULTILINE)

@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.backends.slurm import slurm_state_lookup
 from safedreamer_sweep.sweep.observe import observe_run
 
@@ -73,7 +74,7 @@ def measure(backend: str, work: Path, stall_after: float, poll: float, timeout: 
             out["error"] = f"cells did not start training in time (sweep exit {proc.poll()})"
             return out
         rds = {rd.path.parts[-2]: rd for rd in Store(store).iter_runs()}
-        lookup = (lambda: slurm_state_lookup()) if backend == "slurm" else (lambda: None)
+        lookup = (slurm_state_lookup) if backend == "slurm" else (lambda: None)
         # death
         dead, hung = rds["seed_0"], rds["seed_1"]
         n_dead = len(dead.read_state()["attempts"])

@@ -50,7 +50,7 @@ def startup(cells: int, sweeper: str | None) -> dict:
                 to_plan, head = time.perf_counter() - tic, line.strip()
             elif "validated" in line and "accepted from their shape" in line:
                 validated = line.split("] ", 1)[-1].strip()
-            tail = (tail + [line.rstrip()])[-5:]
+            tail = ([*tail, line.rstrip()])[-5:]
         rc = proc.wait()
         to_end = time.perf_counter() - tic
     if rc != 0 or to_plan is None:

@@ -65,7 +65,7 @@ def job_overrides(n_cells: int) -> list[list[str]]:
 
 def base_specs(loader, cfg) -> dict[str, dict]:
     """The resolved run config of each config at seed 0, composed once through Hydra."""
-    from safedreamer_sweep.sweep.plan import job_spec
+    from safedreamer_sweep.sweep.compose import job_spec
 
     return {c: job_spec(loader, cfg, [f"config={c}", "seed=0"])[0].run_config for c in CONFIGS}
 
@@ -81,11 +81,12 @@ def spec_for(config: str, seed: int, base: dict[str, dict]):
 
 def build_store(store_root: Path, jobs: list[list[str]], done: int, base: dict[str, dict]) -> float:
     """Write `done` finished cells through the RunDir API (spread over the configs). Returns seconds."""
-    from safedreamer_sweep.core.store import Store, atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
+    from safedreamer_sweep.core.store import Store
 
     store = Store(store_root)
     t0 = time.perf_counter()
-    from safedreamer_sweep.core.identity import code_fingerprint
+    from safedreamer_sweep.core.code_fingerprint import code_fingerprint
 
     code = code_fingerprint({"task": {"kind": "builtin"}})
     rng = random.Random(0)
@@ -121,7 +122,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from safedreamer_sweep.core.store import Store
-    from safedreamer_sweep.sweep.plan import PlanError, plan_cells, verdict_for
+    from safedreamer_sweep.sweep.errors import PlanError
+    from safedreamer_sweep.sweep.plan import plan_cells
+    from safedreamer_sweep.sweep.verdicts import verdict_for
 
     parent = args.store_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     tmp = Path(tempfile.mkdtemp(prefix="sds_plan_scale_", dir=parent))
@@ -185,7 +188,8 @@ def main() -> None:
         res = {
             "cells": len(jobs), "done_in_store": args.done, "sample": len(sample), "extrapolated": scale != 1,
             "hydra_compose_s": round(hydra_s, 2), "planner_s": round(plan_s, 2),
-            "planner_measured_s": round(plan_sample_s, 3), "planner_extrapolated": plan_scale != 1, "planner_over_hydra": round(plan_s / hydra_s, 3),
+            "planner_measured_s": round(plan_sample_s, 3), "planner_extrapolated": plan_scale != 1,
+            "planner_over_hydra": round(plan_s / hydra_s, 3),
             "dedupe_only_s": round(dedupe_s, 3), "dedupe_verdicts": dd, "sample_verdicts": verdicts,
             "fast_path_specs_s": round(fast_specs_s, 3), "goal_s": GOAL_S, "goal_met": ok, "plan_error": plan_err,
         }

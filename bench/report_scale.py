@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from safedreamer_sweep.core.store import atomic_write_bytes
+from safedreamer_sweep.core.files import atomic_write_bytes
 from safedreamer_sweep.report.build import compute_report, render_artifacts
 from safedreamer_sweep.report.synthetic import write_store
 

@@ -1,7 +1,7 @@
 """How long `safedreamer-sweep status` takes on a big store (prints figures, asserts nothing).
 
 Builds a store of N cells through the store API (spec, state with attempts, heartbeat, evals, a
-sweep manifest that also lists cells never run), then times `status.collect` and `status.render`.
+sweep manifest that also lists cells never run), then times `status.collect` and `status.status_view`.
 A human at 3 a.m. re-runs status every few seconds: it should stay well under a second.
 
     python bench/status_scale.py [n_configs] [n_seeds]
@@ -56,12 +56,12 @@ def main() -> None:
         doc = status.collect(d)
         t1 = time.perf_counter()
         with open("/dev/null", "w") as sink:
-            Console(width=200, file=sink).print(status.render(doc))
+            Console(width=200, file=sink).print(status.status_view(doc))
         t2 = time.perf_counter()
         print(f"cells: {n} ({doc['counts']})")
         print(f"verdict: {doc['verdict'][:120]}")
         print(f"status.collect: {(t1 - t0) * 1000:.0f} ms ({(t1 - t0) * 1000 / n:.1f} ms/cell)")
-        print(f"status.render:  {(t2 - t1) * 1000:.0f} ms")
+        print(f"status.status_view:  {(t2 - t1) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":

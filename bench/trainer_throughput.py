@@ -47,7 +47,7 @@ def compose(steps: int, num_envs: int, rollout: int, config: str) -> OmegaConf:
 def train_rate(cfg) -> dict:
     """Steady-state training rate, by wall clock and by this process's CPU time. The CPU-time rate
     barely moves when other processes share the cores, the wall-clock one does."""
-    from safedreamer_sweep.core.store import RunDir
+    from safedreamer_sweep.core.run_dir import RunDir
     from safedreamer_sweep.trainer.ppo_lag import train
 
     marks: list[tuple[int, float, float]] = []  # (env_step, wall, cpu) at every metrics row

@@ -19,8 +19,10 @@ import pytest
 import yaml
 from omegaconf import open_dict
 
-from safedreamer_sweep.core.store import Store, read_json
-from safedreamer_sweep.sweep.plan import PlanError, plan_cells
+from safedreamer_sweep.core.files import read_json
+from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.errors import PlanError
+from safedreamer_sweep.sweep.plan import plan_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "any_app"

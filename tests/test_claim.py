@@ -8,14 +8,9 @@ import time
 import pytest
 from conftest import dead_pid
 
-from safedreamer_sweep.core.store import (
-    LeaseLost,
-    RunDir,
-    Store,
-    atomic_write_json,
-    host,
-    read_json,
-)
+from safedreamer_sweep.core.files import atomic_write_json, read_json
+from safedreamer_sweep.core.run_dir import LeaseLost, RunDir, host
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.claim import (
     add_jobs,
     holder_alive,
@@ -199,7 +194,7 @@ def test_writes_of_a_holder_that_lost_its_lease_do_not_land(tmp_path):
     for write in (lambda: old.save_checkpoint(2048, {"w": 2}), lambda: old.heartbeat(2048, 4096),
                   lambda: old.write_eval("id", {"summary": {}}), lambda: old.end_attempt("done"),
                   lambda: old.set_phase("done"), lambda: old.append_metrics({"env_step": 2048})):
-        with pytest.raises(LeaseLost, match="lease generation 1 is no longer held.*generation 2"):
+        with pytest.raises(LeaseLost, match=r"lease generation 1 is no longer held.*generation 2"):
             write()
     assert not old.renew_lease()
     after = {p.name: p.read_bytes() for p in rd.path.rglob("*") if p.is_file() and p.name not in (".lock", "claim.json")}
@@ -262,12 +257,12 @@ def test_a_frozen_holder_of_the_data_lock_blocks_no_lease_operation_and_is_named
     import subprocess
     import sys
 
-    from safedreamer_sweep.core.store import SUPERVISOR_LOCK_S, LockBusy
+    from safedreamer_sweep.core.locks import SUPERVISOR_LOCK_S, LockBusy
 
     rd = run_dir(tmp_path)
     lease = try_lease(rd, "sweep-a", backend="local", stall_after=60)
     held = rd.fenced(lease.generation)
-    code = ("import os, signal, sys; from pathlib import Path; from safedreamer_sweep.core.store import RunDir\n"
+    code = ("import os, signal, sys; from pathlib import Path; from safedreamer_sweep.core.run_dir import RunDir\n"
             "with RunDir(Path(sys.argv[1])).lock():\n    print('locked', flush=True); os.kill(os.getpid(), signal.SIGSTOP)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(rd.path)], stdout=subprocess.PIPE, text=True)
     try:

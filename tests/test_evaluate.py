@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from safedreamer_sweep.core.store import RunDir, StoreError
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.trainer import evaluate as ev
 from safedreamer_sweep.trainer import ppo_lag as trainer
 
@@ -107,7 +108,7 @@ def test_an_evaluation_that_moves_its_episodes_is_not_stalled(tmp_path):
     import os
     import time
 
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     from safedreamer_sweep.sweep.observe import observe_run
 
     rd = RunDir(tmp_path / "run")
@@ -127,7 +128,7 @@ def test_status_and_report_flag_an_evaluation_of_a_checkpoint_older_than_the_tra
     from rich.console import Console
 
     from safedreamer_sweep.commands.status import collect, status_view
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     from safedreamer_sweep.report.build import compute_report
     from safedreamer_sweep.report.synthetic import write_store
 

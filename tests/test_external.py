@@ -19,7 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from safedreamer_sweep.core.identity import RunSpec
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.tasks import external
 from safedreamer_sweep.tasks.run import cell_run_dir, run_cell
 
@@ -366,7 +366,7 @@ def test_a_killed_cell_resumes_from_the_scripts_checkpoint(tmp_path):
     assert resume["reached"] >= resume["from_step"] and resume["lost_frames"] == resume["reached"] - resume["from_step"]
     import pandas as pd
 
-    from safedreamer_sweep.report.analysis.decision import resume_caveats
+    from safedreamer_sweep.report.caveats import resume_caveats
 
     text, = resume_caveats(pd.DataFrame([{"config": "fake", "seed": 0, "run_dir": str(rd.path)}]))
     assert text.startswith(f"fake seed 0: attempt 2 resumed from env step {resume['from_step']}")

@@ -152,7 +152,7 @@ def test_two_apps_with_one_job_name_and_config_are_two_cells_and_an_edited_scrip
 def test_an_app_in_git_is_one_app_in_every_clone(tmp_path):
     """Inside git, which app a cell belongs to is the repository's first commit and the script's path in
     it: two clones (two hosts, two paths) are one app; outside git, the absolute path."""
-    from safedreamer_sweep.core.identity import app_identity
+    from safedreamer_sweep.core.app_identity import app_identity
 
     repo = tmp_path / "repo"
     app = write_app(repo)

@@ -12,7 +12,8 @@ import pytest
 
 from safedreamer_sweep.core.index import INDEX_NAME, STALE_MARKER, RunIndex
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.plan import PlanError, plan_cells
+from safedreamer_sweep.sweep.errors import PlanError
+from safedreamer_sweep.sweep.plan import plan_cells
 from tests.test_plan import Loader, finish
 
 

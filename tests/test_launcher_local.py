@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, sds
 
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.slots import SlotPool, visible_gpus
 
 # Hydra's own sweep dir goes inside the test's store, not into the repository.

@@ -7,7 +7,8 @@ import time
 
 from conftest import dead_pid
 
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.observe import observe_run, observe_store, pid_alive
 
 SPEC = {"config": "v2_full", "seed": 3, "hash": "abcd1234", "run_config": {"trainer": {"total_steps": 4096}}}
@@ -60,14 +61,14 @@ def test_heartbeat_refresh_without_progress_still_stalls(tmp_path):
     rd.heartbeat(1024, 4096)
     later = time.time() + 300
     # a heartbeat thread that keeps writing while the loop hangs: updated_at moves, env_step doesn't
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     atomic_write_json(rd.progress_path, {**rd.read_progress(), "updated_at": later})
     assert observe_run(rd, stall_after=60, now=later).phase == "stalled"
 
 
 def test_resumed_attempt_is_not_stalled_by_the_previous_heartbeat(tmp_path):
     rd = make_run(tmp_path)
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     atomic_write_json(rd.progress_path, {"env_step": 512, "total_steps": 4096, "env_step_moved_at": time.time() - 900,
                                          "updated_at": time.time() - 900})
     rd.begin_attempt()  # a fresh attempt started now
@@ -75,7 +76,7 @@ def test_resumed_attempt_is_not_stalled_by_the_previous_heartbeat(tmp_path):
 
 
 def test_evaluating_cell_is_not_stalled(tmp_path):
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
     rd = make_run(tmp_path)
     rd.begin_attempt()
     rd.heartbeat(4096, 4096)

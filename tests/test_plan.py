@@ -13,7 +13,8 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
-from safedreamer_sweep.core.store import Store, atomic_write_json
+from safedreamer_sweep.core.files import atomic_write_json
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.compose import job_spec
 from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.plan import format_plan, plan_cells
@@ -82,7 +83,7 @@ def test_every_verdict_from_real_store_states(hydra_loader, tmp_path):
     _, elsewhere = cell(loader, master, "config=v2_full", "seed=5")
     import os
 
-    from safedreamer_sweep.core.store import host
+    from safedreamer_sweep.core.run_dir import host
     atomic_write_json(elsewhere.claim_path, {"sweep_id": "other", "host": host(), "pid": os.getpid(),
                                              "claimed_at": time.time(), "backend": "local"})
     jobs = [["config=v2_full", f"seed={s}"] for s in range(7)] + [["config=v2_full", "seed=6"]]
@@ -125,7 +126,7 @@ def test_confound_stops_the_plan_when_strict(hydra_loader):
     with pytest.raises(Exception) as e:
         plan_cells(jobs, config_loader=loader, config=master, log=lambda m: None)
     assert "agent.lr" in str(e.value)
-    cells = plan_cells([j + ["sweep.strict_confounds=false"] for j in jobs], config_loader=loader, config=master,
+    cells = plan_cells([[*j, "sweep.strict_confounds=false"] for j in jobs], config_loader=loader, config=master,
                        log=lambda m: None)
     assert [c.verdict for c in cells] == ["new", "new"]
 
@@ -184,7 +185,7 @@ def test_truncated_checkpoints_are_not_promised_as_a_resume(hydra_loader):
     _, rd = cell(loader, master, "config=v2_full", "seed=0")
     rd.begin_attempt(pid=dead_pid())
     old, new = rd.save_checkpoint(1024, {"w": 1}), rd.save_checkpoint(2048, {"w": 2})
-    from safedreamer_sweep.core.store import RunDir
+    from safedreamer_sweep.core.run_dir import RunDir
 
     assert RunDir.verify_checkpoint(new) and RunDir.verify_checkpoint(old)
     new.write_bytes(new.read_bytes()[:-7])
@@ -229,7 +230,7 @@ def test_fast_planning_yields_what_composing_every_job_yields(hydra_loader, tmp_
     jobs = [[f"config={c}", f"seed={s}"] for c in ("v2_baseline", "v2_full", "v2_u_only") for s in (0, 7, 123)]
     jobs += [["config=v2_full", "seed=5", "trainer.log_every_steps=4096"],  # a group of its own
              ["config=v2_full", "seed=6", "trainer.log_every_steps=4096"]]
-    jobs = [j + ["sweep.strict_confounds=false"] for j in jobs]
+    jobs = [[*j, "sweep.strict_confounds=false"] for j in jobs]
     kw = {"config_loader": loader, "config": master, "log": lambda m: None}
     fast = plan_cells(jobs, **kw)
     slow = plan_cells(jobs, fast=False, **kw)

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep import progress
 from safedreamer_sweep.sweep.backends import Tracked
 from safedreamer_sweep.sweep.observe import CellView

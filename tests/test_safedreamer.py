@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 

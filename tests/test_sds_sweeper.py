@@ -46,7 +46,7 @@ def refusal(hydra_sweep_runner, tmp_path, sweeper, args):
 
 
 @pytest.mark.usefixtures("hydra_restore_singletons")
-@pytest.mark.parametrize("args", SWEEPS, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", SWEEPS, ids=" ".join)
 def test_same_jobs_as_basic_sweeper(hydra_sweep_runner, tmp_path, args):
     basic = run(hydra_sweep_runner, tmp_path, "basic", args)
     assert basic and sum(map(len, basic)) > 1
@@ -54,7 +54,7 @@ def test_same_jobs_as_basic_sweeper(hydra_sweep_runner, tmp_path, args):
 
 
 @pytest.mark.usefixtures("hydra_restore_singletons")
-@pytest.mark.parametrize("args", REFUSED, ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("args", REFUSED, ids=" ".join)
 def test_same_refusal_as_basic_sweeper(hydra_sweep_runner, tmp_path, args):
     assert refusal(hydra_sweep_runner, tmp_path, "sds", args) == refusal(hydra_sweep_runner, tmp_path, "basic", args)
 

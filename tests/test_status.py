@@ -293,7 +293,7 @@ def test_a_hole_with_another_identity_on_disk_says_so(store_copy):
 def test_a_slurm_claim_of_an_app_cell_without_a_seed_makes_status_ask_slurm(tmp_path, monkeypatch):
     """An app without a seed keeps its cells at runs/<label>/<hash8>/ (no seed_<n> level): a Slurm
     claim there makes status read job states from Slurm, as a claim of a seeded cell does."""
-    from safedreamer_sweep.core.store import atomic_write_json
+    from safedreamer_sweep.core.files import atomic_write_json
 
     asked = []
 

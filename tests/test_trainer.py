@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.trainer import ppo_lag as trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -194,8 +194,9 @@ def test_a_cell_that_registers_its_attempt_before_the_launcher_does_has_one_atte
     second one (seen under load: a `running` attempt never closed beside the `done` one)."""
     from types import SimpleNamespace
 
-    from safedreamer_sweep.core.store import RunDir
-    from safedreamer_sweep.sweep.submit import CellTask, pre_register
+    from safedreamer_sweep.core.run_dir import RunDir
+    from safedreamer_sweep.sweep.cell_task import CellTask
+    from safedreamer_sweep.sweep.submit import pre_register
 
     (tmp_path / "cell").mkdir()
     rd = RunDir(tmp_path / "cell")

@@ -42,7 +42,7 @@ def _err(msg: str) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from safedreamer_sweep.commands import status
-    from safedreamer_sweep.core.store import StoreError
+    from safedreamer_sweep.core.files import StoreError
 
     try:
         doc = status.collect(args.store, stall_after=args.stall_after, per_gpu_hour=args.per_gpu_hour,
@@ -145,7 +145,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     root = Path(args.store).expanduser()
     if not root.is_dir():
         return _err(f"{root}: no such store directory. Fix: pass the store.root of your sweep.")
-    from safedreamer_sweep.core.store import StoreError
+    from safedreamer_sweep.core.files import StoreError
     from safedreamer_sweep.report import (
         NotAStoreError,
         TemplateRenderError,

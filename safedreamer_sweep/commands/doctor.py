@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.identity import package_versions
-from safedreamer_sweep.core.store import Store, atomic_write_json, host
+from safedreamer_sweep.core.code_fingerprint import package_versions
+from safedreamer_sweep.core.files import atomic_write_json
+from safedreamer_sweep.core.run_dir import host
+from safedreamer_sweep.core.store import Store
 
 SCHEMA = "safedreamer-sweep/doctor/1"
 LAUNCHERS = ("sds_local", "sds_slurm")

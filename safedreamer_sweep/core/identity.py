@@ -261,14 +261,3 @@ def config_choice(cfg: DictConfig) -> str:
     if not choice:
         raise ValueError("cannot tell which `config` was chosen: compose through Hydra with a `config` group")
     return str(choice)
-
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/core.json is applied
-from safedreamer_sweep.core.code_fingerprint import (  # noqa: E402, F401
-    CODE_CHANGE,
-    CodeFilesError,
-    absolute_code_globs,
-    describe_code,
-    implicit_code,
-    recorded_fingerprint,
-)

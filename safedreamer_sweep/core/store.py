@@ -169,9 +169,3 @@ def _pick_run_dir(paths: list[Path]) -> RunDir:
     done = [p for p in ordered if RunDir(p).finished()] if len(ordered) > 1 else []
     path = (done or ordered)[0]
     return RunDir(path, lease_from_env(path))
-
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/core.json is applied
-from safedreamer_sweep.core.files import atomic_write_bytes, read_jsonl  # noqa: E402, F401
-from safedreamer_sweep.core.locks import SUPERVISOR_LOCK_S, LockBusy, lock_holder  # noqa: E402, F401
-from safedreamer_sweep.core.run_dir import EVAL_KINDS, LeaseLost, error_fields, host, now  # noqa: E402, F401

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from safedreamer_sweep.core.store import StoreError
+from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.report import NotAStoreError, TemplateRenderError, build_report
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from safedreamer_sweep.core.store import atomic_write_bytes
+from safedreamer_sweep.core.files import atomic_write_bytes
 from safedreamer_sweep.report.analysis import tables
 from safedreamer_sweep.report.analysis.aggregate import (
     METRICS,

@@ -31,7 +31,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV, register_resolver
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 
 log = logging.getLogger(__name__)
 register_resolver()  # ${sds_run_dir:} under any launcher: Hydra imports this before it composes a job
@@ -86,7 +87,7 @@ class ReportCallback(Callback):
         self._recording: tuple[RunDir, contextlib.ExitStack] | None = None
 
     def _root(self, config: DictConfig) -> Path:
-        from safedreamer_sweep.sweep.plan import absolute_store_root
+        from safedreamer_sweep.sweep.settings import absolute_store_root
 
         if self.store_root:
             return absolute_store_root(OmegaConf.create({"store": {"root": self.store_root}}))
@@ -94,7 +95,7 @@ class ReportCallback(Callback):
 
     # --- the launching process
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from safedreamer_sweep.sweep.plan import swept_keys
+        from safedreamer_sweep.sweep.compose import swept_keys
 
         self.swept = swept_keys(config)  # carried to the jobs: launchers pickle the callbacks with them
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.report.analysis.aggregate import Frames
 from safedreamer_sweep.report.analysis.caveats import Caveat, Resumed, collect_caveats, resume_texts
 from safedreamer_sweep.report.settings import ReportSettings

@@ -251,7 +251,7 @@ def store_cost(store, per_gpu_hour: float | None = None, currency: str | None = 
     """`sweep_cost` over every run directory of a `Store` (all identities of a cell are counted:
     an abandoned identity's hours were spent too). A run directory whose spec or state is corrupt
     is left out (its hours cannot be known)."""
-    from safedreamer_sweep.core.store import StoreError
+    from safedreamer_sweep.core.files import StoreError
 
     items = []
     for rd in store.iter_runs():

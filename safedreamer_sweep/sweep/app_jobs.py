@@ -11,8 +11,9 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from safedreamer_sweep.core.store import RunDir, Store, error_fields
-from safedreamer_sweep.sweep.plan import cell_spec
+from safedreamer_sweep.core.run_dir import RunDir, error_fields
+from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.compose import cell_spec
 
 
 def begin_app_job(store_root: Path, config: DictConfig, swept: set[str]) -> RunDir | None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep.backends import Backend, Tracked
 from safedreamer_sweep.sweep.exit_records import read_exit_record
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
-from safedreamer_sweep.core.store import RunDir, host, lease_from_env, read_json
+from safedreamer_sweep.core.files import read_json
+from safedreamer_sweep.core.run_dir import RunDir, host, lease_from_env
 
 
 def _interrupt_cause() -> tuple[str, str]:
@@ -178,7 +179,7 @@ class CellTask:
         newest checkpoint."""
         import submitit
 
-        from safedreamer_sweep.core.store import atomic_write_json
+        from safedreamer_sweep.core.files import atomic_write_json
 
         cause, evidence = _interrupt_cause()
         os.environ["SDS_INTERRUPT_CAUSE"] = cause

@@ -24,13 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import (
-    LockBusy,
-    RunDir,
-    atomic_write_json,
-    host,
-    read_json,
-)
+from safedreamer_sweep.core.files import atomic_write_json, read_json
+from safedreamer_sweep.core.locks import LockBusy
+from safedreamer_sweep.core.run_dir import RunDir, host
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE, JobState, pid_alive
 
 _LEASE_S = 60.0  # default lease: renewed every poll (seconds) and every heartbeat, so 60 s is many renewals

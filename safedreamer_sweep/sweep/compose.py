@@ -16,10 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from safedreamer_sweep.core.code_fingerprint import absolute_code_globs
 from safedreamer_sweep.core.identity import (
     IDENTITY_EXCLUDE,
     RunSpec,
-    absolute_code_globs,
     cell_label,
     config_choice,
     declared_exclusions,

@@ -329,7 +329,7 @@ def bad_nodes_text(node: Mapping[str, Any]) -> str:
 def bad_nodes_of_store(store: Any) -> list[dict[str, Any]]:
     """`bad_nodes` over every run directory of a `Store` (cells labelled `config seed N`; a run
     directory with a corrupt spec or state is left out: status shows it as corrupt)."""
-    from safedreamer_sweep.core.store import StoreError
+    from safedreamer_sweep.core.files import StoreError
 
     items = []
     for rd in store.iter_runs():

@@ -8,7 +8,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from safedreamer_sweep.core.store import Store, read_json
+from safedreamer_sweep.core.files import read_json
+from safedreamer_sweep.core.store import Store
 
 
 def run_on_complete(commands: Sequence[str], *, store: Store, sweep_id: str, all_terminal: bool,

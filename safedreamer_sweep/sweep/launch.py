@@ -16,7 +16,8 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from safedreamer_sweep.core.store import LockBusy, Store
+from safedreamer_sweep.core.locks import LockBusy
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.backends import Backend
 from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import (
@@ -203,7 +204,7 @@ class Sweep:
         own result read from its evaluations (or the sweep.objective picked out of it). A cell this
         sweep ran already has its Hydra job directory (its cell process ran run_job): its JobReturn
         points there. A cell done before is handed back (handed_back)."""
-        from safedreamer_sweep.core.store import StoreError
+        from safedreamer_sweep.core.files import StoreError
         from safedreamer_sweep.tasks.run import cell_result
 
         ran_here = c.verdict in RUNNABLE

@@ -15,14 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from safedreamer_sweep.core.store import (
-    EVAL_KINDS,
-    RunDir,
-    Store,
-    StoreError,
-    host,
-    read_json,
-)
+from safedreamer_sweep.core.files import StoreError, read_json
+from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir, host
+from safedreamer_sweep.core.store import Store
 
 _PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
 # Scheduler states of a job that still holds (or will hold) resources.

@@ -16,8 +16,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from safedreamer_sweep.core.identity import CODE_CHANGE, RunSpec, implicit_code
-from safedreamer_sweep.core.store import RunDir, Store, label_base
+from safedreamer_sweep.core.code_fingerprint import CODE_CHANGE, implicit_code
+from safedreamer_sweep.core.identity import RunSpec
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store, label_base
 from safedreamer_sweep.sweep.checks import check_config_axis_renders, check_confounds
 from safedreamer_sweep.sweep.compose import cell_base, job_spec, plan_specs, swept_keys
 from safedreamer_sweep.sweep.errors import PlanError
@@ -209,8 +211,3 @@ def format_plan(cells: list[PlannedCell]) -> str:
     for c in cells:
         lines.append(f"  #{c.index:<3} {c.verdict:<17} {c.label}  {c.reason}")
     return "\n".join(lines)
-
-
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/plan.json is applied
-from safedreamer_sweep.sweep.compose import cell_spec  # noqa: E402,F401

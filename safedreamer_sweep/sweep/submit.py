@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 
 
 @dataclass
@@ -163,8 +163,3 @@ def submitit_stderr(folder: Path, job_id: str) -> str:
         except OSError:
             continue
     return ""
-
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/plan.json is applied
-from safedreamer_sweep.sweep.cell_task import CellTask, CellTasks  # noqa: E402,F401
-from safedreamer_sweep.sweep.slots import SlotPool  # noqa: E402,F401

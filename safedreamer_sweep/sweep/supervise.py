@@ -24,7 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import LeaseLost, LockBusy, Store, read_json
+from safedreamer_sweep.core.files import read_json
+from safedreamer_sweep.core.locks import LockBusy
+from safedreamer_sweep.core.run_dir import LeaseLost
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.attempt_end import close_attempt, close_unstarted, ended_evidence, note_stall
 from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Tracked
 from safedreamer_sweep.sweep.claim import (

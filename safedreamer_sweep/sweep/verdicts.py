@@ -14,14 +14,11 @@ sweep manifest; the report's first warning lists which cells came from which cod
 
 from __future__ import annotations
 
-from safedreamer_sweep.core.identity import (
-    RunSpec,
-    describe_code,
-    diff_keys,
-    implicit_code,
-    recorded_fingerprint,
-)
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, read_json
+from safedreamer_sweep.core.code_fingerprint import describe_code, implicit_code, recorded_fingerprint
+from safedreamer_sweep.core.files import StoreError, read_json
+from safedreamer_sweep.core.identity import RunSpec, diff_keys
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.claim import holder_alive
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import CellView, JobState, observe_run

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir, Store
+from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Started
 from safedreamer_sweep.sweep.backends.local import LocalBackend
 from safedreamer_sweep.sweep.backends.slurm import SlurmBackend

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
-from safedreamer_sweep.core.store import RunDir, error_fields, lease_from_env
+from safedreamer_sweep.core.run_dir import RunDir, error_fields, lease_from_env
 
 
 def _close_open_attempt(rd: RunDir, outcome: str, **fields: Any) -> bool:

@@ -45,9 +45,10 @@ import psutil
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
+from safedreamer_sweep.core.files import atomic_write_bytes
 from safedreamer_sweep.core.process import die_with_parent
+from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir, now
 from safedreamer_sweep.core.schema import ExternalSettings, refusals
-from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, atomic_write_bytes, now
 from safedreamer_sweep.tasks import probes as P
 
 # Values every template may use besides config keys. `checkpoint` and the eval-only names are

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.cell import RUN_DIR_ENV
 from safedreamer_sweep.core.identity import RunSpec
-from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, error_fields, lease_from_env
+from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir, error_fields, lease_from_env
+from safedreamer_sweep.core.store import Store
 
 
 def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec, RunDir]:

@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.trainer.budget import (
     check_config,  # jax-free: the planner runs it too
 )

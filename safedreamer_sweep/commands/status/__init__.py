@@ -17,6 +17,3 @@ from safedreamer_sweep.commands.status.view import status_view
 
 __all__ = ["CELL_FIELDS", "DEFAULT_STALL_AFTER_S", "SCHEMA", "StatusError", "cell_history", "cell_view", "collect",
            "exit_code", "headline", "status_view"]
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/commands.json is applied
-render = status_view  # bench/status_scale.py calls status.render

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir, Store, StoreError, host, read_json
+from safedreamer_sweep.core.files import StoreError, read_json
+from safedreamer_sweep.core.run_dir import RunDir, host
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.claim import holder_alive
 
 DEFAULT_STALL_AFTER_S = 600.0

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from safedreamer_sweep.core.durations import format_duration
-from safedreamer_sweep.core.store import host
+from safedreamer_sweep.core.run_dir import host
 
 
 def _labels(cells: Iterable[dict], max_groups: int = 6) -> str:

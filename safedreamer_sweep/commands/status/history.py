@@ -9,7 +9,8 @@ from typing import Any
 
 from safedreamer_sweep.commands.status.view import PHASE_STYLE
 from safedreamer_sweep.core.durations import format_hours
-from safedreamer_sweep.core.store import RunDir, StoreError
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.report.cost import cell_cost
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, Store, StoreError
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir
+from safedreamer_sweep.core.store import Store
 
 # Per-seed metrics the tables report: name -> (label, higher is better).
 METRICS: dict[str, tuple[str, bool]] = {

@@ -118,7 +118,7 @@ def _identity_caveats(frames: Frames) -> list[Caveat]:
 
 def _code_label(spec: dict) -> str:
     """`3f2a9c1b0d4e (commit 97c8f4e)`, or `A (...) then B (...)` for a cell continued under accepted code."""
-    from safedreamer_sweep.core.identity import describe_code
+    from safedreamer_sweep.core.code_fingerprint import describe_code
 
     chain = [spec.get("code"), *(spec.get("code_accepted") or [])]
     return " then ".join(describe_code(c) for c in chain)

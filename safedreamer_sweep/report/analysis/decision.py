@@ -324,7 +324,3 @@ def decision_flips(per_config: list[ConfigDecision], limit: float, settings: Rep
     if len(df):
         df = df.assign(_abs=df["margin"].abs()).sort_values(["_abs", "config"]).drop(columns="_abs")
     return df.reset_index(drop=True)
-
-
-# --- transitional re-exports (issue 28): removed by the lead after /work/codemods/report.json is applied
-from safedreamer_sweep.report.caveats import resume_caveats  # noqa: E402, F401

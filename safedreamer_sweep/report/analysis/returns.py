@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.core.identity import flatten
-from safedreamer_sweep.core.store import Store, StoreError
+from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.observe import observe_run
 
 COLUMNS = ("label", "seed", "hash", "phase", "attempts", "cause", "evidence")

@@ -25,7 +25,8 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from safedreamer_sweep.core.store import RunDir, StoreError
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.report.analysis import stats, tables
 from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
 from safedreamer_sweep.report.render import text

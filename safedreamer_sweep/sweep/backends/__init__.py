@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from safedreamer_sweep.core.store import RunDir
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep.observe import CellView, JobState
 
 __all__ = ["Backend", "RecordedJob", "Refused", "Started", "Tracked",

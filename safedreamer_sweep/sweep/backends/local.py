@@ -16,19 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import host
+from safedreamer_sweep.core.run_dir import host
 from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
 from safedreamer_sweep.sweep.backends.warm_pool import WarmPool, WarmUnavailable, preload_modules, shared_pool
+from safedreamer_sweep.sweep.cell_task import CellTasks
 from safedreamer_sweep.sweep.observe import pid_alive
-from safedreamer_sweep.sweep.submit import (
-    CellTasks,
-    SlotPool,
-    Submission,
-    cell_resources,
-    make_executor,
-    pre_register,
-    temporary_environ,
-)
+from safedreamer_sweep.sweep.slots import SlotPool
+from safedreamer_sweep.sweep.submit import Submission, cell_resources, make_executor, pre_register, temporary_environ
 
 _WAKE_S = 0.1  # how soon after a cell's process exits the supervisor notices (and refills its slot)
 

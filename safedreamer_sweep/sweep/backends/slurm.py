@@ -15,23 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safedreamer_sweep.core.store import host
+from safedreamer_sweep.core.run_dir import host
 from safedreamer_sweep.sweep.backends import Backend, Refused, Started, Tracked
 from safedreamer_sweep.sweep.backends.slurm_pack import (
     STEP_NAME,
     PackedCells,
     read_slot_exit,
 )
+from safedreamer_sweep.sweep.cell_task import CellTasks
 from safedreamer_sweep.sweep.claim import record_race
 from safedreamer_sweep.sweep.observe import SLURM_ALIVE
-from safedreamer_sweep.sweep.submit import (
-    CellTasks,
-    Submission,
-    cell_resources,
-    make_executor,
-    pre_register,
-    slurm_mem,
-)
+from safedreamer_sweep.sweep.submit import Submission, cell_resources, make_executor, pre_register, slurm_mem
 
 
 def have_slurm() -> bool:

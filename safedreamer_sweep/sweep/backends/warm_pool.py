@@ -44,7 +44,7 @@ _BUILTIN_PRELOAD = ("safedreamer_sweep.tasks.run", "safedreamer_sweep.trainer.pp
 # whose background thread imports numpy shows them for a moment, which is no change of environment.
 _IMPORT_TRANSIENT_ENV = ("OPENBLAS_MAIN_FREE", "GOTOBLAS_MAIN_FREE")
 BASE_PRELOAD = ("hydra.core.utils", "omegaconf", "submitit", "cloudpickle", "psutil", "filelock",
-                "safedreamer_sweep.sweep.submit", "safedreamer_sweep.tasks.app")
+                "safedreamer_sweep.sweep.submit", "safedreamer_sweep.sweep.cell_task", "safedreamer_sweep.tasks.app")
 
 
 class WarmUnavailable(RuntimeError):
