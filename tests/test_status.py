@@ -308,3 +308,18 @@ def test_a_slurm_claim_of_an_app_cell_without_a_seed_makes_status_ask_slurm(tmp_
     atomic_write_json(rd.claim_path, {"sweep_id": "s1", "backend": "slurm", "released_at": time.time()})
     status.collect(store.root, sample_cpu=False)
     assert asked, "status did not see the Slurm claim of a cell without a seed"
+
+
+def test_two_seedless_cells_of_one_config_each_show_their_own_cost(tmp_path):
+    """Two cells of an app without a seed, one label, two hashes: status shows each its own cost (it
+    looked them up as `<label>/seed_None`, which matched neither once the cost kept them apart)."""
+    store = Store(tmp_path / "store")
+    for hash8, hours in (("aaaaaaaa", 1.0), ("bbbbbbbb", 2.0)):
+        rd = store.run_dir("my_app", None, hash8)
+        rd.ensure_spec({"config": "my_app", "seed": None, "hash": hash8, "run_config": {}})
+        attempt = {"n": 1, "outcome": "done", "submitted_at": 0.0, "started_at": 0.0, "ended_at": hours * 3600,
+                   "resources": {"gpus": 1}}
+        rd.update_state(lambda s, a=attempt: s.update({"phase": "done", "attempts": [a]}))
+    doc = status.collect(store.root, sample_cpu=False)
+    assert sorted((c["hash"], c["cost"] and c["cost"]["useful_h"]) for c in doc["cells"]) == [
+        ("aaaaaaaa", pytest.approx(1.0)), ("bbbbbbbb", pytest.approx(2.0))]

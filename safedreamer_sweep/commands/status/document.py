@@ -21,7 +21,7 @@ from safedreamer_sweep.commands.status.evidence import (
 )
 from safedreamer_sweep.commands.status.headline import headline
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.report.cost import store_cost
+from safedreamer_sweep.report.cost import cell_key, store_cost
 from safedreamer_sweep.sweep.failures import bad_nodes_of_store
 from safedreamer_sweep.sweep.observe import observe_store
 
@@ -60,7 +60,7 @@ def _cell(store: Store, v: Any, stall: float, job_state: Callable[[str], str | N
     d["last_outcome"] = last_outcome(v.run_dir)
     d["claimed_by"] = live_claim(v.run_dir, stall, job_state) if v.phase == "pending" else None
     d["other_identities"] = other_identities(store, v)
-    c = cost["cells"].get(f"{v.config}/seed_{v.seed}")
+    c = cost["cells"].get(cell_key(v.config, v.seed, Path(v.run_dir).name if v.run_dir else v.hash))
     d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "total_h")}
     return d
 
