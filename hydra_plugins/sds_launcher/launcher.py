@@ -50,7 +50,7 @@ class SdsLauncher(Launcher):
         sup = sweep.supervisor(backend, sweep.claim())
         if not sweep.wait:
             return sweep.detach(sup)
-        _warm_report_imports()  # pandas, scipy, rliable ...: loaded while cells run, so the verdict follows the last cell at once
+        _warm_report_imports()  # pandas, scipy, rliable ...: loaded while cells run, so the report follows the last cell at once
         with Progress(sweep.progress, *sweep.settled()) as progress:
             if sweep.progress != "none":
                 sup.on_tick = progress.tick
@@ -69,7 +69,7 @@ class SdsLauncher(Launcher):
 
 def _warm_report_imports() -> None:
     """Import the report's heavy modules in a background thread while the supervisor waits: the
-    launcher is idle then, and the end-of-sweep verdict no longer pays ~2 CPU-s of imports."""
+    launcher is idle then, and the end-of-sweep report no longer pays ~2 CPU-s of imports."""
 
     def load() -> None:
         try:
