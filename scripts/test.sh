@@ -11,7 +11,7 @@
 #   safedreamer  the real SafeDreamer (only with SDS_SAFEDREAMER_PYTHON set, as .ci/run does), at nice
 #                19: the other two have tests that time a stall or a lease and must see the machine as
 #                they would alone; SafeDreamer takes the idle share (its cells' stall_after is 30 min).
-#                Its cells keep that niceness in their own sessions (tasks/external.py: autogroup).
+#                Its cells keep that niceness in their own sessions (tasks/external/runner.py: autogroup).
 # Each stream's output is printed when all have ended, in that order; the exit code is nonzero if any
 # failed. (pytest-xdist's --dist loadgroup would be the library for this, but with pytest 9.2 it
 # silently stops grouping: pytest-xdist issue #1386.)

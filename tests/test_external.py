@@ -98,22 +98,22 @@ def gone(pid: int) -> bool:
 # ----------------------------------------------------------------------------- templates
 
 
-def test_render_command_fills_cell_values_config_keys_and_resume_args(tmp_path):
+def test_a_command_template_fills_cell_values_config_keys_and_resume_args(tmp_path):
     cfg = OmegaConf.create({"seed": 3, "agent": {"lr": 0.0003, "name": "my agent"}})
     values = {"seed": 3, "run_dir": "/runs/a b", "checkpoint": "/runs/a b/ck.pt", "resume_flag": ""}
-    argv = external.render_command("python train.py --lr {agent.lr} --name {agent.name} --out {run_dir}/x "
+    argv = external.fill_command("python train.py --lr {agent.lr} --name {agent.name} --out {run_dir}/x "
                                    "--seed={seed:02d} {resume_flag} --json '{{\"k\": 1}}'",
                                    values, cfg, "task.command", resume=["--resume", "/runs/a b/ck.pt"])
     # Values with spaces stay one argument; {resume_flag} expands in place; {{ }} are literal braces.
     assert argv == ["python", "train.py", "--lr", "0.0003", "--name", "my agent", "--out", "/runs/a b/x",
                     "--seed=03", "--resume", "/runs/a b/ck.pt", "--json", '{"k": 1}']
-    argv = external.render_command(["train", "--seed", "{seed}"], values, cfg, "c", resume=["--resume"])
+    argv = external.fill_command(["train", "--seed", "{seed}"], values, cfg, "c", resume=["--resume"])
     assert argv == ["train", "--seed", "3", "--resume"]  # no {resume_flag}: appended
-    assert external.render_command("train {resume_flag}", values, cfg, "c", resume=None) == ["train"]
+    assert external.fill_command("train {resume_flag}", values, cfg, "c", resume=None) == ["train"]
     with pytest.raises(external.ExternalTaskError, match="whole argument"):
-        external.render_command("train --x={resume_flag}", values, cfg, "c")
+        external.fill_command("train --x={resume_flag}", values, cfg, "c")
     with pytest.raises(external.ExternalTaskError, match="config group"):
-        external.render_command("train {agent}", values, cfg, "c")
+        external.fill_command("train {agent}", values, cfg, "c")
 
 
 def test_an_unknown_template_key_fails_before_anything_runs(tmp_path):
@@ -123,7 +123,7 @@ def test_an_unknown_template_key_fails_before_anything_runs(tmp_path):
         external.validate_task(cfg)
     msg = str(e.value)
     assert "{agent.lr_typo}" in msg and "task.command" in msg and "seed" in msg  # names it and what exists
-    with pytest.raises(external.ExternalTaskError, match="agent.lr_typo"):
+    with pytest.raises(external.ExternalTaskError, match=r"agent\.lr_typo"):
         run_cell(cfg, RunSpec.from_cfg(cfg, config_name="fake"))
     rd = run_dir(cfg)
     assert not (rd.path / "sd").exists() and not rd.logs_dir.exists()  # the script never started
@@ -463,11 +463,11 @@ def test_through_the_launcher_a_finished_run_is_skipped_and_its_results_reach_th
 def test_environment_variables_in_templates(monkeypatch):
     cfg = OmegaConf.create({"seed": 0})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert external.render("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 3"
+    assert external.fill_template("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 3"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert external.render("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 0"
+    assert external.fill_template("--gpu {environ[CUDA_VISIBLE_DEVICES|0]}", {}, cfg, "c") == "--gpu 0"
     with pytest.raises(external.ExternalTaskError, match="CUDA_VISIBLE_DEVICES is not set"):
-        external.render("--gpu {environ[CUDA_VISIBLE_DEVICES]}", {}, cfg, "c")
+        external.fill_template("--gpu {environ[CUDA_VISIBLE_DEVICES]}", {}, cfg, "c")
 
 
 # A different script: prints its step, writes no checkpoint, evaluates into one JSON document.

@@ -9,7 +9,7 @@ across tests) is a finished cell handed back from the store, and still gets a re
 that its JobReturn points at (issue 19); verify_dir_outputs checks it.
 
 IntegrationTestSuite runs in its vanilla form too, one store for the whole module: its tests write a
-task file per test (each in its own folder: another app, core/identity.app_identity) and re-invoke
+task file per test (each in its own folder: another app, core/app_identity.py) and re-invoke
 one of them with other contents (an edited main script: its cells run again, the old result moved to
 superseded/, because an app that declares no sds.code has its main script as its code).
 

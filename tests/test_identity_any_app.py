@@ -115,7 +115,7 @@ def test_a_failed_cell_is_run_again_with_the_flag_its_message_printed(tmp_path):
 
 def test_two_apps_with_one_job_name_and_config_are_two_cells_and_an_edited_script_reruns(tmp_path):
     """One store, two projects that both have `train.py` with the same config: each app's cells are its
-    own (the identity names the app: core/identity.app_identity). An edit of an app's main script (it
+    own (the identity names the app: core/app_identity.py). An edit of an app's main script (it
     declares no sds.code, so the script is its code) runs its cells again by default, the old result
     moved to superseded/; hydra.launcher.code_change=accept keeps the finished cells instead."""
     store = tmp_path / "store"

@@ -6,7 +6,7 @@ in a git checkout and in an installed (non-git) copy of the same code. The git c
 those files differ from it, are recorded beside it for people, with the package's own commit and the
 versions of the packages that compute (code_version, package_versions). Cells done under another
 fingerprint are a verdict of their own at plan time (sweep.code_change: refuse, rerun or accept;
-safedreamer_sweep/sweep/plan.py); a run directory holding work by other code settles it when its
+safedreamer_sweep/sweep/verdicts.py); a run directory holding work by other code settles it when its
 spec.json is written (RunDir.ensure_spec, core/run_dir.py).
 """
 
@@ -43,7 +43,7 @@ def _declared_code(cfg: DictConfig | dict) -> tuple[str, list[str]] | None:
     """(what, globs) of the code a cell runs: the package's trainer for the built-in task, the
     task's `task.code` for an external one, `sds.code` for any other app, and for an app that
     declares none, its main script (_MAIN_SCRIPT: an edited script reruns its cells by default,
-    sweep/plan.py). None when an external task declares none (its cells are then not compared)."""
+    sweep/verdicts.py). None when an external task declares none (its cells are then not compared)."""
     task = cfg.get("task") or {}
     kind = task.get("kind") if isinstance(task, (dict, DictConfig)) else None
     if kind == "builtin":

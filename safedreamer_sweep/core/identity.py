@@ -44,7 +44,7 @@ IDENTITY_EXCLUDE: tuple[str, ...] = (
     "task.stderr_tail_lines",
     "task.startup_s",
     "task.description",
-    "task.total_steps_of",  # a consistency check of two budgets (tasks/external.py), not a budget itself
+    "task.total_steps_of",  # a consistency check of two budgets (tasks/external/validate.py), not a budget itself
     "task.code",  # which files are the task's code: their content is the code fingerprint, not identity
 )
 

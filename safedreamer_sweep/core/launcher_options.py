@@ -85,7 +85,7 @@ class LocalOptions(BaseOptions):
     # cells sharing one GPU (each gets XLA_PYTHON_CLIENT_MEM_FRACTION=1/runs_per_gpu)
     runs_per_gpu: int = opt(1, ge=1, le=64)
     # a warm worker per slot (imports done once) forks a fresh process per cell; false: a new
-    # interpreter per cell through submitit's local controller (sweep/backends/warm.py)
+    # interpreter per cell through submitit's local controller (sweep/backends/warm_pool.py)
     warm_workers: bool = True
 
 

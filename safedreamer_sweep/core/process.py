@@ -2,7 +2,7 @@
 it ended is written down as an exit record, the evidence `sweep/failures.py` classifies.
 
 Three parents write exit records, all through `write_exit_record`: a local cell's exit watcher
-(sweep/exitwatch.py), a local slot's warm worker (sweep/backends/warm.py) and a packed Slurm job's
+(sweep/exitwatch.py), a local slot's warm worker (sweep/backends/warm_worker.py) and a packed Slurm job's
 task for each of its job steps (sweep/backends/slurm_pack.py). Standard library only (with
 core/files.py): the exit watcher starts once per cell and must stay cheap.
 """

@@ -3,7 +3,7 @@
 One pydantic model per config group of conf/ (agent, trainer, env, eval, task, store, sweep, report,
 cost, the seed) and one for the launcher's options (derived from core/launcher_options.py). Groups are
 strict (a bool is not a number, "3" is not an int); keys the code does not read may be added (`+key=`),
-and `task`'s external adapter keys are checked by tasks/external.validate_task (its scalar settings
+and `task`'s external adapter keys are checked by tasks/external/validate.py (its scalar settings
 against `ExternalSettings` here).
 `check_cell(cfg)` / `check_launcher(params)` return one `Refusal` per bad key: the key, the value, the
 allowed range and the fix, as one line each, never a traceback. Environment ids are checked against
@@ -99,7 +99,7 @@ class Eval(_Group):
 
 
 class Task(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)  # external keys: tasks/external.validate_task
+    model_config = ConfigDict(extra="allow", strict=True)  # external keys: tasks/external/validate.py
     kind: Literal["builtin", "external"]
 
 
@@ -126,7 +126,7 @@ class Sweep(_Group):
     on_complete: list[str]
     retry_failed: bool
     objective: str | None
-    code_change: Literal["refuse", "rerun", "accept"] = "refuse"  # cells computed by other code (sweep/plan.py)
+    code_change: Literal["refuse", "rerun", "accept"] = "refuse"  # cells computed by other code (sweep/verdicts.py)
 
 
 class Rule(_Group):

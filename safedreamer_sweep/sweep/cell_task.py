@@ -209,7 +209,7 @@ class CellTasks:
 
     def __call__(self, cell: Any, env: dict[str, str], resources: dict[str, Any], race: bool = False) -> CellTask:
         if cell.run_dir.generation is not None:
-            # the cell writes fenced by the lease generation this launcher holds (core/store.py)
+            # the cell writes fenced by the lease generation this launcher holds (core/run_dir.py)
             env = {**env, "SDS_LEASE": f"{cell.run_dir.path.name}:{cell.run_dir.generation}"}
         return CellTask(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.cfg,
                         overrides=list(cell.overrides), job_num=self.initial_job_idx + cell.index,

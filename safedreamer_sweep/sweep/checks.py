@@ -62,7 +62,7 @@ def check_confounds(specs: list[RunSpec], cfg: DictConfig, log: Any = print, swe
 
 def check_config_axis_renders(specs: Sequence[tuple[RunSpec, DictConfig, DictConfig | None]]) -> None:
     """An external task must run something different per config on the `config` axis: render each
-    config's train and eval commands (tasks/external.py) and refuse configs that render the same."""
+    config's train and eval commands (tasks/external/axis.py) and refuse configs that render the same."""
     per_config: dict[str, DictConfig] = {}
     for spec, _, composed in specs:
         if composed is not None:

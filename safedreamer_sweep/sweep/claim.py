@@ -1,10 +1,10 @@
 """Claims: which sweep holds a cell right now, as a lease with a generation number (fencing).
 
 A claim is `claim.json` in the run directory, read and written under the run's lease lock
-(`.claim.lock`, which no cell process ever takes: core/store.py), so claims, renewals and takeovers
+(`.claim.lock`, which no cell process ever takes: core/locks.py), so claims, renewals and takeovers
 never wait on a cell frozen inside one of its own writes. Every new
 claim and every takeover bumps its `generation`; the holder writes the cell's state, progress,
-curves, checkpoints and results only through a RunDir fenced with its generation (core/store.py),
+curves, checkpoints and results only through a RunDir fenced with its generation (core/run_dir.py),
 so a holder that lost the lease cannot land a write. The holder renews the lease by touching
 claim.json (the launcher each poll for every cell it tracks, queued or running; the cell with every
 heartbeat). The lease's age is read on the filesystem's clock (claim.json's mtime against a probe

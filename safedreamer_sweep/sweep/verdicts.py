@@ -142,7 +142,7 @@ def code_verdict(spec: RunSpec, rd: RunDir, verdict: str, reason: str, code_chan
     if recorded_fingerprint(old) == now["fingerprint"]:
         return verdict, reason, None
     if recorded_fingerprint(old) is None and implicit_code(now):
-        return verdict, reason, None  # stored before an app's main script was its code: kept (store.settle_code_change)
+        return verdict, reason, None  # stored before an app's main script was its code: kept (run_dir._settle_code_change)
     recorded = (old.get("code_accepted") or [old.get("code")])[-1]
     note = {"recorded": recorded, "now": now, "code_change": code_change}
     what = f"its work was computed by code {describe_code(recorded)}; this code is {describe_code(now)}"

@@ -1,7 +1,7 @@
 """One cell of any Hydra app: the app's own task function, with the cell's attempt, outcome and
 return value recorded in its run directory, whatever the app does itself.
 
-The sds launchers run every cell through `RecordedTask` (sweep/submit.py, inside Hydra's run_job):
+The sds launchers run every cell through `RecordedTask` (sweep/cell_task.py, inside Hydra's run_job):
 the attempt is opened before the task function runs and closed after it (done, failed with the
 exception and its traceback tail, or interrupted with the requeue handler's cause), the return
 value is stored (result.pkl: a re-run hands it back without running anything), and Hydra's own

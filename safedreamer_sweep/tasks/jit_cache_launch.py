@@ -19,7 +19,7 @@ import runpy
 import sys
 
 
-def enable_cache(path: str) -> None:
+def _enable_cache(path: str) -> None:
     """Point JAX's persistent compilation cache at `path` (created if missing)."""
     os.makedirs(path, exist_ok=True)
     flags = os.environ.get("XLA_FLAGS", "")
@@ -44,7 +44,7 @@ def main() -> None:
         sys.exit("usage: python jit_cache_launch.py SCRIPT [ARGS...]  (cache directory in $SDS_JIT_CACHE)")
     cache = os.environ.get("SDS_JIT_CACHE", "")
     if cache:
-        enable_cache(cache)
+        _enable_cache(cache)
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT` would

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PROBE_TYPES = ("jsonl", "files", "stdout")
+_PROBE_TYPES = ("jsonl", "files", "stdout")
 
 
 class ProbeConfigError(ValueError):
@@ -50,7 +50,7 @@ def _glob_names(pattern: str, base: Path | None) -> list[str]:
     return globlib.glob(pattern, recursive=True)
 
 
-def newest(paths: Iterable[Path]) -> Path | None:
+def _newest(paths: Iterable[Path]) -> Path | None:
     """The most recently modified of `paths` (files that vanish while we look are ignored)."""
     best, best_mtime = None, -1.0
     for p in paths:
@@ -63,7 +63,7 @@ def newest(paths: Iterable[Path]) -> Path | None:
     return best
 
 
-def lookup(row: Mapping[str, Any], key: str) -> Any:
+def _lookup(row: Mapping[str, Any], key: str) -> Any:
     """`row[key]` if present as a flat key (SafeDreamer writes `episode/score` flat), else the
     dotted path into nested mappings (`stats.env_step`). None when absent."""
     if key in row:
@@ -138,11 +138,11 @@ class JsonlProbe:
     base_dir: Path | None = None
 
     def read(self) -> int | None:
-        path = newest(expand_glob(self.glob, self.base_dir))
+        path = _newest(expand_glob(self.glob, self.base_dir))
         if path is None:
             return None
         for row in reversed(tail_jsonl(path)):
-            v = _as_number(lookup(row, self.key))
+            v = _as_number(_lookup(row, self.key))
             if v is not None:
                 return int(v * self.scale)
         return None
@@ -277,7 +277,7 @@ def build_probes(decls: Iterable[Mapping[str, Any]], base_dir: Path | None = Non
             elif kind == "stdout":
                 out.append(StdoutProbe(name, pattern=str(d.pop("pattern")), scale=scale))
             else:
-                raise ProbeConfigError(f"probe {name!r}: type {kind!r} is not one of {PROBE_TYPES}. "
+                raise ProbeConfigError(f"probe {name!r}: type {kind!r} is not one of {_PROBE_TYPES}. "
                                        f"Fix: set `type:` to jsonl, files or stdout.")
         except KeyError as e:
             raise ProbeConfigError(f"probe {name!r} ({kind}): missing required field {e.args[0]!r}") from None
@@ -308,12 +308,12 @@ def checkpoint_step(path: Path, *, pickle_key: str | None = None, json_key: str 
             m = re.search(name_regex, path.name)
             return int(m.group(1)) if m else None
         if json_key:
-            n = _as_number(lookup(json.loads(path.read_text()), json_key))
+            n = _as_number(_lookup(json.loads(path.read_text()), json_key))
             return None if n is None else int(n)
         if pickle_key:
             with open(path, "rb") as f:
                 doc = pickle.load(f)  # the user's own checkpoint of the user's own script
-            n = _as_number(lookup(doc, pickle_key)) if isinstance(doc, Mapping) else None
+            n = _as_number(_lookup(doc, pickle_key)) if isinstance(doc, Mapping) else None
             return None if n is None else int(n)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError):
         return None
@@ -324,7 +324,7 @@ def find_checkpoint(pattern: str, base_dir: Path | None = None, scale: float = 1
                     **step_how: Any) -> FoundCheckpoint | None:
     """The newest file matching `pattern`, with its env step (the step it holds x `scale`, e.g. an
     action repeat) when the declaration says how to read it."""
-    path = newest(expand_glob(pattern, base_dir))
+    path = _newest(expand_glob(pattern, base_dir))
     if path is None:
         return None
     try:
@@ -357,19 +357,19 @@ def read_episodes(paths: Iterable[Path], fmt: str, keys: Mapping[str, str],
             except (OSError, json.JSONDecodeError):
                 continue
             if records:
-                doc = lookup(doc, records) if isinstance(doc, Mapping) else None
+                doc = _lookup(doc, records) if isinstance(doc, Mapping) else None
             rows.extend(r for r in (doc if isinstance(doc, list) else [doc]) if isinstance(r, dict))
         else:
             raise ProbeConfigError(f"eval.results.format {fmt!r} is not jsonl or json")
     episodes = []
     for row in rows:
-        ret = _as_number(lookup(row, keys["return"]))
+        ret = _as_number(_lookup(row, keys["return"]))
         if ret is None:
             continue
         ep: dict[str, float | int | None] = {"return": ret}
         for ours in ("cost", "length"):
             theirs = keys.get(ours)
-            v = _as_number(lookup(row, theirs)) if theirs else None
+            v = _as_number(_lookup(row, theirs)) if theirs else None
             # An undeclared or missing cost stays None (unknown), never 0: "no cost" is a claim.
             ep[ours] = (int(v) if ours == "length" else v) if v is not None else None
         episodes.append(ep)
@@ -398,13 +398,13 @@ class CurveMirror:
     def skip_existing(self) -> None:
         """At the start of an attempt: what the files hold now belongs to earlier attempts (mirrored
         then, or past the checkpoint and about to be redone); read only what is appended from here."""
-        path = newest(expand_glob(self.glob, self.base_dir))
+        path = _newest(expand_glob(self.glob, self.base_dir))
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._path, self._offset = path, path.stat().st_size
 
     def new_rows(self) -> list[dict]:
-        path = newest(expand_glob(self.glob, self.base_dir))
+        path = _newest(expand_glob(self.glob, self.base_dir))
         if path is None:
             return []
         if path != self._path:  # a new attempt's log dir: start reading it from its beginning
@@ -427,11 +427,11 @@ class CurveMirror:
                 continue
             if not isinstance(row, dict):
                 continue
-            step = _as_number(lookup(row, self.step_key))
+            step = _as_number(_lookup(row, self.step_key))
             if step is None or int(step * self.scale) <= self.last_step:
                 continue
             mapped = {ours: v for ours, theirs in self.keys.items()
-                      if (v := _as_number(lookup(row, theirs))) is not None}
+                      if (v := _as_number(_lookup(row, theirs))) is not None}
             if not mapped:
                 continue
             self.last_step = int(step * self.scale)

@@ -35,7 +35,7 @@ def cell_run_dir(cfg: DictConfig, spec: RunSpec | None = None) -> tuple[RunSpec,
 
 def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
     """Bring one cell to `done`: train what is missing, evaluate what is missing. Idempotent."""
-    timeline = Timeline()
+    timeline = _Timeline()
     spec, rd = cell_run_dir(cfg, spec)
     rd.ensure_spec(spec.spec_document())
     if cfg.get("task", {}).get("kind", "builtin") == "external":
@@ -51,7 +51,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
         with timeline.phase("imports"):
             from safedreamer_sweep.trainer.evaluate import evaluate
             from safedreamer_sweep.trainer.ppo_lag import train
-        rd = TimedRunDir(rd.path, rd.generation)  # keeps the lease fence (core/store.py)
+        rd = _TimedRunDir(rd.path, rd.generation)  # keeps the lease fence (core/run_dir.py)
         timeline.watch_builtin_trainer()
     # start_step / end_step let the cost split tell resumed work from work redone after a loss.
     # startup_s: the task's start-up allowance, read by the observer from the attempt (sweep/observe.py).
@@ -71,7 +71,7 @@ def run_cell(cfg: DictConfig, spec: RunSpec | None = None) -> dict[str, Any]:
                     result = evaluate(cfg, rd, kind)
                 rd.write_eval(kind, result)
     except (KeyboardInterrupt, SystemExit) as e:
-        # The launcher's requeue handler (submit.CellTask.checkpoint) says why it stops the cell.
+        # The launcher's requeue handler (cell_task.CellTask.checkpoint) says why it stops the cell.
         cause = os.environ.get("SDS_INTERRUPT_CAUSE", "interrupted")
         evidence = os.environ.get("SDS_INTERRUPT_EVIDENCE", f"{type(e).__name__} / SIGINT")
         rd.end_attempt("interrupted", cause=cause, evidence=evidence, end_step=_env_step(rd))
@@ -122,7 +122,7 @@ _SLOW = {"s": 0.0}  # test hook (SDS_INJECT_FAULT=slow=S): seconds slept after e
 
 
 @dataclass(frozen=True)
-class TimedRunDir(RunDir):
+class _TimedRunDir(RunDir):
     """The cell's RunDir, with the wall and CPU seconds of its checkpoint writes counted."""
 
     def save_checkpoint(self, env_step: int, payload: Any, keep: int = 3) -> Path:
@@ -137,7 +137,7 @@ class TimedRunDir(RunDir):
                 time.sleep(_SLOW["s"])  # after the timed write: a paced cell, not a slow store
 
 
-class Timeline:
+class _Timeline:
     """Where one attempt's wall and CPU time went, as counters read at phase boundaries: the
     process start (creation to run_cell), imports, the training call split into JAX compiles, env
     construction, periodic evaluation, checkpoint writes and the rest (training proper), and the
@@ -190,7 +190,7 @@ class Timeline:
 
 
 class _Phase:
-    def __init__(self, timeline: Timeline, name: str) -> None:
+    def __init__(self, timeline: _Timeline, name: str) -> None:
         self.timeline, self.name = timeline, name
 
     def __enter__(self) -> None:
@@ -219,7 +219,7 @@ def use_store_jax_cache(cfg: DictConfig) -> None:
     # Small programs too: loading one is faster than compiling it (JAX's default caches only >= 1 s).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "jax" in sys.modules:
-        # JAX reads these variables when it is imported. A warm worker (sweep/backends/warm.py) imported
+        # JAX reads these variables when it is imported. A warm worker (sweep/backends/warm_worker.py) imported
         # it before this cell, but never used a backend or compiled: the same settings through its config.
         import jax
 

@@ -9,7 +9,7 @@ OOM kill ends its step and nothing else. Each step writes `<folder>/<job>_slot<i
 it ends (the launcher's per-cell liveness: the job stays RUNNING while a neighbour trains).
 
 Run as `python -m safedreamer_sweep.sweep.backends.slurm_pack CELL.pkl`, a step runs the pickled
-CellTask (sweep/submit.py) as a normal job's task does.
+CellTask (sweep/cell_task.py) as a normal job's task does.
 """
 
 from __future__ import annotations
