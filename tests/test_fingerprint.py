@@ -46,6 +46,24 @@ def test_builtin_fingerprint_is_the_trainer_files_content_wherever_they_are(tmp_
     assert code_fingerprint(_external([str(copy / "*.py")]))["fingerprint"] != ours["fingerprint"]
 
 
+# Every stored built-in cell records this. It has been the trainer's fingerprint since 3619e38 (2026-12-01):
+# a store written by any release since then plans its finished built-in cells `done` under this code.
+BUILTIN_FINGERPRINT = "1dfe4cfbfeb1"
+
+
+def test_the_builtin_trainer_fingerprint_changes_only_on_purpose():
+    """An edit of trainer/*.py, even one that changes no number (an import line, a rename, a lint fix),
+    changes the fingerprint, and then every built-in cell in every user's store plans `code-changed`
+    after an upgrade: they must pass sweep.code_change=accept or train again. So the fingerprint is
+    pinned: change it here only with a change to what the trainer computes, and say so in the release note."""
+    got = code_fingerprint(BUILTIN)["fingerprint"]
+    assert got == BUILTIN_FINGERPRINT, (
+        f"the built-in trainer's code fingerprint is {got}, not {BUILTIN_FINGERPRINT}: an edit of "
+        "safedreamer_sweep/trainer/*.py re-labels every stored built-in cell as computed by other code. "
+        "Fix: revert an edit that does not change what the trainer computes; if it does, update "
+        "BUILTIN_FINGERPRINT and say in the release note that stored built-in cells plan code-changed")
+
+
 def test_external_code_globs_start_at_task_cwd_and_a_glob_matching_nothing_is_refused(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text("print('v1')\n")

@@ -82,8 +82,8 @@ MODULE_REF = re.compile(r"\b((?:safedreamer_sweep|hydra_plugins)/[\w/]+\.py)\b")
 # step; the exceptions are linear markup or a loop that reads better whole, each with its reason.
 MAX_FUNCTION_LINES = 60
 LONG_BY_DESIGN: dict[str, str] = {
-    "safedreamer_sweep/trainer/ppo_lag.py:train": "the training loop as one outline of named steps (rollout, "
-    "advantages, update, log, checkpoint, evaluate), kept whole as CleanRL keeps its loop",
+    "safedreamer_sweep/trainer/ppo_lag.py:train": "the training loop, read top to bottom in its own `# ---` sections "
+    "as CleanRL keeps its loop; and its bytes are the built-in trainer's code fingerprint (FROZEN_FOR_FINGERPRINT)",
 }
 
 
@@ -114,9 +114,17 @@ def test_no_function_over_the_limit() -> None:
                      f"with the reason):\n" + "\n".join(sorted(long))
 
 
+# The built-in trainer's files are hashed, bytes and all, into the code fingerprint every stored built-in cell
+# records (core/code_fingerprint.py): an edit there that changes no number still makes each of those cells plan
+# `code-changed` after an upgrade. Its package is left as it is until its numerics change for a reason of their own.
+FROZEN_FOR_FINGERPRINT = PKG / "trainer"
+
+
 def test_every_subpackage_declares_what_it_offers() -> None:
     bad = []
     for init in sorted(PKG.rglob("__init__.py")):
+        if init.parent == FROZEN_FOR_FINGERPRINT:
+            continue
         tree = ast.parse(init.read_text())
         offered = None
         defined = set()

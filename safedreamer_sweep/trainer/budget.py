@@ -1,5 +1,5 @@
 """The builtin trainer's budget checks, free of jax so the planner can run them for every job
-before anything is written to the store (ppo_lag.py imports it from here)."""
+before anything is written to the store (trainer.py re-exports check_config)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ class FastReset(gymnasium.Wrapper):
 
 
 @dataclass
-class _EnvClock:
+class EnvClock:
     """What this process spent on envs outside training rollouts: building them (`make_env`, the
     safety_gymnasium import and VectorEnv's explicit resets included) and stepping/resetting envs
     made one at a time (the
@@ -112,7 +112,7 @@ class _EnvClock:
         return asdict(self)
 
 
-CLOCK = _EnvClock()
+CLOCK = EnvClock()
 
 
 class _Clocked(gymnasium.Wrapper):

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from safedreamer_sweep.core.files import StoreError
-from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir
+from safedreamer_sweep.core.store import EVAL_KINDS, RunDir, StoreError
 from safedreamer_sweep.trainer.envs import make_env
 from safedreamer_sweep.trainer.policy import NumpyPolicy, RunningNorm
 

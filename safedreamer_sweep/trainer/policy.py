@@ -22,7 +22,7 @@ def mlp(layers, x):
 
 
 def to_numpy(tree: Any) -> Any:
-    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+    return jax.tree_util.tree_map(lambda a: np.asarray(a), jax.device_get(tree))
 
 
 def to_jax(tree: Any) -> Any:

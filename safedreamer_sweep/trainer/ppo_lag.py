@@ -1,10 +1,6 @@
-"""PPO-Lagrangian in JAX on Safety-Gymnasium, read top to bottom: networks, GAE, Lagrange
-multiplier, loss and update, critics on a rollout, then `train` (the loop: one named step per
-`# ---` section, over the `_TrainState` a checkpoint holds). `env_step` is the only clock; every
-cadence (log, checkpoint, eval) is in env steps.
-
-The jitted functions keep their names (`ppo_update`, `actor_logp`, `step_fraction_costs`, and
-`ppo_loss`, `interpolate` traced inside them): they name the compiled programs in the store's JAX cache.
+"""PPO-Lagrangian in JAX on Safety-Gymnasium, read top to bottom: networks, observation
+normaliser, GAE, Lagrange multiplier, loss and update, then `train` (the loop). `env_step` is
+the only clock; every cadence (log, checkpoint, eval) is in env steps.
 
 Where time goes: a jitted JAX call costs ~0.2 ms whatever its size, stepping the env ~0.5 ms. So
 rollouts act with a numpy copy of the networks (refreshed after each update) and compute values
@@ -32,7 +28,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -45,7 +40,7 @@ import numpy as np
 import optax
 from omegaconf import DictConfig
 
-from safedreamer_sweep.core.run_dir import RunDir
+from safedreamer_sweep.core.store import RunDir
 from safedreamer_sweep.trainer.budget import (
     check_config,  # jax-free: the planner runs it too
 )
@@ -59,8 +54,8 @@ from safedreamer_sweep.trainer.policy import (
     to_numpy,
 )
 
-_CHECKPOINT_VERSION = 1
-_LOG_2PI = math.log(2.0 * math.pi)
+CHECKPOINT_VERSION = 1
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 # ----------------------------------------------------------------------------- networks
@@ -68,7 +63,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # cf's last layer has K outputs (the cost-value heads; K = 1 without `u`).
 
 
-def _init_mlp(rng: np.random.Generator, sizes: list[int], out_scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+def init_mlp(rng: np.random.Generator, sizes: list[int], out_scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Orthogonal init (gain sqrt 2 on hidden layers, `out_scale` on the last), zero biases. In
     numpy: it runs once, and jitting QR costs seconds of compile for nothing."""
     layers = []
@@ -85,16 +80,16 @@ def init_params(seed: int, obs_dim: int, act_dim: int, hidden: list[int], heads:
     """Initial parameters (numpy arrays) of the actor, the reward critic and the K-head cost critic."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 4]))
     return {
-        "actor": {"net": _init_mlp(rng, [obs_dim, *hidden, act_dim], 0.01),
+        "actor": {"net": init_mlp(rng, [obs_dim, *hidden, act_dim], 0.01),
                   "log_std": np.full(act_dim, init_log_std, np.float32)},
-        "vf": _init_mlp(rng, [obs_dim, *hidden, 1], 1.0),
-        "cf": _init_mlp(rng, [obs_dim, *hidden, heads], 1.0),
+        "vf": init_mlp(rng, [obs_dim, *hidden, 1], 1.0),
+        "cf": init_mlp(rng, [obs_dim, *hidden, heads], 1.0),
     }
 
 
 def gaussian_logp(mean, log_std, actions):
     """Log-density of `actions` under a diagonal Gaussian (summed over action dimensions)."""
-    return jnp.sum(-0.5 * ((actions - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * _LOG_2PI, axis=-1)
+    return jnp.sum(-0.5 * ((actions - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * LOG_2PI, axis=-1)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -131,11 +126,11 @@ def lagrange_update(multiplier: float, episode_cost: float, cost_limit: float, l
 # ----------------------------------------------------------------------------- loss and update
 
 
-def _make_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
+def make_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
-_NETS = ("actor", "vf", "cf")
+NETS = ("actor", "vf", "cf")
 
 
 def ppo_loss(params: dict, mb: dict, clip: float, ent_coef: float):
@@ -146,7 +141,7 @@ def ppo_loss(params: dict, mb: dict, clip: float, ent_coef: float):
     ratio = jnp.exp(log_ratio)
     adv = mb["adv"]
     policy_loss = -jnp.mean(jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv))
-    entropy = jnp.sum(log_std + 0.5 * (_LOG_2PI + 1.0))
+    entropy = jnp.sum(log_std + 0.5 * (LOG_2PI + 1.0))
     value_loss = 0.5 * jnp.mean((mlp(params["vf"], mb["obs"])[:, 0] - mb["ret"]) ** 2)
     heads = mlp(params["cf"], mb["obs"])  # [B, K], each head on its bootstrap mask, to its own returns [B, K]
     cost_value_loss = 0.5 * jnp.sum(mb["mask"] * (heads - mb["cret"]) ** 2) / jnp.maximum(mb["mask"].sum(), 1.0)
@@ -171,7 +166,7 @@ def ppo_update(params, opt_state, batch, key, *, tx, epochs, minibatches, clip, 
         mb = jax.tree_util.tree_map(lambda x: x[idx], batch)
         grads, stats = jax.grad(ppo_loss, has_aux=True)(params, mb, clip, ent_coef)
         new_params, new_state = {}, {}
-        for name in _NETS:
+        for name in NETS:
             updates, new_state[name] = tx.update(grads[name], opt_state[name], params[name])
             new_params[name] = optax.apply_updates(params[name], updates)
         return (new_params, new_state), stats
@@ -229,7 +224,7 @@ def certify_step(old_actor, new_actor, batch, cost_adv, episode_cost, episode_le
 # ----------------------------------------------------------------------------- critics on a rollout
 
 
-def _critic_values(p: dict, obs_n: np.ndarray, kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def critic_values(p: dict, obs_n: np.ndarray, kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For normalised observations [B, obs] and numpy parameters `p`: the reward value [B], the cost
     signals [B, K + 1] (the K cost heads, then the pessimistic cost value mean + kappa * std over
     the heads, which is the mean when K = 1), and kappa * std [B] (the risk penalty)."""
@@ -249,13 +244,13 @@ def rollout_targets(p: dict, obs_n: np.ndarray, last_obs_n: np.ndarray, rew: np.
     row of `final_obs_n`) to its reward and cost. Returns (adv_r [T, N], ret_r [T, N], adv_c [T, N],
     ret_c [T, N, K], risk [T * N])."""
     T, N = rew.shape
-    v, c, risk = _critic_values(p, obs_n.reshape(T * N, -1), kappa)
+    v, c, risk = critic_values(p, obs_n.reshape(T * N, -1), kappa)
     k1 = c.shape[-1]  # K + 1
     v, c = v.reshape(T, N), c.reshape(T, N, k1)
-    last_v, last_c, _ = _critic_values(p, last_obs_n, kappa)
+    last_v, last_c, _ = critic_values(p, last_obs_n, kappa)
     rew_b, cost_b = rew.astype(np.float64), np.repeat(cost[..., None], k1, axis=-1).astype(np.float64)
     if final_at:
-        fv, fc, _ = _critic_values(p, final_obs_n, kappa)
+        fv, fc, _ = critic_values(p, final_obs_n, kappa)
         for j, (t, i) in enumerate(final_at):
             rew_b[t, i] += float(acfg.gamma) * fv[j]
             cost_b[t, i] += float(acfg.cost_gamma) * fc[j]
@@ -266,7 +261,7 @@ def rollout_targets(p: dict, obs_n: np.ndarray, last_obs_n: np.ndarray, rew: np.
     return adv[..., 0], ret[..., 0], adv[..., -1], ret[..., 1:-1], risk
 
 
-class _Window:
+class Window:
     """The per-update statistics of one logging window; a metrics row holds their mean."""
 
     def __init__(self, rows: list[dict] | None = None):
@@ -326,188 +321,6 @@ class Heartbeat:
         self.beat()
 
 
-@dataclass
-class _TrainState:
-    """What the loop carries from one update to the next: everything a checkpoint holds."""
-
-    env_step: int
-    key: Any  # the JAX PRNG key
-    params: dict
-    opt_state: dict
-    norm: RunningNorm
-    multiplier: float
-    recent: deque  # the last finished episodes: (return, cost, length)
-    episodes: int
-    np_rng: np.random.Generator
-    wall_before: float  # training wall time of earlier attempts
-    window: _Window  # the current logging window's updates ...
-    window_eps: list  # ... and finished episodes
-
-
-def _start(cfg: DictConfig, run: RunDir, dims: tuple[int, int, int], tx: optax.GradientTransformation,
-           log) -> _TrainState:
-    """The newest valid checkpoint's state, else a fresh one for `cfg.seed`. `dims`: (obs, act, heads)."""
-    acfg, seed = cfg.agent, int(cfg.seed)
-    resumed = run.latest_checkpoint(log=lambda m: log(f"[train] {m}"))
-    if resumed is None:
-        params = to_jax(init_params(seed, dims[0], dims[1], list(acfg.hidden), dims[2], float(acfg.init_log_std)))
-        return _TrainState(
-            env_step=0, key=jax.random.PRNGKey(seed), params=params,
-            opt_state={name: tx.init(params[name]) for name in _NETS}, norm=RunningNorm(dims[0]),
-            multiplier=float(acfg.lagrangian.init), recent=deque(maxlen=10), episodes=0,
-            np_rng=np.random.default_rng(np.random.SeedSequence([seed, 1])), wall_before=0.0,
-            window=_Window(), window_eps=[])
-    env_step, ck = resumed
-    if (ck.get("obs_dim"), ck.get("act_dim"), ck.get("heads")) != dims:
-        raise ValueError(
-            f"{run.checkpoints_dir}: checkpoint step {env_step} has obs/act dims and cost heads "
-            f"{(ck.get('obs_dim'), ck.get('act_dim'), ck.get('heads'))}, this config needs "
-            f"{dims}. Fix: run this config in a fresh run directory.")
-    np_rng = np.random.default_rng()
-    np_rng.bit_generator.state = ck["rng"]["numpy"]
-    state = _TrainState(
-        env_step=env_step, key=jnp.asarray(ck["rng"]["jax_key"]), params=to_jax(ck["params"]),
-        opt_state=to_jax(ck["opt_state"]), norm=RunningNorm.from_state(ck["normalizer"]),
-        multiplier=float(ck["lagrange"]["multiplier"]), recent=deque(ck["recent_episodes"], maxlen=10),
-        episodes=int(ck["episodes"]), np_rng=np_rng, wall_before=float(ck.get("wall_time_s", 0.0)),
-        # a checkpoint inside a logging window keeps the window's updates and episodes
-        window=_Window(ck.get("window_updates")), window_eps=list(ck.get("window_episodes", [])))
-    log(f"[train] resuming {run.path} from checkpoint step {env_step}")
-    return state
-
-
-def _save_checkpoint(run: RunDir, s: _TrainState, dims: tuple[int, int, int], cost_limit: float,
-                     wall_time_s: float, keep: int) -> None:
-    obs_dim, act_dim, heads = dims
-    run.save_checkpoint(s.env_step, {
-        "version": _CHECKPOINT_VERSION, "env_step": s.env_step, "obs_dim": obs_dim, "act_dim": act_dim,
-        "heads": heads, "params": to_numpy(s.params), "opt_state": to_numpy(s.opt_state),
-        "normalizer": s.norm.state_dict(), "lagrange": {"multiplier": s.multiplier, "cost_limit": cost_limit},
-        "recent_episodes": list(s.recent), "episodes": s.episodes,
-        "rng": {"jax_key": np.asarray(s.key), "numpy": s.np_rng.bit_generator.state},
-        "window_updates": s.window.rows, "window_episodes": s.window_eps,
-        "wall_time_s": wall_time_s,
-    }, keep=keep)
-
-
-@dataclass
-class _Rollout:
-    """The rollout buffers, [T, N, ...]: normalised and raw observations, actions, reward, cost, done."""
-
-    obs: np.ndarray
-    raw: np.ndarray
-    act: np.ndarray
-    rew: np.ndarray
-    cost: np.ndarray
-    done: np.ndarray
-
-    @classmethod
-    def zeros(cls, T: int, n_envs: int, obs_dim: int, act_dim: int) -> _Rollout:
-        return cls(np.zeros((T, n_envs, obs_dim), np.float32), np.zeros((T, n_envs, obs_dim), np.float32),
-                   np.zeros((T, n_envs, act_dim), np.float32), *(np.zeros((T, n_envs)) for _ in range(3)))
-
-
-def _collect_rollout(envs: Any, policy: NumpyPolicy, obs: np.ndarray, buf: _Rollout, s: _TrainState,
-                     hb: Heartbeat) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray]], list]:
-    """Fill `buf` with T steps of every env, sampling actions around the policy's mean. Returns the
-    observation after the rollout, the (t, env, final obs) of truncated episodes and the finished
-    episodes (also counted into `s`)."""
-    T, n_envs, act_dim = buf.act.shape
-    std = np.exp(policy.p["actor"]["log_std"])
-    finals: list[tuple[int, int, np.ndarray]] = []
-    for t in range(T):
-        obs_n = policy.normalize(obs)
-        action = policy.mean_action(obs_n) + std * s.np_rng.standard_normal((n_envs, act_dim), np.float32)
-        next_obs, rew, cost, term, trunc, info = envs.step(np.clip(action, -1.0, 1.0))
-        buf.obs[t], buf.raw[t], buf.act[t] = obs_n, obs, action
-        buf.rew[t], buf.cost[t], buf.done[t] = rew, cost, term | trunc
-        for i, fo in info["final_obs"].items():
-            if trunc[i] and not term[i]:
-                finals.append((t, i, fo))
-        obs = next_obs
-        s.env_step += n_envs
-        hb.env_step = s.env_step
-    finished = envs.pop_episodes()
-    s.episodes += len(finished)
-    s.recent.extend(finished)
-    s.window_eps.extend(finished)
-    return obs, finals, finished
-
-
-def _ppo_batch(buf: _Rollout, adv_r: np.ndarray, ret_r: np.ndarray, a_c: np.ndarray, ret_c: np.ndarray,
-               multiplier: float, actor: dict) -> dict:
-    """The PPO batch (on the device): the normalised reward advantage minus `multiplier` times the
-    centred cost advantage `a_c`, scaled by 1 / (1 + multiplier); returns; and the rollout
-    policy's log-probabilities."""
-    T, n_envs, obs_dim = buf.obs.shape
-    a_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
-    batch = to_jax({
-        "obs": buf.obs.reshape(T * n_envs, obs_dim), "actions": buf.act.reshape(T * n_envs, buf.act.shape[-1]),
-        "adv": ((a_r - multiplier * a_c) / (1.0 + multiplier)).reshape(-1).astype(np.float32),
-        "ret": ret_r.reshape(-1).astype(np.float32), "cret": ret_c.reshape(-1, ret_c.shape[-1]).astype(np.float32),
-    })
-    batch["logp"] = actor_logp(actor, batch["obs"], batch["actions"])
-    return batch
-
-
-def _ppo_step(s: _TrainState, batch: dict, a_c: np.ndarray, tx: optax.GradientTransformation, acfg: Any,
-              cost_limit: float) -> tuple[Any, float]:
-    """One PPO update of `s.params` (one jitted call), then with `cert` the certified actor step.
-    Returns the update's statistics (on the device) and the step fraction taken."""
-    old_actor = s.params["actor"]
-    s.key, k_upd = jax.random.split(s.key)
-    s.params, s.opt_state, stats = ppo_update(s.params, s.opt_state, batch, k_upd, tx=tx,
-                                              epochs=int(acfg.update_epochs), minibatches=int(acfg.minibatches),
-                                              clip=float(acfg.clip), ent_coef=float(acfg.ent_coef))
-    step_frac = 1.0
-    if acfg.cert.enabled and s.recent:
-        actor, step_frac = certify_step(  # on the centred cost advantage, as the PPO loss uses it
-            old_actor, s.params["actor"], batch, jnp.asarray(a_c.reshape(-1), jnp.float32),
-            float(np.mean([e[1] for e in s.recent])), float(np.mean([e[2] for e in s.recent])), cost_limit,
-            int(acfg.cert.backtrack_steps), float(acfg.cert.decay))
-        s.params = {**s.params, "actor": actor}
-    return stats, step_frac
-
-
-def _finite(stats: Any, env_step: int) -> dict[str, float]:
-    out = {k: float(x) for k, x in jax.device_get(stats).items()}
-    if not all(math.isfinite(x) for x in out.values()):
-        raise FloatingPointError(f"non-finite loss at env step {env_step}: {out}. Fix: lower agent.lr "
-                                 f"or check the env's observations for NaN")
-    return out
-
-
-def _two_decimals(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _log_window(run: RunDir, s: _TrainState, total: int, steps_per_s: float, wall_time_s: float, log) -> None:
-    """Append the logging window's metrics row (episode means, the multiplier, the means of its
-    updates), print it, and start a new window."""
-    ep = np.array(s.window_eps, float).reshape(-1, 3)  # (return, cost, length) rows
-    mean = [float(x) for x in ep.mean(0)] if len(ep) else [None] * 3
-    row = {"env_step": s.env_step, "episode_return": mean[0], "episode_cost": mean[1],
-           "episode_length": mean[2], "episodes": s.episodes, "lagrange_multiplier": s.multiplier,
-           **s.window.means(),  # means over the window's updates
-           "steps_per_s": steps_per_s, "wall_time_s": wall_time_s}
-    run.append_metrics(row)
-    log(f"[train] step {s.env_step}/{total} return {_two_decimals(row['episode_return'])} cost "
-        f"{_two_decimals(row['episode_cost'])} lagrange {s.multiplier:.3f} kl {row['approx_kl']:.4f} "
-        f"risk {row['risk_penalty']:.3f} cert {row['cert_step_frac']:.2f} {row['steps_per_s']:.0f} steps/s")
-    s.window, s.window_eps = _Window(), []
-
-
-def _eval_curve(run: RunDir, eval_env: Any, s: _TrainState, cfg: DictConfig) -> None:
-    """A few episodes of the deterministic policy, appended to the eval curve."""
-    eval_policy = NumpyPolicy(s.params, s.norm if cfg.agent.obs_norm else None)
-    seeds = [int(x) for x in np.random.SeedSequence([int(cfg.seed), 2, s.env_step]).generate_state(
-        int(cfg.trainer.eval_curve_episodes))]
-    eps = run_episodes(eval_env, eval_policy.act, seeds)
-    run.append_metrics({"env_step": s.env_step, "return_mean": float(np.mean([e["return"] for e in eps])),
-                        "cost_mean": float(np.mean([e["cost"] for e in eps])), "episodes": len(eps)},
-                       run.eval_curve_path)
-
-
 def train(cfg: DictConfig, run: RunDir) -> int:
     """Train to `cfg.trainer.total_steps` env steps, resuming from the newest valid checkpoint.
     Returns the final env step."""
@@ -523,64 +336,164 @@ def train(cfg: DictConfig, run: RunDir) -> int:
     envs = make_vector_env(cfg.env.id, n_envs, fast_reset=bool(cfg.env.fast_reset))
     obs_dim = int(np.prod(envs.single_observation_space.shape or ()))
     act_dim = int(np.prod(envs.single_action_space.shape or ()))
-    dims = (obs_dim, act_dim, heads)
-    tx = _make_optimizer(float(acfg.lr), float(acfg.max_grad_norm))
-    s = _start(cfg, run, dims, tx, log)
-    run.truncate_curves_after(s.env_step)  # rows past the checkpoint are re-logged: no gap, no duplicate
-    if s.env_step >= total:
+    tx = make_optimizer(float(acfg.lr), float(acfg.max_grad_norm))
+
+    resumed = run.latest_checkpoint(log=lambda m: log(f"[train] {m}"))
+    if resumed is None:
+        env_step = 0
+        key = jax.random.PRNGKey(int(cfg.seed))
+        params = to_jax(init_params(int(cfg.seed), obs_dim, act_dim, list(acfg.hidden), heads, float(acfg.init_log_std)))
+        opt_state = {name: tx.init(params[name]) for name in NETS}
+        norm = RunningNorm(obs_dim)
+        multiplier = float(acfg.lagrangian.init)
+        recent: deque[tuple[float, float, int]] = deque(maxlen=10)  # last finished episodes: (return, cost, length)
+        episodes = 0
+        np_rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1]))
+        wall_before = 0.0
+        window, window_eps = Window(), []
+    else:
+        env_step, ck = resumed
+        if (ck.get("obs_dim"), ck.get("act_dim"), ck.get("heads")) != (obs_dim, act_dim, heads):
+            raise ValueError(
+                f"{run.checkpoints_dir}: checkpoint step {env_step} has obs/act dims and cost heads "
+                f"{(ck.get('obs_dim'), ck.get('act_dim'), ck.get('heads'))}, this config needs "
+                f"{(obs_dim, act_dim, heads)}. Fix: run this config in a fresh run directory.")
+        key = jnp.asarray(ck["rng"]["jax_key"])
+        params, opt_state = to_jax(ck["params"]), to_jax(ck["opt_state"])
+        norm = RunningNorm.from_state(ck["normalizer"])
+        multiplier = float(ck["lagrange"]["multiplier"])
+        recent = deque(ck["recent_episodes"], maxlen=10)
+        episodes = int(ck["episodes"])
+        np_rng = np.random.default_rng()
+        np_rng.bit_generator.state = ck["rng"]["numpy"]
+        wall_before = float(ck.get("wall_time_s", 0.0))
+        # a checkpoint inside a logging window keeps the window's updates and episodes
+        window, window_eps = Window(ck.get("window_updates")), list(ck.get("window_episodes", []))
+        log(f"[train] resuming {run.path} from checkpoint step {env_step}")
+    run.truncate_curves_after(env_step)  # rows past the checkpoint are re-logged: no gap, no duplicate
+
+    def checkpoint(step: int) -> None:
+        run.save_checkpoint(step, {
+            "version": CHECKPOINT_VERSION, "env_step": step, "obs_dim": obs_dim, "act_dim": act_dim,
+            "heads": heads, "params": to_numpy(params), "opt_state": to_numpy(opt_state),
+            "normalizer": norm.state_dict(), "lagrange": {"multiplier": multiplier, "cost_limit": cost_limit},
+            "recent_episodes": list(recent), "episodes": episodes,
+            "rng": {"jax_key": np.asarray(key), "numpy": np_rng.bit_generator.state},
+            "window_updates": window.rows, "window_episodes": window_eps,
+            "wall_time_s": wall_before + time.time() - t_start,
+        }, keep=int(tcfg.keep_checkpoints))
+
+    if env_step >= total:
         envs.close()
-        return s.env_step
+        return env_step
 
     eval_env = make_env(cfg.eval.id_env, fast_reset=bool(cfg.env.fast_reset))
-    obs = envs.reset(env_seeds(int(cfg.seed), s.env_step, n_envs))
-    buf = _Rollout.zeros(T, n_envs, obs_dim, act_dim)
+    obs = envs.reset(env_seeds(int(cfg.seed), env_step, n_envs))
+    buf_obs = np.zeros((T, n_envs, obs_dim), np.float32)
+    buf_raw = np.zeros((T, n_envs, obs_dim), np.float32)
+    buf_act = np.zeros((T, n_envs, act_dim), np.float32)
+    buf_rew, buf_cost, buf_done = (np.zeros((T, n_envs)) for _ in range(3))
     t_start = time.time()
-    start_step = s.env_step
-    window_step, window_t = s.env_step, t_start  # the current logging window
+    start_step = env_step
+    window_step, window_t = env_step, t_start  # the current logging window
     hb = Heartbeat(run, total, float(tcfg.heartbeat_every_s))
-    hb.env_step = s.env_step
+    hb.env_step = env_step
     log(f"[train] {cfg.env.id} x{n_envs}, {total} env steps, rollout {T * n_envs}, heads {heads}, "
-        f"cert {bool(acfg.cert.enabled)}, starting at step {s.env_step}")
+        f"cert {bool(acfg.cert.enabled)}, starting at step {env_step}")
     with hb:
-        while s.env_step < total:
+        while env_step < total:
             # --- collect a rollout with the numpy copy of the policy (normaliser frozen within it)
-            policy = NumpyPolicy(s.params, s.norm if acfg.obs_norm else None, kappa)
-            obs, finals, finished = _collect_rollout(envs, policy, obs, buf, s, hb)
+            policy = NumpyPolicy(params, norm if acfg.obs_norm else None, kappa)
+            std = np.exp(policy.p["actor"]["log_std"])
+            finals: list[tuple[int, int, np.ndarray]] = []  # (t, env, final obs) of truncated episodes
+            for t in range(T):
+                obs_n = policy.normalize(obs)
+                action = policy.mean_action(obs_n) + std * np_rng.standard_normal((n_envs, act_dim), np.float32)
+                next_obs, rew, cost, term, trunc, info = envs.step(np.clip(action, -1.0, 1.0))
+                buf_obs[t], buf_raw[t], buf_act[t] = obs_n, obs, action
+                buf_rew[t], buf_cost[t], buf_done[t] = rew, cost, term | trunc
+                for i, fo in info["final_obs"].items():
+                    if trunc[i] and not term[i]:
+                        finals.append((t, i, fo))
+                obs = next_obs
+                env_step += n_envs
+                hb.env_step = env_step
+            finished = envs.pop_episodes()
+            episodes += len(finished)
+            recent.extend(finished)
+            window_eps.extend(finished)
 
             # --- advantages and returns (truncated episodes bootstrap from their final obs)
+            flat = buf_obs.reshape(T * n_envs, obs_dim)
             final_obs = policy.normalize(np.stack([f[2] for f in finals])) if finals else np.zeros((0, obs_dim))
             adv_r, ret_r, adv_c, ret_c, risk = rollout_targets(
-                policy.p, buf.obs, policy.normalize(obs), buf.rew, buf.cost, buf.done,
+                policy.p, buf_obs, policy.normalize(obs), buf_rew, buf_cost, buf_done,
                 [(t, i) for t, i, _ in finals], final_obs, acfg, kappa)
 
             # --- Lagrange multiplier from the episode costs measured in this rollout
             if finished:
-                s.multiplier = lagrange_update(s.multiplier, float(np.mean([e[1] for e in finished])), cost_limit,
-                                               float(acfg.lagrangian.lr))
+                multiplier = lagrange_update(multiplier, float(np.mean([e[1] for e in finished])), cost_limit,
+                                             float(acfg.lagrangian.lr))
+            a_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
             a_c = adv_c - adv_c.mean()
-            batch = _ppo_batch(buf, adv_r, ret_r, a_c, ret_c, s.multiplier, s.params["actor"])
+            batch = {
+                "obs": flat, "actions": buf_act.reshape(T * n_envs, act_dim),
+                "adv": ((a_r - multiplier * a_c) / (1.0 + multiplier)).reshape(-1).astype(np.float32),
+                "ret": ret_r.reshape(-1).astype(np.float32), "cret": ret_c.reshape(-1, heads).astype(np.float32),
+            }
+            batch = to_jax(batch)
+            old_actor = params["actor"]
+            batch["logp"] = actor_logp(old_actor, batch["obs"], batch["actions"])
 
             # --- PPO update (one jitted call), then the certified step if enabled
-            stats, step_frac = _ppo_step(s, batch, a_c, tx, acfg, cost_limit)
+            key, k_upd = jax.random.split(key)
+            params, opt_state, stats = ppo_update(params, opt_state, batch, k_upd, tx=tx,
+                                                  epochs=int(acfg.update_epochs), minibatches=int(acfg.minibatches),
+                                                  clip=float(acfg.clip), ent_coef=float(acfg.ent_coef))
+            step_frac = 1.0
+            if acfg.cert.enabled and recent:
+                actor, step_frac = certify_step(  # on the centred cost advantage, as the PPO loss uses it
+                    old_actor, params["actor"], batch, jnp.asarray(a_c.reshape(-1), jnp.float32),
+                    float(np.mean([e[1] for e in recent])), float(np.mean([e[2] for e in recent])), cost_limit,
+                    int(acfg.cert.backtrack_steps), float(acfg.cert.decay))
+                params = {**params, "actor": actor}
             if acfg.obs_norm:
-                s.norm.update(buf.raw.reshape(-1, obs_dim))
-            s.window.add({**_finite(stats, s.env_step), "risk_penalty": float(np.mean(risk)),
-                          "cert_step_frac": step_frac})
+                norm.update(buf_raw.reshape(-1, obs_dim))
+            stats = {k: float(x) for k, x in jax.device_get(stats).items()}
+            if not all(math.isfinite(x) for x in stats.values()):
+                raise FloatingPointError(f"non-finite loss at env step {env_step}: {stats}. Fix: lower agent.lr "
+                                         f"or check the env's observations for NaN")
+            window.add({**stats, "risk_penalty": float(np.mean(risk)), "cert_step_frac": step_frac})
 
             # --- cadences in env steps: log, periodic eval, checkpoint
             now = time.time()
-            hb.steps_per_s = (s.env_step - start_step) / max(now - t_start, 1e-9)
-            prev = s.env_step - T * n_envs
-            if crossed(prev, s.env_step, int(tcfg.log_every_steps)) or s.env_step >= total:
-                _log_window(run, s, total, (s.env_step - window_step) / max(now - window_t, 1e-9),
-                            s.wall_before + now - t_start, log)
-                window_step, window_t = s.env_step, now
-            if crossed(prev, s.env_step, int(tcfg.eval_every_steps)) or s.env_step >= total:
-                _eval_curve(run, eval_env, s, cfg)
-            if crossed(prev, s.env_step, int(tcfg.checkpoint_every_steps)) or s.env_step >= total:
-                _save_checkpoint(run, s, dims, cost_limit, s.wall_before + time.time() - t_start,
-                                 int(tcfg.keep_checkpoints))
+            hb.steps_per_s = (env_step - start_step) / max(now - t_start, 1e-9)
+            prev = env_step - T * n_envs
+            if crossed(prev, env_step, int(tcfg.log_every_steps)) or env_step >= total:
+                ep = np.array(window_eps, float).reshape(-1, 3)  # (return, cost, length) rows
+                mean = [float(x) for x in ep.mean(0)] if len(ep) else [None] * 3
+                row = {"env_step": env_step, "episode_return": mean[0], "episode_cost": mean[1],
+                       "episode_length": mean[2], "episodes": episodes, "lagrange_multiplier": multiplier,
+                       **window.means(),  # means over the window's updates
+                       "steps_per_s": (env_step - window_step) / max(now - window_t, 1e-9),
+                       "wall_time_s": wall_before + now - t_start}
+                run.append_metrics(row)
+                fmt = (lambda x: "-" if x is None else f"{x:.2f}")
+                log(f"[train] step {env_step}/{total} return {fmt(row['episode_return'])} cost "
+                    f"{fmt(row['episode_cost'])} lagrange {multiplier:.3f} kl {row['approx_kl']:.4f} "
+                    f"risk {row['risk_penalty']:.3f} cert {row['cert_step_frac']:.2f} {row['steps_per_s']:.0f} steps/s")
+                window_step, window_t, window_eps, window = env_step, now, [], Window()
+            if crossed(prev, env_step, int(tcfg.eval_every_steps)) or env_step >= total:
+                eval_policy = NumpyPolicy(params, norm if acfg.obs_norm else None)
+                seeds = [int(s) for s in np.random.SeedSequence([int(cfg.seed), 2, env_step]).generate_state(
+                    int(tcfg.eval_curve_episodes))]
+                eps = run_episodes(eval_env, eval_policy.act, seeds)
+                run.append_metrics({"env_step": env_step, "return_mean": float(np.mean([e["return"] for e in eps])),
+                                    "cost_mean": float(np.mean([e["cost"] for e in eps])), "episodes": len(eps)},
+                                   run.eval_curve_path)
+            if crossed(prev, env_step, int(tcfg.checkpoint_every_steps)) or env_step >= total:
+                checkpoint(env_step)
     envs.close()
     eval_env.close()
-    log(f"[train] done: {s.env_step} env steps in {time.time() - t_start:.1f} s")
-    return s.env_step
+    log(f"[train] done: {env_step} env steps in {time.time() - t_start:.1f} s")
+    return env_step
