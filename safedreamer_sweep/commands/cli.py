@@ -5,6 +5,7 @@
     safedreamer-sweep doctor [--store DIR] [--launcher sds_local|sds_slurm] [overrides...]
     safedreamer-sweep report STORE [--out DIR]   tables, figures and the decision report
     safedreamer-sweep confounds [overrides...]   do the configs differ only in the ablation knobs?
+    safedreamer-sweep migrate STORE [--app-script PATH]   bring an older store forward (sweeps do it themselves)
 
 The sweep itself is launched through Hydra: `python -m safedreamer_sweep -m config=... seed=...`.
 Exit codes: 0 success / all done, 1 not done or a check failed, 2 bad input (missing store, bad
@@ -229,7 +230,27 @@ def _default_store() -> str:
 
 
 # The subcommands; `python -m safedreamer_sweep WORD ...` hands these words to this CLI (__main__.py).
-COMMANDS = ("status", "watch", "doctor", "report", "confounds")
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from safedreamer_sweep.core.app_identity import app_identity
+    from safedreamer_sweep.core.files import StoreError
+    from safedreamer_sweep.core.migrations import migrate
+    from safedreamer_sweep.core.store_format import read_format
+
+    root = Path(args.store).expanduser().resolve()
+    if not root.is_dir() or read_format(root) is None:
+        return _err(f"{root}: no store there (no runs/, sweeps/ or store.json). Fix: name the store.root of a sweep")
+    script = Path(args.app_script).expanduser().resolve() if args.app_script else None
+    if script is not None and not script.is_file():
+        return _err(f"--app-script {args.app_script}: no such file. Fix: name the app's main script (python SCRIPT -m ...)")
+    try:
+        done = migrate(root, app=app_identity(str(script)) if script else None, app_label=script.stem if script else None)
+    except StoreError as e:
+        return _err(str(e))
+    print(f"{root}: " + (done.line() if done is not None else "store format is this version's; nothing to migrate"))
+    return 0
+
+
+COMMANDS = ("status", "watch", "doctor", "report", "confounds", "migrate")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -276,6 +297,12 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--knobs", nargs="*", default=None, help="ablation knobs (default: sweep.ablation_knobs)")
     c.add_argument("--conf-dir", default=None, help="config directory (default: the package's conf/)")
     c.set_defaults(func=_cmd_confounds)
+    m = sub.add_parser("migrate", help="bring a store written by an older version forward (sweeps do it on their own)")
+    m.add_argument("store")
+    m.add_argument("--app-script", default=None, metavar="PATH",
+                   help="the main script of an app whose cells the store holds from before apps were told apart "
+                        "(its job name is the script's stem); without it they migrate when that app's sweep runs")
+    m.set_defaults(func=_cmd_migrate)
     assert tuple(sub.choices) == COMMANDS, f"COMMANDS {COMMANDS} != the subcommands {tuple(sub.choices)}"
     return p
 

@@ -25,6 +25,7 @@ from safedreamer_sweep.core.code_fingerprint import package_versions
 from safedreamer_sweep.core.files import atomic_write_json
 from safedreamer_sweep.core.run_dir import host
 from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.core.store_format import check_readable
 
 SCHEMA = "safedreamer-sweep/doctor/1"
 LAUNCHERS = ("sds_local", "sds_slurm")
@@ -210,6 +211,31 @@ def check_store_writable(root: Path) -> Check:
     return Check("store_writable", "ok", f"{root} is writable", data={"root": str(root)})
 
 
+def check_store_format(root: Path) -> Check:
+    """The store's format (core/store_format.py): current, older (it migrates at the next sweep, or
+    with `safedreamer-sweep migrate`), or newer than this version reads (refused)."""
+    from safedreamer_sweep.core.files import StoreError
+    from safedreamer_sweep.core.migrations import needs_migration
+    from safedreamer_sweep.core.store_format import FORMAT, read_format_doc
+
+    try:
+        fmt = check_readable(root)
+        pending = (read_format_doc(root) or {}).get("pending", [])
+        stale = needs_migration(root)
+    except StoreError as e:
+        return Check("store_format", "fail", str(e).split(". Nothing")[0], "upgrade safedreamer-sweep before using this store",
+                     {"format": None, "reads_up_to": FORMAT})
+    data = {"format": fmt, "reads_up_to": FORMAT, "needs_migration": stale, "pending": pending}
+    if fmt is None:
+        return Check("store_format", "ok", f"new store: it will be written in format {FORMAT}", data=data)
+    if not stale:
+        return Check("store_format", "ok", f"store format {fmt} (this version's)", data=data)
+    what = (f"store format {fmt}, older than this version's {FORMAT}" if fmt < FORMAT
+            else f"store format {fmt}, with {len(pending)} app cell(s) waiting for their app's sweep")
+    return Check("store_format", "warn", f"{what}: the next sweep migrates it (backups under {root}/migrations/)",
+                 f"nothing to do, or now: `safedreamer-sweep migrate {root}`", data)
+
+
 def _existing_ancestor(p: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -225,10 +251,10 @@ def checkpoint_bytes(store: Store) -> tuple[int, str]:
     return DEFAULT_CKPT_BYTES, "no checkpoint in the store yet: assumed"
 
 
-def check_disk(root: Path, n_cells: int, keep_checkpoints: int) -> Check:
-    """Free space where the store lives against what the sweep's checkpoints will take."""
-    store = Store(root)
-    ckpt, how = checkpoint_bytes(store)
+def check_disk(root: Path, n_cells: int, keep_checkpoints: int, readable: bool = True) -> Check:
+    """Free space where the store lives against what the sweep's checkpoints will take (`readable`:
+    the store may be read for its checkpoints' size)."""
+    ckpt, how = checkpoint_bytes(Store(root)) if readable else (DEFAULT_CKPT_BYTES, "store not readable: assumed")
     # keep + 1: while a new checkpoint is written, the oldest kept one still exists.
     need = n_cells * ((keep_checkpoints + 1) * ckpt + PER_CELL_OVERHEAD_BYTES)
     free = shutil.disk_usage(_existing_ancestor(root)).free
@@ -341,9 +367,11 @@ def run_doctor(store_root: str | Path | None = None, launcher: str | None = None
                check_gpus()]
     writable = check_store_writable(root)
     checks.append(writable)
-    store = Store(root)
-    n_cells = max(len(store.expected_cells()) if writable.status == "ok" else 0, settings.get("matrix_cells", 1))
-    checks.append(check_disk(root, n_cells, settings.get("keep_checkpoints", 3)))
+    fmt = check_store_format(root)
+    checks.append(fmt)
+    readable = writable.status == "ok" and fmt.status != "fail"
+    n_cells = max(len(Store(root).expected_cells()) if readable else 0, settings.get("matrix_cells", 1))
+    checks.append(check_disk(root, n_cells, settings.get("keep_checkpoints", 3), readable))
     if launcher == "sds_slurm":
         checks += check_slurm()
     return {

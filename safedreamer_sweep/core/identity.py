@@ -187,10 +187,7 @@ class RunSpec:
         seed = _check_seed(rc["seed"]) if "seed" in rc else None
         primary = OmegaConf.select(cfg, "hydra.job.config_name", default=None) if "hydra" in cfg else None
         done_when = _done_when_of(rc)
-        app = None
-        if done_when == "return":  # any app: which one is part of its cells' identity
-            named = OmegaConf.select(cfg, "sds.app", default=None) if "sds" in cfg else None
-            app = f"named:{named}" if named else app_identity()
+        app = app_of(cfg) if done_when == "return" else None  # any app: which one is part of its identity
         return cls(config=config_name, seed=seed, hash=identity_hash(rc, app), run_config=rc,
                    overrides=tuple(overrides), done_when=done_when, code=code_fingerprint(cfg),
                    primary=None if primary is None else str(primary), app=app)
@@ -222,6 +219,16 @@ def _check_seed(value: Any) -> int:
         return value
     raise ValueError(f"seed={value!r} is not an integer ({type(value).__name__}); seeds are integers, "
                      f"e.g. seed=0,1,2 or seed=range(0,10)")
+
+
+def app_of(cfg: DictConfig) -> str | None:
+    """Which app the cells of a composed config belong to (part of their hash): `named:<sds.app>`, else
+    where its main script is (core/app_identity.py); None for this package's own tasks."""
+    task = OmegaConf.select(cfg, "task", default=None)
+    if isinstance(task, DictConfig) and task.get("kind", "builtin") in ("builtin", "external"):
+        return None
+    named = OmegaConf.select(cfg, "sds.app", default=None) if "sds" in cfg else None
+    return f"named:{named}" if named else app_identity()
 
 
 def _done_when_of(run_cfg: dict) -> str:

@@ -163,7 +163,7 @@ class RunIndex:
         return int(self.ensure_fresh().execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
 
-def _store_root_of(run_path: Path, seed: int | None) -> Path | None:
+def store_root_of(run_path: Path, seed: int | None) -> Path | None:
     """The store root of a run directory laid out as runs/<label>/seed_<seed>/<hash8> (or
     runs/<label>/<hash8> without a seed), None for a directory outside that layout."""
     runs = run_path.parents[2] if seed is not None else run_path.parents[1]
@@ -174,7 +174,7 @@ def register_run(run_path: Path, hash8: str, seed: int | None) -> None:
     """Add a new run directory to its store's index. Never fails the write it follows: when the index
     cannot be written it leaves the marker `index.stale`, and the next lookup rebuilds it."""
     run_path = Path(run_path)
-    root = _store_root_of(run_path, seed)
+    root = store_root_of(run_path, seed)
     label = (run_path.parents[1] if seed is not None else run_path.parent).name
     if root is None or not (root / INDEX_NAME).exists():
         return  # no index yet: the first lookup builds it from the directories, this one included

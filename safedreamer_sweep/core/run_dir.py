@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from safedreamer_sweep.core.files import StoreError, atomic_write_bytes, atomic_write_json, json_line, read_json, read_jsonl
-from safedreamer_sweep.core.index import register_run
+from safedreamer_sweep.core.index import register_run, store_root_of
 from safedreamer_sweep.core.locks import CELL_LOCK_S, SUPERVISOR_LOCK_S, locked
+from safedreamer_sweep.core.store_format import record_if_new
 
 _CHECKPOINT_RE = re.compile(r"^ckpt_(\d{12})\.pkl$")
 EVAL_KINDS = ("id", "ood")
@@ -217,6 +218,8 @@ class RunDir:
             if old is None:
                 atomic_write_json(self.spec_path, spec)
                 register_run(self.path, str(spec.get("hash")), spec.get("seed"))  # the store index (core/index.py)
+                if (root := store_root_of(self.path, spec.get("seed"))) is not None:
+                    record_if_new(root, created=self.path)  # a new store records its format (core/store_format.py)
             elif old.get("hash") != spec.get("hash"):
                 raise StoreError(
                     f"{self.spec_path}: holds identity {old.get('hash')} but {spec.get('hash')} was "

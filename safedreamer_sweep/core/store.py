@@ -20,6 +20,7 @@ from typing import Any
 from safedreamer_sweep.core.files import StoreError, atomic_write_json, read_json
 from safedreamer_sweep.core.index import RunIndex
 from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir, lease_from_env
+from safedreamer_sweep.core.store_format import check_readable, record_if_new
 
 # The built-in trainer (trainer/*.py) imports RunDir, EVAL_KINDS and StoreError from here, as it did
 # before run_dir.py and files.py were split out. Its files' bytes are its code fingerprint (1dfe4cfbfeb1,
@@ -34,6 +35,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
+        check_readable(self.root)  # a store of a newer format is refused here, before anything reads it
         self.index = RunIndex(self.root)  # identity hash -> run directory (a cache, core/index.py)
 
     @property
@@ -107,6 +109,7 @@ class Store:
         """`doc` holds at least `cells`: [{config, seed, hash, overrides}], plus launcher settings."""
         path = self.sweeps_dir / f"{sweep_id}.json"
         atomic_write_json(path, {"id": sweep_id, **doc})
+        record_if_new(self.root, created=path)  # a new store records its format (core/store_format.py)
         return path
 
     def read_sweep_manifests(self) -> list[dict]:

@@ -16,7 +16,10 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
+from safedreamer_sweep.core.files import StoreError
+from safedreamer_sweep.core.identity import app_of
 from safedreamer_sweep.core.locks import LockBusy
+from safedreamer_sweep.core.migrations import migrate
 from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.backends import Backend
 from safedreamer_sweep.sweep.backends.local import LocalBackend
@@ -27,6 +30,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
 )
 from safedreamer_sweep.sweep.cell_task import CellTasks
 from safedreamer_sweep.sweep.claim import Lease, try_lease
+from safedreamer_sweep.sweep.compose import cell_base
 from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
 from safedreamer_sweep.sweep.hooks import run_on_complete
@@ -415,13 +419,23 @@ class Sweep:
 
 def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context: Any,
                job_overrides: Sequence[Sequence[str]], initial_job_idx: int = 0) -> Sweep:
-    """Check the launcher settings and plan every job against the store. Reads only: a PlanError (a
-    CompactHydraException: Hydra prints its message, no traceback, exit 1) leaves the store untouched."""
+    """Check the launcher settings, bring a store of an older format forward (core/migrations.py: the one
+    write before the plan, printed; it changes no cell's work) and plan every job against the store.
+    Reads only otherwise: a PlanError (a CompactHydraException: Hydra prints its message, no traceback,
+    exit 1) leaves the store as it found it."""
     check_launcher_params(params)
-    store = Store(check_store_root(absolute_store_root(config)))
+    try:
+        store = Store(check_store_root(absolute_store_root(config)))  # a newer format is refused here
+    except StoreError as e:
+        raise PlanError(str(e)) from None
     _ = str(config.hydra.sweep.dir)  # resolve ${now:} once so every job shares one sweep dir
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     lookup = slurm_state_lookup() if backend == "slurm" and have_slurm() else None
+    app = app_of(config)
+    try:  # a store of an older format: brought forward, and the plan says so
+        migrate(store.root, app=app, app_label=cell_base(config)[0] if app else None, say=say)
+    except StoreError as e:
+        raise PlanError(str(e)) from None
     stall_after = float(params.get("stall_after", 600))
     policy = RetryPolicy(max_attempts=int(params.get("max_attempts", 3)), mem_factor=float(params.get("mem_factor", 1.5)),
                          retry_errors=bool(params.get("retry_errors", False)))
