@@ -10,7 +10,8 @@
 #   (default: every kind the commit can run; `app*` needs examples/any_app, `external*` needs
 #   conf/task/external.yaml and tests/fake_safedreamer.py at that commit).
 # Environment:
-#   SDS_APP_SWEEP   the any-app sweep's own overrides (default "lr=0.01,0.1 seed=0,1", the issue's)
+#   SDS_APP_SWEEP   the any-app sweep's swept overrides (default "lr=0.01,0.1 seed=0,1", the issue's;
+#                   every app command also has steps=60 step_sleep=0, as the issue's cells had)
 #   SDS_PROJECT_VENV  the project's virtualenv whose site-packages the old code runs with
 #                   (default: <repo>/.venv, else the main worktree's .venv)
 #   SDS_OLD_STORE_TIMEOUT  seconds per command (default 900)
@@ -65,7 +66,8 @@ git -C "$REPO" archive "$FULL" | tar -x -C "$CODE"
 VSITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf '%s\n%s\n' "$CODE" "$SITE" > "$VSITE/sds-old.pth"
 
-# the side interpreter must import the old commit's code, and nothing of today's
+# the side interpreter must import the old commit's code, and nothing of today's (cwd: not a checkout)
+cd "$BASE"
 "$VENV/bin/python" - "$CODE" <<'PY'
 import sys, importlib.util
 code = sys.argv[1]
@@ -155,7 +157,9 @@ def builtin_pins() -> tuple[list[str], list[str]]:
 PINS, PIN_NOTES = builtin_pins()
 LAUNCH = launcher_opts()
 SDS = ["python", "-m", "safedreamer_sweep", "-m"]
-APP = ["python", "examples/any_app/app.py", "-m", "hydra/launcher=sds_local"]
+# steps=60 step_sleep=0: the issue's cells (app,lr=0.01 seed 0 is 15f33050 at 3619e38); step_sleep is
+# not part of a cell's identity
+APP = ["python", "examples/any_app/app.py", "-m", "hydra/launcher=sds_local", "steps=60", "step_sleep=0"]
 RECIPES = {
     "builtin": ([*SDS, "config=v2_baseline", "seed=0", *TINY, *PINS, *LAUNCH], {}),
     "builtin-failed": ([*SDS, "config=v2_u_only", "seed=0", *TINY, *PINS, *LAUNCH,
@@ -258,26 +262,29 @@ def pack() -> int:
 
 
 size = pack()
-stand_ins = []
+stand_ins, keep = [], None
 if size > MAX_KB * 1024:
-    # keep the newest checkpoint of one done built-in cell real; every other file over 8 KB in a run dir
-    # becomes a stand-in of the same name (a JSON line saying what it replaced)
-    keep = None
+    # keep the newest checkpoint of one done built-in cell real, and the external script's checkpoints
+    # (checkpoint.ckpt, ~8 KB: a resume reads its step); every other file that is still over 4 KB
+    # gzipped (other checkpoints, the fake script's replay chunks, submitit's pickled jobs, the report's
+    # figures) becomes a stand-in of the same name (a JSON line saying what it replaced)
     for c in cells:
         if c["kind"] == "builtin" and c["phase"] == "done":
             ck = sorted((S / c["run_dir"] / "checkpoints").glob("ckpt_*.pkl"))
             if ck:
                 keep = ck[-1]
                 break
-    for p in sorted((S / "runs").rglob("*")):
-        if p.is_file() and not p.is_symlink() and p != keep and p.stat().st_size > 8192:
+    import gzip as _gz
+    for p in sorted(S.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p != keep and p.name != "checkpoint.ckpt" \
+                and p.stat().st_size > 4096 and len(_gz.compress(p.read_bytes())) > 4096:
             data = p.read_bytes()
             st = p.stat()
             p.write_text(json.dumps({"stand_in": True, "bytes": len(data),
                                      "sha256": hashlib.sha256(data).hexdigest(),
                                      "why": "issue 29 test data: a stand-in of the same name"}) + "\n")
             os.utime(p, (st.st_atime, st.st_mtime))
-            stand_ins.append({"path": str(p.relative_to(S)), "bytes": len(data)})
+            stand_ins.append({"path": str(p.relative_to(S)), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     size = pack()
 
 listing = sorted(str(p.relative_to(S)) + ("/" if p.is_dir() else "") for p in (S / "runs").rglob("*"))
@@ -303,6 +310,7 @@ doc = {
     "commands": commands,
     "stripped": stripped,
     "stand_ins": stand_ins,
+    "real_checkpoint_kept": str(keep.relative_to(S)) if keep else "all files are real (no stand-ins)",
     "tar_gz_bytes": size,
     "build_seconds": round(time.time() - t_all, 1),
     "runs_listing": listing,
