@@ -169,7 +169,7 @@ RECIPES = {
     "external-failed": ([*SDS, "task=external", "config=v2_baseline", "seed=2", "trainer.total_steps=400",
                          "task.probe_every_s=0.5", "task.vars.fail_at_step=100", *LAUNCH], {}),
     "app": ([*APP, *APP_SWEEP, *LAUNCH], {}),
-    "app-failed": ([*APP, "lr=0.5", "seed=0", "fail_at=10", *LAUNCH], {}),
+    "app-failed": ([*APP, "lr=0.5", "seed=2", "fail_at=10", *LAUNCH], {}),  # seed 2: a label+seed of its own
 }
 has_external = (CODE / "conf/task/external.yaml").is_file() and (CODE / "tests/fake_safedreamer.py").is_file()
 has_app = (CODE / "examples/any_app/app.py").is_file()
@@ -192,6 +192,53 @@ def read(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def config_hash(doc) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:8]
+
+
+def root_app_identity(script: str) -> str:
+    """Today's app identity (5ebb97c on) of a script run from a git checkout of this repository:
+    git:<first root commit, 12 hex>:<path relative to the repo top>."""
+    roots = subprocess.run(["git", "-C", str(REPO), "rev-list", "--max-parents=0", "HEAD"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    return f"git:{min(roots)[:12]}:{script}"
+
+
+def identity_keys(conf: Path) -> set[str]:
+    doc = yaml.safe_load(text(conf)) or {}
+    excluded = {k.split(".", 1)[1] for k in
+                __import__("re").findall(r'"(task\.[a-z_]+)"', text(REPO / "safedreamer_sweep/core/identity.py"))}
+    return {k for k in doc if k not in excluded}
+
+
+def cell_notes(kind: str, spec: dict) -> list[str]:
+    """What a reader of today's code will meet in this cell (facts, not a verdict)."""
+    notes = []
+    rc = spec.get("run_config")
+    notes.append("spec.hash == config_hash(spec.run_config): "
+                 + str(rc is not None and spec.get("hash") == config_hash(rc)))
+    if "code" not in spec:
+        notes.append("spec.json has no `code` (written before c600382: no code fingerprint)")
+    if "done_when" not in spec:
+        notes.append("spec.json has no `done_when` (written before da1b555: read as \"eval\")")
+    if kind.startswith("app") and "app" not in spec and rc is not None:
+        app = root_app_identity("examples/any_app/app.py")
+        notes.append(f"spec.json has no `app` (before 5ebb97c). Today's code, run from a git checkout of "
+                     f"this repo, resolves app={app} and hash "
+                     f"{config_hash({'app': app, 'run_config': rc})} = config_hash({{app, run_config}}); "
+                     f"before a migration it plans this cell as conflict (differing keys: none)")
+    if kind.startswith("external"):
+        added = identity_keys(REPO / "conf/task/external.yaml") - identity_keys(CODE / "conf/task/external.yaml")
+        if added:
+            notes.append("today's conf/task/external.yaml has identity keys this commit's has not: "
+                         f"task.{', task.'.join(sorted(added))}; the same command line resolves to "
+                         "another run_config today (a config difference, planned as conflict, not a format change)")
+        if rc is not None and any(k in (rc.get("task") or {}) for k in ("probe_every_s", "stop_grace_s")):
+            notes.append("its hash covers task.probe_every_s/stop_grace_s/stderr_tail_lines (excluded from "
+                         "identity since ac4c02c): today's hash definition gives another hash for this run_config")
+    return notes
 
 
 cells, commands = [], []
@@ -225,6 +272,7 @@ for kind in kinds:
                 "command": {"argv": argv, "env": env, "cwd": "the repository root"}}
         if kind.startswith("app"):
             cell["app_script"] = "examples/any_app/app.py"
+        cell["notes"] = cell_notes(kind, spec)
         cells.append(cell)
 
 # ---- pack: a stripped copy of the store -------------------------------------------------------
