@@ -115,8 +115,10 @@ def migrate(root: str | os.PathLike, *, app: str | None = None, app_label: str |
         pending = set((read_format_doc(root) or {}).get("pending", []))
         if fmt < FORMAT or pending:
             _rehash_identities(Store(root), done, app=app, app_label=app_label, only=pending if fmt == FORMAT else None)
-        history = [{"from": fmt, "to": FORMAT, "at": time.time(), "by": _code_version(),
-                    "run_dirs": done.total}] if fmt < FORMAT else []
+        # one line per migration, and one per later run that brought pending app cells forward
+        history = [{"from": fmt if fmt < FORMAT else LEGACY_FORMAT, "to": FORMAT, "at": time.time(),
+                    "by": _code_version(), "run_dirs": done.total if fmt < FORMAT else len(done.migrated),
+                    **({} if fmt < FORMAT else {"pending_app_cells": True})}] if fmt < FORMAT or done.migrated else []
         _before_write()
         write_format_doc(root, history=history, pending=done.pending)
     if say is not None and done.changed:
