@@ -38,7 +38,7 @@ def restore(short: str) -> tuple[Path, dict]:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     with tarfile.open(OLD / short / "store.tar.gz") as tar:
-        tar.extractall(root)  # noqa: S202 (our own test data)
+        tar.extractall(root)
     return Path(doc["restore"]["store"]), doc
 
 

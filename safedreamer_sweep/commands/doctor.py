@@ -367,9 +367,11 @@ def run_doctor(store_root: str | Path | None = None, launcher: str | None = None
                check_gpus()]
     writable = check_store_writable(root)
     checks.append(writable)
-    fmt = check_store_format(root)
-    checks.append(fmt)
-    readable = writable.status == "ok" and fmt.status != "fail"
+    readable = writable.status == "ok"
+    if readable:  # a store that cannot be written to is not read for its format either
+        fmt = check_store_format(root)
+        checks.append(fmt)
+        readable = fmt.status != "fail"
     n_cells = max(len(Store(root).expected_cells()) if readable else 0, settings.get("matrix_cells", 1))
     checks.append(check_disk(root, n_cells, settings.get("keep_checkpoints", 3), readable))
     if launcher == "sds_slurm":
