@@ -19,7 +19,7 @@
 #                   one done built-in cell are replaced by stand-ins of the same name (default 300)
 #
 # What it does:
-#   1. `git archive COMMIT` of the repo this script lives in -> /tmp/sds-old-stores/<short>/code
+#   1. a detached checkout of COMMIT (a clone of the repo this script lives in) -> /tmp/sds-old-stores/<short>/code
 #   2. a side interpreter /tmp/sds-old-stores/<short>/venv whose only .pth lists that code dir and the
 #      project venv's site-packages. Paths from a .pth are appended to sys.path but their own .pth
 #      files are not run, so neither the main worktree's editable install nor today's hydra_plugins
@@ -61,7 +61,9 @@ SITE=$("$PROJECT_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path
 
 rm -rf "$BASE"
 mkdir -p "$CODE"
-git -C "$REPO" archive "$FULL" | tar -x -C "$CODE"
+# a checkout (not an archive): an app's identity since 5ebb97c is its script's place in a git repository,
+# so the cells of examples/any_app get the identity today's checkout gives them
+git clone -q --no-checkout "$REPO" "$CODE" && git -C "$CODE" checkout -q --detach "$FULL"
 "$PROJECT_VENV/bin/python" -m venv --without-pip "$VENV"
 VSITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf '%s\n%s\n' "$CODE" "$SITE" > "$VSITE/sds-old.pth"

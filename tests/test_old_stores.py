@@ -99,7 +99,8 @@ def _before_code_fingerprints(doc: dict, command: dict) -> bool:
 @pytest.mark.parametrize("short", STORES)
 def test_an_old_store_reads_back_and_its_command_lines_plan_nothing_to_run(short):
     store, doc = restore(short)
-    assert read_format(store) == 1
+    stored_format = read_format(store)
+    assert stored_format is not None and stored_format <= FORMAT
     before = cells_seen(store)
     for c in doc["cells"]:
         phase, attempts = before[(c["label"], c["seed"])]
@@ -128,7 +129,8 @@ def test_an_old_store_reads_back_and_its_command_lines_plan_nothing_to_run(short
         out = p.stdout + p.stderr
         assert p.returncode == 0 and ", 0 to submit" in out, f"{command['argv']}\n{out[-3000:]}"
         migrated_lines += [line for line in out.splitlines() if "store format 1 -> 2" in line]
-    assert len(migrated_lines) == 1, "the first sweep that opened the store migrated it, and said so once"
+    assert len(migrated_lines) == (stored_format < FORMAT), "the first sweep that opened an older store migrated " \
+        "it, and said so once; a store of this format needs nothing"
     assert read_format(store) == FORMAT
 
     after = cells_seen(store)
