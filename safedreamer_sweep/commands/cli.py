@@ -231,19 +231,24 @@ def _default_store() -> str:
 
 # The subcommands; `python -m safedreamer_sweep WORD ...` hands these words to this CLI (__main__.py).
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from safedreamer_sweep.commands.status.evidence import stall_after_from
     from safedreamer_sweep.core.app_identity import app_identity
     from safedreamer_sweep.core.files import StoreError
     from safedreamer_sweep.core.migrations import migrate
+    from safedreamer_sweep.core.store import Store
     from safedreamer_sweep.core.store_format import read_format
+    from safedreamer_sweep.sweep.claim import live_holder
 
     root = Path(args.store).expanduser().resolve()
-    if not root.is_dir() or read_format(root) is None:
-        return _err(f"{root}: no store there (no runs/, sweeps/ or store.json). Fix: name the store.root of a sweep")
     script = Path(args.app_script).expanduser().resolve() if args.app_script else None
     if script is not None and not script.is_file():
         return _err(f"--app-script {args.app_script}: no such file. Fix: name the app's main script (python SCRIPT -m ...)")
     try:
-        done = migrate(root, app=app_identity(str(script)) if script else None, app_label=script.stem if script else None)
+        if not root.is_dir() or read_format(root) is None:
+            return _err(f"{root}: no store there (no runs/, sweeps/ or store.json). Fix: name the store.root of a sweep")
+        stall_after = stall_after_from(Store(root))  # what `status` calls stalled here
+        done = migrate(root, held=lambda rd: live_holder(rd, stall_after=stall_after), app=app_identity(str(script)) if script else None,
+                       app_label=script.stem if script else None)
     except StoreError as e:
         return _err(str(e))
     print(f"{root}: " + (done.line() if done is not None else "store format is this version's; nothing to migrate"))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from safedreamer_sweep.core.app_identity import app_identity
 from safedreamer_sweep.core.files import StoreError, atomic_write_json, read_json
 from safedreamer_sweep.core.identity import config_hash, identity_hash, run_config
 from safedreamer_sweep.core.index import STALE_MARKER
+from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.core.store import Store, label_base
 from safedreamer_sweep.core.store_format import (
     FORMAT,
@@ -98,11 +98,13 @@ def needs_migration(root: str | os.PathLike) -> bool:
     return fmt is not None and (fmt < FORMAT or bool(doc.get("pending")))
 
 
-def migrate(root: str | os.PathLike, *, app: str | None = None, app_label: str | None = None,
-            say: Callable[[str], Any] | None = None) -> Migration | None:
-    """Bring the store at `root` to this version's format (see the module docstring). `app` and
-    `app_label` are the launching app's identity and job name (None for the built-in app). Returns what
-    was done, or None for a store with nothing stored yet (it gets store.json) or already current."""
+def migrate(root: str | os.PathLike, *, held: Callable[[RunDir], str | None], app: str | None = None,
+            app_label: str | None = None, say: Callable[[str], Any] | None = None) -> Migration | None:
+    """Bring the store at `root` to this version's format (see the module docstring). `held(rd)` says
+    why a live sweep holds a run dir (sweep/claim.py live_holder; core cannot ask the scheduler), None
+    when none does: a held cell is not changed under its sweep. `app` and `app_label` are the launching
+    app's identity and job name (None for the built-in app). Returns what was done, or None for a store
+    with nothing stored yet (its first run dir or manifest records the format) or already current."""
     root = Path(root).expanduser().resolve()
     fmt = check_readable(root)
     if fmt is None:
@@ -114,11 +116,12 @@ def migrate(root: str | os.PathLike, *, app: str | None = None, app_label: str |
         done = Migration(root, fmt, FORMAT)
         pending = set((read_format_doc(root) or {}).get("pending", []))
         if fmt < FORMAT or pending:
-            _rehash_identities(Store(root), done, app=app, app_label=app_label, only=pending if fmt == FORMAT else None)
+            _rehash_identities(Store(root), done, held=held, app=app, app_label=app_label,
+                               only=pending if fmt == FORMAT else None)
         # one line per migration, and one per later run that brought pending app cells forward
         history = [{"from": fmt if fmt < FORMAT else LEGACY_FORMAT, "to": FORMAT, "at": time.time(),
-                    "by": _code_version(), "run_dirs": done.total if fmt < FORMAT else len(done.migrated),
-                    **({} if fmt < FORMAT else {"pending_app_cells": True})}] if fmt < FORMAT or done.migrated else []
+                    "by": _code_version(), "run_dirs": done.total,
+                    **({} if fmt < FORMAT else {"pending_app_cells": True})}] if fmt < FORMAT or done.total else []
         _before_write()
         write_format_doc(root, history=history, pending=done.pending)
     if say is not None and done.changed:
@@ -129,17 +132,19 @@ def migrate(root: str | os.PathLike, *, app: str | None = None, app_label: str |
 # ----------------------------------------------------------------------------- format 1 -> 2
 
 
-def _rehash_identities(store: Store, done: Migration, *, app: str | None, app_label: str | None,
-                       only: set[str] | None) -> None:
+def _rehash_identities(store: Store, done: Migration, *, held: Callable[[RunDir], str | None], app: str | None,
+                       app_label: str | None, only: set[str] | None) -> None:
     """Every run directory (or those in `only`) under today's identity hash; manifests follow."""
     backup = store.root / "migrations" / f"{LEGACY_FORMAT}-{FORMAT}"
     manifest_apps = _manifest_apps(store)
-    renamed: dict[str, str] = {}
+    renamed: dict[str, str] = {}  # old hash -> new, of this run and of a run killed before it
     for rd_path in _run_dirs(store, only):
         spec = read_json(rd_path / "spec.json")
         if not spec or spec.get("hash") is None:
             continue
-        _refuse_if_held(rd_path)
+        earlier = [m for m in spec.get("migrated", []) if m.get("to_format") == FORMAT]
+        done.total += bool(earlier)
+        renamed.update({str(m["hash"]): str(spec["hash"]) for m in earlier if m.get("hash") != spec["hash"]})
         cell_app = spec.get("app") or _app_of(spec, app=app, app_label=app_label, manifest_apps=manifest_apps)
         if spec.get("done_when") == "return" and cell_app is None:
             done.pending.append(_rel(store, rd_path))
@@ -152,6 +157,9 @@ def _rehash_identities(store: Store, done: Migration, *, app: str | None, app_la
         new_hash = identity_hash(rc, cell_app if is_app else None)
         if new_hash == old_hash and rd_path.name == new_hash and spec.get("run_config") == rc:
             continue
+        if why := held(RunDir(rd_path)):
+            raise StoreError(f"{rd_path}: {why}, so the store cannot be migrated under it; nothing was changed for "
+                             f"this cell. Fix: let that sweep end (or stop it), then launch again")
         _backup(rd_path / "spec.json", backup / rd_path.relative_to(store.root).parent / old_hash / "spec.json")
         target = rd_path.parent / new_hash
         if rd_path != target:
@@ -172,16 +180,28 @@ def _rehash_identities(store: Store, done: Migration, *, app: str | None, app_la
         _before_write()
         atomic_write_json(target / "spec.json", new_spec)
         renamed[old_hash] = new_hash
+        done.total += 1
         done.migrated.append(_rel(store, target))
-    earlier, done.total = _migrated_so_far(store)
-    renamed.update(earlier)
     done.manifests.extend(_rewrite_manifests(store, renamed, backup))
 
 
 def _run_dirs(store: Store, only: set[str] | None) -> Iterable[Path]:
+    """Every run dir, or those of `only` (store-relative paths as store.json `pending` lists them)."""
     if only is None:
         return [rd.path for rd in store.iter_runs()]
-    return [store.root / p for p in sorted(only) if (store.root / p / "spec.json").exists()]
+    return [p for rel in sorted(only) if (p := _pending_dir(store.root / rel)) is not None]
+
+
+def _pending_dir(path: Path) -> Path | None:
+    """A pending run dir where it is: at its path, or renamed to its new hash beside it by a migration
+    killed before it rewrote spec.json or store.json (the spec then still holds, or records, the old hash)."""
+    if (path / "spec.json").exists():
+        return path
+    for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else []:
+        spec = read_json(sibling / "spec.json") or {}
+        if spec.get("hash") == path.name or any(m.get("hash") == path.name for m in spec.get("migrated", [])):
+            return sibling
+    return None
 
 
 def _app_of(spec: dict, *, app: str | None, app_label: str | None,
@@ -208,21 +228,6 @@ def _manifest_apps(store: Store) -> dict[str, str]:
             if c.get("done_when") == "return" and c.get("hash"):
                 out.setdefault(str(c["hash"]), which)
     return out
-
-
-def _migrated_so_far(store: Store) -> tuple[dict[str, str], int]:
-    """(old hash -> new, how many run dirs) of what a migration to this format (this one, or one that
-    was killed) already brought forward: read from the run dirs, never from a progress record."""
-    out: dict[str, str] = {}
-    n = 0
-    for rd in store.iter_runs():
-        spec = rd.read_spec() or {}
-        mine = [m for m in spec.get("migrated", []) if m.get("to_format") == FORMAT]
-        n += bool(mine)
-        for m in mine:
-            if m.get("hash") and m["hash"] != spec.get("hash"):
-                out[str(m["hash"])] = str(spec.get("hash"))
-    return out, n
 
 
 def _rewrite_manifests(store: Store, renamed: dict[str, str], backup: Path) -> list[str]:
@@ -260,33 +265,6 @@ def _backup(src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.copy2(src, tmp)
     os.replace(tmp, dest)
-
-
-def _refuse_if_held(rd_path: Path) -> None:
-    """A cell a live sweep holds is not renamed under it (its process writes by its old path)."""
-    claim = read_json(rd_path / "claim.json") or {}
-    if not claim or claim.get("released_at"):
-        return
-    here = claim.get("host") == socket.gethostname()
-    pid_alive = here and _pid_alive(claim.get("pid"))
-    try:
-        age = time.time() - (rd_path / "claim.json").stat().st_mtime
-    except OSError:
-        age = float("inf")
-    if pid_alive or (not here and age <= float(claim.get("lease_s") or 60.0)):
-        raise StoreError(f"{rd_path}: sweep {claim.get('sweep_id')} still holds this cell (pid {claim.get('pid')} on "
-                         f"{claim.get('host')}), so the store cannot be migrated under it; nothing was changed. Fix: "
-                         f"let that sweep end (or stop it), then launch again")
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _rel(store: Store, path: Path) -> str:

@@ -71,7 +71,7 @@ def write_format_doc(root: str | os.PathLike, *, history: list[dict] | None = No
     doc = read_format_doc(root) or {}
     atomic_write_json(root / FORMAT_FILE, {"format": FORMAT, "history": [*doc.get("history", []), *(history or [])],
                                            "pending": sorted(pending or []),
-                                           **({"created_at": doc.get("created_at", time.time())})})
+                                           "created_at": doc.get("created_at", time.time())})
 
 
 def record_if_new(root: str | os.PathLike, created: Path | None = None) -> None:

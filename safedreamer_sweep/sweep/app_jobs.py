@@ -11,9 +11,11 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from safedreamer_sweep.core.launcher_options import BaseOptions
 from safedreamer_sweep.core.migrations import migrate
 from safedreamer_sweep.core.run_dir import RunDir, error_fields
 from safedreamer_sweep.core.store import Store, label_base
+from safedreamer_sweep.sweep.claim import live_holder
 from safedreamer_sweep.sweep.compose import cell_spec
 
 
@@ -25,7 +27,8 @@ def begin_app_job(store_root: Path, config: DictConfig, swept: set[str]) -> RunD
     spec = cell_spec(config, overrides, swept)
     if spec.done_when != "return":
         return None
-    migrate(store_root, app=spec.app, app_label=label_base(spec.config), say=print)  # an older store: forward
+    migrate(store_root, held=lambda rd: live_holder(rd, stall_after=BaseOptions.stall_after), app=spec.app,
+            app_label=label_base(spec.config), say=print)  # a store of an older format: forward
     rd = Store(store_root).locate(spec.config, spec.seed, spec.hash, spec.run_config)
     rd.ensure_spec(spec.spec_document())
     rd.begin_attempt(launcher=str(OmegaConf.select(config, "hydra.launcher._target_", default="?")))

@@ -50,6 +50,17 @@ def _lease_age(claim_rd: RunDir) -> float | None:
     return max(0.0, claim_rd.fs_now() - mtime)
 
 
+def live_holder(rd: RunDir, *, stall_after: float, job_state: JobState | None = None,
+                other_than: str | None = None) -> str | None:
+    """Why a live sweep (other than sweep `other_than`) holds the cell at `rd`: its claim is not released
+    and its holder is alive (holder_alive); None when no such sweep does."""
+    claim = read_json(rd.claim_path) or {}
+    if not claim or claim.get("released_at") or claim.get("sweep_id") == other_than:
+        return None
+    alive, why = holder_alive(claim, rd, stall_after=stall_after, job_state=job_state)
+    return f"sweep {claim.get('sweep_id')}: {why}" if alive else None
+
+
 def holder_alive(claim: dict, rd: RunDir, *, stall_after: float, job_state: JobState | None = None,
                  now: float | None = None, lease_s: float | None = None) -> tuple[bool, str]:
     """Is the sweep named in `claim` still working on the cell? Returns (alive, evidence)."""

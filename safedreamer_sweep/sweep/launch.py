@@ -29,7 +29,7 @@ from safedreamer_sweep.sweep.backends.slurm import (
     slurm_state_lookup,
 )
 from safedreamer_sweep.sweep.cell_task import CellTasks
-from safedreamer_sweep.sweep.claim import Lease, try_lease
+from safedreamer_sweep.sweep.claim import Lease, live_holder, try_lease
 from safedreamer_sweep.sweep.compose import cell_base
 from safedreamer_sweep.sweep.errors import PlanError
 from safedreamer_sweep.sweep.failures import RetryPolicy, bad_nodes_of_store
@@ -431,12 +431,13 @@ def plan_sweep(backend: str, params: dict[str, Any], config: Any, hydra_context:
     _ = str(config.hydra.sweep.dir)  # resolve ${now:} once so every job shares one sweep dir
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     lookup = slurm_state_lookup() if backend == "slurm" and have_slurm() else None
+    stall_after = float(params.get("stall_after", 600))
     app = app_of(config)
     try:  # a store of an older format: brought forward, and the plan says so
-        migrate(store.root, app=app, app_label=cell_base(config)[0] if app else None, say=say)
+        migrate(store.root, held=lambda rd: live_holder(rd, stall_after=stall_after, job_state=lookup), app=app,
+                app_label=cell_base(config)[0] if app else None, say=say)
     except StoreError as e:
         raise PlanError(str(e)) from None
-    stall_after = float(params.get("stall_after", 600))
     policy = RetryPolicy(max_attempts=int(params.get("max_attempts", 3)), mem_factor=float(params.get("mem_factor", 1.5)),
                          retry_errors=bool(params.get("retry_errors", False)))
     cells = plan_cells(job_overrides, config_loader=hydra_context.config_loader, config=config, store=store,

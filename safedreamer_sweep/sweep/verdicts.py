@@ -15,11 +15,11 @@ sweep manifest; the report's first warning lists which cells came from which cod
 from __future__ import annotations
 
 from safedreamer_sweep.core.code_fingerprint import describe_code, implicit_code, recorded_fingerprint
-from safedreamer_sweep.core.files import StoreError, read_json
+from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.core.identity import RunSpec, diff_keys
 from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.claim import holder_alive
+from safedreamer_sweep.sweep.claim import live_holder
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
 from safedreamer_sweep.sweep.observe import CellView, JobState, observe_run
 from safedreamer_sweep.sweep.settings import Hint, default_hint
@@ -90,11 +90,9 @@ def _unstored_verdict(store: Store, spec: RunSpec, *, new_variant: bool, hint: H
 def _held_elsewhere(rd: RunDir, view: CellView, *, sweep_id: str | None, stall_after: float,
                     job_state: JobState | None) -> str | None:
     """Why the cell is running elsewhere (another live sweep's claim, or a live process of it), or None."""
-    claim = read_json(rd.claim_path) or {}
-    if claim and not claim.get("released_at") and claim.get("sweep_id") != sweep_id:
-        alive, why = holder_alive(claim, rd, stall_after=stall_after, job_state=job_state)
-        if alive:
-            return f"sweep {claim.get('sweep_id')}: {why}"
+    held = live_holder(rd, stall_after=stall_after, job_state=job_state, other_than=sweep_id)
+    if held:
+        return held
     if view.phase in ("running", "stalled") and view.pid_alive:
         return f"pid {view.pid} on {view.host} is alive (env_step {view.env_step})"
     return None
