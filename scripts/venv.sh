@@ -36,9 +36,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   "$VENV/bin/pip" install -q --no-deps -r "$ROOT/requirements/no-deps.txt" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/pip" install -q -e "$ROOT[dev]" 2>&1 | grep -vE "^WARNING: Location|^ERROR: pip's dependency resolver|^gymnasium-robotics 1.2.2 requires" || true
-  "$VENV/bin/python" -c "import safety_gymnasium, jax, hydra, submitit, safedreamer_sweep" 2>/dev/null || {
+  # a venv from before the search: hydra-optuna-sweeper pinned optuna<3 and is replaced by hydra/sweeper=sds_optuna
+  "$VENV/bin/pip" uninstall -q -y hydra-optuna-sweeper >/dev/null 2>&1 || true
+  "$VENV/bin/python" -c "import safety_gymnasium, jax, hydra, submitit, optuna, safedreamer_sweep" 2>/dev/null || {
     echo "error: the install in $VENV is incomplete (import check failed). Re-run with 'rm -rf $VENV' to start clean." >&2
-    "$VENV/bin/python" -c "import safety_gymnasium, jax, hydra, submitit, safedreamer_sweep"
+    "$VENV/bin/python" -c "import safety_gymnasium, jax, hydra, submitit, optuna, safedreamer_sweep"
     exit 1
   }
   echo "$WANT" > "$STAMP"

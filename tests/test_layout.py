@@ -11,8 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "safedreamer_sweep"
-# A stage may import its own and earlier stages only (commands -> report -> sweep -> tasks -> trainer -> core).
-ORDER = ["core", "trainer", "tasks", "sweep", "report", "commands"]
+# A stage may import its own and earlier stages only (commands -> report -> search -> sweep -> tasks -> trainer -> core).
+ORDER = ["core", "trainer", "tasks", "sweep", "search", "report", "commands"]
 
 
 def module_name(path: Path) -> str:
