@@ -58,7 +58,8 @@ class _Beat:
 
 def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     """Record that the cell reached `step` (of `total`, if known), with any scalar `metrics`
-    (loss=0.3). Returns True when progress.json was written, False when skipped (outside a cell,
+    (loss=0.3), which also go to the cell's metrics.jsonl as one row of its curve (what a study's
+    pruner reads). Returns True when progress.json was written, False when skipped (outside a cell,
     or within SDS_HEARTBEAT_EVERY_S of the previous write and not the final step)."""
     path = os.environ.get(RUN_DIR_ENV)
     if not path:
@@ -80,6 +81,9 @@ def heartbeat(step: int, total: int | None = None, **metrics: Any) -> bool:
     if rate is not None:
         fields["steps_per_s"] = rate
     # fenced by the cell's lease ($SDS_LEASE), which each beat renews
-    RunDir(Path(path), lease_from_env(Path(path))).heartbeat(int(step), None if total is None else int(total), **fields)
+    rd = RunDir(Path(path), lease_from_env(Path(path)))
+    rd.heartbeat(int(step), None if total is None else int(total), **fields)
+    if metrics:  # the curve a study's pruner reads at env-step rungs (search/curves.py), as the built-in's
+        rd.append_metrics({"env_step": int(step), **metrics})
     _Beat.written_at, _Beat.step = now, int(step)
     return True

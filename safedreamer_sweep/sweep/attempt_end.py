@@ -101,3 +101,25 @@ def close_unstarted(rd: RunDir, cause: str, evidence: str | None) -> None:
         s["phase"] = "failed"
 
     rd.update_state(change)
+
+
+def mark_pruned(rd: RunDir, note: dict[str, Any]) -> dict:
+    """A study's pruner stopped the cell: its newest attempt (if it started one) ends with outcome
+    `pruned` and no cause, the phase is `pruned`, the checkpoints stay. Returns the new state."""
+
+    def change(s: dict) -> None:
+        a = s.get("attempts") or []
+        if a and a[-1].get("outcome") in (None, "running", "submitted", "interrupted", "failed") \
+                and not a[-1].get("pruned_at"):
+            last = a[-1]
+            if last.get("outcome") not in (None, "running", "submitted"):
+                last["cell_outcome"] = last.get("outcome")  # what the killed process itself wrote
+            last.update(outcome="pruned", ended_at=last.get("ended_at") or time.time(), classified_by="supervisor")
+            for k in ("cause", "evidence"):
+                if k in last:
+                    last[f"cell_{k}"] = last.pop(k)
+            last.update({k: v for k, v in note.items() if k in ("pruned_at", "pruned_by")})
+        s["phase"] = "pruned"
+        s["pruned"] = {k: v for k, v in note.items() if k in ("pruned_at", "pruned_by")}
+
+    return rd.update_state(change)

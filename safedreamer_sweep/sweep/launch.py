@@ -278,20 +278,39 @@ class Sweep:
         self.manifest = {
             "created_at": time.time(), "detached": not self.wait, "cwd": os.getcwd(), "hydra_overrides": hydra_ov,
             "app_command": app_command(),  # what `watch` runs to resubmit a cell of this (any) app
-            "cells": [{"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
-                       "done_when": c.spec.done_when, "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
-                      for c in self.cells],  # code_change: work by other code, and what sweep.code_change did
+            "cells": [self._manifest_cell(c) for c in self.cells],  # code_change: work by other code, and what sweep.code_change did
             "on_complete_commands": [str(x) for x in (self.settings("sweep").get("on_complete") or [])],
             "launcher": {"backend": self.backend, **{k: v for k, v in self.params.items() if not k.startswith("_")}},
             "jobs": {}, "cost": self.settings("cost"),
         }
         self.store.write_sweep_manifest(self.id, self.manifest)
 
-    def claim(self) -> list[Tracked]:
+    def _manifest_cell(self, c: PlannedCell) -> dict[str, Any]:
+        return {"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
+                "done_when": c.spec.done_when, "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
+
+    def plan_more(self, job_overrides: Sequence[Sequence[str]], indices: Sequence[int]) -> list[PlannedCell]:
+        """Plan more jobs into this sweep while it runs (a study's next trial: one job per seed), each
+        with its job number (`indices`: Hydra's job numbers and output dirs continue from the study's
+        trial number), against the store as it is now; recorded in the manifest. Reads only, like the
+        first plan, until the manifest is written."""
+        cells = plan_cells(job_overrides, config_loader=self.hydra_context.config_loader, config=self.config,
+                           store=self.store, stall_after=self.stall_after, policy=self.policy, job_state=self.job_state,
+                           sweep_id=self.id, log=say, fast=bool(self.params.get("plan_fast", True)), launcher=self.params)
+        for c, i in zip(cells, indices):
+            c.index = i
+        self.cells.extend(cells)
+        if self.manifest:
+            self.manifest["cells"].extend(self._manifest_cell(c) for c in cells)
+            self.store.write_sweep_manifest(self.id, self.manifest)
+        return cells
+
+    def claim(self, cells: Sequence[PlannedCell] | None = None) -> list[Tracked]:
         """Claim each runnable cell (two overlapping sweeps never run one cell twice); a cell another
-        live sweep holds is only watched; done and failed cells are not tracked."""
+        live sweep holds is only watched; done and failed cells are not tracked. `cells`: these only
+        (a study's new trial), else every planned cell."""
         tracked: dict[str, Tracked] = {}
-        for c in self.cells:
+        for c in self.cells if cells is None else cells:
             if c.spec.key in tracked or c.verdict not in RUNNABLE | {"running-elsewhere"}:
                 continue
             t = Tracked(key=c.spec.key, rd=c.run_dir, label=c.label, payload=c,

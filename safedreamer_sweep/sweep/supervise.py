@@ -28,7 +28,7 @@ from safedreamer_sweep.core.files import read_json
 from safedreamer_sweep.core.locks import LockBusy
 from safedreamer_sweep.core.run_dir import LeaseLost
 from safedreamer_sweep.core.store import Store
-from safedreamer_sweep.sweep.attempt_end import close_attempt, close_unstarted, ended_evidence, note_stall
+from safedreamer_sweep.sweep.attempt_end import close_attempt, close_unstarted, ended_evidence, mark_pruned, note_stall
 from safedreamer_sweep.sweep.backends import Backend, RecordedJob, Refused, Tracked
 from safedreamer_sweep.sweep.claim import (
     add_jobs,
@@ -48,7 +48,8 @@ _Log = Callable[[str], None]
 
 
 class Supervisor:
-    """The loop: `run()` returns every tracked cell once each is terminal ("done" or "failed")."""
+    """The loop: `run()` returns every tracked cell once each is terminal ("done", "failed" or
+    "pruned"); a study drives `poll()` itself, adding cells and pruning between polls."""
 
     def __init__(self, *, store: Store, backend: Backend, sweep_id: str, policy: RetryPolicy,
                  stall_after: float, poll_s: float, exclude: list[str] | None = None, log: _Log = print,
@@ -67,30 +68,54 @@ class Supervisor:
         return self.active + self.queue + self.finished
 
     def add(self, t: Tracked) -> None:
+        """Track one more cell, before or while the loop runs (a study adds its trials' cells as it asks them)."""
+        t.rd = t.rd.supervised()  # every write of ours waits boundedly for a lock a cell could hold
         (self.active if t.watch_only or t.subs else self.queue).append(t)
 
     def run(self) -> list[Tracked]:
         """Poll until every tracked cell is terminal. Returns them all."""
-        for t in self.tracked:  # every write of ours waits boundedly for a lock a cell could hold
-            t.rd = t.rd.supervised()
         while self.queue or self.active:
-            self._guarded("renewing leases", self._renew_leases)
-            self._guarded("submitting cells", self.submit_ready)
-            self._guarded("reading the scheduler's job states", self.backend.refresh, self.active)
-            for t in list(self.active):
-                self._guarded(t.label, self._check_cell, t)
-            self._guarded("submitting cells", self.submit_ready)  # a slot freed just now is refilled now
-            if self.on_tick:
-                self._guarded("drawing the progress view", self.on_tick, self.tracked)
-            if self.queue or self.active:
-                # Sleep one poll, or less when a live cell would cross stall_after sooner: a hang is
-                # then noticed at stall_after, not up to one poll later.
-                # The backend wakes early when a cell ends (locally: its process exits).
-                timeout = max(0.05, min(self.poll_s, self._wake_at - time.time()))
-                if not self._guarded("waiting for cells", self.backend.wait, self.active, timeout):
-                    time.sleep(timeout)
-                self._wake_at = float("inf")
+            self.poll()
         return self.finished
+
+    def poll(self) -> None:
+        """One poll: renew leases, start what has room, check every live cell, then sleep one poll
+        (less when a live cell would cross stall_after sooner; the backend wakes early when a cell
+        ends, locally when its process exits)."""
+        self._guarded("renewing leases", self._renew_leases)
+        self._guarded("submitting cells", self.submit_ready)
+        self._guarded("reading the scheduler's job states", self.backend.refresh, self.active)
+        for t in list(self.active):
+            self._guarded(t.label, self._check_cell, t)
+        self._guarded("submitting cells", self.submit_ready)  # a slot freed just now is refilled now
+        if self.on_tick:
+            self._guarded("drawing the progress view", self.on_tick, self.tracked)
+        if self.queue or self.active:
+            timeout = max(0.05, min(self.poll_s, self._wake_at - time.time()))
+            if not self._guarded("waiting for cells", self.backend.wait, self.active, timeout):
+                time.sleep(timeout)
+            self._wake_at = float("inf")
+
+    def prune(self, t: Tracked, note: dict[str, Any]) -> None:
+        """Stop a cell a study's pruner judged (its process locally, scancel on Slurm), checkpoints
+        kept. `note` ({"pruned_at": env step, "pruned_by": {...}}) is recorded when its attempt is
+        closed, as outcome and phase `pruned`: never a failure, never retried."""
+        if t.result is not None or t.watch_only:
+            return
+        t.pruned = note
+        if t in self.queue:  # never started: nothing to stop
+            self.queue.remove(t)
+            self._guarded(t.label, self._close_pruned, t)
+            return
+        view = t.view or observe_run(t.rd, stall_after=self.stall_after, job_state=self.backend.state_lookup())
+        self.log(f"[sds] {t.label}: pruned at env step {note.get('pruned_at')} ({note.get('why', 'by the study')}); stopping it")
+        self.backend.kill(t, view)
+
+    def _close_pruned(self, t: Tracked) -> None:
+        mark_pruned(t.rd, t.pruned or {})
+        if t in self.active:
+            self.backend.release(t, t.subs[-1] if t.subs else None)
+        self._close(t, "pruned", reason=f"pruned at env step {(t.pruned or {}).get('pruned_at')}")
 
     def _guarded(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
         """Run one stage of a poll; any exception is logged with its cause (once a minute while it
@@ -292,6 +317,10 @@ class Supervisor:
         self.backend.release(t, sub)
         if view.phase == "done" or state.get("phase") == "done":
             self._close(t, "done")
+            return
+        if t.pruned is not None:  # we stopped it: its end is the pruner's, not a failure
+            mark_pruned(t.rd, t.pruned)
+            self._close(t, "pruned", reason=f"pruned at env step {t.pruned.get('pruned_at')}")
             return
         attempts = state.get("attempts") or []
         last = attempts[-1] if attempts else {}

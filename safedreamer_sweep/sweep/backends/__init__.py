@@ -34,13 +34,14 @@ class Tracked:
     mem_gb: float | None = None
     slot_gpu: str | None = None
     watch_only: bool = False            # another sweep runs it: observe until terminal
-    result: str | None = None           # "done" | "failed" once terminal
+    result: str | None = None           # "done" | "failed" | "pruned" once terminal
     stall: dict | None = None           # evidence when we killed it (stalled, over memory)
     first_seen_unknown: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     pending_cause: str | None = None    # why it is queued again (a retry keeps its cause)
     view: CellView | None = None        # the newest observation (progress, ETA)
     failure: tuple[float, str, str] | None = None  # (when, cause, evidence) of its newest failed attempt
+    pruned: dict | None = None          # a study's pruner stopped it: {"pruned_at": env step, "pruned_by": ...}
 
 
 @dataclass

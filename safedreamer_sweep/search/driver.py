@@ -1,0 +1,240 @@
+"""The study's ask/tell loop (hydra/sweeper=sds_optuna): a trial's cells run through the sweep's own
+supervisor, with no barrier between trials.
+
+    open the study (its journal in the store)  ->  adopt the trials left RUNNING by an earlier invocation
+    loop:  ask under the study's lock while trials are missing and no cell waits for a slot
+           poll the supervisor once (cells start, end, retry by cause)
+           report each running trial's seeds' curve at aligned env-step rungs; prune: stop its cells
+           tell each trial whose cells are all terminal: its seeds' aggregate, spread, cost - limit
+    then:  the best points re-run on test seeds (optional), optimization_results.yaml, the report
+
+`n_trials` is the study's total: trials already in the journal (complete, pruned, failed, or in flight
+elsewhere) count, so a re-invocation asks only the remainder, and two invocations of one study end
+with exactly n_trials (count-then-ask runs under `<store>/studies/<name>/ask.lock`). A trial's cells
+are ordinary cells: a done one is read from the store, a partial one resumes from its checkpoint, one
+another live sweep holds is watched (its claim decides, as for any sweep: never run twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from safedreamer_sweep.search.trials import TrialCell, TrialRun
+from safedreamer_sweep.search.values import aggregate, aligned, spread
+from safedreamer_sweep.sweep.launch import Sweep
+from safedreamer_sweep.sweep.supervise import Supervisor
+
+_Say = Callable[[str], None]
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class Objective:
+    """What a trial is judged by: metric paths (None: the task's return value), directions, the
+    constraint (metric and limit), and the curve metric the pruner reads."""
+
+    paths: list[str | None]
+    directions: list[str]
+    how: str = "mean"                       # mean | iqm over the seeds
+    cost_path: str | None = None
+    cost_limit: float | None = None
+    prune_metric: str | None = None
+    warmup_steps: int = 0
+    cost_warmup_steps: int | None = None    # after this env step, a trial whose cost is far above the limit is pruned
+    cost_slack: float = 1.0                 # "far above": cost > limit x (1 + cost_slack)
+
+
+@dataclass
+class StudyDriver:
+    sweep: Sweep
+    sup: Supervisor
+    study: optuna.Study
+    lock: Any                                # the study's ask lock (filelock)
+    n_trials: int
+    seeds: list[int | None]
+    objective: Objective
+    overrides_of: Callable[[dict[str, Any]], list[str]]   # a trial's params -> its job overrides (without seed)
+    say: _Say = print
+    max_running: int | None = None           # hydra.sweeper.n_jobs: trials in flight at once
+    runs: dict[int, TrialRun] = field(default_factory=dict)
+    _cells: dict[str, Any] = field(default_factory=dict)  # cell key -> Tracked, shared by trials that repeat a point
+
+    # --- the loop
+    def run(self) -> dict[int, TrialRun]:
+        self._adopt()
+        while True:
+            self._top_up()
+            if not (self.sup.queue or self.sup.active) and not self._open():
+                break
+            if self.sup.queue or self.sup.active:
+                self.sup.poll()
+            self._judge_running()
+            self._tell_finished()
+        return self.runs
+
+    def _open(self) -> list[TrialRun]:
+        return [r for r in self.runs.values() if r.told is None]
+
+    def _top_up(self) -> None:
+        """Ask while the total is not reached, no cell waits for a slot (a freed slot is refilled
+        from the queue at once) and fewer than n_jobs trials are in flight."""
+        while not self.sup.queue and (self.max_running is None or len(self._open()) < self.max_running):
+            with self.lock:
+                trials = self.study.get_trials(deepcopy=False)
+                if len(trials) >= self.n_trials:
+                    return
+                trial = self.study.ask()
+            self.runs[trial.number] = self._start(trial.number, trial._trial_id, trial.params, new=True)
+            self._tell_finished()  # every cell of it may be done already (the store had them)
+
+    def _adopt(self) -> None:
+        """Trials an earlier invocation left RUNNING (Ctrl-C, a SIGKILL, a lost node): their cells are
+        planned again, so done ones are read, partial ones resume, live ones are watched."""
+        waiting = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))]
+        for t in waiting:
+            self.runs[t.number] = self._start(t.number, t._trial_id, t.params, new=False)
+        if waiting:
+            self.say(f"[sds] study {self.study.study_name}: adopted {len(waiting)} trial(s) in flight "
+                     f"({', '.join(str(t.number) for t in waiting)})")
+        self._tell_finished()
+
+    def _start(self, number: int, trial_id: int, params: dict[str, Any], *, new: bool) -> TrialRun:
+        """Plan a trial's cells (job numbers continue from the trial number), claim and track them."""
+        k = len(self.seeds)
+        jobs = [self.overrides_of(params) + ([f"seed={s}"] if s is not None else []) for s in self.seeds]
+        planned = self.sweep.plan_more(jobs, [number * k + j for j in range(k)])
+        run = TrialRun(number=number, trial_id=trial_id, params=dict(params),
+                       cells=[TrialCell(seed=s, cell=c) for s, c in zip(self.seeds, planned)])
+        for tc in run.cells:  # stopped by this study's pruner before an earlier invocation could tell it
+            tc.pruned = _pruned_by(tc, self.study.study_name, number)
+        fresh = [tc.cell for tc in run.cells if tc.cell.spec.key not in self._cells and not tc.pruned]
+        for t in self.sweep.claim(fresh):
+            self._cells[t.key] = t
+            self.sup.add(t)
+        for tc in run.cells:
+            tc.tracked = self._cells.get(tc.cell.spec.key)
+        if new:
+            self.study._storage.set_trial_user_attr(trial_id, "sds_cells", [_cell_doc(tc, self.sweep) for tc in run.cells])
+        verdicts = ", ".join(f"seed {tc.seed}: {tc.cell.verdict}" for tc in run.cells)
+        self.say(f"[sds] trial {number} {_fmt_params(params)} ({verdicts})")
+        return run
+
+    # --- pruning
+    def _judge_running(self) -> None:
+        if len(self.objective.directions) > 1 or not self.objective.prune_metric:
+            return  # Optuna prunes single-objective studies only
+        for run in self._open():
+            if run.test or any(c.outcome == "pruned" for c in run.cells):
+                continue
+            if any(c.tracked is None or c.tracked.watch_only for c in run.cells):
+                continue  # another invocation runs it: it judges it
+            self._report(run)
+
+    def _report(self, run: TrialRun) -> None:
+        o = self.objective
+        rungs = aligned(run.curves(o.prune_metric or ""), o.how)
+        trial = optuna.trial.Trial(self.study, run.trial_id)
+        new = [(s, v) for s, v in rungs if s > run.reported_step]
+        for step, value in new:
+            trial.report(value, step)
+            run.reported_step = step
+        if not new or run.reported_step < o.warmup_steps:
+            return
+        why = None
+        if trial.should_prune():
+            why = f"{o.prune_metric} {new[-1][1]:.4g} at env step {run.reported_step}: the pruner stopped it"
+        elif self._over_cost(run):
+            why = f"cost above {o.cost_limit} x (1 + {o.cost_slack}) after the cost warm-up"
+        if why:
+            self._prune(run, why)
+
+    def _over_cost(self, run: TrialRun) -> bool:
+        o = self.objective
+        if o.cost_limit is None or o.cost_warmup_steps is None or run.reported_step < o.cost_warmup_steps:
+            return False
+        cost = aligned(run.curves(_curve_cost_metric(o.prune_metric)), o.how)
+        return bool(cost) and cost[-1][1] > o.cost_limit * (1 + o.cost_slack)
+
+    def _prune(self, run: TrialRun, why: str) -> None:
+        note = {"pruned_at": run.reported_step, "why": why,
+                "pruned_by": {"study": self.study.study_name, "trial": run.number}}
+        for c in run.cells:
+            if c.tracked is not None and c.tracked.result is None:
+                self.sup.prune(c.tracked, note)
+        run.extra["pruned_at"] = run.reported_step
+        self.say(f"[sds] trial {run.number} pruned at env step {run.reported_step}: {why}")
+
+    # --- telling
+    def _tell_finished(self) -> None:
+        for run in self._open():
+            if run.terminal:
+                self._tell(run)
+
+    def _tell(self, run: TrialRun) -> None:
+        o = self.objective
+        storage, tid = self.study._storage, run.trial_id
+        per_seed = run.seed_values(o.paths)
+        spreads = [spread(vs) for vs in per_seed]
+        storage.set_trial_user_attr(tid, "sds_seed_values", per_seed)
+        storage.set_trial_user_attr(tid, "sds_spread", spreads)
+        storage.set_trial_user_attr(tid, "sds_device_hours", run.device_hours())
+        state, values = self._state_and_values(run, per_seed)
+        if o.cost_path is not None and o.cost_limit is not None:
+            cost = [v for v in run.seed_values([o.cost_path])[0]]
+            mean_cost = aggregate(cost, "mean")
+            storage.set_trial_user_attr(tid, "sds_cost", {"mean": mean_cost, "values": cost, "limit": o.cost_limit,
+                                                          "metric": o.cost_path})
+            if mean_cost is not None:
+                optuna.trial.Trial(self.study, tid).set_constraint("cost", mean_cost - o.cost_limit)
+        if state == TrialState.PRUNED:
+            storage.set_trial_user_attr(tid, "sds_pruned_at", run.extra.get("pruned_at", run.reported_step))
+        self.study.tell(tid, values, state=state, skip_if_finished=True)
+        run.told = state.name
+        self.say(f"[sds] trial {run.number}: {state.name.lower()}"
+                 + (f", value {_fmt_values(values)} over {spreads[0]['n']} seed(s)" if values is not None else ""))
+
+    def _state_and_values(self, run: TrialRun, per_seed: list[list[float | None]]) -> tuple[TrialState, Any]:
+        outcomes = [c.outcome for c in run.cells]
+        if "pruned" in outcomes:
+            return TrialState.PRUNED, None
+        values = [aggregate(vs, self.objective.how) for vs in per_seed]
+        if "failed" in outcomes or any(v is None for v in values):
+            return TrialState.FAIL, None
+        return TrialState.COMPLETE, values if len(values) > 1 else values[0]
+
+
+def _cell_doc(tc: TrialCell, sweep: Sweep) -> dict[str, Any]:
+    rd = tc.cell.run_dir.path
+    try:
+        rel = str(rd.relative_to(sweep.store.root))
+    except ValueError:
+        rel = str(rd)
+    return {"seed": tc.seed, "label": tc.cell.spec.label, "hash": tc.cell.spec.hash, "run_dir": rel,
+            "overrides": list(tc.cell.overrides)}
+
+
+def _pruned_by(tc: TrialCell, study: str, number: int) -> bool:
+    if not tc.cell.run_dir.state_path.exists():
+        return False
+    note = (tc.cell.run_dir.read_state().get("pruned") or {}).get("pruned_by") or {}
+    return note.get("study") == study and note.get("trial") == number
+
+
+def _curve_cost_metric(metric: str | None) -> str:
+    """The cost beside a return curve: the built-in logs episode_return and episode_cost."""
+    return "episode_cost" if not metric or metric == "episode_return" else metric.replace("return", "cost")
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _fmt_values(values: Any) -> str:
+    vs = values if isinstance(values, Sequence) else [values]
+    return ", ".join(f"{v:.4g}" for v in vs)
+

@@ -1,0 +1,174 @@
+"""A study's launch, the stages hydra/sweeper=sds_optuna calls in order: its settings and search space
+checked (nothing written before), the study opened in the store (resumed, or refused by the key that
+differs), the sweep planned with no cells yet, the driver run (search/driver.py), then Hydra's
+optimization_results.yaml, the report and the sweep's hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from safedreamer_sweep.core.identity import app_of
+from safedreamer_sweep.search.driver import Objective, StudyDriver
+from safedreamer_sweep.search.settings import SearchError, SearchSettings, build_pruner, build_sampler, search_settings
+from safedreamer_sweep.search.space import Space, parse_space
+from safedreamer_sweep.search.study import open_study
+from safedreamer_sweep.search.trials import EVAL_SUMMARY_KEYS
+from safedreamer_sweep.sweep.launch import Sweep, plan_sweep, say
+from safedreamer_sweep.sweep.settings import absolute_store_root
+
+
+def split_arguments(arguments: list[str], params: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The command line's overrides: a sweep (`lr=interval(0.001,0.1)`) joins the search space (and
+    replaces a `params` entry of that key, as hydra-optuna-sweeper does), any other is fixed for every
+    trial. Returns (the search space as key -> override text, the fixed overrides as typed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    space = {str(k): str(v) for k, v in (params or {}).items()}
+    fixed: list[str] = []
+    for o in OverridesParser.create().parse_overrides(arguments):
+        if o.is_sweep_override():
+            space[o.get_key_element()] = o.input_line.split("=", 1)[1]
+        else:
+            space.pop(o.get_key_element().lstrip("+~"), None)
+            fixed.append(o.input_line)
+    return space, fixed
+
+
+def task_kind(config: DictConfig) -> str:
+    """builtin | external | app: what a cell's result is (evaluations, or the task function's return)."""
+    kind = OmegaConf.select(config, "task.kind", default=None)
+    return str(kind) if kind in ("builtin", "external") else "app"
+
+
+def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
+    """The objective, constraint and pruning metric, with the task's defaults: the built-in and an
+    external task maximize `id.return_mean` under `id.cost_mean <= <task's cost_limit>` and prune on
+    the training curve's `episode_return`; an app minimizes its return value (hydra-optuna-sweeper's
+    default) and prunes on the metric of its heartbeat(...) (the objective's name, else the first)."""
+    kind = task_kind(config)
+    paths = list(s.objectives) or ([None] if kind == "app" else ["id.return_mean"])
+    directions = list(s.directions) or (["minimize"] if kind == "app" else ["maximize"])
+    if len(directions) != len(paths):
+        raise SearchError(f"hydra.sweeper.direction has {len(directions)} entries but the objective has {len(paths)} "
+                          f"({paths}). Fix: one direction per objective, e.g. direction: [maximize, minimize]")
+    if kind != "app":
+        _check_eval_metrics(paths, "objective")
+    limit_key = "agent.cost_limit" if kind == "builtin" else "task.cost_limit"
+    cost_path, limit = (s.constraint or {}).get("metric"), (s.constraint or {}).get("limit")
+    if s.constraint is None and kind != "app":
+        cost_path = "id.cost_mean"
+    if cost_path is not None and limit is None:
+        limit = OmegaConf.select(config, limit_key, default=None)
+    if cost_path is not None and kind != "app":
+        _check_eval_metrics([cost_path], "constraint.metric")
+    prune = s.prune or {}
+    metric = prune.get("metric") or ("episode_return" if kind != "app" else (paths[0] or "*"))
+    return Objective(paths=paths, directions=directions, how=s.aggregate, cost_path=cost_path,
+                     cost_limit=None if limit is None else float(limit), prune_metric=metric,
+                     warmup_steps=int(prune.get("warmup_steps") or 0),
+                     cost_warmup_steps=prune.get("cost_warmup_steps"),
+                     cost_slack=float(prune.get("cost_slack", 1.0)))
+
+
+def _check_eval_metrics(paths: list[str | None], key: str) -> None:
+    for p in paths:
+        kind, _, name = str(p).partition(".")
+        if kind not in ("id", "ood") or name not in EVAL_SUMMARY_KEYS:
+            raise SearchError(f"hydra.sweeper.{key}={p!r}: the task never produces it. A cell's result is its "
+                              f"evaluations, `<id|ood>.<{'|'.join(EVAL_SUMMARY_KEYS)}>`. Fix: e.g. "
+                              f"hydra.sweeper.{key}=ood.return_mean")
+
+
+def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int | None]:
+    """The tuning seeds: `seeds` of the study (each an ordinary cell), else the config's own seed.
+    `seed` both in the study and as an axis or override is ambiguous: refused."""
+    if s.seeds:
+        given = [k for k in space.distributions if k == "seed"] + [f for f in fixed if f.lstrip("+~").startswith("seed=")]
+        if given or "seed" in space.fixed:
+            raise SearchError(f"the seed is given twice: hydra.sweeper.seeds={list(s.seeds)} and {given or ['params.seed']}. "
+                              f"A trial runs each of its seeds as a cell. Fix: drop the seed axis or override, or "
+                              f"drop hydra.sweeper.seeds")
+        return list(s.seeds)
+    return [None]
+
+
+def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, config: DictConfig,
+               hydra_context: Any, backend: str) -> None:
+    """The whole study, from the sweeper's config and the command line's overrides."""
+    s = search_settings(conf)
+    params, fixed = split_arguments(arguments, conf.get("params") or {})
+    space = parse_space(params)
+    seeds = check_seeds(s, space, fixed)
+    objective = objective_of(s, config)
+    sampler, pruner = build_sampler(s), build_pruner(s)
+    sweep = plan_sweep(backend, launcher.params, config, hydra_context, [], 0)  # checks the launcher, migrates
+    app = app_of(config) if task_kind(config) == "app" else None
+    study, sdir, created = open_study(sweep.store.root, s, space, app=app, fixed=fixed, sweep_id=sweep.id,
+                                      sampler=sampler, pruner=pruner, directions=objective.directions)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    say(f"[sds] study {study.study_name} ({'new' if created else 'resumed'}; {sdir.journal}): {len(done)} of "
+        f"{s.n_trials} trials finished, {len(seeds)} seed(s) per trial"
+        + (f", constraint {objective.cost_path} <= {objective.cost_limit}" if objective.cost_limit is not None else ""))
+    sweep.record()
+    sup = sweep.supervisor(sweep.make_backend(hydra_context, launcher.task_function, 0), [])
+    driver = StudyDriver(sweep=sweep, sup=sup, study=study, lock=sdir.ask_lock(), n_trials=s.n_trials, seeds=seeds,
+                         objective=objective, overrides_of=lambda p: [*fixed, *space.overrides(p)], say=say,
+                         max_running=s.n_jobs)
+    _drive(driver, sweep)
+    finish(study, sweep, config, s)
+
+
+def _drive(driver: StudyDriver, sweep: Sweep) -> None:
+    """Run the loop; Ctrl-C stops asking and supervising, not the cells (re-run the same command)."""
+    try:
+        driver.run()
+    except KeyboardInterrupt:
+        sup = driver.sup
+        sweep._record_jobs({t.key: [j.job_id for j in t.subs] for t in sup.active if t.subs}, detached=True)
+        say(f"[sds] interrupted: {len(sup.active)} cell(s) keep running, {len(sup.queue)} not submitted; "
+            f"the same command continues the study (its trials in flight are adopted)")
+        raise SystemExit(130) from None
+
+
+def finish(study: optuna.Study, sweep: Sweep, config: DictConfig, s: SearchSettings) -> None:
+    """optimization_results.yaml in Hydra's sweep dir (as hydra-optuna-sweeper writes it, the best
+    feasible trial), the report, the hooks, and one line."""
+    trials = study.get_trials(deepcopy=False)
+    states = {st: sum(t.state == st for t in trials) for st in (optuna.trial.TrialState.COMPLETE,
+                                                                  optuna.trial.TrialState.PRUNED,
+                                                                  optuna.trial.TrialState.FAIL)}
+    results: dict[str, Any] = {"name": "sds_optuna", "study": study.study_name}
+    best = _best(study)
+    if len(study.directions) == 1 and best:
+        results.update(best_params=dict(best[0].params), best_value=best[0].value, best_trial=best[0].number)
+    elif best:
+        results["solutions"] = [{"params": dict(t.params), "values": list(t.values or [])} for t in best]
+    out = Path(str(config.hydra.sweep.dir))
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")
+    from safedreamer_sweep.report.callback import refresh
+
+    for line in refresh(sweep.store.root, sweep.report_settings(), say=say):
+        say(f"[sds] report: {line}")
+    failed = states[optuna.trial.TrialState.FAIL]
+    say(f"[sds] study {study.study_name}: {len(trials)}/{s.n_trials} trials "
+        f"({states[optuna.trial.TrialState.COMPLETE]} complete, {states[optuna.trial.TrialState.PRUNED]} pruned, "
+        f"{failed} failed)" + (f"; best feasible: trial {best[0].number} value {best[0].values}" if best else
+                               "; no feasible trial yet"))
+    if trials and failed / len(trials) > s.max_failure_rate:
+        from safedreamer_sweep.sweep.launch import SweepIncomplete
+
+        raise SweepIncomplete(f"[sds] {failed} of {len(trials)} trials failed, above hydra.sweeper.max_failure_rate="
+                              f"{s.max_failure_rate} (status: safedreamer-sweep status {sweep.store.root})")
+
+
+def _best(study: optuna.Study) -> list[Any]:
+    """The best feasible trial(s): Optuna 5 leaves infeasible trials out of best_trial(s)."""
+    try:
+        return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
+    except ValueError:
+        return []

@@ -1,0 +1,198 @@
+"""hydra/sweeper=sds_optuna end to end on a toy Hydra app (tests/search_app: a return that grows with x,
+a cost that grows faster, divergence above a threshold): a trial is a point on k seeds, each an ordinary
+cell; n_trials is the total (a re-run asks nothing, a raised total asks the rest, a SIGKILLed launcher's
+study ends with exactly n_trials and no cell trained twice); a changed study is refused by the key that
+differs; the cost limit is a constraint (the best is the best feasible); a pruner stops diverging
+trials' cells, recorded as `pruned`, checkpoints kept; two invocations at once end with n_trials; the
+journal opens in optuna-dashboard; bad input is refused with the store unchanged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from safedreamer_sweep.core.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "tests" / "search_app" / "app.py"
+BASE = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none",
+        "hydra.launcher.max_parallel=2", "hydra/sweeper=sds_optuna", "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.study_name=toy", "hydra.sweeper.objective=ret", "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.constraint={metric:cost,limit:15}", "hydra.sweeper.seeds=[0,1]"]
+
+
+def command(store: Path, *args: str) -> list[str]:
+    return [sys.executable, str(APP), "-m", f"hydra.sweep.dir={store}/multirun/${{now:%H-%M-%S-%f}}", *BASE, *args]
+
+
+def env(store: Path) -> dict[str, str]:
+    return {**os.environ, "SDS_STORE": str(store), "SDS_HEARTBEAT_EVERY_S": "0"}
+
+
+def run(store: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    p = subprocess.run(command(store, *args), cwd=store.parent, env=env(store), capture_output=True, text=True,
+                       timeout=timeout, check=False)
+    return p
+
+
+def study(store: Path, name: str = "toy") -> optuna.Study:
+    journal = store / "studies" / name / "journal.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def attempts(store: Path) -> dict[str, int]:
+    return {str(rd.path): len(rd.read_state().get("attempts") or []) for rd in Store(store).iter_runs()}
+
+
+def tree(store: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in store.rglob("*")} if store.exists() else {}
+
+
+def test_a_study_is_a_total_over_seeded_cells_and_its_best_is_feasible(tmp_path):
+    store = tmp_path / "store"
+    args = ["hydra.sweeper.n_trials=4", "x=interval(0.05,0.95)"]
+    first = run(store, *args)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    s = study(store)
+    trials = s.get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(attempts(store)) == 8 and set(attempts(store).values()) == {1}  # 4 points x 2 seeds, once each
+    for t in trials:  # the value is the seeds' mean, with the spread kept
+        per_seed = t.user_attrs["sds_seed_values"][0]
+        assert len(per_seed) == 2 and t.value == pytest.approx(sum(per_seed) / 2)
+        assert t.user_attrs["sds_spread"][0]["n"] == 2
+        assert t.constraints == {"cost": pytest.approx(30 * t.params["x"] - 15)}
+    feasible = [t for t in trials if t.params["x"] <= 0.5]
+    best = yaml.safe_load(next(store.glob("multirun/*/optimization_results.yaml")).read_text())
+    if feasible:
+        assert best["best_value"] == pytest.approx(max(t.value for t in feasible))
+    assert "4/4 trials (4 complete, 0 pruned, 0 failed)" in first.stdout
+
+    again = run(store, *args)  # the total is reached: nothing asked, nothing run
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert len(study(store).get_trials()) == 4 and set(attempts(store).values()) == {1}
+    assert "submitted" not in again.stdout
+
+    more = run(store, "hydra.sweeper.n_trials=6", "x=interval(0.05,0.95)")  # a raised total asks the rest
+    assert more.returncode == 0, more.stdout[-3000:]
+    assert len(study(store).get_trials()) == 6 and len(attempts(store)) == 12 and set(attempts(store).values()) == {1}
+    job_dirs = sorted(int(p.name) for p in store.glob("multirun/*/[0-9]*"))
+    assert job_dirs[-4:] == [8, 9, 10, 11], job_dirs  # trial 4's and 5's seeds: job numbers continue
+
+
+def test_a_changed_study_is_refused_by_name_and_new_study_sets_it_aside(tmp_path):
+    store = tmp_path / "store"
+    assert run(store, "hydra.sweeper.n_trials=1", "x=interval(0.05,0.95)").returncode == 0
+    before = tree(store)
+    refused = run(store, "hydra.sweeper.n_trials=1", "x=interval(0.1,0.9)")
+    assert refused.returncode == 1
+    out = refused.stdout + refused.stderr
+    assert "space" in out and "x" in out and "hydra.sweeper.new_study=true" in out, out[-3000:]
+    assert tree(store) == before  # refused before anything was written
+    fresh = run(store, "hydra.sweeper.n_trials=1", "x=interval(0.1,0.9)", "hydra.sweeper.new_study=true")
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    assert len(study(store).get_trials()) == 1 and len(list((store / "studies").glob("toy.superseded-*"))) == 1
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["hydra.sweeper.n_trials=0"], "n_trials"),
+    (["hydra.sweeper.sampler._target_=optuna.samplers.NoSuchSampler"], "sampler"),
+    (["hydra.sweeper.pruner=nosuch"], "pruner"),
+    (["x=interval(0.5)"], "x"),
+    (["seed=0,1"], "seed"),
+])
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, bad, says):
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=2", *(bad if bad[0].startswith("x=") else ["x=interval(0.1,0.9)", *bad]))
+    assert p.returncode != 0
+    assert says in (p.stdout + p.stderr), (p.stdout + p.stderr)[-3000:]
+    assert not (store / "runs").exists() and not (store / "studies").exists()
+
+
+def test_a_killed_study_resumes_to_exactly_its_total_and_trains_no_cell_twice(tmp_path):
+    store = tmp_path / "store"
+    args = ["hydra.sweeper.n_trials=6", "x=interval(0.05,0.95)", "step_sleep=0.3"]
+    p = subprocess.Popen(command(store, *args), cwd=tmp_path, env=env(store), start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = store / "studies" / "toy" / "journal.log"
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if journal.exists() and sum(t.state.is_finished() for t in study(store).get_trials()) >= 2:
+            break
+        time.sleep(0.3)
+    os.kill(p.pid, signal.SIGKILL)  # the launcher only: its cells die with it or run on
+    p.wait()
+    assert 2 <= sum(t.state.is_finished() for t in study(store).get_trials()) < 6
+    again = run(store, *args[:2], "step_sleep=0")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    trials = study(store).get_trials()
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(attempts(store)) == 12
+    for rd in Store(store).iter_runs():  # a second attempt only for a cell in flight at the kill: resumed
+        logs = [f.read_text() for f in sorted(rd.logs_dir.glob("attempt_*.out"))]
+        for later in logs[1:]:
+            assert "first step 1\n" not in later, later
+
+
+def test_a_pruner_stops_diverging_trials_and_records_them_pruned(tmp_path):
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=8", "x=interval(0.05,0.95)", "diverge_above=0.5", "steps=20",
+            "hydra.sweeper.pruner=median", "hydra.sweeper.prune.metric=ret", "hydra/sweeper/sampler=random",
+            "hydra.sweeper.sampler.seed=1")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    trials = study(store).get_trials()
+    assert len(trials) == 8
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned and all(t.params["x"] > 0.3 for t in pruned), [(t.params, t.state) for t in trials]
+    for t in pruned:
+        for c in t.user_attrs["sds_cells"]:
+            state = (store / c["run_dir"] / "state.json").read_text()
+            assert '"phase": "pruned"' in state and '"failed"' not in state
+            assert list((store / c["run_dir"] / "checkpoints").glob("step_*.json"))
+
+
+def test_two_invocations_at_once_end_with_exactly_the_total(tmp_path):
+    store = tmp_path / "store"
+    args = ["hydra.sweeper.n_trials=6", "x=interval(0.05,0.95)", "hydra.launcher.max_parallel=1"]
+    procs = [subprocess.Popen(command(store, *args), cwd=tmp_path, env=env(store), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [q.communicate(timeout=300)[0] for q in procs]
+    assert all(q.returncode == 0 for q in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert len(study(store).get_trials()) == 6
+    assert len(attempts(store)) == 12 and set(attempts(store).values()) == {1}
+
+
+def test_the_journal_opens_in_optuna_dashboard(tmp_path):
+    """The dashboard opens the store's journal as `optuna-dashboard <store>/studies/toy/journal.log` does
+    (its storage guess from the path), and its own JSON API lists the study's trials."""
+    import io
+    import json
+
+    from optuna_dashboard import wsgi
+    from optuna_dashboard._storage_url import get_storage  # what its command line calls on the path
+
+    store = tmp_path / "store"
+    assert run(store, "hydra.sweeper.n_trials=2", "x=interval(0.05,0.95)").returncode == 0
+    app = wsgi(get_storage(str(store / "studies" / "toy" / "journal.log")))
+
+    def get(path: str) -> dict:
+        status: list[str] = []
+        body = app({"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.input": io.BytesIO(),
+                    "SERVER_NAME": "x", "SERVER_PORT": "80", "wsgi.url_scheme": "http"},
+                   lambda s, h, *a: status.append(s))
+        assert status and status[0].startswith("200"), status
+        return json.loads(b"".join(body))
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["toy"]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert [t["number"] for t in detail["trials"]] == [t.number for t in study(store).get_trials()] == [0, 1]
