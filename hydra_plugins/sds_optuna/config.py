@@ -64,7 +64,8 @@ class GPSamplerConfig:
 @dataclass
 class SdsOptunaConf:
     _target_: str = "hydra_plugins.sds_optuna.sweeper.SdsOptunaSweeper"
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    _recursive_: bool = False  # the sampler arrives as its config (checked, then made by search/settings.py)
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}])
     # --- hydra-optuna-sweeper's keys
     sampler: Any = None
     direction: Any = None          # minimize | maximize | a list; null: the task's (apps minimize, RL maximizes return)
@@ -78,11 +79,11 @@ class SdsOptunaConf:
     seeds: Optional[list[int]] = None  # a trial is a point on these seeds, each seed an ordinary cell
     aggregate: str = "mean"        # mean | iqm of the seeds' values (the spread is kept beside it)
     objective: Any = None          # metric path(s), e.g. id.return_mean; null: the task's (an app's return value)
-    constraint: Optional[dict[str, Any]] = None  # {metric, limit}; null: RL tasks use id.cost_mean <= the task's cost_limit
+    constraint: Any = None         # {metric, limit}; null: RL tasks use id.cost_mean <= the task's cost_limit
     pruner: Any = None             # median | asha | hyperband | none, or {_target_: optuna.pruners..., ...}
     prune: dict[str, Any] = field(default_factory=lambda: {"metric": None, "warmup_steps": 0, "cost_warmup_steps": None,
                                                            "cost_slack": 1.0})
-    test: Optional[dict[str, Any]] = None  # {seeds: [100, 101], top_k: 2}: the best points re-run on fresh seeds
+    test: Any = None               # {seeds: [100, 101], top_k: 2}: the best points re-run on fresh seeds
     new_study: bool = False        # true: a study of this name with another identity is set aside, a new one begins
 
 

@@ -45,7 +45,7 @@ class Objective:
     cost_limit: float | None = None
     prune_metric: str | None = None
     warmup_steps: int = 0
-    cost_warmup_steps: int | None = None    # after this env step, a trial whose cost is far above the limit is pruned
+    cost_warmup_steps: int | None = None    # after this env step (None: half the budget) a cost far above the limit prunes
     cost_slack: float = 1.0                 # "far above": cost > limit x (1 + cost_slack)
 
 
@@ -58,6 +58,7 @@ class StudyDriver:
     n_trials: int
     seeds: list[int | None]
     objective: Objective
+    distributions: dict[str, Any]            # the search space (Optuna distributions by override key)
     overrides_of: Callable[[dict[str, Any]], list[str]]   # a trial's params -> its job overrides (without seed)
     say: _Say = print
     max_running: int | None = None           # hydra.sweeper.n_jobs: trials in flight at once
@@ -88,7 +89,7 @@ class StudyDriver:
                 trials = self.study.get_trials(deepcopy=False)
                 if len(trials) >= self.n_trials:
                     return
-                trial = self.study.ask()
+                trial = self.study.ask(self.distributions)
             self.runs[trial.number] = self._start(trial.number, trial._trial_id, trial.params, new=True)
             self._tell_finished()  # every cell of it may be done already (the store had them)
 
@@ -155,7 +156,8 @@ class StudyDriver:
 
     def _over_cost(self, run: TrialRun) -> bool:
         o = self.objective
-        if o.cost_limit is None or o.cost_warmup_steps is None or run.reported_step < o.cost_warmup_steps:
+        warmup = o.cost_warmup_steps if o.cost_warmup_steps is not None else run.half_budget()
+        if o.cost_limit is None or warmup is None or run.reported_step < warmup:
             return False
         cost = aligned(run.curves(_curve_cost_metric(o.prune_metric)), o.how)
         return bool(cost) and cost[-1][1] > o.cost_limit * (1 + o.cost_slack)

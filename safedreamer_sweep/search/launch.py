@@ -5,6 +5,7 @@ optimization_results.yaml, the report and the sweep's hooks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,34 +45,38 @@ def task_kind(config: DictConfig) -> str:
     return str(kind) if kind in ("builtin", "external") else "app"
 
 
-def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
-    """The objective, constraint and pruning metric, with the task's defaults: the built-in and an
-    external task maximize `id.return_mean` under `id.cost_mean <= <task's cost_limit>` and prune on
-    the training curve's `episode_return`; an app minimizes its return value (hydra-optuna-sweeper's
-    default) and prunes on the metric of its heartbeat(...) (the objective's name, else the first)."""
+def task_defaults(conf: dict[str, Any], config: DictConfig) -> dict[str, Any]:
+    """The sweeper's config with the task's defaults where it says null: the built-in and an external
+    task maximize `id.return_mean` under `id.cost_mean <= <the task's cost_limit>`; an app minimizes its
+    return value (hydra-optuna-sweeper's default direction) and has no constraint unless given."""
+    conf = dict(conf)
     kind = task_kind(config)
-    paths = list(s.objectives) or ([None] if kind == "app" else ["id.return_mean"])
-    directions = list(s.directions) or (["minimize"] if kind == "app" else ["maximize"])
-    if len(directions) != len(paths):
-        raise SearchError(f"hydra.sweeper.direction has {len(directions)} entries but the objective has {len(paths)} "
-                          f"({paths}). Fix: one direction per objective, e.g. direction: [maximize, minimize]")
+    if conf.get("direction") is None:
+        conf["direction"] = "minimize" if kind == "app" else "maximize"
+    if kind != "app":
+        conf["objective"] = conf.get("objective") or "id.return_mean"
+        limit = OmegaConf.select(config, "agent.cost_limit" if kind == "builtin" else "task.cost_limit", default=None)
+        if conf.get("constraint") is None and limit is not None:
+            conf["constraint"] = {"metric": "id.cost_mean", "limit": float(limit)}
+    return conf
+
+
+def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
+    """What the driver judges: the objective paths (None: an app's return value), the constraint, and
+    the curve the pruner reads: the built-in's training `episode_return`, else the objective's name
+    (an app's heartbeat(...) metric of that name), else `prune.metric`."""
+    kind = task_kind(config)
+    paths: list[str | None] = list(s.objective) if s.objective else [None]
     if kind != "app":
         _check_eval_metrics(paths, "objective")
-    limit_key = "agent.cost_limit" if kind == "builtin" else "task.cost_limit"
-    cost_path, limit = (s.constraint or {}).get("metric"), (s.constraint or {}).get("limit")
-    if s.constraint is None and kind != "app":
-        cost_path = "id.cost_mean"
-    if cost_path is not None and limit is None:
-        limit = OmegaConf.select(config, limit_key, default=None)
+    cost_path = (s.constraint or {}).get("metric")
     if cost_path is not None and kind != "app":
         _check_eval_metrics([cost_path], "constraint.metric")
-    prune = s.prune or {}
-    metric = prune.get("metric") or ("episode_return" if kind != "app" else (paths[0] or "*"))
-    return Objective(paths=paths, directions=directions, how=s.aggregate, cost_path=cost_path,
-                     cost_limit=None if limit is None else float(limit), prune_metric=metric,
-                     warmup_steps=int(prune.get("warmup_steps") or 0),
-                     cost_warmup_steps=prune.get("cost_warmup_steps"),
-                     cost_slack=float(prune.get("cost_slack", 1.0)))
+    metric = s.prune.metric or ("episode_return" if kind != "app" else paths[0])
+    return Objective(paths=paths, directions=list(s.directions), how=s.aggregate, cost_path=cost_path,
+                     cost_limit=(s.constraint or {}).get("limit"), prune_metric=metric,
+                     warmup_steps=s.prune.warmup_steps, cost_warmup_steps=s.prune.cost_warmup_steps,
+                     cost_slack=s.prune.cost_slack)
 
 
 def _check_eval_metrics(paths: list[str | None], key: str) -> None:
@@ -99,16 +104,18 @@ def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int |
 def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, config: DictConfig,
                hydra_context: Any, backend: str) -> None:
     """The whole study, from the sweeper's config and the command line's overrides."""
-    s = search_settings(conf)
+    s = search_settings(task_defaults(conf, config))
     params, fixed = split_arguments(arguments, conf.get("params") or {})
     space = parse_space(params)
     seeds = check_seeds(s, space, fixed)
     objective = objective_of(s, config)
-    sampler, pruner = build_sampler(s), build_pruner(s)
+    build_sampler(s, space), build_pruner(s)  # an unknown or unfit one refused before anything is written
     sweep = plan_sweep(backend, launcher.params, config, hydra_context, [], 0)  # checks the launcher, migrates
     app = app_of(config) if task_kind(config) == "app" else None
-    study, sdir, created = open_study(sweep.store.root, s, space, app=app, fixed=fixed, sweep_id=sweep.id,
-                                      sampler=sampler, pruner=pruner, directions=objective.directions)
+    study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
+                                      fixed={o.split("=", 1)[0]: o for o in fixed},
+                                      default_name=str(config.hydra.job.name))
+    _reseed_on_resume(study, s, space)
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     say(f"[sds] study {study.study_name} ({'new' if created else 'resumed'}; {sdir.journal}): {len(done)} of "
         f"{s.n_trials} trials finished, {len(seeds)} seed(s) per trial"
@@ -116,10 +123,20 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     sweep.record()
     sup = sweep.supervisor(sweep.make_backend(hydra_context, launcher.task_function, 0), [])
     driver = StudyDriver(sweep=sweep, sup=sup, study=study, lock=sdir.ask_lock(), n_trials=s.n_trials, seeds=seeds,
-                         objective=objective, overrides_of=lambda p: [*fixed, *space.overrides(p)], say=say,
+                         objective=objective, distributions=dict(space.distributions), overrides_of=lambda p: [*fixed, *space.overrides(p)], say=say,
                          max_running=s.n_jobs)
     _drive(driver, sweep)
     finish(study, sweep, config, s)
+
+
+def _reseed_on_resume(study: optuna.Study, s: SearchSettings, space: Space) -> None:
+    """A seeded sampler made again in a new process starts its random stream over, so a resumed study
+    would ask the points of its first trials again (cells already done: no new evidence). Its seed is
+    moved on by the trials the study holds: the same history gives the same next points."""
+    n = len(study.get_trials(deepcopy=False))
+    seed = s.sampler.get("seed")
+    if n and isinstance(seed, int):
+        study.sampler = build_sampler(replace(s, sampler={**s.sampler, "seed": seed + 7919 * n}), space)
 
 
 def _drive(driver: StudyDriver, sweep: Sweep) -> None:

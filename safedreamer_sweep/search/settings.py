@@ -76,7 +76,8 @@ class _Constraint(_Strict):
 class _Prune(_Strict):
     metric: str | None = None
     warmup_steps: int = Field(default=0, ge=0)
-    cost_warmup_steps: int = Field(default=0, ge=0)
+    cost_warmup_steps: int | None = Field(default=None, ge=0)
+    cost_slack: float = Field(default=1.0, ge=0.0)
 
 
 class _Test(_Strict):
@@ -90,7 +91,7 @@ class _Schema(_Strict):
     sampler: str | dict[str, Any] = "tpe"
     direction: _Direction | list[_Direction] = "minimize"
     n_trials: int = Field(default=20, gt=0)
-    n_jobs: int = Field(default=2, ge=1)
+    n_jobs: int | None = Field(default=None, ge=1)
     study_name: str | None = Field(default=None, min_length=1)
     storage: str | None = None
     max_failure_rate: _Unit = 0.0
@@ -132,12 +133,10 @@ _FIX: dict[str, str] = {
 class PruneSettings:
     metric: str | None = None
     warmup_steps: int = 0
-    cost_warmup_steps: int = 0
-
-    @property
-    def cost_warmup(self) -> int:
-        """Env steps before a trial may be pruned on its cost: cost_warmup_steps, or warmup_steps when 0."""
-        return self.cost_warmup_steps or self.warmup_steps
+    # Env steps before a trial may be pruned for a cost far above the limit (a Lagrangian learner's cost
+    # is high early by design). None: half of the cells' own budget (their heartbeats' total).
+    cost_warmup_steps: int | None = None
+    cost_slack: float = 1.0  # "far above": the seeds' training cost > limit x (1 + cost_slack)
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,9 @@ class TrialRun:
 
     def device_hours(self) -> float:
         return sum(c.device_hours() for c in self.cells)
+
+    def half_budget(self) -> int | None:
+        """Half of the cells' budget in env steps, from their heartbeats' total (None: not known)."""
+        totals = [(c.cell.run_dir.read_progress() or {}).get("total_steps") for c in self.cells]
+        known = [int(t) for t in totals if t]
+        return max(known) // 2 if known else None
