@@ -178,6 +178,16 @@ class StudyDriver:
                 self._tell(run)
 
     def _tell(self, run: TrialRun) -> None:
+        """Tell a trial once, under the study's lock: another invocation watching the same cells may
+        have told it first (then its record stands)."""
+        with self.lock:
+            frozen = self.study._storage.get_trial(run.trial_id)
+            if frozen.state.is_finished():
+                run.told = frozen.state.name
+                return
+            self._tell_unlocked(run)
+
+    def _tell_unlocked(self, run: TrialRun) -> None:
         o = self.objective
         storage, tid = self.study._storage, run.trial_id
         per_seed = run.seed_values(o.paths)
