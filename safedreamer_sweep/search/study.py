@@ -29,6 +29,7 @@ from typing import Any
 
 import optuna
 from filelock import FileLock
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
 from safedreamer_sweep.core.files import atomic_write_json, read_json
 from safedreamer_sweep.search.settings import SearchError, SearchSettings, build_pruner, build_sampler
@@ -104,14 +105,14 @@ class StudyDir:
         """Where the study's trials are: the journal here, or `given` (hydra.sweeper.storage: a journal
         file path, or an Optuna storage URL such as sqlite:///x.db)."""
         if given is None:
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(self.journal)))
+            return optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
         if "://" in given:
             return optuna.storages.RDBStorage(given) if not given.startswith("redis") else _redis(given)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(given))
+        return optuna.storages.JournalStorage(JournalFileBackend(given))
 
 
 def _redis(url: str) -> optuna.storages.BaseStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
+    return optuna.storages.JournalStorage(JournalRedisBackend(url))
 
 
 def _quiet() -> None:
@@ -162,7 +163,7 @@ def _write_and_create(sd: StudyDir, s: SearchSettings, ident: str, keys: dict[st
     if new_doc != doc:
         atomic_write_json(sd.json_path, new_doc)
     study = optuna.create_study(storage=sd.storage(s.storage), study_name=sd.name, sampler=sampler, pruner=pruner,
-                                directions=list(s.directions), load_if_exists=True)
+                                directions=list(s.directions), load_if_exists=True)  # type: ignore[arg-type]
     if s.objective and study.metric_names is None:
         with warnings.catch_warnings():  # set_metric_names is experimental in Optuna 5
             warnings.simplefilter("ignore")
