@@ -93,7 +93,7 @@ def test_overrides_of_a_trial_are_its_params_then_the_fixed_ones() -> None:
                          "trainer.total_steps": "4096"})
     assert space.overrides({"agent.opt": "1", "agent.lr": 0.00012}) == \
         ["agent.lr=0.00012", "agent.opt='1'", "trainer.total_steps=4096"]
-    with pytest.raises(ValueError, match="agent.gamma"):
+    with pytest.raises(ValueError, match=r"agent\.gamma"):
         space.overrides({"agent.gamma": 0.9})
 
 
@@ -121,7 +121,7 @@ def test_a_space_that_does_not_parse_is_refused_naming_the_key(text: str, said: 
 def test_grid_lists_choices_and_range_steps_as_hydra_optuna_sweeper() -> None:
     space = parse_space({"a": "choice(x,y)", "b": "range(0,6,2)"})
     assert space.grid() == {"a": ["x", "y"], "b": [0, 2, 4]}
-    with pytest.raises(SearchError, match="hydra.sweeper.params.c"):
+    with pytest.raises(SearchError, match=r"hydra\.sweeper\.params\.c"):
         parse_space({"c": "interval(0,1)"}).grid()
     s = search_settings({"sampler": "grid", "params": {"a": "choice(x,y)"}})
     assert isinstance(build_sampler(s, parse_space(s.params)), optuna.samplers.GridSampler)
