@@ -132,6 +132,7 @@ def open_study(store_root: Path, settings: SearchSettings, space: Space, *, app:
     ident, keys = study_identity(settings, space, app=app, fixed=fixed)
     sampler, pruner = build_sampler(settings, space), build_pruner(settings)  # refused before anything is written
     _check_fresh_name(sd)
+    _refuse_if_differs(sd, sd.document(), ident, keys, settings)  # before the lock: a refusal leaves no lock file
     for _ in range(3):  # a directory moved aside takes its lock file along: the fresh one is locked anew
         with sd.ask_lock():
             doc = sd.document()
@@ -144,14 +145,23 @@ def open_study(store_root: Path, settings: SearchSettings, space: Space, *, app:
 def _moved_aside(sd: StudyDir, doc: dict[str, Any] | None, ident: str, keys: dict[str, Any], s: SearchSettings) -> bool:
     """Whether the study's directory was moved aside (settings.new_study and a different study there);
     SearchError when it differs and new_study is not set. Nothing is written unless it is moved."""
-    stale = doc is None and sd.journal.exists() and sd.journal.stat().st_size > 0
-    if stale:
-        _refuse_foreign(sd, s)
-    elif doc is None or doc.get("identity") == ident:
+    if not _refuse_if_differs(sd, doc, ident, keys, s):
         return False
-    elif not s.new_study:
-        raise SearchError(_differs_message(sd, doc, keys))
     _move_aside(sd)
+    return True
+
+
+def _refuse_if_differs(sd: StudyDir, doc: dict[str, Any] | None, ident: str, keys: dict[str, Any],
+                       s: SearchSettings) -> bool:
+    """Whether a different study is in the directory (a journal without study.json counts as one);
+    SearchError, naming what differs, unless settings.new_study."""
+    if doc is None and sd.journal.exists() and sd.journal.stat().st_size > 0:
+        _refuse_foreign(sd, s)
+        return True
+    if doc is None or doc.get("identity") == ident:
+        return False
+    if not s.new_study:
+        raise SearchError(_differs_message(sd, doc, keys))
     return True
 
 
