@@ -154,7 +154,7 @@ def test_open_creates_then_resumes_toward_the_total(tmp_path: Path) -> None:
 
 def test_a_different_search_is_refused_by_key_with_the_store_unchanged(tmp_path: Path) -> None:
     s, sp = settings()
-    study, sd, _ = open_study(tmp_path, s, sp, app=None)
+    study, _, _ = open_study(tmp_path, s, sp, app=None)
     run_trials(study, sp, 2)
     before = tree(tmp_path)
     s2, sp2 = settings(params={"agent.lr": "tag(log, interval(0.001, 0.1))", "agent.ent_coef": "interval(0.0, 0.05)"},
@@ -186,7 +186,7 @@ def test_new_study_moves_the_old_one_aside(tmp_path: Path) -> None:
     assert [x.name for x in both] == ["lr-search", aside[0].name]
     assert len(load_study(both[1]).trials) == 2              # the old study is kept, readable
     # new_study=true left in the config: the same search again resumes, it does not supersede again
-    again, _, created_again = open_study(tmp_path, s2, sp2, app=None)
+    _, _, created_again = open_study(tmp_path, s2, sp2, app=None)
     assert not created_again and len(list_studies(tmp_path, include_superseded=True)) == 2
     with pytest.raises(SearchError, match="superseded"):
         open_study(tmp_path, dataclasses.replace(s2, study_name=aside[0].name), sp2, app=None)
@@ -199,7 +199,7 @@ def test_a_journal_without_study_json_is_not_adopted(tmp_path: Path) -> None:
     optuna.create_study(study_name="lr-search", storage=storage)
     before = tree(tmp_path)
     s, sp = settings()
-    with pytest.raises(SearchError, match="no study.json"):
+    with pytest.raises(SearchError, match=r"no study\.json"):
         open_study(tmp_path, s, sp, app=None)
     assert tree(tmp_path) == before
 
