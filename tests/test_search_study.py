@@ -213,6 +213,11 @@ def test_a_storage_given_is_used_and_study_json_stays_in_the_store(tmp_path: Pat
     assert journal.stat().st_size > 0 and not sd.journal.exists()
     assert read_json(sd.json_path)["storage"] == str(journal)
     assert len(load_study(sd).trials) == 1
+    # superseded here, the study in the given storage is not the store's to replace: refused, kept
+    before = tree(tmp_path)
+    with pytest.raises(SearchError, match="already holds a study"):
+        open_study(tmp_path, dataclasses.replace(s, aggregate="iqm", new_study=True), sp, app=None)
+    assert tree(tmp_path) == before
 
 
 def test_load_study_of_a_study_never_started(tmp_path: Path) -> None:
