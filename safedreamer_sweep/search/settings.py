@@ -24,7 +24,7 @@ import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,7 +33,11 @@ from safedreamer_sweep.sweep.errors import PlanError
 if TYPE_CHECKING:
     import optuna
 
-    from safedreamer_sweep.search.space import Space
+
+class _Grid(Protocol):
+    """What the grid sampler needs of a search space (search/space.py's Space)."""
+
+    def grid(self) -> dict[str, list[Any]]: ...
 
 
 class SearchError(PlanError):
@@ -183,7 +187,7 @@ def search_settings(conf: Mapping[str, Any]) -> SearchSettings:
     pruner = None if raw.pruner is None else _class_spec("pruner", raw.pruner, PRUNERS, problems)
     if pruner is not None and pruner["_target_"] == PRUNERS["none"]:
         pruner = None
-    directions = [raw.direction] if isinstance(raw.direction, str) else list(raw.direction)
+    directions: list[str] = [raw.direction] if isinstance(raw.direction, str) else list(raw.direction)
     objective = [raw.objective] if isinstance(raw.objective, str) else raw.objective
     problems += _cross_checks(raw, directions, objective)
     if problems:
@@ -223,7 +227,7 @@ def _pydantic_line(dotted: str, errs: list[Any], given: Mapping[str, Any]) -> st
     if any(err["type"] == "extra_forbidden" for err in errs):
         valid = sorted(_Schema.model_fields) if "." not in dotted else None
         return (f"{key}: unknown key" + (f" (valid keys: {', '.join(valid)})" if valid else "")
-                + f". Fix: remove it or correct its spelling" + ("" if valid else f"; {_FIX.get(top, '')}"))
+                + ". Fix: remove it or correct its spelling" + ("" if valid else f"; {_FIX.get(top, '')}"))
     value = given.get(top) if "." not in dotted else errs[0].get("input")
     causes = "; or ".join(dict.fromkeys(str(err["msg"]) for err in errs))
     return f"{key}={value!r}: {causes}. Fix: {_FIX.get(top, 'see the sweeper config')}"
@@ -253,7 +257,7 @@ def _cross_checks(raw: _Schema, directions: list[str], objective: list[str] | No
     return out
 
 
-def _param_text(value: str | int | float | bool | None) -> str:
+def _param_text(value: str | float | bool | None) -> str:
     """A params value as override text: strings as given, YAML scalars as Hydra writes them."""
     if isinstance(value, str):
         return value
@@ -274,8 +278,8 @@ def _class_spec(key: str, value: str | dict[str, Any], names: dict[str, str], pr
         spec.update({k: v for k, v in value.items() if k not in _INSTANTIATE_KEYS and v is not None})
     target = spec["_target_"]
     if key == "sampler" and target in ("motpe", "hydra_plugins.hydra_optuna_sweeper.config.raise_motpe_removed"):
-        problems.append(f"hydra.sweeper.sampler: the 'motpe' sampler was removed in Optuna 4 (TPESampler handles several "
-                        f"objectives). Fix: hydra.sweeper.sampler=tpe")
+        problems.append("hydra.sweeper.sampler: the 'motpe' sampler was removed in Optuna 4 (TPESampler handles several "
+                        "objectives). Fix: hydra.sweeper.sampler=tpe")
         return spec
     base = "BaseSampler" if key == "sampler" else "BasePruner"
     cls = _import_class(target) if isinstance(target, str) else None
@@ -284,10 +288,10 @@ def _class_spec(key: str, value: str | dict[str, Any], names: dict[str, str], pr
         problems.append(f"hydra.sweeper.{key}={value!r}: unknown {key} {target!r} (not an optuna.{key}s.{base} "
                         f"{'this sweeper supports' if key == 'pruner' else 'subclass'}). Fix: one of {available}")
         return spec
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = inspect.signature(cls).parameters
     unknown = sorted(k for k in spec if k != "_target_" and k not in accepted)
     if unknown:
-        valid = sorted(k for k in accepted if k not in ("self", "args", "kwargs"))
+        valid = sorted(k for k in accepted if k not in ("args", "kwargs"))
         problems.append(f"hydra.sweeper.{key}: {target} takes no argument(s) {unknown}. Fix: use its arguments {valid}")
     return spec
 
@@ -309,7 +313,7 @@ def _subclass_of(cls: type, base: str) -> bool:
     return issubclass(cls, optuna.samplers.BaseSampler if base == "BaseSampler" else optuna.pruners.BasePruner)
 
 
-def build_sampler(s: SearchSettings, space: Space | None = None) -> optuna.samplers.BaseSampler:
+def build_sampler(s: SearchSettings, space: _Grid | None = None) -> optuna.samplers.BaseSampler:
     """The sampler the settings name, made with their kwargs. GridSampler (hydra/sweeper/sampler=grid)
     needs the space: its grid is each dimension's values (choices, or a range's steps)."""
     import optuna

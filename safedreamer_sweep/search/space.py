@@ -7,7 +7,8 @@ Each value is parsed by Hydra's own OverridesParser (never a regex), then:
     tag(log, interval(a,b))       the same with log=True         (ints stay IntDistribution, log=True)
     range(a,b[,step])             IntDistribution(a, b, step)    (a float bound or step: FloatDistribution
                                                                   with that step; shuffle(range): choice)
-    choice(x,y,...) or x,y,...    CategoricalDistribution([x, y, ...])  (scalars only)
+    choice(x,y,...) or x,y,...    CategoricalDistribution([x, y, ...])  (a list or dict choice, such as
+                                  choice([64,64],[256,256]), is held as its Hydra text and written as is)
     a plain value                 a fixed override, passed to every trial as written
     ~key                          a fixed delete override
 
@@ -23,12 +24,12 @@ SearchError naming the key and Hydra's message.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
+from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -44,12 +45,14 @@ class Space:
 
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)
+    # a choice's values that are Hydra text (a list or a dict: `[64,64]`), written as is, never quoted
+    raw_choices: dict[str, list[str]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, str]:
         """Every key -> its canonical text, sorted (JSON-safe, for the study's identity): a dimension as
         the grammar form that parses back to the same distribution (`tag(log,interval(0.0001,0.01))`),
         a fixed override as its value text (`=` prefixed)."""
-        out = {name: distribution_text(d) for name, d in self.distributions.items()}
+        out = {name: distribution_text(d, self.raw_choices.get(name, ())) for name, d in self.distributions.items()}
         out.update({key: "=" + value for key, value in self.fixed.items()})
         return dict(sorted(out.items()))
 
@@ -59,8 +62,11 @@ class Space:
         unknown = sorted(set(params) - set(self.distributions))
         if unknown:
             raise ValueError(f"params {unknown} are not dimensions of the search space {sorted(self.distributions)}")
-        swept = [f"{name}={override_value(params[name])}" for name in self.distributions if name in params]
+        swept = [f"{name}={self._text(name, params[name])}" for name in self.distributions if name in params]
         return swept + [fixed_override(key, value) for key, value in self.fixed.items()]
+
+    def _text(self, name: str, value: Any) -> str:
+        return value if isinstance(value, str) and value in self.raw_choices.get(name, ()) else override_value(value)
 
     def grid(self) -> dict[str, list[Any]]:
         """Each dimension's values for GridSampler, as hydra-optuna-sweeper lists them (a choice's choices,
@@ -105,11 +111,15 @@ def parse_space(params: Mapping[str, Any]) -> Space:
         name = override.get_key_element()
         try:
             made = distribution_of(override)
-        except (ValueError, TypeError, AssertionError, NotImplementedError) as e:
+        except (ValueError, TypeError, AssertionError, NotImplementedError, HydraException) as e:
             raise SearchError(f"hydra.sweeper.params.{key}={value!r}: Optuna cannot draw from it ({e}). Fix: one of "
-                              f"interval, int(interval), range, choice of scalars, tag(log,interval), or a plain value") from None
+                              f"interval, int(interval), range, choice, tag(log,interval), or a plain value") from None
         if isinstance(made, BaseDistribution):
             space.distributions[name] = made
+            raw = [c for c, v in zip(_choices(override), _values(override)) if isinstance(c, str) and not isinstance(v, str)] \
+                if isinstance(made, CategoricalDistribution) else []
+            if raw:
+                space.raw_choices[name] = raw
         else:
             space.fixed[name] = made
     return space
@@ -121,6 +131,8 @@ def distribution_of(override: Override) -> BaseDistribution | str:
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     value = override.value()
+    if isinstance(value, Glob):
+        raise NotImplementedError("Glob: glob() picks options of a config group; list them instead: choice(a,b)")
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
         choices = _choices(override)
         if getattr(value, "shuffle", False):  # shuffle() means nothing to a sampler; its order would change the identity
@@ -140,9 +152,19 @@ def distribution_of(override: Override) -> BaseDistribution | str:
     raise NotImplementedError(f"{type(value).__name__} is not a sweep Optuna can draw from")
 
 
+def _values(override: Override) -> list[Any]:
+    """A choice's or shuffled range's values as parsed (lists stay lists), in their written order."""
+    value = override.value()
+    if isinstance(value, ChoiceSweep):
+        return list(value.list)
+    return list(override.sweep_iterator())
+
+
 def _choices(override: Override) -> list[Any]:
+    """hydra-optuna-sweeper's choices: each value encoded (a list or dict becomes its Hydra text)."""
     out = []
-    for x in override.sweep_iterator(transformer=Transformer.encode):
+    for x in _values(override):
+        x = Transformer.encode(x)
         if not isinstance(x, _SCALAR):
             raise TypeError(f"a choice draws str, int, float, bool or null values; got {type(x).__name__} {x!r}")
         out.append(x)
@@ -154,10 +176,11 @@ def _first_line(e: Exception) -> str:
     return " ".join(lines)
 
 
-def distribution_text(d: BaseDistribution) -> str:
-    """The grammar form that parses back to `d`: interval, int(interval), range, choice, tag(log, ...)."""
+def distribution_text(d: BaseDistribution, raw: Sequence[str] = ()) -> str:
+    """The grammar form that parses back to `d`: interval, int(interval), range, choice, tag(log, ...).
+    `raw`: the choices that are Hydra text (lists, dicts), written as is."""
     if isinstance(d, CategoricalDistribution):
-        return "choice(" + ",".join(override_value(c) for c in d.choices) + ")"
+        return "choice(" + ",".join(c if isinstance(c, str) and c in raw else override_value(c) for c in d.choices) + ")"
     if isinstance(d, IntDistribution):
         if d.log:
             return f"tag(log,int(interval({d.low},{d.high})))"

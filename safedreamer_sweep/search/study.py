@@ -29,6 +29,7 @@ from typing import Any
 
 import optuna
 from filelock import FileLock
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
 from safedreamer_sweep.core.files import atomic_write_json, read_json
 from safedreamer_sweep.search.settings import SearchError, SearchSettings, build_pruner, build_sampler
@@ -104,14 +105,14 @@ class StudyDir:
         """Where the study's trials are: the journal here, or `given` (hydra.sweeper.storage: a journal
         file path, or an Optuna storage URL such as sqlite:///x.db)."""
         if given is None:
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(self.journal)))
+            return optuna.storages.JournalStorage(JournalFileBackend(str(self.journal)))
         if "://" in given:
             return optuna.storages.RDBStorage(given) if not given.startswith("redis") else _redis(given)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(given))
+        return optuna.storages.JournalStorage(JournalFileBackend(given))
 
 
 def _redis(url: str) -> optuna.storages.BaseStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
+    return optuna.storages.JournalStorage(JournalRedisBackend(url))
 
 
 def _quiet() -> None:
@@ -131,6 +132,9 @@ def open_study(store_root: Path, settings: SearchSettings, space: Space, *, app:
     ident, keys = study_identity(settings, space, app=app, fixed=fixed)
     sampler, pruner = build_sampler(settings, space), build_pruner(settings)  # refused before anything is written
     _check_fresh_name(sd)
+    doc = sd.document()
+    if _refuse_if_differs(sd, doc, ident, keys, settings) or doc is None:  # before the lock: a refusal leaves no lock file
+        _refuse_taken_storage(sd, settings)
     for _ in range(3):  # a directory moved aside takes its lock file along: the fresh one is locked anew
         with sd.ask_lock():
             doc = sd.document()
@@ -143,14 +147,26 @@ def open_study(store_root: Path, settings: SearchSettings, space: Space, *, app:
 def _moved_aside(sd: StudyDir, doc: dict[str, Any] | None, ident: str, keys: dict[str, Any], s: SearchSettings) -> bool:
     """Whether the study's directory was moved aside (settings.new_study and a different study there);
     SearchError when it differs and new_study is not set. Nothing is written unless it is moved."""
-    stale = doc is None and sd.journal.exists() and sd.journal.stat().st_size > 0
-    if stale:
-        _refuse_foreign(sd, s)
-    elif doc is None or doc.get("identity") == ident:
+    if not _refuse_if_differs(sd, doc, ident, keys, s):
         return False
-    elif not s.new_study:
-        raise SearchError(_differs_message(sd, doc, keys))
     _move_aside(sd)
+    return True
+
+
+def _refuse_if_differs(sd: StudyDir, doc: dict[str, Any] | None, ident: str, keys: dict[str, Any],
+                       s: SearchSettings) -> bool:
+    """Whether a different study is in the directory (a journal without study.json counts as one);
+    SearchError, naming what differs, unless settings.new_study."""
+    if doc is None and sd.journal.exists() and sd.journal.stat().st_size > 0:
+        _refuse_foreign(sd, s)
+        return True
+    if doc is not None and doc.get("format", STUDY_FORMAT) > STUDY_FORMAT:
+        raise SearchError(f"{sd.json_path} has format {doc.get('format')}, newer than this version reads ({STUDY_FORMAT}). "
+                          f"It is kept. Fix: upgrade safedreamer-sweep, or another hydra.sweeper.study_name")
+    if doc is None or doc.get("identity") == ident:
+        return False
+    if not s.new_study:
+        raise SearchError(_differs_message(sd, doc, keys))
     return True
 
 
@@ -158,16 +174,26 @@ def _write_and_create(sd: StudyDir, s: SearchSettings, ident: str, keys: dict[st
                       doc: dict[str, Any] | None, sampler: optuna.samplers.BaseSampler,
                       pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """study.json written (first, or when what may change on resume changed), then the study created or loaded."""
+    storage = sd.storage(s.storage)
     new_doc = _document(sd, s, ident, keys, sweep_id, doc)
     if new_doc != doc:
         atomic_write_json(sd.json_path, new_doc)
-    study = optuna.create_study(storage=sd.storage(s.storage), study_name=sd.name, sampler=sampler, pruner=pruner,
-                                directions=list(s.directions), load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=sd.name, sampler=sampler, pruner=pruner,
+                                directions=list(s.directions), load_if_exists=True)  # type: ignore[arg-type]
     if s.objective and study.metric_names is None:
         with warnings.catch_warnings():  # set_metric_names is experimental in Optuna 5
             warnings.simplefilter("ignore")
             study.set_metric_names(list(s.objective))
     return study
+
+
+def _refuse_taken_storage(sd: StudyDir, s: SearchSettings) -> None:
+    """A study about to be made in a storage given (hydra.sweeper.storage) that already holds one by its name:
+    not this store's to replace (create_study would silently load it)."""
+    if s.storage is not None and sd.name in optuna.get_all_study_names(sd.storage(s.storage)):
+        raise SearchError(f"hydra.sweeper.storage={s.storage} already holds a study named {sd.name!r} that this store "
+                          f"has no study.json for (another store's, or one superseded here): it is kept. "
+                          f"Fix: another hydra.sweeper.study_name, or hydra.sweeper.storage=null (the store's journal)")
 
 
 def _check_fresh_name(sd: StudyDir) -> None:
