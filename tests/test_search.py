@@ -134,7 +134,7 @@ def test_a_killed_study_resumes_to_exactly_its_total_and_trains_no_cell_twice(tm
     os.kill(p.pid, signal.SIGKILL)  # the launcher only: its cells die with it or run on
     p.wait()
     assert 2 <= sum(t.state.is_finished() for t in study(store).get_trials()) < 6
-    again = run(store, *args[:2], "step_sleep=0")
+    again = run(store, *args)  # the same command line
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     trials = study(store).get_trials()
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)

@@ -203,9 +203,11 @@ def test_every_bad_key_is_named_at_once() -> None:
     assert "hydra.sweeper.seeds" in msg and "hydra.sweeper.sampler" in msg and "hydra.sweeper.pruner" in msg
 
 
-def test_cost_warmup_defaults_to_warmup_steps() -> None:
-    assert search_settings({"prune": {"warmup_steps": 4096}}).prune.cost_warmup == 4096
-    assert search_settings({"prune": {"warmup_steps": 4096, "cost_warmup_steps": 20000}}).prune.cost_warmup == 20000
+def test_cost_warmup_defaults_to_half_the_budget_and_is_checked() -> None:
+    assert search_settings({}).prune.cost_warmup_steps is None  # the driver takes half the cells' budget
+    assert search_settings({"prune": {"cost_warmup_steps": 20000}}).prune.cost_warmup_steps == 20000
+    with pytest.raises(SearchError, match="cost_slack"):
+        search_settings({"prune": {"cost_slack": -1.0}})
 
 
 # ----------------------------------------------------------------------------- values over seeds

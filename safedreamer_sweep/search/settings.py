@@ -10,9 +10,10 @@ to optimize; null: the task's return value), `constraint` ({metric, limit}: metr
 feasible), `pruner` (median, asha, hyperband, none or a `_target_`), `prune` ({metric, warmup_steps,
 cost_warmup_steps}), `test` ({seeds, top_k}: the best points re-run on fresh seeds) and `new_study`.
 
-`prune.cost_warmup_steps` is how many env steps pass before a trial may be pruned on its cost: cost is
-often above the limit early in Lagrangian training. Its default 0 means "the same as warmup_steps" (the
-budget, which would give a better default such as half of it, is not known here); set it to wait longer.
+`prune.cost_warmup_steps` is how many env steps pass before a trial may be pruned on its cost (its seeds'
+training cost above limit x (1 + cost_slack)): cost is often above the limit early in Lagrangian
+training. Its default null means half of the cells' own budget, read from their heartbeats' total by the
+driver (search/driver.py); no cost pruning while that total is unknown.
 
 Every refusal is a SearchError (a PlanError: raised before anything is written) naming the key
 (`hydra.sweeper.<key>`), the value, what is wrong and the fix; all bad keys are named at once.
@@ -127,7 +128,7 @@ _FIX: dict[str, str] = {
     "objective": "a metric path such as id.return_mean, a list aligned with direction, or null (the task's return value)",
     "constraint": "{metric: id.cost_mean, limit: 25.0}, or null",
     "pruner": f"one of {sorted(PRUNERS)} (hydra.sweeper.pruner=asha), a _target_ such as optuna.pruners.MedianPruner, or null",
-    "prune": "{metric: episode_return, warmup_steps: 0, cost_warmup_steps: 0} (steps are env steps, >= 0)",
+    "prune": "{metric: episode_return, warmup_steps: 0, cost_warmup_steps: null, cost_slack: 1.0} (steps are env steps, >= 0)",
     "test": "{seeds: [100, 101], top_k: 2} with seeds apart from the tuning seeds, or null",
     "new_study": "hydra.sweeper.new_study=true or false",
 }
@@ -152,7 +153,7 @@ class SearchSettings:
     sampler: dict[str, Any]
     directions: list[str]
     n_trials: int
-    n_jobs: int = 2
+    n_jobs: int | None = None
     study_name: str | None = None
     storage: str | None = None
     max_failure_rate: float = 0.0
