@@ -1,6 +1,6 @@
 """Any Hydra app under the sds launchers: examples/any_app (not RL, its own conf) is swept, killed
 mid-cell, re-invoked (it resumes from its checkpoint in the cell's stable run directory), and
-re-invoked again (plans nothing, hands back the stored return values); hydra-optuna-sweeper over a
+re-invoked again (plans nothing, hands back the stored return values); a study (sds_optuna) over a
 learning rate with no extra flags; the keys a sweep varies define cells, an unswept change is refused."""
 
 from __future__ import annotations
@@ -107,9 +107,11 @@ def test_killed_cell_resumes_and_a_finished_sweep_plans_nothing(tmp_path):
     assert "ID eval" not in status.stdout and "OOD" not in status.stdout and "60/60 100%" in status.stdout, status.stdout
 
 
-def test_optuna_over_a_learning_rate_needs_no_flag_and_reruns_from_the_store(tmp_path):
+def test_a_study_over_a_learning_rate_needs_no_flag_and_reruns_from_the_store(tmp_path):
+    """hydra/sweeper=sds_optuna with hydra-optuna-sweeper's keys: each trial a cell of the app's loss;
+    the same command again asks nothing (n_trials is the study's total) and runs nothing."""
     store = tmp_path / "store"
-    args = ["hydra/sweeper=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+    args = ["hydra/sweeper=sds_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
             "hydra.sweeper.sampler.seed=0", "lr=interval(0.01,0.5)", "steps=30", "step_sleep=0"]
     first = run(store, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -120,10 +122,10 @@ def test_optuna_over_a_learning_rate_needs_no_flag_and_reruns_from_the_store(tmp
     assert best["best_value"] == pytest.approx(min(values.values()))
     assert f"app,lr={best['best_params']['lr']}" in found
 
-    # the same study again: every trial is a done cell, its stored value handed back to Optuna
+    # the same study again: its total is reached, nothing is asked or run, the results are written again
     second = run(store, *args)
     assert second.returncode == 0, second.stdout[-3000:]
-    assert second.stdout.count("0 to submit") == 2 and "submitted" not in second.stdout
+    assert "submitted" not in second.stdout and "4 of 4 trials finished" in second.stdout
     assert all(len(rd.read_state()["attempts"]) == 1 for rd in cells(store).values())
     results = sorted(store.glob("multirun/*/optimization_results.yaml"))
     assert len(results) == 2 and yaml.safe_load(results[-1].read_text()) == best

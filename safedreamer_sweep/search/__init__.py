@@ -3,4 +3,4 @@ journal in the store, trial values over seeds, and the ask/tell loop that runs t
 sweep's own supervisor (hydra/sweeper=sds_optuna, hydra_plugins/sds_optuna). Imports sweep and earlier
 stages; report reads what it writes."""
 
-__all__ = ["settings", "space", "study", "values"]
+__all__ = ["driver", "launch", "settings", "space", "study", "trials", "values"]

@@ -95,8 +95,8 @@ def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int |
         given = [k for k in space.distributions if k == "seed"] + [f for f in fixed if f.lstrip("+~").startswith("seed=")]
         if given or "seed" in space.fixed:
             raise SearchError(f"the seed is given twice: hydra.sweeper.seeds={list(s.seeds)} and {given or ['params.seed']}. "
-                              f"A trial runs each of its seeds as a cell. Fix: drop the seed axis or override, or "
-                              f"drop hydra.sweeper.seeds")
+                              f"A trial runs each of its seeds as a cell. Fix: drop the seed axis or override (one in the "
+                              f"config's hydra.sweeper.params: ~hydra.sweeper.params.seed), or drop hydra.sweeper.seeds")
         return list(s.seeds)
     return [None]
 
