@@ -87,6 +87,31 @@ class StudyView:
         sign = -1.0 if self.directions[0] == "maximize" else 1.0
         return min(rows, key=lambda r: (sign * r["value"], r["number"]))
 
+    def front(self) -> pd.DataFrame:
+        """The return-vs-cost points: one row per complete trial with a value and a cost (number,
+        value, cost, feasible, on_front). The cost is sds_cost's mean, else (a study over return and
+        cost) the second objective. `on_front`: the trial is on the feasible Pareto front (Optuna's
+        study.best_trials for a multi-objective study; higher value at lower cost among the feasible
+        trials for a single objective)."""
+        cols = ["number", "value", "cost", "feasible", "on_front"]
+        if not len(self.trials):
+            return pd.DataFrame(columns=cols)
+        done = self.trials[self.trials["state"] == "complete"]
+        cost = done["cost"]
+        if self.multi_objective and cost.isna().all():
+            cost = done["values"].map(lambda v: v[1] if v and len(v) > 1 else math.nan)
+        pts = pd.DataFrame({"number": done["number"], "value": done["value"].astype(float),
+                            "cost": cost.astype(float), "feasible": done["feasible"]}).dropna(subset=["value", "cost"])
+        sign = 1.0 if self.directions[0] == "maximize" else -1.0
+        if self.multi_objective:
+            on = set(self.best)
+        else:
+            ok = pts[pts["feasible"] != False]  # noqa: E712 (None: no constraint, counts as feasible)
+            on = {int(a.number) for a in ok.itertuples() if not any(
+                (sign * b.value >= sign * a.value and b.cost <= a.cost and (sign * b.value > sign * a.value or b.cost < a.cost))
+                for b in ok.itertuples())}
+        return pts.assign(on_front=pts["number"].isin(on)).reset_index(drop=True)[cols]
+
     def to_dict(self) -> dict[str, Any]:
         """The study's summary for `status --json` and report.json (docs/status-json.md `studies`)."""
         c = self.counts
