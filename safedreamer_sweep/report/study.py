@@ -118,12 +118,12 @@ class StudyView:
         b = self.best_row
         best = None if b is None else {
             "number": int(b["number"]), "value": _finite(b["value"]), "values": b["values"], "params": b["params"],
-            "n": b["n"], "ci_low": _finite(b["ci_low"]), "ci_high": _finite(b["ci_high"]), "seeds": b["seeds"],
-            "cost": _finite(b["cost"]), "feasible": b["feasible"]}
+            "n": int(b["n"]), "ci_low": _finite(b["ci_low"]), "ci_high": _finite(b["ci_high"]), "seeds": b["seeds"],
+            "cost": _finite(b["cost"]), "feasible": None if b["feasible"] is None else bool(b["feasible"])}
         return {"name": self.name, "path": str(self.path), "n_trials": self.n_trials, "trials": c["trials"],
                 "complete": c["complete"], "pruned": c["pruned"], "failed": c["failed"],
                 "running": c["running"] + c["waiting"], "directions": self.directions, "objective": self.objectives,
-                "constraint": self.constraint, "best": best, "front": list(self.best),
+                "constraint": self.constraint, "best": best, "front": [int(n) for n in self.best],
                 "savings": {k: _finite(v) for k, v in self.savings.items()}, "error": self.error}
 
 
