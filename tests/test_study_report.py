@@ -196,8 +196,8 @@ def test_a_store_without_studies_has_no_study_section(tmp_path):
 
 def test_status_text_and_json_carry_the_study_line(tmp_path, capsys):
     # 8 of 12 trials so far: 6 complete, 1 pruned, 1 running (its invocation in flight)
-    trials = [t for t in STUDY_TRIALS if t["state"] == "complete"][:6] + [
-        STUDY_TRIALS[2], {"state": "running", "params": {"agent.lr": 0.006, "agent.horizon": 8}}]
+    trials = [*[t for t in STUDY_TRIALS if t["state"] == "complete"][:6], STUDY_TRIALS[2],
+              {"state": "running", "params": {"agent.lr": 0.006, "agent.horizon": 8}}]
     study_store(tmp_path / "s", trials=trials, n_trials=12)
     code = cli_main(["status", str(tmp_path / "s"), "--json"])
     doc = json.loads(capsys.readouterr().out)
@@ -218,3 +218,30 @@ def test_status_text_and_json_carry_the_study_line(tmp_path, capsys):
     assert cli_main(["status", str(tmp_path / "s"), "--width", "250"]) in (0, 1)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == line  # under the verdict
+
+
+def test_an_apps_report_shows_its_study(tmp_path):
+    """A study over any Hydra app: its cells return their result, so the report is the app's page
+    (build_app_report), and that page and results.md carry the study section too."""
+    from safedreamer_sweep.core.store import Store
+    from safedreamer_sweep.report.build import build_app_report
+
+    store = Store(tmp_path / "s")
+    for seed in (0, 1):
+        rd = store.run_dir("agent.lr=0.003", seed, f"{seed:02d}abcdef")
+        rd.ensure_spec({"config": "agent.lr=0.003", "seed": seed, "hash": f"{seed:02d}abcdef", "done_when": "return",
+                        "overrides": ["agent.lr=0.003"]})
+        rd.begin_attempt(launcher="basic")
+        rd.write_result({"return_mean": 12.0 + seed})
+        rd.end_attempt("done")
+        rd.set_phase("done")
+    study_store(store.root, cells=False)
+    out = build_app_report(store.root)
+    assert "## Study `lr-search`" in (out / "results.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "best feasible: trial 7" in page and 'id="fig-study-lr-search-front" src="data:image/png' in page
+    assert {"study-lr-search-history.png", "study-lr-search-front.png", "study-lr-search.csv"} <= {
+        p.name for p in out.iterdir()}
+    # the mixed case: build_report's page shows the study; the app's tables do not repeat it
+    out2 = build_app_report(store.root, tmp_path / "mixed", page=False)
+    assert "Study" not in (out2 / "results.md").read_text()

@@ -264,6 +264,13 @@ def study_figures(studies: list) -> dict[str, bytes]:
     return out
 
 
+def _study_markdown(studies: list) -> str:
+    """The study sections of an app's results.md ("" without studies)."""
+    from safedreamer_sweep.report.render.studies import markdown_section
+
+    return "".join("\n" + "\n".join(markdown_section(v)) for v in studies)
+
+
 def _study_figure_names(r: Report) -> list[str]:
     """The study figures a build with figures writes (report.json lists them either way)."""
     from safedreamer_sweep.report.render.studies import figure_files
@@ -340,6 +347,7 @@ def build_app_report(store_root: str | Path, out: str | Path | None = None, page
     from safedreamer_sweep.report.analysis.returns import results_frame
     from safedreamer_sweep.report.render import figures
     from safedreamer_sweep.report.render.html import app_html
+    from safedreamer_sweep.report.render.studies import slug
 
     store = Store(store_root)
     df = results_frame(store)
@@ -349,11 +357,17 @@ def build_app_report(store_root: str | Path, out: str | Path | None = None, page
     done = int((df["phase"] == "done").sum())
     fig = figures.returned_values(df)
     png = figures.figure_png(fig) if fig is not None else None
+    # The studies are shown once: here when this page is the report, else by build_report's page.
+    studies = read_studies(store.root) if page else []
     files = {"results.csv": df.to_csv(index=False).encode(),
-             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n").encode(),
+             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n"
+                            + _study_markdown(studies)).encode(),
              }
     if page:
-        files["report.html"] = app_html(df, store.root, png).encode()
+        study_pngs = study_figures(studies)
+        files.update({**study_pngs, **{f"study-{slug(v.name)}.csv": v.trials.to_csv(index=False).encode()
+                                       for v in studies if len(v.trials)}})
+        files["report.html"] = app_html(df, store.root, png, studies, study_pngs).encode()
     if png is not None:
         files["results.png"] = png
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -282,9 +282,9 @@ def _history(view: StudyView) -> pd.DataFrame:
     maximize = view.directions[0] == "maximize"
     best, rows = math.nan, []
     for r in view.trials.sort_values("number").itertuples():
-        if r.state == "complete" and r.feasible is not False and math.isfinite(r.value):
-            if not math.isfinite(best) or (r.value > best if maximize else r.value < best):
-                best = float(r.value)
+        better = not math.isfinite(best) or (r.value > best if maximize else r.value < best)
+        if r.state == "complete" and r.feasible is not False and math.isfinite(r.value) and better:
+            best = float(r.value)
         rows.append({"number": r.number, "state": r.state, "value": r.value, "feasible": r.feasible,
                      "best_so_far": best})
     return pd.DataFrame(rows, columns=["number", "state", "value", "feasible", "best_so_far"])

@@ -172,7 +172,7 @@ def _tell_trial(study, spec: dict, seeds: list[int], limit: float | None, metric
                                          "spread": [seed_spread(t["values"])],
                                          "cells": _study_cells("v2_baseline", spec["params"], t["seeds"])})
     if state == "complete":
-        study.tell(trial, float(np.mean(values)))
+        study.tell(trial, float(np.mean(values or [])))
     elif state == "pruned":
         for i, v in enumerate(spec.get("intermediate", [1.0])):
             trial.report(v, 4096 * (i + 1))
@@ -193,6 +193,7 @@ def study_store(root: str | Path, name: str = "lr-search", trials: list[dict] | 
     (none when `limit` is None). With `cells`, a done run dir per seed of every complete trial
     (report/synthetic.write_cell). Returns the study's directory."""
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
     trials = STUDY_TRIALS if trials is None else trials
     store = Store(root)
@@ -208,7 +209,7 @@ def study_store(root: str | Path, name: str = "lr-search", trials: list[dict] | 
             "test": {"seeds": [100, 101], "top_k": 1}, "created_at": 1_700_000_000.0, "created_by": "synthetic"}
     (d / "study.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(d / "journal.log")))
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(d / "journal.log")))
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     for spec in trials:

@@ -146,9 +146,9 @@ def savings_line(view: StudyView) -> str:
     return line[0].upper() + line[1:] + "."
 
 
-def markdown_section(view: StudyView, number: int) -> list[str]:
-    """`## <number>. Study <name>` for decision.md."""
-    L = [f"## {number}. Study `{view.name}`", "", f"**{summary_line(view)}**", ""]
+def markdown_section(view: StudyView, number: int | None = None) -> list[str]:
+    """`## <number>. Study <name>` for decision.md (without `number`: `## Study <name>`, for results.md)."""
+    L = [f"## {f'{number}. ' if number is not None else ''}Study `{view.name}`", "", f"**{summary_line(view)}**", ""]
     if view.error:
         L += [f"Error: {view.error}", ""]
     if not len(view.trials):
