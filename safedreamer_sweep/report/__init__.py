@@ -9,6 +9,7 @@
     cost.py      device-hours and money per cell and per sweep (status reads it too)
     settings.py  the report: block of conf/sweep.yaml, as a dataclass
     result.py    Report: everything a report computed, in memory (the notebook reads it)
+    study.py     the studies in the store (Optuna journals, read only): one StudyView each
     synthetic.py stores with known numbers, for the tests and bench/report_scale.py
     __main__.py  `python -m safedreamer_sweep.report STORE`
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from safedreamer_sweep.report.result import Report as Report
     from safedreamer_sweep.report.settings import ReportSettings as ReportSettings
 
-__all__ = ["analysis", "build", "callback", "caveats", "cost", "render", "result", "settings", "synthetic"]
+__all__ = ["analysis", "build", "callback", "caveats", "cost", "render", "result", "settings", "study", "synthetic"]
 
 # The package's API: name -> the module that defines it.
 _API = {"ARTIFACTS": "build", "build_report": "build", "compute_report": "build", "Report": "result",

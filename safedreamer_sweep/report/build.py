@@ -36,6 +36,7 @@ from safedreamer_sweep.report.render.templates import (
 )
 from safedreamer_sweep.report.result import Report
 from safedreamer_sweep.report.settings import ReportSettings
+from safedreamer_sweep.report.study import read_studies
 
 # Every artifact a report writes (templates add their own outputs).
 ARTIFACTS = (
@@ -90,7 +91,7 @@ def compute_report(store_root: str | Path, cfg: Any = None) -> Report:
     decision = decide(frames, cov, main, ablation, settings)
     cost = {**_cost_summary(frames, settings), "bad_nodes": _node_fault_cost(frames)}
     return Report(settings=settings, frames=frames, coverage=cov, main=main, ablation=ablation, warnings=warns,
-                  decision=decision, cost=cost)
+                  decision=decision, cost=cost, studies=read_studies(frames.store_root))
 
 
 def _node_fault_cost(frames: Frames) -> list[dict]:
@@ -195,6 +196,7 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
                         + text.tables_markdown(_ablation_text_tables(r))).encode(),
         "ablation.tex": text.tables_latex(_ablation_text_tables(r), "tab:ablation").encode(),
         "decision.md": decision_markdown(r).encode(),
+        **_study_tables(r),
     }
     figs = _render_figures(r) if s.figures and with_figures else {}
     files.update(figs)
@@ -214,8 +216,11 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "main": r.main.to_dict(orient="records"),
         "ablation": r.ablation.to_dict(orient="records"),
         "cost": r.cost,
-        "artifacts": sorted({*files, "report.json", *(FIGURES if s.figures else ())}),
+        "artifacts": sorted({*files, "report.json", *(FIGURES if s.figures else ()),
+                             *(_study_figure_names(r) if s.figures else ())}),
     }
+    if r.studies:  # only then: a store without studies keeps its report.json as it was
+        summary["studies"] = [v.to_dict() for v in r.studies]
     files["report.json"] = (json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n").encode()
     return files
 
@@ -238,7 +243,52 @@ def _render_figures(r: Report) -> dict[str, bytes]:
         r.frames.curves, r.cost_limit, confidence=s.confidence))
     out["id_ood.png"] = figures.figure_png(figures.id_ood_bars(r.frames.seeds, r.cost_limit))
     out["per_seed.png"] = figures.figure_png(figures.per_seed(r.frames.curves, gap_ratio=s.bimodal_gap_ratio))
+    return {**out, **study_figures(r.studies)}
+
+
+def study_figures(studies: list) -> dict[str, bytes]:
+    """Each study's figures (render/studies.figure_files names): its optimization history, the
+    return-vs-cost front (when trials have costs) and the importances (when computed)."""
+    from safedreamer_sweep.report.render import figures
+    from safedreamer_sweep.report.render.studies import figure_files
+
+    out: dict[str, bytes] = {}
+    for v in studies:
+        if not len(v.trials):
+            continue
+        files = figure_files(v)
+        out[files["history"]] = figures.figure_png(figures.study_history(v))
+        for kind, fig in (("front", figures.study_front(v)), ("importances", figures.study_importances(v))):
+            if fig is not None:
+                out[files[kind]] = figures.figure_png(fig)
     return out
+
+
+def _study_markdown(studies: list) -> str:
+    """The study sections of an app's results.md ("" without studies)."""
+    from safedreamer_sweep.report.render.studies import markdown_section
+
+    return "".join("\n" + "\n".join(markdown_section(v)) for v in studies)
+
+
+def _study_figure_names(r: Report) -> list[str]:
+    """The study figures a build with figures writes (report.json lists them either way)."""
+    from safedreamer_sweep.report.render.studies import figure_files
+
+    names = []
+    for v in r.studies:
+        if len(v.trials):
+            files = figure_files(v)
+            names += [files["history"], *([files["front"]] if len(v.front()) else []),
+                      *([files["importances"]] if v.importances else [])]
+    return names
+
+
+def _study_tables(r: Report) -> dict[str, bytes]:
+    """study-<name>.csv per study: one row per trial (report/study.py TRIAL_COLUMNS)."""
+    from safedreamer_sweep.report.render.studies import slug
+
+    return {f"study-{slug(v.name)}.csv": v.trials.to_csv(index=False).encode() for v in r.studies if len(v.trials)}
 
 
 def build_report(store_root: str | Path, out: str | Path | None = None, cfg: Any = None,
@@ -297,6 +347,7 @@ def build_app_report(store_root: str | Path, out: str | Path | None = None, page
     from safedreamer_sweep.report.analysis.returns import results_frame
     from safedreamer_sweep.report.render import figures
     from safedreamer_sweep.report.render.html import app_html
+    from safedreamer_sweep.report.render.studies import slug
 
     store = Store(store_root)
     df = results_frame(store)
@@ -306,11 +357,17 @@ def build_app_report(store_root: str | Path, out: str | Path | None = None, page
     done = int((df["phase"] == "done").sum())
     fig = figures.returned_values(df)
     png = figures.figure_png(fig) if fig is not None else None
+    # The studies are shown once: here when this page is the report, else by build_report's page.
+    studies = read_studies(store.root) if page else []
     files = {"results.csv": df.to_csv(index=False).encode(),
-             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n").encode(),
+             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n"
+                            + _study_markdown(studies)).encode(),
              }
     if page:
-        files["report.html"] = app_html(df, store.root, png).encode()
+        study_pngs = study_figures(studies)
+        files.update({**study_pngs, **{f"study-{slug(v.name)}.csv": v.trials.to_csv(index=False).encode()
+                                       for v in studies if len(v.trials)}})
+        files["report.html"] = app_html(df, store.root, png, studies, study_pngs).encode()
     if png is not None:
         files["results.png"] = png
     out_dir.mkdir(parents=True, exist_ok=True)

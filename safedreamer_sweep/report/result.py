@@ -4,6 +4,7 @@ and the notebook read it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -26,6 +27,7 @@ class Report:
     decision: Decision
     cost: dict
     documents: dict[str, str] = field(default_factory=dict)
+    studies: list[Any] = field(default_factory=list)  # report/study.py StudyView per study in the store
 
     @property
     def cost_limit(self) -> float:

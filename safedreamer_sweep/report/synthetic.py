@@ -96,3 +96,135 @@ def write_store(root: str | Path, configs: dict[str, Callable[[int], dict]], see
                 continue
             write_cell(store, config, seed, **{**cell_kw, **kw})
     return store
+
+
+# ----------------------------------------------------------------------------- studies (issue 30)
+
+# The default study of study_store: 12 trials of (agent.lr, agent.horizon) on seeds 0 and 1, a cost
+# limit of 25. Trial 4 has the highest return but breaks the limit (cost 42); trial 7 is the best
+# feasible one (12.5). 9 complete (0.1 device-h each), 2 pruned (0.02 + 0.03), 1 failed (0.01).
+STUDY_TRIALS: list[dict] = [
+    {"state": "complete", "params": {"agent.lr": 0.0001, "agent.horizon": 8}, "values": [5.0, 7.0], "costs": [10.0, 12.0]},
+    {"state": "complete", "params": {"agent.lr": 0.0003, "agent.horizon": 16}, "values": [8.0, 10.0], "costs": [14.0, 16.0]},
+    {"state": "pruned", "params": {"agent.lr": 0.01, "agent.horizon": 8}, "device_hours": 0.02, "pruned_at": 4096},
+    {"state": "complete", "params": {"agent.lr": 0.001, "agent.horizon": 16}, "values": [11.0, 13.0], "costs": [20.0, 22.0]},
+    {"state": "complete", "params": {"agent.lr": 0.005, "agent.horizon": 8}, "values": [20.0, 22.0], "costs": [40.0, 44.0]},
+    {"state": "failed", "params": {"agent.lr": 0.008, "agent.horizon": 16}, "device_hours": 0.01},
+    {"state": "complete", "params": {"agent.lr": 0.002, "agent.horizon": 8}, "values": [9.0, 11.0], "costs": [18.0, 19.0]},
+    {"state": "complete", "params": {"agent.lr": 0.003, "agent.horizon": 16}, "values": [12.0, 13.0], "costs": [22.0, 24.0],
+     "test": {"seeds": [100, 101], "values": [11.0, 12.0]}},
+    {"state": "pruned", "params": {"agent.lr": 0.009, "agent.horizon": 16}, "device_hours": 0.03, "pruned_at": 8192},
+    {"state": "complete", "params": {"agent.lr": 0.0005, "agent.horizon": 8}, "values": [7.0, 8.0], "costs": [12.0, 12.0]},
+    {"state": "complete", "params": {"agent.lr": 0.004, "agent.horizon": 8}, "values": [14.0, 16.0], "costs": [30.0, 28.0]},
+    {"state": "complete", "params": {"agent.lr": 0.0007, "agent.horizon": 16}, "values": [6.0, 9.0], "costs": [11.0, 13.0]},
+]
+
+
+def seed_spread(values: list[float]) -> dict:
+    """The spread of one objective over seeds as the driver records it (sds_spread): n, mean, std,
+    IQM, min, max and the Student t 95% interval of the mean (None below 2 seeds)."""
+    from scipy import stats as st
+
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    n = len(v)
+    mean = float(v.mean()) if n else None
+    std = float(v.std(ddof=1)) if n > 1 else None
+    half = float(st.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 and std is not None else None
+    q = np.sort(v)[int(np.floor(n * 0.25)):int(np.ceil(n * 0.75))] if n else v
+    return {"n": n, "mean": mean, "std": std, "iqm": float(q.mean()) if len(q) else mean,
+            "min": float(v.min()) if n else None, "max": float(v.max()) if n else None,
+            "ci_low": mean - half if half is not None and mean is not None else None,
+            "ci_high": mean + half if half is not None and mean is not None else None}
+
+
+def _study_cells(label_base: str, params: dict, seeds: list[int]) -> list[dict]:
+    """sds_cells of a trial: one per tuning seed, with the run dir it would have in the store."""
+    label = ",".join([label_base, *(f"{k}={v}" for k, v in params.items())])
+    return [{"seed": s, "label": label, "hash": _hash8_of(label, s), "run_dir": f"runs/{label}/seed_{s}/{_hash8_of(label, s)}",
+             "overrides": [*(f"{k}={v}" for k, v in params.items()), f"seed={s}"]} for s in seeds]
+
+
+def _tell_trial(study, spec: dict, seeds: list[int], limit: float | None, metrics: tuple[str, str]) -> None:
+    """Ask one trial with `spec`'s params, attach the sds_* attributes and tell its state."""
+    import optuna
+
+    study.enqueue_trial(spec["params"])
+    trial = study.ask()
+    for k, v in spec["params"].items():
+        if isinstance(v, int):
+            trial.suggest_int(k, 1, 64)
+        else:
+            trial.suggest_float(k, 1e-5, 1e-1, log=True)
+    state = spec["state"]
+    trial.set_user_attr("sds_cells", _study_cells("v2_baseline", spec["params"], seeds))
+    trial.set_user_attr("sds_device_hours", spec.get("device_hours", 0.05 * len(seeds)))
+    values, costs = spec.get("values"), spec.get("costs")
+    if values is not None:
+        trial.set_user_attr("sds_seed_values", [values])
+        trial.set_user_attr("sds_spread", [seed_spread(values)])
+    if costs is not None and limit is not None:
+        mean_cost = float(np.mean(costs))
+        trial.set_user_attr("sds_cost", {"mean": mean_cost, "values": costs, "limit": limit, "metric": metrics[1]})
+        trial.set_constraint("cost", mean_cost - limit)
+    if spec.get("test"):
+        t = spec["test"]
+        trial.set_user_attr("sds_test", {"seeds": t["seeds"], "values": [t["values"]],
+                                         "spread": [seed_spread(t["values"])],
+                                         "cells": _study_cells("v2_baseline", spec["params"], t["seeds"])})
+    if state == "complete":
+        study.tell(trial, float(np.mean(values or [])))
+    elif state == "pruned":
+        for i, v in enumerate(spec.get("intermediate", [1.0])):
+            trial.report(v, 4096 * (i + 1))
+        trial.set_user_attr("sds_pruned_at", spec.get("pruned_at", 4096))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    elif state == "failed":
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    # "running": left as asked (in flight, or its invocation died)
+
+
+def study_store(root: str | Path, name: str = "lr-search", trials: list[dict] | None = None, *,
+                seeds: tuple[int, ...] = (0, 1), limit: float | None = 25.0, n_trials: int | None = None,
+                metrics: tuple[str, str] = ("id.return_mean", "id.cost_mean"), cells: bool = True) -> Path:
+    """A store holding one study at <root>/studies/<name>/ (study.json + Optuna journal) with
+    `trials` (default STUDY_TRIALS): each a dict of `state` (complete / pruned / failed / running),
+    `params`, per-seed `values` and `costs` (complete trials), `device_hours`, `pruned_at`, and
+    `test` ({"seeds", "values"}: a re-run on test seeds). The constraint is cost mean - `limit`
+    (none when `limit` is None). With `cells`, a done run dir per seed of every complete trial
+    (report/synthetic.write_cell). Returns the study's directory."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    trials = STUDY_TRIALS if trials is None else trials
+    store = Store(root)
+    d = store.root / "studies" / name
+    d.mkdir(parents=True, exist_ok=True)
+    constraint = {"metric": metrics[1], "limit": limit} if limit is not None else None
+    meta = {"format": 1, "name": name, "identity": hashlib.sha256(name.encode()).hexdigest()[:12],
+            "keys": {"space": {}, "sampler": {"name": "tpe", "seed": 0}, "objective": {"metrics": [metrics[0]]},
+                     "constraint": constraint, "fixed": {}, "app": None, "seeds": list(seeds), "aggregate": "mean"},
+            "n_trials": n_trials or len(trials), "directions": ["maximize"], "objective": [metrics[0]],
+            "constraint": constraint, "seeds": list(seeds), "aggregate": "mean", "pruner": {"name": "asha"},
+            "prune": {"metric": "episode_return", "warmup_steps": 0, "cost_warmup_steps": 8192},
+            "test": {"seeds": [100, 101], "top_k": 1}, "created_at": 1_700_000_000.0, "created_by": "synthetic"}
+    (d / "study.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(d / "journal.log")))
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for spec in trials:
+        _tell_trial(study, spec, list(seeds), limit, metrics)
+    if cells:
+        _study_run_dirs(store, trials, list(seeds))
+    return d
+
+
+def _study_run_dirs(store: Store, trials: list[dict], seeds: list[int]) -> None:
+    """A done run dir per tuning seed of every complete trial, its ID return the seed's value."""
+    for spec in trials:
+        if spec["state"] != "complete":
+            continue
+        for c, v, cost in zip(_study_cells("v2_baseline", spec["params"], seeds), spec["values"], spec["costs"]):
+            write_cell(store, c["label"], c["seed"], id_returns=[v, v], id_costs=[cost, cost],
+                       ood_returns=[v - 1, v - 1], ood_costs=[cost + 1, cost + 1], hash8=c["hash"],
+                       attempt_hours=0.05)

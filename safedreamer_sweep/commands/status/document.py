@@ -22,6 +22,7 @@ from safedreamer_sweep.commands.status.evidence import (
 from safedreamer_sweep.commands.status.headline import headline
 from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.report.cost import cell_key, store_cost
+from safedreamer_sweep.report.study import read_studies
 from safedreamer_sweep.sweep.failures import bad_nodes_of_store
 from safedreamer_sweep.sweep.observe import observe_store
 
@@ -99,6 +100,8 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
         "cost": {"total": cost["total"], "configs": cost["configs"], "money": cost["money"]},
         # nodes that ended an attempt with a node fault: the node, its first evidence, the cells it cost
         "bad_nodes": bad_nodes_of_store(store),
+        # one object per study under <store>/studies/ (report/study.py StudyView.to_dict), [] without
+        "studies": [v.to_dict() for v in read_studies(store.root, importances=False)],
     }
 
 

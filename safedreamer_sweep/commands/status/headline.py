@@ -132,3 +132,24 @@ def headline(cells: list[dict]) -> str:
                             for c in group[:5]) + (" ..." if len(group) > 5 else "")
             parts.append(f"{len(group)} {name}: {why}")
     return f"INCOMPLETE: {'; '.join(parts)}"
+
+
+def _value(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def study_line(s: dict) -> str:
+    """`study lr-search: 8/12 trials (6 done, 1 pruned, 1 running); best feasible 12.3 (trial 7,
+    agent.lr=0.003)`, from one entry of the document's `studies` (report/study.py StudyView.to_dict)."""
+    if s.get("error") and not s.get("trials"):
+        return f"study {s['name']}: not readable: {s['error']}"
+    counts = [f"{s['complete']} done", f"{s['pruned']} pruned"] + [
+        f"{s[k]} {k}" for k in ("failed", "running") if s[k] or k == "running"]
+    total = f"{s['trials']}/{s['n_trials']}" if s.get("n_trials") else str(s["trials"])
+    line = f"study {s['name']}: {total} trials ({', '.join(counts)})"
+    b = s.get("best")
+    if b is None:
+        return line + ("; no feasible trial yet" if s["complete"] else "")
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in (b.get("params") or {}).items())
+    what = "best feasible" if len(s.get("directions") or []) < 2 else f"feasible front of {len(s.get('front') or [])}, best"
+    return line + f"; {what} {_value(b.get('value'))} (trial {b['number']}{', ' + params if params else ''})"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from safedreamer_sweep.commands.status.headline import is_queued
+from safedreamer_sweep.commands.status.headline import is_queued, study_line
 from safedreamer_sweep.core.durations import format_duration, format_hours
 from safedreamer_sweep.sweep.failures import bad_nodes_text
 
@@ -83,6 +83,8 @@ def status_view(doc: dict):
                              f"  ·  stalled after {format_duration(doc['stall_after_s'])} without "
                              f"{'env-step' if evals else 'heartbeat'} progress",
                              style="dim")]
+    # one line per study, under the verdict
+    parts[1:1] = [Text(study_line(s), style="bold") for s in doc.get("studies") or []]
     if not cells:
         return Group(*parts)
     parts += [_matrix_table(cells, evals), _detail_table(cells, evals)]

@@ -6,6 +6,7 @@ the self-contained HTML page.
     figures.py    learning curves, ID vs OOD, per-seed lines, coverage heatmap, app returns (PNG)
     templates.py  the user's Jinja2 Markdown templates filled with the numbers
     html.py       report.html: one file, figures embedded, opens from disk (report.html.j2)
+    studies.py    a study's section as text (decision.md and report.html lay it out)
 """
 
-__all__ = ["document", "figures", "html", "templates", "text"]
+__all__ = ["document", "figures", "html", "studies", "templates", "text"]

@@ -11,7 +11,7 @@ from safedreamer_sweep.core.durations import format_duration
 from safedreamer_sweep.report.analysis import stats, tables
 from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.analysis.decision import INCONCLUSIVE
-from safedreamer_sweep.report.render import text
+from safedreamer_sweep.report.render import studies, text
 from safedreamer_sweep.report.result import Report
 
 _SEEDS_FORMULA = "n = ⌈(z₁₋α/₂ + z_power)² · (s² + s_b²) / δ²⌉"
@@ -36,6 +36,8 @@ def decision_markdown(r: Report) -> str:
     L += _metrics_section(r)
     L += _flips_section(r)
     L += ["## 6. Cost spent", "", *cost_lines(r), ""]
+    for i, view in enumerate(r.studies):  # none in a store without studies: the report is as it was
+        L += studies.markdown_section(view, 7 + i)
     return "\n".join(L)
 
 
@@ -52,6 +54,7 @@ def _lead(r: Report) -> list[str]:
         L = ["**Empty store**: no sweep manifest asks for any cell and no run directory exists yet.", ""]
     else:
         L = [f"**Coverage complete**: {n_done} of {n_parts} parts done (train, ID eval, OOD eval).", ""]
+    L += [f"**Study {v.name}**: {studies.summary_line(v)}." for v in r.studies] + ([""] if r.studies else [])
     return [*L, f"**Decision: {d.headline}** — {d.summary}", ""]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+from typing import Any
 
 import matplotlib
 
@@ -231,4 +232,87 @@ def returned_values(results: pd.DataFrame, max_panels: int = 6) -> Figure | None
         ax.tick_params(axis="x", labelrotation=25, labelsize="x-small")
     for ax in list(axes.flat)[len(cols):]:
         ax.set_visible(False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- studies (report/study.py)
+
+
+def study_history(view: Any) -> Figure:
+    """A study's optimization history: the first objective per trial number (a dot per feasible
+    complete trial, a red x for one that breaks the constraint), the best feasible value so far as a
+    step line, pruned trials as grey triangles and failed ones as red bars on the bottom edge."""
+    _theme()
+    fig, ax = plt.subplots(figsize=(12, 5), constrained_layout=True)
+    h = view.history
+    if not len(h):
+        plt.close(fig)
+        return _empty(plt.figure(figsize=(12, 5)), f"study {view.name}: no trials yet")
+    done = h[h["state"] == "complete"]
+    ok, bad = done[done["feasible"] != False], done[done["feasible"] == False]  # noqa: E712
+    ax.scatter(ok["number"], ok["value"], color="#1f77b4", s=60, zorder=3, label="complete (feasible)")
+    if len(bad):
+        ax.scatter(bad["number"], bad["value"], color="#c0392b", marker="x", s=80, zorder=3,
+                   label="complete, breaks the cost limit")
+    ax.step(h["number"], h["best_so_far"], where="post", color="black", lw=2, label="best feasible so far")
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fraction: marks on the bottom edge
+    for state, marker, colour in (("pruned", "v", "#7f7f7f"), ("failed", "|", "#c0392b")):
+        g = h[h["state"] == state]
+        if len(g):
+            ax.scatter(g["number"], [0.03] * len(g), transform=edge, marker=marker, s=90, color=colour,
+                       clip_on=False, zorder=4, label=f"{state} ({len(g)})")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(view.objectives[0])
+    ax.set_title(f"study {view.name}: {view.objectives[0]} per trial ({view.directions[0]})")
+    ax.legend(fontsize="x-small", loc="best")
+    return fig
+
+
+def study_front(view: Any) -> Figure | None:
+    """Return against cost, a dot per complete trial: feasible dots, a red x per trial that breaks
+    the cost limit, the limit as a dashed vertical line, the feasible Pareto front ringed and joined,
+    the best feasible trial starred, every point labelled with its trial number. None without costs."""
+    pts = view.front()
+    if not len(pts):
+        return None
+    _theme()
+    fig, ax = plt.subplots(figsize=(10, 6), constrained_layout=True)
+    ok, bad = pts[pts["feasible"] != False], pts[pts["feasible"] == False]  # noqa: E712
+    ax.scatter(ok["cost"], ok["value"], color="#1f77b4", s=60, zorder=3, label="feasible")
+    if len(bad):
+        ax.scatter(bad["cost"], bad["value"], color="#c0392b", marker="x", s=90, zorder=3,
+                   label="infeasible (breaks the cost limit)")
+    front = pts[pts["on_front"]].sort_values("cost")
+    if len(front):
+        ax.plot(front["cost"], front["value"], color="#ff7f0e", lw=1.5, zorder=2)
+        ax.scatter(front["cost"], front["value"], s=220, facecolors="none", edgecolors="#ff7f0e", lw=2, zorder=4,
+                   label="feasible Pareto front")
+    best = view.best_row
+    if best is not None and best["number"] in set(pts["number"]):
+        b = pts[pts["number"] == best["number"]].iloc[0]
+        ax.scatter([b["cost"]], [b["value"]], marker="*", s=420, color="#2e7d32", zorder=5,
+                   label=f"best feasible (trial {int(b['number'])})")
+    for p in pts.itertuples():
+        ax.annotate(str(int(p.number)), (p.cost, p.value), xytext=(5, 4), textcoords="offset points",
+                    fontsize="xx-small")
+    limit = (view.constraint or {}).get("limit")
+    if isinstance(limit, (int, float)) and math.isfinite(limit):
+        ax.axvline(float(limit), color="black", ls="--", lw=1.5, label=f"cost limit {float(limit):g}")
+    ax.set_xlabel((view.constraint or {}).get("metric") or (view.objectives[1] if view.multi_objective else "cost"))
+    ax.set_ylabel(view.objectives[0])
+    ax.set_title(f"study {view.name}: return against cost, every complete trial")
+    ax.legend(fontsize="x-small", loc="best")
+    return fig
+
+
+def study_importances(view: Any) -> Figure | None:
+    """Optuna's parameter importances as horizontal bars (None when they were not computed)."""
+    if not view.importances:
+        return None
+    _theme()
+    names = list(view.importances)[::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(names)), constrained_layout=True)
+    ax.barh(names, [view.importances[n] for n in names], color="#4c72b0")
+    ax.set_xlabel("importance (Optuna, normalized to sum to 1)")
+    ax.set_title(f"study {view.name}: parameter importances for {view.objectives[0]}")
     return fig

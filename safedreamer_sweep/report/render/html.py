@@ -286,11 +286,51 @@ def report_html(r: Report, figures: dict[str, bytes] | None = None) -> str:
         "cost": _cost(r),
         "cells": _drilldown(r),
         "app": None,
+        "studies": study_blocks(r.studies, figures),
     }
     return _env().get_template(_TEMPLATE).render(**ctx)
 
 
-def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
+_STUDY_FIGURES = (
+    ("history", "Optimization history",
+     "The objective per trial number: a dot per feasible complete trial, a red x per trial that breaks the cost "
+     "limit, the best feasible value so far as a step line; pruned (grey triangles) and failed (red bars) trials "
+     "on the bottom edge."),
+    ("front", "Return against cost",
+     "Every complete trial: feasible dots, red x for trials that break the cost limit (dashed line), the feasible "
+     "Pareto front ringed and joined, the best feasible trial starred; labels are trial numbers."),
+    ("importances", "Parameter importances", "Optuna's parameter importances over the complete trials."),
+)
+_STATE_CLASS = {"complete": "ok", "pruned": "wait", "failed": "bad", "running": "run", "waiting": "run"}
+
+
+def study_blocks(views: list, figures: dict[str, bytes] | None = None) -> list[dict]:
+    """The study sections of the page (report/study.py StudyViews; render/studies.py the text)."""
+    from safedreamer_sweep.report.render import studies as st
+
+    figures = figures or {}
+    out = []
+    for v in views:
+        table = st.trials_table(v)
+        files = st.figure_files(v)
+        shown = {"history": len(v.trials) > 0, "front": len(v.front()) > 0, "importances": bool(v.importances)}
+        out.append({
+            "name": v.name, "id": "study-" + st.slug(v.name), "summary": st.summary_line(v), "error": v.error,
+            "cls": "ok" if v.best_row is not None else ("bad" if v.error else "run"),
+            "best": st.best_point_line(v), "journal": str(v.path / "journal.log"),
+            "table": _frame(table) if len(table) else None,
+            "state_classes": [_STATE_CLASS.get(s, "wait") for s in table.get("state", [])],
+            "test": _frame(st.test_table(v)) if len(v.test) else None,
+            "importances": st.importances_line(v) if len(v.trials) else None,
+            "savings": st.savings_line(v) if len(v.trials) else None,
+            "figures": [{"file": files[k], "title": t, "caption": cap,
+                         "src": _data_uri(figures[files[k]]) if files[k] in figures else None}
+                        for k, t, cap in _STUDY_FIGURES if shown[k]]})
+    return out
+
+
+def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None, studies: list | None = None,
+             figures: dict[str, bytes] | None = None) -> str:
     """The page of an app's sweep: how many cells are done, the failed ones with their cause, the
     results table (results.csv) and a figure of the returned values."""
     done = int((df["phase"] == "done").sum()) if len(df) else 0
@@ -305,5 +345,7 @@ def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None) -> str:
         "as_of": None,
         "app": {"done": done, "total": len(df), "failed": failed, "table": _frame(shown),
                 "figure": _data_uri(figure) if figure else None},
+        "studies": study_blocks(studies or [], figures),
+        "figures_on": True,
     }
     return _env().get_template(_TEMPLATE).render(**ctx)
