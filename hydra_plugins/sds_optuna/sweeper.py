@@ -34,4 +34,13 @@ class SdsOptunaSweeper(Sweeper):
             raise SearchError(f"hydra/sweeper=sds_optuna runs its trials' cells through the sds launchers, not "
                               f"{type(self.launcher).__name__}. Fix: hydra/launcher=sds_local (or sds_slurm)")
         run_search(self.conf, arguments, launcher=self.launcher, config=self.config,
-                   hydra_context=self.hydra_context, backend=self.launcher._EXECUTOR)
+                   hydra_context=self.hydra_context, backend=self.launcher._EXECUTOR, report=_report)
+
+
+def _report(sweep: Any) -> None:
+    """The store's report when the study ends (idempotent; never raises), as the launcher writes it."""
+    from safedreamer_sweep.report.callback import refresh
+    from safedreamer_sweep.sweep.launch import say
+
+    for line in refresh(sweep.store.root, sweep.report_settings(), say=say):
+        say(f"[sds] report: {line}")

@@ -6,6 +6,7 @@ optimization_results.yaml, the report and the sweep's hooks."""
 from __future__ import annotations
 
 from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def task_defaults(conf: dict[str, Any], config: DictConfig) -> dict[str, Any]:
         conf["direction"] = "minimize" if kind == "app" else "maximize"
     if kind != "app":
         conf["objective"] = conf.get("objective") or "id.return_mean"
-        limit = OmegaConf.select(config, "agent.cost_limit" if kind == "builtin" else "task.cost_limit", default=None)
+        limit = OmegaConf.select(config, "agent.lagrangian.cost_limit" if kind == "builtin" else "task.eval.cost_limit",
+                                 default=None)
         if conf.get("constraint") is None and limit is not None:
             conf["constraint"] = {"metric": "id.cost_mean", "limit": float(limit)}
     return conf
@@ -73,6 +75,8 @@ def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
     if cost_path is not None and kind != "app":
         _check_eval_metrics([cost_path], "constraint.metric")
     metric = s.prune.metric or ("episode_return" if kind != "app" else paths[0])
+    if s.pruner is None:  # no pruner: nothing is stopped early, on its curve or on its cost
+        metric = None
     return Objective(paths=paths, directions=list(s.directions), how=s.aggregate, cost_path=cost_path,
                      cost_limit=(s.constraint or {}).get("limit"), prune_metric=metric,
                      warmup_steps=s.prune.warmup_steps, cost_warmup_steps=s.prune.cost_warmup_steps,
@@ -102,8 +106,9 @@ def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int |
 
 
 def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, config: DictConfig,
-               hydra_context: Any, backend: str) -> None:
-    """The whole study, from the sweeper's config and the command line's overrides."""
+               hydra_context: Any, backend: str, report: Callable[[Sweep], None]) -> None:
+    """The whole study, from the sweeper's config and the command line's overrides; `report(sweep)`
+    writes the store's report at the end (the plugin passes the report stage's refresh)."""
     s = search_settings(task_defaults(conf, config))
     params, fixed = split_arguments(arguments, conf.get("params") or {})
     space = parse_space(params)
@@ -114,7 +119,7 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     app = app_of(config) if task_kind(config) == "app" else None
     study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
                                       fixed={o.split("=", 1)[0]: o for o in fixed},
-                                      default_name=str(config.hydra.job.name))
+                                      default_name=_job_name(config))
     _reseed_on_resume(study, s, space)
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     say(f"[sds] study {study.study_name} ({'new' if created else 'resumed'}; {sdir.journal}): {len(done)} of "
@@ -126,7 +131,13 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
                          objective=objective, distributions=dict(space.distributions), overrides_of=lambda p: [*fixed, *space.overrides(p)], say=say,
                          max_running=s.n_jobs)
     _drive(driver, sweep)
-    finish(study, sweep, config, s)
+    finish(study, sweep, config, s, report)
+
+
+def _job_name(config: DictConfig) -> str:
+    """The default study name: the app's job name (`python -m safedreamer_sweep` runs as __main__)."""
+    name = str(config.hydra.job.name)
+    return "safedreamer_sweep" if name == "__main__" else name
 
 
 def _reseed_on_resume(study: optuna.Study, s: SearchSettings, space: Space) -> None:
@@ -151,7 +162,8 @@ def _drive(driver: StudyDriver, sweep: Sweep) -> None:
         raise SystemExit(130) from None
 
 
-def finish(study: optuna.Study, sweep: Sweep, config: DictConfig, s: SearchSettings) -> None:
+def finish(study: optuna.Study, sweep: Sweep, config: DictConfig, s: SearchSettings,
+           report: Callable[[Sweep], None]) -> None:
     """optimization_results.yaml in Hydra's sweep dir (as hydra-optuna-sweeper writes it, the best
     feasible trial), the report, the hooks, and one line."""
     trials = study.get_trials(deepcopy=False)
@@ -167,10 +179,7 @@ def finish(study: optuna.Study, sweep: Sweep, config: DictConfig, s: SearchSetti
     out = Path(str(config.hydra.sweep.dir))
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")
-    from safedreamer_sweep.report.callback import refresh
-
-    for line in refresh(sweep.store.root, sweep.report_settings(), say=say):
-        say(f"[sds] report: {line}")
+    report(sweep)
     failed = states[optuna.trial.TrialState.FAIL]
     say(f"[sds] study {study.study_name}: {len(trials)}/{s.n_trials} trials "
         f"({states[optuna.trial.TrialState.COMPLETE]} complete, {states[optuna.trial.TrialState.PRUNED]} pruned, "
