@@ -13,8 +13,10 @@ from typing import Any
 from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep.backends import Backend, Tracked
 from safedreamer_sweep.sweep.exit_records import read_exit_record
+from safedreamer_sweep.sweep.failures import PRUNED
+from safedreamer_sweep.sweep.observe import pruned_by_of, pruned_text
 
-__all__ = ["close_attempt", "close_unstarted", "ended_evidence", "note_stall"]
+__all__ = ["close_attempt", "close_pruned", "close_unstarted", "ended_evidence", "note_stall"]
 
 _INTERRUPTED = ("timeout", "preempted", "stalled")  # causes whose attempt was interrupted, not failed
 
@@ -46,6 +48,8 @@ def ended_evidence(backend: Backend, submitit_root: Path, t: Tracked, sub: Any, 
     if steps:
         stderr += f"\n[sacct steps] {steps}"
     ev["stderr_tail"] = stderr
+    if last.get("outcome") == PRUNED:  # its pruner's kill: not a failure (classify_failure answers pruned)
+        ev["pruned"] = pruned_text(pruned_by_of(last.get("pruned_by")), last.get("pruned_at"))
     if last.get("outcome") in ("failed", "interrupted"):
         ev.update(cell_cause=last.get("cause"), cell_evidence=last.get("evidence"),
                   traceback_tail=last.get("traceback_tail"))
@@ -74,6 +78,9 @@ def close_attempt(rd: RunDir, last: dict[str, Any], cause: str, evidence: str, n
         if target is None:
             a.append({"n": len(a) + 1})
             target = a[-1]
+        if cause == PRUNED or target.get("outcome") == PRUNED:  # its pruner stopped it: outcome pruned, no cause
+            target["classified_by"] = "supervisor"
+            return
         if target.get("outcome") in (None, "running", "submitted"):
             target.update(outcome="interrupted" if cause in _INTERRUPTED else "failed", ended_at=time.time())
         if target.get("cause") != cause:
@@ -83,6 +90,22 @@ def close_attempt(rd: RunDir, last: dict[str, Any], cause: str, evidence: str, n
         target["classified_by"] = "supervisor"
         if node and not target.get("node"):
             target["node"] = node
+
+    return rd.update_state(change)
+
+
+def close_pruned(rd: RunDir, *, study: str, trial: int, env_step: int | None, **fields: Any) -> dict:
+    """Close the running attempt of a cell its study's pruner stopped, in one write: outcome `pruned`,
+    cause null, `pruned_at` (env step) and `pruned_by` ({"study", "trial"}), and the cell's phase
+    `pruned` (its checkpoints are kept). Returns the new state."""
+
+    def change(s: dict) -> None:
+        a = s.setdefault("attempts", [])
+        if not a or a[-1].get("outcome") not in (None, "running", "submitted", PRUNED):
+            a.append({"n": len(a) + 1})
+        a[-1].update(outcome=PRUNED, cause=None, ended_at=a[-1].get("ended_at") or time.time(), pruned_at=env_step,
+                     pruned_by={"study": study, "trial": int(trial)}, **fields)
+        s["phase"] = PRUNED
 
     return rd.update_state(change)
 
