@@ -95,16 +95,23 @@ def close_attempt(rd: RunDir, last: dict[str, Any], cause: str, evidence: str, n
 
 
 def close_pruned(rd: RunDir, *, study: str, trial: int, env_step: int | None, **fields: Any) -> dict:
-    """Close the running attempt of a cell its study's pruner stopped, in one write: outcome `pruned`,
+    """Close the newest attempt of a cell its study's pruner stopped, in one write: outcome `pruned`,
     cause null, `pruned_at` (env step) and `pruned_by` ({"study", "trial"}), and the cell's phase
-    `pruned` (its checkpoints are kept). Returns the new state."""
+    `pruned` (its checkpoints are kept). The cell may have closed it first on the kill's signal
+    (interrupted, failed): its account is kept as `cell_outcome` / `cell_cause`. A cell that finished
+    (`done`) before the kill is left done. Returns the new state."""
 
     def change(s: dict) -> None:
         a = s.setdefault("attempts", [])
-        if not a or a[-1].get("outcome") not in (None, "running", "submitted", PRUNED):
-            a.append({"n": len(a) + 1})
-        a[-1].update(outcome=PRUNED, cause=None, ended_at=a[-1].get("ended_at") or time.time(), pruned_at=env_step,
-                     pruned_by={"study": study, "trial": int(trial)}, **fields)
+        if a and (a[-1].get("outcome") == "done" or s.get("phase") == "done"):
+            return  # it finished first: nothing to prune
+        if not a:
+            a.append({"n": 1})
+        last = a[-1]
+        if last.get("outcome") not in (None, "running", "submitted", PRUNED):
+            last.update(cell_outcome=last.get("outcome"), cell_cause=last.get("cause"), cell_evidence=last.get("evidence"))
+        last.update(outcome=PRUNED, cause=None, evidence=None, ended_at=last.get("ended_at") or time.time(),
+                    pruned_at=env_step, pruned_by={"study": study, "trial": int(trial)}, **fields)
         s["phase"] = PRUNED
 
     return rd.update_state(change)
