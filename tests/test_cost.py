@@ -102,10 +102,11 @@ def test_sweep_cost_per_config_total_and_money():
     assert out["configs"]["v2_baseline"]["gpu"]["wasted_h"] == pytest.approx(1.0)
     assert out["configs"]["v2_full"]["gpu"]["wasted_h"] == pytest.approx(1.0)
     assert out["configs"]["v2_full"]["cpu"]["useful_h"] == pytest.approx(4.0)
-    assert out["total"]["gpu"] == pytest.approx({"useful_h": 2.0, "wasted_h": 2.0, "pending_h": 0.0, "total_h": 4.0})
+    assert out["total"]["gpu"] == pytest.approx({"useful_h": 2.0, "wasted_h": 2.0, "pending_h": 0.0, "pruned_h": 0.0,
+                                                   "total_h": 4.0})
     assert out["total"]["cpu"]["total_h"] == pytest.approx(4.0)  # never added to GPU-hours
     assert out["money"] == pytest.approx({"per_gpu_hour": 1.6, "currency": "RMB", "useful": 3.2, "wasted": 3.2,
-                                          "pending": 0.0, "total": 6.4})
+                                          "pending": 0.0, "pruned": 0.0, "total": 6.4})
     assert sweep_cost(states)["money"] is None
     # the other two input shapes give the same totals
     as_tuples = [(k[0], k[1], v) for k, v in states.items()]
@@ -153,10 +154,31 @@ def test_two_seedless_cells_of_one_config_each_keep_their_cost(tmp_path):
         rd.ensure_spec({"config": "train", "seed": None, "hash": hash8})
         rd.update_state(lambda s, g=gpus: s.update({"phase": "done", "attempts": [att(1, 0, 1, "done", gpus=g)]}))
     out = store_cost(store)
-    assert out["total"]["gpu"] == pytest.approx({"useful_h": 3.0, "wasted_h": 0.0, "pending_h": 0.0, "total_h": 3.0})
+    assert out["total"]["gpu"] == pytest.approx({"useful_h": 3.0, "wasted_h": 0.0, "pending_h": 0.0, "pruned_h": 0.0,
+                                                   "total_h": 3.0})
     assert {k: c["useful_h"] for k, c in out["cells"].items()} == pytest.approx(
         {"train/aaaaaaaa": 1.0, "train/bbbbbbbb": 2.0})
     # given as plain items, the hash tells the cells apart too
     items = [{"config": "train", "seed": None, "hash": h, "state": {"phase": "done", "attempts": [att(1, 0, 1, "done")]}}
              for h in ("aaaaaaaa", "bbbbbbbb")]
     assert sorted(sweep_cost(items)["cells"]) == ["train/aaaaaaaa", "train/bbbbbbbb"]
+
+
+def test_a_pruned_cell_is_its_own_bucket_not_wasted_and_a_promoted_one_is_useful():
+    """A cell its study's pruner stopped: the chain that led to the pruned attempt is `pruned` (neither
+    useful nor wasted); work nobody resumed from is still wasted. Promoted and finished later, its
+    pruned attempt was resumed from: useful."""
+    pruned = {"phase": "pruned", "attempts": [
+        att(1, 0, 1, "failed", cause="error", start_step=0, end_step=10),  # nobody resumed from it (2 restarts)
+        att(2, 1, 2, "interrupted", cause="preempted", start_step=0, end_step=20),
+        att(3, 2, 3, "pruned", start_step=20, end_step=40, pruned_at=40, pruned_by={"study": "s", "trial": 1})]}
+    c = cell_cost(pruned)
+    assert (c["pruned_h"], c["wasted_h"], c["useful_h"], c["pending_h"]) == (pytest.approx(2.0), pytest.approx(1.0), 0.0, 0.0)
+    assert c["total_h"] == pytest.approx(3.0)
+    assert [a["class"] for a in c["attempts"]] == ["wasted", "pruned", "pruned"]
+    promoted = {"phase": "done", "attempts": [*pruned["attempts"][1:], att(4, 3, 4, "done", start_step=40)]}
+    assert [a["class"] for a in cell_cost(promoted)["attempts"]] == ["useful", "useful", "useful"]
+    # the supervisor wrote phase failed over it: the attempt's outcome still says pruned
+    assert cell_cost({**pruned, "phase": "failed"})["pruned_h"] == pytest.approx(2.0)
+    out = sweep_cost({("a", 0): pruned}, per_gpu_hour=2.0)
+    assert out["total"]["gpu"]["pruned_h"] == pytest.approx(2.0) and out["money"]["pruned"] == pytest.approx(4.0)

@@ -78,7 +78,7 @@ def test_a_store_from_before_app_identity_is_brought_forward_with_the_launching_
     done = migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app", say=said.append)
     assert done is not None and (done.from_format, done.to_format) == (1, FORMAT)
     assert len(done.migrated) == 4 and done.manifests == ["sweeps/20261201-000000-1.json"] and not done.pending
-    assert said == [f"[sds] {done.line()}"] and "store format 1 -> 2: 4 run dir(s) migrated" in said[0]
+    assert said == [f"[sds] {done.line()}"] and f"store format 1 -> {FORMAT}: 4 run dir(s) migrated" in said[0]
     store = Store(tmp_path)
     for lr in (0.01, 0.1):
         for seed in (0, 1):
@@ -106,7 +106,7 @@ def test_cells_of_another_app_wait_for_their_app_and_then_migrate(tmp_path):
     done = migrate(tmp_path, held=NO_SWEEP, app=OTHER_APP, app_label="other")
     assert done is not None and not done.migrated and done.pending == ["runs/app,lr=0.01/seed_0/" + config_hash(_app_rc(0.01, 0))]
     assert "left as they are until that app's sweep opens the store" in done.line()
-    assert read_format(tmp_path) == FORMAT and needs_migration(tmp_path), "format 2, one cell pending"
+    assert read_format(tmp_path) == FORMAT and needs_migration(tmp_path), f"format {FORMAT}, one cell pending"
     done = migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app")
     assert done is not None and len(done.migrated) == 1 and not done.pending and not needs_migration(tmp_path)
 
@@ -144,15 +144,21 @@ def test_a_hand_made_run_dir_whose_hash_is_not_ours_is_never_renamed(tmp_path):
     assert done is not None and not done.migrated and rd.path.exists() and read_format(tmp_path) == FORMAT
 
 
-@pytest.mark.parametrize("pending", [False, True], ids=["format-1", "pending-app-cells"])
-def test_a_sigkill_at_any_write_then_a_rerun_ends_as_an_uninterrupted_migration(tmp_path, pending):
-    """A format-1 store, or one whose app cells wait for their app (migrated by another app's sweep
-    first): killed before any write of the migration, then migrated again, it ends as uninterrupted."""
+@pytest.mark.parametrize("start", ["format-1", "pending-app-cells", "format-2", "format-2-pending"])
+def test_a_sigkill_at_any_write_then_a_rerun_ends_as_an_uninterrupted_migration(tmp_path, start):
+    """A format-1 store, one whose app cells wait for their app (migrated by another app's sweep
+    first), a format-2 store, and one of format 2 with app cells pending: killed before any write of
+    the migration, then migrated again, each ends as uninterrupted."""
+    pending = start.endswith("pending") or start == "pending-app-cells"
 
     def old_store(root: Path) -> None:
         legacy_store(root)
         if pending:
             assert migrate(root, held=NO_SWEEP, app=OTHER_APP, app_label="other").pending
+        if start.startswith("format-2"):
+            if not pending:
+                migrate(root, held=NO_SWEEP, app=APP, app_label="app")
+            as_format_2(root)
 
     reference = tmp_path / "reference"
     old_store(reference)
@@ -170,7 +176,8 @@ def test_a_sigkill_at_any_write_then_a_rerun_ends_as_an_uninterrupted_migration(
         kills += 1
         assert _migrate_in_child(store, kill_at=None) == 0
         assert _tree(store) == want, f"killed before write {k}, then re-run: not the uninterrupted store"
-    assert kills >= (8 if pending else 10), f"only {kills} kill points: the migration writes less than expected"
+    least = {"format-1": 10, "pending-app-cells": 8, "format-2": 1, "format-2-pending": 8}[start]
+    assert kills >= least, f"only {kills} kill points: the migration writes less than expected"
 
 
 def _migrate_in_child(store: Path, kill_at: int | None) -> int:
@@ -222,7 +229,7 @@ def test_doctor_reports_the_store_format(tmp_path):
 
     legacy_store(tmp_path / "old", lrs=(0.01,), seeds=(0,))
     old = check_store_format(tmp_path / "old")
-    assert old.status == "warn" and "store format 1, older than this version's 2" in old.detail
+    assert old.status == "warn" and f"store format 1, older than this version's {FORMAT}" in old.detail
     assert old.data["needs_migration"] and "safedreamer-sweep migrate" in old.fix
     migrate(tmp_path / "old", held=NO_SWEEP, app=APP, app_label="app")
     assert check_store_format(tmp_path / "old").status == "ok"
@@ -230,3 +237,46 @@ def test_doctor_reports_the_store_format(tmp_path):
     atomic_write_json(tmp_path / "newer" / "store.json", {"format": 99})
     newer = check_store_format(tmp_path / "newer")
     assert newer.status == "fail" and "format 99" in newer.detail
+
+
+def as_format_2(root: Path) -> None:
+    """The store as the format-2 code (492b99a .. 6e9e943) left it: its store.json says format 2 and
+    its history ends at 2 (spec.json `migrated[]` records `to_format` 2 either way)."""
+    doc = read_json(root / "store.json")
+    history = [{**h, "to": 2} for h in doc.get("history", []) if h.get("to") == FORMAT]
+    for h in history:
+        h.pop("steps", None)
+    atomic_write_json(root / "store.json", {**doc, "format": 2, "history": history})
+
+
+def test_a_format_2_store_is_brought_to_format_3_by_recording_it_and_says_so_once(tmp_path):
+    """Format 3 adds studies/ and the phase `pruned`: a format-2 store holds neither, so the step
+    rewrites nothing (no run dir, no manifest, no backup) and records the format; said once."""
+    legacy_store(tmp_path)
+    migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app")
+    as_format_2(tmp_path)
+    before = {k: v for k, v in _tree(tmp_path).items() if k != "store.json"}
+    assert read_format(tmp_path) == 2 and needs_migration(tmp_path)
+    said: list[str] = []
+    done = migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app", say=said.append)
+    assert done is not None and (done.from_format, done.to_format) == (2, 3) and not done.migrated
+    assert said == [f"[sds] {done.line()}"] and said[0].startswith("[sds] store format 2 -> 3: 0 run dir(s) migrated")
+    assert "studies/<name>/" in said[0] and "pruned" in said[0] and "nothing of it to rewrite" in said[0]
+    assert {k: v for k, v in _tree(tmp_path).items() if k != "store.json"} == before, "nothing but store.json written"
+    doc = read_json(tmp_path / "store.json")
+    assert doc["format"] == 3 and doc["history"][-1]["from"] == 2 and doc["history"][-1]["steps"] == ["2-3"]
+    assert [h["to"] for h in doc["history"]] == [2, 3], "the 1 -> 2 line of the format-2 code is kept"
+    assert not (tmp_path / "migrations" / "2-3").exists()
+    again: list[str] = []
+    assert migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app", say=again.append) is None and not again
+    assert not needs_migration(tmp_path)
+
+
+def test_a_format_1_store_goes_to_3_in_one_migration_whose_1_2_step_keeps_its_records(tmp_path):
+    legacy_store(tmp_path, lrs=(0.01,), seeds=(0,))
+    done = migrate(tmp_path, held=NO_SWEEP, app=APP, app_label="app")
+    assert done is not None and (done.from_format, done.to_format) == (1, 3) and len(done.migrated) == 1
+    spec = read_json(tmp_path / done.migrated[0] / "spec.json")
+    assert spec["migrated"][0]["to_format"] == 2, "the re-hash is the 1 -> 2 step's, whatever FORMAT is now"
+    assert (tmp_path / "migrations" / "1-2").is_dir() and not (tmp_path / "migrations" / "1-3").exists()
+    assert read_json(tmp_path / "store.json")["history"][-1]["steps"] == ["1-2", "2-3"]

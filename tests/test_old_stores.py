@@ -115,7 +115,7 @@ def test_an_old_store_reads_back_and_its_command_lines_plan_nothing_to_run(short
         p = run(command, "hydra.launcher.dry_run=true")
         out = p.stdout + p.stderr
         assert p.returncode == 1 and "differing keys:" in out and "differing keys: none" not in out, out[-3000:]
-        migrated_lines += [line for line in out.splitlines() if "store format 1 -> 2" in line]
+        migrated_lines += [line for line in out.splitlines() if f"store format {stored_format} -> {FORMAT}" in line]
     for command in same:
         extra = ["hydra.launcher.dry_run=true"]
         if _before_code_fingerprints(doc, command):
@@ -123,12 +123,12 @@ def test_an_old_store_reads_back_and_its_command_lines_plan_nothing_to_run(short
             p = run(command, *extra)
             out = p.stdout + p.stderr
             assert p.returncode == 1 and "recorded before code fingerprints" in out, out[-3000:]
-            migrated_lines += [line for line in out.splitlines() if "store format 1 -> 2" in line]
+            migrated_lines += [line for line in out.splitlines() if f"store format {stored_format} -> {FORMAT}" in line]
             extra.append("sweep.code_change=accept")
         p = run(command, *extra)
         out = p.stdout + p.stderr
         assert p.returncode == 0 and ", 0 to submit" in out, f"{command['argv']}\n{out[-3000:]}"
-        migrated_lines += [line for line in out.splitlines() if "store format 1 -> 2" in line]
+        migrated_lines += [line for line in out.splitlines() if f"store format {stored_format} -> {FORMAT}" in line]
     assert len(migrated_lines) == (stored_format < FORMAT), "the first sweep that opened an older store migrated " \
         "it, and said so once; a store of this format needs nothing"
     assert read_format(store) == FORMAT

@@ -61,7 +61,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         else:
             _console(args.width).print(status.cell_view(hist))
-        return 0 if hist["cell"]["phase"] == "done" else 1
+        return 0 if hist["cell"]["phase"] in ("done", "pruned") else 1  # pruned: stopped on purpose, as `finished`
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")

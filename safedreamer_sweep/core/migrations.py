@@ -17,6 +17,12 @@ when the cell's label is that app's job name (`app_label`), else the app of the 
 that ran it (its manifest's `app_command`, a script that still exists), else the cell is left as it is,
 listed in store.json `pending`, and migrated when its app's sweep opens the store. Work, attempts,
 causes, checkpoints and evaluations are never touched.
+
+Format 2 -> 3 (studies and pruned cells). Format 3 added `<store>/studies/<name>/` (an Optuna study's
+journal.log and study.json) and the cell phase / attempt outcome `pruned`. A store of format 2 holds
+neither, so the step rewrites nothing: it records the format (store.json, the one write), and a
+reader of format 2 (which knows no `pruned`) is then refused by name instead of misreading a pruned
+cell as one to run.
 """
 
 from __future__ import annotations
@@ -46,8 +52,11 @@ from safedreamer_sweep.core.store_format import (
     write_format_doc,
 )
 
-__all__ = ["Migration", "migrate", "needs_migration"]
+__all__ = ["IDENTITY_FORMAT", "NEW_IN", "Migration", "migrate", "needs_migration"]
 
+IDENTITY_FORMAT = 2  # the format whose step re-hashes identities (1 -> 2); spec.json `migrated[].to_format`
+# What each format adds that needs no rewrite of an older store (its step only records the format).
+NEW_IN = {3: "studies/<name>/ (Optuna journals) and the cell phase `pruned`"}
 _LOCK_WAIT_S = 600.0  # another process migrating this store: wait for it (a large store takes a while)
 # Tests kill a migration before its N-th write (SDS_MIGRATE_KILL_AT=N: SIGKILL, as a power cut would).
 _WRITES = {"n": 0}
@@ -81,6 +90,9 @@ class Migration:
             text += f", {len(self.manifests)} sweep manifest(s) updated"
         if self.migrated or self.manifests:
             text += f" (originals in {self.root / 'migrations'})"
+        for f in range(self.from_format + 1, self.to_format + 1):
+            if f in NEW_IN:
+                text += f"; format {f} adds {NEW_IN[f]}, nothing of it to rewrite"
         if self.pending:
             text += (f"; {len(self.pending)} app cell(s) of another app left as they are until that app's "
                      f"sweep opens the store: {', '.join(self.pending[:3])}{' ...' if len(self.pending) > 3 else ''}")
@@ -115,12 +127,15 @@ def migrate(root: str | os.PathLike, *, held: Callable[[RunDir], str | None], ap
         fmt = check_readable(root) or FORMAT  # another process may have migrated it meanwhile
         done = Migration(root, fmt, FORMAT)
         pending = set((read_format_doc(root) or {}).get("pending", []))
-        if fmt < FORMAT or pending:
+        # 1 -> 2 over every run dir of a format-1 store; later, only over the app cells it left pending
+        if fmt < IDENTITY_FORMAT or pending:
             _rehash_identities(Store(root), done, held=held, app=app, app_label=app_label,
-                               only=pending if fmt == FORMAT else None)
+                               only=pending if fmt >= IDENTITY_FORMAT else None)
+        # 2 -> 3: nothing to rewrite (a format-2 store has no studies/ and no pruned cell): recorded below
         # one line per migration, and one per later run that brought pending app cells forward
         history = [{"from": fmt if fmt < FORMAT else LEGACY_FORMAT, "to": FORMAT, "at": time.time(),
                     "by": _code_version(), "run_dirs": done.total,
+                    "steps": [f"{f}-{f + 1}" for f in range(fmt, FORMAT)] if fmt < FORMAT else [],
                     **({} if fmt < FORMAT else {"pending_app_cells": True})}] if fmt < FORMAT or done.total else []
         _before_write()
         write_format_doc(root, history=history, pending=done.pending)
@@ -135,14 +150,14 @@ def migrate(root: str | os.PathLike, *, held: Callable[[RunDir], str | None], ap
 def _rehash_identities(store: Store, done: Migration, *, held: Callable[[RunDir], str | None], app: str | None,
                        app_label: str | None, only: set[str] | None) -> None:
     """Every run directory (or those in `only`) under today's identity hash; manifests follow."""
-    backup = store.root / "migrations" / f"{LEGACY_FORMAT}-{FORMAT}"
+    backup = store.root / "migrations" / f"{LEGACY_FORMAT}-{IDENTITY_FORMAT}"
     manifest_apps = _manifest_apps(store)
     renamed: dict[str, str] = {}  # old hash -> new, of this run and of a run killed before it
     for rd_path in _run_dirs(store, only):
         spec = read_json(rd_path / "spec.json")
         if not spec or spec.get("hash") is None:
             continue
-        earlier = [m for m in spec.get("migrated", []) if m.get("to_format") == FORMAT]
+        earlier = [m for m in spec.get("migrated", []) if m.get("to_format") == IDENTITY_FORMAT]
         done.total += bool(earlier)
         renamed.update({str(m["hash"]): str(spec["hash"]) for m in earlier if m.get("hash") != spec["hash"]})
         cell_app = spec.get("app") or _app_of(spec, app=app, app_label=app_label, manifest_apps=manifest_apps)
@@ -174,7 +189,8 @@ def _rehash_identities(store: Store, done: Migration, *, held: Callable[[RunDir]
             os.replace(rd_path, target)
         new_spec = {**spec, "hash": new_hash, "run_config": rc,
                     "migrated": [*spec.get("migrated", []),
-                                 {"from_format": LEGACY_FORMAT, "to_format": FORMAT, "hash": old_hash, "at": time.time()}]}
+                                 {"from_format": LEGACY_FORMAT, "to_format": IDENTITY_FORMAT, "hash": old_hash,
+                                  "at": time.time()}]}
         if is_app:
             new_spec["app"] = cell_app
         _before_write()

@@ -290,12 +290,18 @@ class RunDir:
         return number
 
     def end_attempt(self, outcome: str, **fields: Any) -> None:
-        """Close the newest attempt: outcome is `done`, `failed` or `interrupted`."""
+        """Close the newest attempt: outcome is `done`, `failed` or `interrupted` (or `pruned`). An attempt
+        its study's pruner already closed as `pruned` stays pruned: the cell's own account of the kill
+        (interrupted, failed) is kept beside it as `cell_outcome`."""
 
         def change(s: dict) -> None:
             attempts = s.setdefault("attempts", [])
             if not attempts:
                 attempts.append({"n": 1, "host": host(), "pid": os.getpid()})
+            if attempts[-1].get("outcome") == "pruned" and outcome not in ("pruned", "done"):
+                attempts[-1].update(cell_outcome=outcome, cell_cause=fields.get("cause"),
+                                    cell_evidence=fields.get("evidence"))
+                return
             attempts[-1].update({"outcome": outcome, "ended_at": now(), **fields})
 
         self.update_state(change)

@@ -1,7 +1,8 @@
 """The store's format: one integer in `<store>/store.json`, bumped by every change to an on-disk
 document, so that a store outlives the version that wrote it.
 
-    {"format": 2, "history": [{"from": 1, "to": 2, "at": ..., "by": "<code version>", "run_dirs": 4}],
+    {"format": 3, "history": [{"from": 1, "to": 3, "at": ..., "by": "<code version>", "run_dirs": 4,
+                               "steps": ["1-2", "2-3"]}],
      "pending": ["runs/app,lr=0.01/seed_0/15f33050", ...]}
 
 A store without store.json but with run directories or sweep manifests was written before the format
@@ -22,7 +23,7 @@ from safedreamer_sweep.core.files import StoreError, atomic_write_json, read_jso
 __all__ = ["FORMAT", "FORMAT_FILE", "LEGACY_FORMAT", "StoreFormatError", "check_readable", "read_format",
            "read_format_doc", "record_if_new", "write_format_doc"]
 
-FORMAT = 2          # what this version writes and reads; every change to an on-disk document bumps it
+FORMAT = 3          # what this version writes and reads; every change to an on-disk document bumps it
 LEGACY_FORMAT = 1   # a store written before store.json existed
 FORMAT_FILE = "store.json"
 

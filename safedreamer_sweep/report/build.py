@@ -64,14 +64,14 @@ def _cost_summary(frames: Frames, settings: ReportSettings) -> dict:
     for config, by_dev in sorted(sc["configs"].items()):
         for dev, h in sorted(by_dev.items()):
             rows.append({"config": config, "device": dev, **{k: round(float(h.get(k, 0.0)), 3) for k in
-                                                              ("useful_h", "wasted_h", "pending_h", "total_h")}})
+                                                              ("useful_h", "wasted_h", "pending_h", "pruned_h", "total_h")}})
     total = sc["total"]
     main_dev = "gpu" if "gpu" in total else ("cpu" if "cpu" in total else "gpu")
     t = total.get(main_dev, {})
     money = sc.get("money")
     return {"available": True, "device": main_dev, "device_hours": float(t.get("total_h", 0.0)),
             "useful_h": float(t.get("useful_h", 0.0)), "wasted_h": float(t.get("wasted_h", 0.0)),
-            "pending_h": float(t.get("pending_h", 0.0)),
+            "pending_h": float(t.get("pending_h", 0.0)), "pruned_h": float(t.get("pruned_h", 0.0)),
             "by_device": {d: {k: float(v) for k, v in h.items()} for d, h in total.items()},
             "money": float(money["total"]) if money else None, "per_gpu_hour": settings.per_gpu_hour,
             "currency": settings.currency, "per_config": rows, "queue": cost_mod.queue_wait(states)}
@@ -187,7 +187,7 @@ def render_artifacts(r: Report, with_figures: bool = True) -> dict[str, bytes]:
         "train_status.tsv": train_tsv.to_csv(sep="\t", index=False).encode(),
         "eval_status.tsv": r.frames.eval_status.to_csv(sep="\t", index=False).encode(),
         "coverage.md": ("# Coverage (train / ID eval / OOD eval)\n\n✓ done, … running, – missing or pending, "
-                        "✗ failed\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
+                        "✗ failed, ✂ pruned by a study (not failed)\n\n" + text.to_markdown(tables.coverage_matrix(cov))).encode(),
         "main.csv": r.main.to_csv(index=False).encode(),
         "main.md": ("# Main results per config\n\n" + text.tables_markdown(_main_text_tables(r))).encode(),
         "main.tex": text.tables_latex(_main_text_tables(r), "tab:main").encode(),
@@ -337,6 +337,12 @@ def cell_kinds(store_root: str | Path) -> set[str]:
     return {(rd.read_spec() or {}).get("done_when", "eval") for rd in Store(store_root).iter_runs()}
 
 
+def _pruned_note(df: Any) -> str:
+    """`, 3 pruned (stopped by a study's pruner, not failed)` when an app's cells were pruned."""
+    n = int((df["phase"] == "pruned").sum()) if "phase" in df else 0
+    return f", {n} pruned (stopped by a study's pruner, not failed)" if n else ""
+
+
 def build_app_report(store_root: str | Path, out: str | Path | None = None, page: bool = True) -> Path | None:
     """The report of an app's sweep (cells whose task function's return value is its result):
     results.csv, results.md, results.png and, with `page`, report.html (the table and a figure of
@@ -360,8 +366,8 @@ def build_app_report(store_root: str | Path, out: str | Path | None = None, page
     # The studies are shown once: here when this page is the report, else by build_report's page.
     studies = read_studies(store.root) if page else []
     files = {"results.csv": df.to_csv(index=False).encode(),
-             "results.md": (f"# Results: {done}/{len(df)} cells done\n\n" + df.to_markdown(index=False) + "\n"
-                            + _study_markdown(studies)).encode(),
+             "results.md": (f"# Results: {done}/{len(df)} cells done{_pruned_note(df)}\n\n" + df.to_markdown(index=False)
+                            + "\n" + _study_markdown(studies)).encode(),
              }
     if page:
         study_pngs = study_figures(studies)

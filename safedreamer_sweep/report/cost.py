@@ -10,6 +10,11 @@ walking back, the attempts whose checkpoints it resumed from. Everything else is
 nobody resumed from, attempts that ran at the same time as the chain (duplicates), attempts after
 the cell was already done, and work redone because an attempt restarted from scratch or from an
 older checkpoint. Work on a cell that has not finished yet is `pending`: its fate is still open.
+Work on a cell its study's pruner stopped (phase `pruned`) is `pruned`, a bucket of its own: the
+chain of attempts that led to the pruned attempt (walked back as for a finished cell) bought the
+evidence the pruner acted on, so it is neither useful nor wasted; what is left over (failed work
+nobody resumed from) is wasted. A pruned cell promoted later and finished makes its pruned attempt
+part of the useful chain. "What pruning saved" compares the pruned hours with the finished ones.
 
 When attempts carry `start_step` (the env step they resumed from, 0 = from scratch) and `end_step`
 (the last env step they reached), the split is exact down to the redone steps; without them every
@@ -83,10 +88,19 @@ def _finished(state: Mapping[str, Any]) -> bool:
     return state.get("phase") == "done"
 
 
-def _useful_fractions(attempts: list[Mapping[str, Any]], now: float) -> dict[int, float]:
-    """Index -> fraction of that attempt's hours that the finished cell used (missing index = 0)."""
-    # The first attempt that finished the cell; any later one (even ending `done`) was redundant.
-    final = min((i for i, a in enumerate(attempts) if a.get("outcome") == "done"), default=None)
+def _pruned(state: Mapping[str, Any]) -> bool:
+    """Stopped by its study's pruner: phase `pruned`, or its newest attempt closed as pruned."""
+    attempts = state.get("attempts") or []
+    return state.get("phase") == "pruned" or bool(attempts and attempts[-1].get("outcome") == "pruned")
+
+
+def _useful_fractions(attempts: list[Mapping[str, Any]], now: float, outcome: str = "done") -> dict[int, float]:
+    """Index -> fraction of that attempt's hours that the finished cell used (missing index = 0); with
+    outcome `pruned`, that the pruned attempt's chain used."""
+    # The first attempt that finished the cell; any later one (even ending `done`) was redundant. A
+    # pruned cell: its newest pruned attempt (a cell pruned, resumed and pruned again ends there).
+    ends = [i for i, a in enumerate(attempts) if a.get("outcome") == outcome]
+    final = (min(ends) if outcome == "done" else max(ends)) if ends else None
     if final is None:
         return {}
     useful = {final: 1.0}
@@ -116,8 +130,18 @@ def _useful_fractions(attempts: list[Mapping[str, Any]], now: float) -> dict[int
     return useful
 
 
+_BUCKETS = ("useful_h", "wasted_h", "pending_h", "pruned_h")
+
+
 def _empty() -> dict[str, float]:
-    return {"useful_h": 0.0, "wasted_h": 0.0, "pending_h": 0.0}
+    return dict.fromkeys(_BUCKETS, 0.0)
+
+
+def _split(bucket: dict[str, float], hours: float, frac: float, kept: str) -> str:
+    """Book `hours` as `kept` (useful or pruned) for `frac` of them and wasted for the rest; the class."""
+    bucket[f"{kept}_h"] += hours * frac
+    bucket["wasted_h"] += hours * (1.0 - frac)
+    return kept if frac >= 1.0 else "wasted" if frac <= 0.0 else f"{kept} {frac:.0%}"
 
 
 def cell_cost(state: Mapping[str, Any], now: float | None = None,
@@ -125,25 +149,25 @@ def cell_cost(state: Mapping[str, Any], now: float | None = None,
     """Device-hours of one cell from its state.json (and progress.json: an attempt still open is
     billed until its last heartbeat, since a dead process holds nothing).
 
-    Returns {'useful_h', 'wasted_h', 'pending_h', 'total_h', 'device', 'by_device': {dev: {...}},
-    'attempts': [{'n', 'device', 'hours', 'class'}]} where the top-level hours are in the cell's
+    Returns {'useful_h', 'wasted_h', 'pending_h', 'pruned_h', 'total_h', 'device', 'by_device': {dev:
+    {...}}, 'attempts': [{'n', 'device', 'hours', 'class'}]} where the top-level hours are in the cell's
     main device (GPU if any attempt held a GPU) and `by_device` keeps GPU- and CPU-hours apart.
     """
     now = time.time() if now is None else now
     state = _with_last_seen(state, progress)
     attempts = list(state.get("attempts") or [])
     finished = _finished(state)
-    fractions = _useful_fractions(attempts, now) if finished else {}
+    pruned = not finished and _pruned(state)
+    fractions = _useful_fractions(attempts, now, "done" if finished else "pruned") if finished or pruned else {}
     by_device: dict[str, dict[str, float]] = {}
     rows = []
     for i, a in enumerate(attempts):
         h = attempt_hours(a, now)
         bucket = by_device.setdefault(h["device"], _empty())
         if finished:
-            f = fractions.get(i, 0.0)
-            bucket["useful_h"] += h["hours"] * f
-            bucket["wasted_h"] += h["hours"] * (1.0 - f)
-            cls = "useful" if f >= 1.0 else "wasted" if f <= 0.0 else f"useful {f:.0%}"
+            cls = _split(bucket, h["hours"], fractions.get(i, 0.0), "useful")
+        elif pruned and not h["open"]:
+            cls = _split(bucket, h["hours"], fractions.get(i, 0.0), "pruned")
         elif state.get("phase") == "failed" and not h["open"]:
             bucket["wasted_h"] += h["hours"]  # a terminally failed cell bought nothing (yet)
             cls = "wasted"
@@ -155,16 +179,15 @@ def cell_cost(state: Mapping[str, Any], now: float | None = None,
     device = "gpu" if "gpu" in by_device else "cpu"
     main = by_device.get(device, _empty())
     for b in by_device.values():
-        b["total_h"] = b["useful_h"] + b["wasted_h"] + b["pending_h"]
-    return {"device": device, "useful_h": main["useful_h"], "wasted_h": main["wasted_h"],
-            "pending_h": main["pending_h"], "total_h": main["useful_h"] + main["wasted_h"] + main["pending_h"],
+        b["total_h"] = sum(b[k] for k in _BUCKETS)
+    return {"device": device, **{k: main[k] for k in _BUCKETS}, "total_h": sum(main[k] for k in _BUCKETS),
             "by_device": by_device, "attempts": rows}
 
 
 def _add(into: dict[str, dict[str, float]], by_device: Mapping[str, Mapping[str, float]]) -> None:
     for dev, b in by_device.items():
         tgt = into.setdefault(dev, {**_empty(), "total_h": 0.0})
-        for k in ("useful_h", "wasted_h", "pending_h", "total_h"):
+        for k in (*_BUCKETS, "total_h"):
             tgt[k] += float(b.get(k, 0.0))
 
 
@@ -206,8 +229,8 @@ def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None =
     cell is told apart from another of its config by its hash.
 
     Returns {'cells': {cell_key: cell_cost}, 'configs': {config: {dev: hours}},
-    'total': {dev: {'useful_h', 'wasted_h', 'pending_h', 'total_h'}}, 'money': None or
-    {'per_gpu_hour', 'currency', 'useful', 'wasted', 'pending', 'total'}}. Money prices GPU-hours
+    'total': {dev: {'useful_h', 'wasted_h', 'pending_h', 'pruned_h', 'total_h'}}, 'money': None or
+    {'per_gpu_hour', 'currency', 'useful', 'wasted', 'pending', 'pruned', 'total'}}. Money prices GPU-hours
     only: CPU-core-hours are reported, never priced.
     """
     now = time.time() if now is None else now
@@ -223,7 +246,7 @@ def sweep_cost(states, per_gpu_hour: float | None = None, currency: str | None =
     if per_gpu_hour is not None:
         gpu = total.get("gpu", {})
         money = {"per_gpu_hour": float(per_gpu_hour), "currency": currency,
-                 **{k: float(per_gpu_hour) * gpu.get(f"{k}_h", 0.0) for k in ("useful", "wasted", "pending", "total")}}
+                 **{k: float(per_gpu_hour) * gpu.get(f"{k}_h", 0.0) for k in ("useful", "wasted", "pending", "pruned", "total")}}
     return {"cells": cells, "configs": configs, "total": total, "money": money}
 
 

@@ -233,7 +233,8 @@ def _cell_doc(tc: TrialCell, sweep: Sweep) -> dict[str, Any]:
 def _pruned_by(tc: TrialCell, study: str, number: int) -> bool:
     if not tc.cell.run_dir.state_path.exists():
         return False
-    note = (tc.cell.run_dir.read_state().get("pruned") or {}).get("pruned_by") or {}
+    attempts = tc.cell.run_dir.read_state().get("attempts") or []
+    note = (attempts[-1].get("pruned_by") if attempts and attempts[-1].get("outcome") == "pruned" else None) or {}
     return note.get("study") == study and note.get("trial") == number
 
 

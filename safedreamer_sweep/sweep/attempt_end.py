@@ -13,8 +13,10 @@ from typing import Any
 from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.sweep.backends import Backend, Tracked
 from safedreamer_sweep.sweep.exit_records import read_exit_record
+from safedreamer_sweep.sweep.failures import PRUNED
+from safedreamer_sweep.sweep.observe import pruned_by_of, pruned_text
 
-__all__ = ["close_attempt", "close_unstarted", "ended_evidence", "note_stall"]
+__all__ = ["close_attempt", "close_pruned", "close_unstarted", "ended_evidence", "note_stall"]
 
 _INTERRUPTED = ("timeout", "preempted", "stalled")  # causes whose attempt was interrupted, not failed
 
@@ -46,6 +48,8 @@ def ended_evidence(backend: Backend, submitit_root: Path, t: Tracked, sub: Any, 
     if steps:
         stderr += f"\n[sacct steps] {steps}"
     ev["stderr_tail"] = stderr
+    if last.get("outcome") == PRUNED:  # its pruner's kill: not a failure (classify_failure answers pruned)
+        ev["pruned"] = pruned_text(pruned_by_of(last.get("pruned_by")), last.get("pruned_at"))
     if last.get("outcome") in ("failed", "interrupted"):
         ev.update(cell_cause=last.get("cause"), cell_evidence=last.get("evidence"),
                   traceback_tail=last.get("traceback_tail"))
@@ -74,6 +78,9 @@ def close_attempt(rd: RunDir, last: dict[str, Any], cause: str, evidence: str, n
         if target is None:
             a.append({"n": len(a) + 1})
             target = a[-1]
+        if cause == PRUNED or target.get("outcome") == PRUNED:  # its pruner stopped it: outcome pruned, no cause
+            target["classified_by"] = "supervisor"
+            return
         if target.get("outcome") in (None, "running", "submitted"):
             target.update(outcome="interrupted" if cause in _INTERRUPTED else "failed", ended_at=time.time())
         if target.get("cause") != cause:
@@ -83,6 +90,29 @@ def close_attempt(rd: RunDir, last: dict[str, Any], cause: str, evidence: str, n
         target["classified_by"] = "supervisor"
         if node and not target.get("node"):
             target["node"] = node
+
+    return rd.update_state(change)
+
+
+def close_pruned(rd: RunDir, *, study: str, trial: int, env_step: int | None, **fields: Any) -> dict:
+    """Close the newest attempt of a cell its study's pruner stopped, in one write: outcome `pruned`,
+    cause null, `pruned_at` (env step) and `pruned_by` ({"study", "trial"}), and the cell's phase
+    `pruned` (its checkpoints are kept). The cell may have closed it first on the kill's signal
+    (interrupted, failed): its account is kept as `cell_outcome` / `cell_cause`. A cell that finished
+    (`done`) before the kill is left done. Returns the new state."""
+
+    def change(s: dict) -> None:
+        a = s.setdefault("attempts", [])
+        if a and (a[-1].get("outcome") == "done" or s.get("phase") == "done"):
+            return  # it finished first: nothing to prune
+        if not a:
+            a.append({"n": 1})
+        last = a[-1]
+        if last.get("outcome") not in (None, "running", "submitted", PRUNED):
+            last.update(cell_outcome=last.get("outcome"), cell_cause=last.get("cause"), cell_evidence=last.get("evidence"))
+        last.update(outcome=PRUNED, cause=None, evidence=None, ended_at=last.get("ended_at") or time.time(),
+                    pruned_at=env_step, pruned_by={"study": study, "trial": int(trial)}, **fields)
+        s["phase"] = PRUNED
 
     return rd.update_state(change)
 
@@ -104,22 +134,6 @@ def close_unstarted(rd: RunDir, cause: str, evidence: str | None) -> None:
 
 
 def mark_pruned(rd: RunDir, note: dict[str, Any]) -> dict:
-    """A study's pruner stopped the cell: its newest attempt (if it started one) ends with outcome
-    `pruned` and no cause, the phase is `pruned`, the checkpoints stay. Returns the new state."""
-
-    def change(s: dict) -> None:
-        a = s.get("attempts") or []
-        if a and a[-1].get("outcome") in (None, "running", "submitted", "interrupted", "failed") \
-                and not a[-1].get("pruned_at"):
-            last = a[-1]
-            if last.get("outcome") not in (None, "running", "submitted"):
-                last["cell_outcome"] = last.get("outcome")  # what the killed process itself wrote
-            last.update(outcome="pruned", ended_at=last.get("ended_at") or time.time(), classified_by="supervisor")
-            for k in ("cause", "evidence"):
-                if k in last:
-                    last[f"cell_{k}"] = last.pop(k)
-            last.update({k: v for k, v in note.items() if k in ("pruned_at", "pruned_by")})
-        s["phase"] = "pruned"
-        s["pruned"] = {k: v for k, v in note.items() if k in ("pruned_at", "pruned_by")}
-
-    return rd.update_state(change)
+    """close_pruned from the supervisor's note ({"pruned_at", "pruned_by": {"study", "trial"}})."""
+    by = note.get("pruned_by") or {}
+    return close_pruned(rd, study=str(by.get("study")), trial=int(by.get("trial", -1)), env_step=note.get("pruned_at"))

@@ -132,7 +132,7 @@ def packed_step_ended(rd: RunDir, job_id: str) -> str | None:
             if str(a.get("job_id")) == str(job_id)]
     last = mine[-1] if mine else {}
     packed = attempt_pack_slot(last)
-    if packed is None or last.get("outcome") not in ("done", "failed", "interrupted"):
+    if packed is None or last.get("outcome") not in ("done", "failed", "interrupted", "pruned"):
         return None
     return f"this cell's step in it (slot {packed}) ended: attempt {last.get('n')} {last.get('outcome')}" + (
         f" ({last['cause']})" if last.get("cause") else "")

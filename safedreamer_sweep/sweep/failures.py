@@ -17,6 +17,10 @@ ended, never from words that merely appear in a log:
     lost       the process is gone with no end marker (a SIGKILL with no memory evidence is
                named as signal 9 in the evidence)
 
+Not a failure: an attempt its study's pruner stopped (closed with outcome `pruned`, sweep/attempt_end.py
+puts `pruned` in the evidence) is classified `pruned` before any rule runs, whatever signal killed
+it, and `RetryPolicy.decide` answers `pruned` (neither retry nor stop): the cell keeps phase `pruned`.
+
 `RetryPolicy.decide` turns a cause into an action (docs/architecture.md, "Failure causes"):
 oom -> more memory, node_fault -> exclude the node, stalled/lost/timeout/preempted -> resume from
 the checkpoint, crash -> resume once, error and cancelled -> stop.
@@ -36,6 +40,7 @@ _RESUMABLE = {"oom", "timeout", "preempted", "node_fault", "stalled", "lost", "c
 # Causes a new launch of the sweep resumes (the user asking again is the retry): a cancel is not
 # retried by the supervisor that saw it, but running the sweep again means "go on".
 RELAUNCHABLE = _RESUMABLE | {"cancelled"}
+PRUNED = "pruned"  # not a cause of failure: the attempt its study's pruner stopped (never counted, never retried)
 _CRASH_RETRIES = 1  # a fatal signal is retried once: twice in a row is the code, not bad luck
 
 # Scheduler lines that record a kill for memory (written by slurmstepd, not by the application).
@@ -115,11 +120,14 @@ def classify_failure(evidence: dict[str, Any]) -> tuple[str, str]:
     signal, oom_kill_before/after, cgroup), `node`, `pid`, `stderr_tail`, `oom_evidence` (the local
     RSS guard's kill), `cell_cause`, `cell_evidence`, `traceback_tail` (what the cell recorded when it
     closed its attempt), `stalled` (bool), `progress_age_s`, `stall_after`, `env_step`, `alive_what`,
-    `cancelled_by` (who interrupted the launcher, e.g. Ctrl-C).
+    `cancelled_by` (who interrupted the launcher, e.g. Ctrl-C), `pruned` (the pruner's record of an
+    attempt closed as pruned: then the answer is `pruned`, not a failure).
 
     The rules are tried in order, the first that holds names the cause: memory, then the scheduler's
     own states and the supervisor's stall, then a person, then a signal or the cell's exception.
     """
+    if evidence.get("pruned"):  # stopped on purpose by its study's pruner (the kill's signal is ours)
+        return PRUNED, str(evidence["pruned"])
     facts = _Facts.read(evidence)
     for rule in (_by_memory, _by_scheduler, _by_person, _by_signal_or_exception):
         found = rule(facts)
@@ -258,13 +266,17 @@ class RetryPolicy:
     retry_errors: bool = False
 
     def counted_attempts(self, attempts: list[dict]) -> int:
-        return sum(1 for a in attempts if a.get("cause") != "preempted" and a.get("outcome") != "submitted")
+        """Attempts that use up max_attempts: not a preemption, a queued one, nor one its pruner stopped."""
+        return sum(1 for a in attempts if a.get("cause") != "preempted" and a.get("outcome") not in ("submitted", PRUNED))
 
     def decide(self, cause: str, attempts: list[dict], *, mem_gb: float | None = None,
                node: str | None = None, exclude: list[str] | None = None) -> Action:
         """What to do after an attempt ended with `cause` (`attempts`: state.json's list, the ended
         attempt included)."""
         used = self.counted_attempts(attempts)
+        if cause == PRUNED:
+            return Action(PRUNED, "stopped by its study's pruner: not a failure, not retried (planned again, it "
+                                  "resumes from its checkpoint)")
         if cause == "error" and not self.retry_errors:
             return Action("stop", "an exception is not retried (set hydra.launcher.retry_errors=true to retry)")
         if cause == "cancelled":
@@ -288,7 +300,7 @@ class RetryPolicy:
 
 @dataclass
 class Action:
-    kind: str  # "retry" | "stop"
+    kind: str  # "retry" | "stop" | "pruned" (not a failure: the cell stays pruned)
     reason: str
     mem_gb: float | None = None
     exclude: list[str] = field(default_factory=list)

@@ -4,7 +4,9 @@
 plus process liveness (psutil, same host only) and an optional scheduler job-state callback into a
 `CellView`. Truth comes from files the cell writes and from the scheduler, never from a log line's
 timestamp: "stalled" means env_step did not move for `stall_after` seconds while the process or job
-is alive; "lost" means the process or job is gone and the attempt has no end marker.
+is alive; "lost" means the process or job is gone and the attempt has no end marker; "pruned" means
+its study's pruner stopped it (newest attempt closed with outcome `pruned`, or state.json phase
+`pruned` and its process gone): stopped on purpose with its checkpoint kept, never failed nor stalled.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from safedreamer_sweep.core.files import StoreError, read_json
 from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir, host
 from safedreamer_sweep.core.store import Store
 
-_PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
+PHASES = ("pending", "running", "stalled", "done", "failed", "lost", "pruned")
 # Scheduler states of a job that still holds (or will hold) resources.
 SLURM_ALIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                "REQUEUE_HOLD", "REQUEUE_FED", "STAGE_OUT", "SIGNALING", "PREEMPTED_REQUEUE"}
@@ -30,7 +32,7 @@ JobState = Callable[[str], "str | None"]
 
 @dataclass
 class CellView:
-    """One cell as `status` shows it. `phase` is one of _PHASES; every other field is evidence."""
+    """One cell as `status` shows it. `phase` is one of PHASES; every other field is evidence."""
 
     config: str
     seed: int | None  # None: an app without a top-level seed
@@ -59,6 +61,8 @@ class CellView:
     done_when: str | None = None  # "eval" (this package's tasks: ID/OOD results), "return" (any app); None: unknown
     queue_reason: str | None = None  # a queued job's reason from the scheduler (Resources, QOSMaxGRESPerUser, ...)
     queued_since: float | None = None  # when the queued attempt was submitted (epoch seconds)
+    pruned_at: int | None = None  # a pruned cell: the env step its study's pruner stopped it at
+    pruned_by: dict | None = None  # a pruned cell: {"study": name, "trial": number} (pruned_by_of)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +119,54 @@ def _last_cause(state: dict) -> tuple[str | None, str | None]:
         if a.get("cause"):
             return a.get("cause"), a.get("evidence")
     return None, None
+
+
+def pruned_by_of(record: Any) -> dict | None:
+    """An attempt's `pruned_by` as {"study", "trial"}: written as that dict, a [study, trial] pair or
+    a study name; None when absent."""
+    if record is None:
+        return None
+    if isinstance(record, dict):
+        study, trial = record.get("study", record.get("name")), record.get("trial", record.get("number"))
+    elif isinstance(record, (list, tuple)):
+        study, trial = [*record, None, None][:2]
+    else:
+        study, trial = record, None
+    try:
+        trial = None if trial is None else int(trial)
+    except (TypeError, ValueError):
+        pass
+    return {"study": None if study is None else str(study), "trial": trial}
+
+
+def pruned_text(pruned_by: dict | None, pruned_at: Any) -> str:
+    """`pruned by study lr-search trial 4 at env step 4096` (the parts that are known)."""
+    by = pruned_by or {}
+    text = "pruned"
+    if by.get("study") is not None:
+        text += f" by study {by['study']}"
+    if by.get("trial") is not None:
+        text += f" trial {by['trial']}"
+    if pruned_at is not None:
+        text += f" at env step {pruned_at}"
+    return text
+
+
+def _pruned_attempt(state: dict) -> dict:
+    """The newest attempt closed as pruned (the pruner's record), {} when none is."""
+    return next((a for a in reversed(state.get("attempts") or []) if a.get("outcome") == "pruned"), {})
+
+
+def _as_pruned(v: CellView, state: dict, why: str | None = None) -> CellView:
+    """The view of a cell its study's pruner stopped: not failed, so no cause; the detail says who and when."""
+    a = _pruned_attempt(state)
+    v.phase, v.cause, v.evidence = "pruned", None, None
+    v.pruned_by = pruned_by_of(a.get("pruned_by", state.get("pruned_by")))
+    at = a.get("pruned_at", state.get("pruned_at"))
+    v.pruned_at = None if at is None else int(at)
+    v.detail = (pruned_text(v.pruned_by, v.pruned_at) + "; stopped early on purpose, checkpoint kept (planned "
+                "again, it resumes from it)" + (f"; {why}" if why else ""))
+    return v
 
 
 def observe_run(rd: RunDir, *, stall_after: float, now: float | None = None,
@@ -212,6 +264,8 @@ def _phase(v: CellView, state: dict, last: dict, progress: dict, *, job_state: J
             alive = hb_age is not None and hb_age <= stall_after
             v.detail = (f"liveness from heartbeat only (host {v.host}, updated {hb_age:.0f}s ago)"
                         if hb_age is not None else f"no heartbeat and no way to check host {v.host}")
+        if not alive and state.get("phase") == "pruned":  # its pruner killed it; the attempt is not closed yet
+            return _as_pruned(v, state, why=f"attempt {last.get('n')} not closed yet")
         if not alive:
             v.phase = "lost"
             if not v.detail:
@@ -223,6 +277,8 @@ def _phase(v: CellView, state: dict, last: dict, progress: dict, *, job_state: J
             v.phase = "running"
         return v
 
+    if outcome == "pruned" or state.get("phase") == "pruned":
+        return _as_pruned(v, state)
     if state.get("phase") == "failed" or outcome == "failed":
         v.phase = "failed"
         return v

@@ -1,5 +1,6 @@
 """Live progress of a foreground sweep (`hydra.launcher.progress=rich|plain|none`): cells done /
-running / queued / failed, aggregate env steps per second, ETA and the newest failure cause.
+running / queued / failed (and pruned by a study's pruner: counted apart, never as failed), aggregate
+env steps per second, ETA and the newest failure cause.
 
 `rich` draws a live view that refreshes in place when stdout is a terminal and falls back to
 `plain` otherwise (CI logs, Slurm output files): one line when the counts change, at most one every
@@ -32,6 +33,7 @@ class Snapshot:
     failure: str | None  # "<cell>: <cause>: <evidence>" of the newest failed attempt
     rows: list[tuple[str, str, int | None, int | None, float | None]]  # running cells: label, phase, step, total, rate
     queue_reasons: dict[str, int] = field(default_factory=dict)  # the scheduler's reasons of queued jobs
+    pruned: int = 0  # stopped by their study's pruner: not done, not failed
 
     @property
     def queued_text(self) -> str:
@@ -40,13 +42,13 @@ class Snapshot:
         return f"{self.queued} queued" + (f" ({why})" if why else "")
 
     @property
-    def counts(self) -> tuple[int, int, int, int]:
-        return self.done, self.running, self.queued, self.failed
+    def counts(self) -> tuple[int, ...]:
+        return self.done, self.running, self.queued, self.failed, self.pruned
 
     def line(self) -> str:
         rate = f"{self.steps_per_s:,.0f} env steps/s" if self.running else "no cell running"
         return (f"[sds] progress: {self.done}/{self.total} done, {self.running} running, {self.queued_text}, "
-                f"{self.failed} failed | {rate} | ETA {format_duration(self.eta_s)}"
+                f"{self.failed} failed{f', {self.pruned} pruned' if self.pruned else ''} | {rate} | ETA {format_duration(self.eta_s)}"
                 + (f" | newest failure: {self.failure[:160]}" if self.failure else ""))
 
 
@@ -59,7 +61,7 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
     running cells' summed env steps/s. The summed rate alone swings with every start-up: a cell that is
     still compiling reports a few steps/s, and the ETA jumped from 6 to 53 minutes and back
     (bench/eta_accuracy.py replays a finished sweep under both rules)."""
-    done = failed = running = queued = 0
+    done = failed = running = queued = pruned = 0
     reasons: dict[str, int] = {}
     rate = 0.0
     left = 0
@@ -73,6 +75,8 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
             newest = (c.failure[0], f"{c.label}: {c.failure[1]}: {c.failure[2]}")
         if c.result == "done":
             done += 1
+        elif c.result == "pruned":
+            pruned += 1
         elif c.result is not None:
             failed += 1
         elif v is not None and v.phase in ("running", "stalled"):
@@ -90,7 +94,7 @@ def snapshot(cells: list[Any], *, total: int, done_before: int = 0, failed_befor
     eta = left / speed if speed > 0 and (mean_budget or not queued) else None
     return Snapshot(total=total, done=done + done_before, running=running, queued=queued,
                     failed=failed + failed_before, steps_per_s=rate, eta_s=eta,
-                    failure=newest[1] if newest else None, rows=rows, queue_reasons=reasons)
+                    failure=newest[1] if newest else None, rows=rows, queue_reasons=reasons, pruned=pruned)
 
 
 def _render(s: Snapshot, elapsed_s: float) -> Any:
@@ -99,6 +103,7 @@ def _render(s: Snapshot, elapsed_s: float) -> Any:
 
     table = Table(title=(f"[bold]{s.done}/{s.total} done[/]  [cyan]{s.running} running[/]  {s.queued_text}  "
                          + (f"[red]{s.failed} failed[/]" if s.failed else "0 failed")
+                         + (f"  [magenta]{s.pruned} pruned[/]" if s.pruned else "")
                          + f"  |  {s.steps_per_s:,.0f} env steps/s  |  ETA {format_duration(s.eta_s)}"
                          + f"  |  elapsed {format_duration(elapsed_s)}"),
                   title_justify="left", caption=f"newest failure: {s.failure[:200]}" if s.failure else None,

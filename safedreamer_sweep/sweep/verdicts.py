@@ -1,7 +1,8 @@
 """The verdict of one planned cell against the store, and what the code that computed its work says.
 
 Verdicts: done (skip, return the cached result), eval-only (trained, an evaluation is missing),
-resume (a checkpoint exists), retry (failed, attempts left, cause retryable), running-elsewhere
+resume (a checkpoint exists; also a cell its study's pruner stopped, asked for again: pruned is not
+failed, so no retry policy applies), retry (failed, attempts left, cause retryable), running-elsewhere
 (another live sweep or job holds it), new, conflict (same config+seed, different resolved-config
 hash: refused, naming the differing keys, unless sweep.new_variant=true), failed (attempts used up
 or a non-retryable error; shown, not run). A cell whose work was computed by other code (its
@@ -21,7 +22,7 @@ from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.sweep.claim import live_holder
 from safedreamer_sweep.sweep.failures import RELAUNCHABLE, RetryPolicy
-from safedreamer_sweep.sweep.observe import CellView, JobState, observe_run
+from safedreamer_sweep.sweep.observe import CellView, JobState, observe_run, pruned_text
 from safedreamer_sweep.sweep.settings import Hint, default_hint
 
 VERDICTS = ("done", "eval-only", "resume", "retry", "running-elsewhere", "new", "rerun", "conflict", "code-changed",
@@ -57,6 +58,8 @@ def verdict_for(store: Store, spec: RunSpec, *, new_variant: bool = False, stall
     if held:
         return "running-elsewhere", held, rd
     state = rd.read_state()
+    if view.phase == "pruned":
+        return (*_pruned_verdict(rd, view), rd)
     if view.phase == "failed":
         return (*_failed_verdict(view, state.get("attempts") or [], policy, retry_failed=retry_failed, hint=hint), rd)
     if state.get("trained"):
@@ -110,6 +113,15 @@ def _failed_verdict(view: CellView, attempts: list[dict], policy: RetryPolicy, *
     return "failed", (f"{cause}: {view.evidence}; {used}/{policy.max_attempts} attempts used; "
                       f"not retried (pass {hint('retry_failed', True)} to run it again)"
                       + (" | " + " / ".join(tail) if tail else ""))
+
+
+def _pruned_verdict(rd: RunDir, view: CellView) -> tuple[str, str]:
+    """A cell its study's pruner stopped, planned again (by a grid, or a study that promotes it): it
+    resumes from its checkpoint (else starts anew). Not failed: no attempt counted, no retry policy."""
+    verdict, why = _checkpoint_verdict(rd, view)
+    why = why.removesuffix(f" ({view.phase})")
+    how = "resumed because asked again" if verdict == "resume" else "asked again, it starts from scratch"
+    return verdict, f"{pruned_text(view.pruned_by, view.pruned_at)}; {how} ({why})"
 
 
 def _checkpoint_verdict(rd: RunDir, view: CellView) -> tuple[str, str]:

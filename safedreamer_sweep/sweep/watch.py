@@ -126,8 +126,8 @@ def _track(sup: Supervisor, store: Store, cells: list[dict], backend: str, mem_g
                     mem_gb=mem_gb)
         t.subs = _recorded_jobs(rd, c["key"], c["job_ids"], backend)
         view = observe_run(rd, stall_after=sup.stall_after) if rd.spec_path.exists() else None
-        if view is not None and view.phase == "done":
-            t.result = "done"
+        if view is not None and view.phase in ("done", "pruned"):  # a pruned cell waits for its study to ask again
+            t.result = view.phase
             sup.finished.append(t)
         elif t.subs:
             sup.active.append(t)
@@ -139,12 +139,13 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
           poll_s: float = 5.0) -> int:
     """Reattach to the detached sweeps recorded in the store and supervise them until every cell is
     terminal: classify failures, close attempts, and resubmit retryable cells by re-running the
-    recorded sweep command for that cell (detached again). Returns 0 if every cell is done."""
+    recorded sweep command for that cell (detached again). Returns 0 if every cell is done (or pruned by
+    its study: stopped on purpose, not failed)."""
     store = Store(store_root)
     cells = _manifest_cells(store)
     if not cells:
         print(f"[watch] {store.root}: no detached sweep recorded (sweeps/*.json with detached=true); nothing to do")
-        return 0 if all(v.phase == "done" for v in observe_store(store, stall_after=600)) else 1
+        return 0 if all(v.phase in ("done", "pruned") for v in observe_store(store, stall_after=600)) else 1
     launcher = cells[-1]["manifest"].get("launcher") or {}
     name = launcher.get("backend", "local")
     # Slurm: the submitit folder, where a packed job's steps leave their exit records (slurm_pack.py)
@@ -157,9 +158,10 @@ def watch(store_root: str | os.PathLike, on_tick: Callable[[list[Any]], None] | 
                      stall_after=float(launcher.get("stall_after", 600)), poll_s=poll_s, log=print, on_tick=on_tick)
     _track(sup, store, cells, name, launcher.get("mem_gb"))
     done = sup.run()
-    bad = [t for t in done if t.result != "done"]
+    bad = [t for t in done if t.result not in ("done", "pruned")]  # pruned: stopped on purpose, not failed
     for doc in {c["manifest"]["id"]: c["manifest"] for c in cells}.values():  # each detached sweep's hooks, once
         run_on_complete(doc.get("on_complete_commands") or [], store=store, sweep_id=doc["id"], all_terminal=True)
-    print(f"[watch] {len(done) - len(bad)}/{len(done)} cells done" + (
+    pruned = sum(t.result == "pruned" for t in done)
+    print(f"[watch] {len(done) - len(bad) - pruned}/{len(done)} cells done" + (f", {pruned} pruned" if pruned else "") + (
         "; not done: " + ", ".join(f"{t.label} ({t.reason})" for t in bad) if bad else ""))
     return 0 if not bad else 1

@@ -24,15 +24,14 @@ from safedreamer_sweep.core.store import Store
 from safedreamer_sweep.report.cost import cell_key, store_cost
 from safedreamer_sweep.report.study import read_studies
 from safedreamer_sweep.sweep.failures import bad_nodes_of_store
-from safedreamer_sweep.sweep.observe import observe_store
+from safedreamer_sweep.sweep.observe import PHASES, observe_store
 
 SCHEMA = "safedreamer-sweep/status/1"
 # Fields every cell of the JSON document carries (docs/status-json.md); tests check them.
 CELL_FIELDS = ("config", "seed", "hash", "run_dir", "phase", "env_step", "total_steps", "steps_per_s",
                "eta_s", "progress_age_s", "host", "pid", "pid_alive", "job_id", "job_state", "attempts",
                "cause", "evidence", "detail", "last_outcome", "claimed_by", "trained", "eval_id", "eval_ood",
-               "proc_status", "cpu_percent", "other_identities", "cost", "stale_eval")
-_PHASES = ("pending", "running", "stalled", "done", "failed", "lost")
+               "proc_status", "cpu_percent", "other_identities", "cost", "stale_eval", "pruned_at", "pruned_by")
 
 
 class StatusError(Exception):
@@ -62,7 +61,7 @@ def _cell(store: Store, v: Any, stall: float, job_state: Callable[[str], str | N
     d["claimed_by"] = live_claim(v.run_dir, stall, job_state) if v.phase == "pending" else None
     d["other_identities"] = other_identities(store, v)
     c = cost["cells"].get(cell_key(v.config, v.seed, Path(v.run_dir).name if v.run_dir else v.hash))
-    d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "total_h")}
+    d["cost"] = None if c is None else {k: c[k] for k in ("device", "useful_h", "wasted_h", "pending_h", "pruned_h", "total_h")}
     return d
 
 
@@ -87,7 +86,7 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
         for d in cells:
             d.setdefault("proc_status", None)
             d.setdefault("cpu_percent", None)
-    counts = {p: sum(c["phase"] == p for c in cells) for p in _PHASES}
+    counts = {p: sum(c["phase"] == p for c in cells) for p in PHASES}
     return {
         "schema": SCHEMA,
         "store": str(store.root),
@@ -95,6 +94,8 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
         "stall_after_s": stall,
         "verdict": headline(cells),  # the JSON key keeps its name (docs/status-json.md)
         "all_done": bool(cells) and counts["done"] == len(cells),
+        # nothing left to run and nothing failed: every cell done, or pruned by its study's pruner
+        "finished": bool(cells) and counts["done"] + counts["pruned"] == len(cells),
         "counts": {"cells": len(cells), **counts},
         "cells": cells,
         "cost": {"total": cost["total"], "configs": cost["configs"], "money": cost["money"]},
@@ -106,5 +107,5 @@ def collect(store_root: str | Path, *, stall_after: float | None = None, now: fl
 
 
 def exit_code(doc: dict) -> int:
-    """0 when every cell is done, 1 otherwise."""
-    return 0 if doc.get("all_done") else 1
+    """0 when every cell is done or pruned by its study (`finished`: a finished study's store), 1 otherwise."""
+    return 0 if doc.get("finished", doc.get("all_done")) else 1

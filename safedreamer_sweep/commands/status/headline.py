@@ -1,9 +1,13 @@
 """The headline: the one line on top of `status`, a pure function of the status document's cells.
 
     DONE 20/20
+    DONE 18/24, 6 pruned (study lr-search)
     RUNNING 12/20 (ETA 14 min; 6 running; 2 queued)
     STALLED 1: v2_full seed 3, no progress for 14 min (pid 1234 alive, stopped (SIGSTOP), 0% CPU)
     INCOMPLETE: 3 cells never run: v2_full seeds 2 3, v2_u_only seed 1; 1 failed: v2_full seed 4 (error)
+
+A cell its study's pruner stopped (phase `pruned`) is neither done nor failed: the line counts it apart,
+with the studies that pruned it, and never claims DONE n/n while one is pruned.
 
 It is the `verdict` key of the `--json` document (docs/status-json.md).
 """
@@ -90,6 +94,14 @@ def _short_why(c: dict) -> str:
     return str(c.get("state_phase") or "?")
 
 
+def _pruned_text(pruned: list[dict]) -> str:
+    """`6 pruned (study lr-search)`: how many cells their study's pruner stopped, and which studies."""
+    studies = sorted({str((c.get("pruned_by") or {}).get("study")) for c in pruned
+                      if (c.get("pruned_by") or {}).get("study") is not None})
+    named = f" (stud{'ies' if len(studies) > 1 else 'y'} {', '.join(studies)})" if studies else ""
+    return f"{len(pruned)} pruned{named}"
+
+
 def _stalled_line(stalled: list[dict]) -> str:
     first = stalled[0]
     line = (f"STALLED {len(stalled)}: {first['config']} seed {first['seed']}, no progress for "
@@ -105,9 +117,9 @@ def headline(cells: list[dict]) -> str:
     if n == 0:
         return "EMPTY: no cells in this store (no sweep manifest, no run directory)"
     done = sum(c["phase"] == "done" for c in cells)
-    if done == n:
-        return f"DONE {n}/{n}"
-    by = {p: [c for c in cells if c["phase"] == p] for p in ("running", "stalled", "failed", "lost")}
+    by = {p: [c for c in cells if c["phase"] == p] for p in ("running", "stalled", "failed", "lost", "pruned")}
+    if done + len(by["pruned"]) == n:
+        return f"DONE {n}/{n}" if done == n else f"DONE {done}/{n}, {_pruned_text(by['pruned'])}"
     queued = [c for c in cells if is_queued(c)]
     never = [c for c in cells if _never_run(c) and c not in queued]
     unfinished = [c for c in cells if c["phase"] == "pending" and c not in never and c not in queued]
@@ -118,6 +130,8 @@ def headline(cells: list[dict]) -> str:
                         ("unfinished", unfinished)):
         if group:
             extras.append(f"{len(group)} {name}")
+    if by["pruned"]:
+        extras.append(_pruned_text(by["pruned"]))
     if by["running"] or queued:
         eta_s = _sweep_eta(cells, by["running"], queued)
         eta = f"ETA {format_duration(eta_s)}" if eta_s is not None else "ETA unknown"
@@ -131,6 +145,8 @@ def headline(cells: list[dict]) -> str:
             why = "; ".join(f"{c['config']} seed {c['seed']} ({_short_why(c)})"
                             for c in group[:5]) + (" ..." if len(group) > 5 else "")
             parts.append(f"{len(group)} {name}: {why}")
+    if by["pruned"]:
+        parts.append(_pruned_text(by["pruned"]))
     return f"INCOMPLETE: {'; '.join(parts)}"
 
 

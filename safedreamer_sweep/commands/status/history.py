@@ -12,6 +12,7 @@ from safedreamer_sweep.core.durations import format_hours
 from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.core.run_dir import RunDir
 from safedreamer_sweep.report.cost import cell_cost
+from safedreamer_sweep.sweep.observe import pruned_by_of, pruned_text
 
 
 def cell_history(doc: dict, config: str, seed: int) -> dict[str, Any]:
@@ -66,7 +67,8 @@ def cell_view(hist: dict[str, Any]):
         t.add_row(str(a.get("n")), str(a.get("outcome")), _clock(a.get("started_at")), _clock(a.get("ended_at")),
                   where or "-", ", ".join(f"{k}={v}" for k, v in res.items() if v not in (None, {}, [], "")) or "-",
                   format_hours(cost["hours"]) if cost else "-", str(cost.get("class", "-")),
-                  f"{a.get('cause')}: {a.get('evidence') or ''}" if a.get("cause") else "")
+                  f"{a.get('cause')}: {a.get('evidence') or ''}" if a.get("cause") else
+                  pruned_text(pruned_by_of(a.get("pruned_by")), a.get("pruned_at")) if a.get("outcome") == "pruned" else "")
     parts.append(t)
     tails = [a for a in hist["attempts"] if a.get("traceback_tail")]
     if tails:

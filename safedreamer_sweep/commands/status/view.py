@@ -11,7 +11,19 @@ from safedreamer_sweep.core.durations import format_duration, format_hours
 from safedreamer_sweep.sweep.failures import bad_nodes_text
 
 PHASE_STYLE = {"done": "green", "running": "cyan", "pending": "dim", "stalled": "bold yellow",
-               "failed": "bold red", "lost": "bold magenta"}
+               "failed": "bold red", "lost": "bold magenta", "pruned": "blue"}
+PRUNED_MARK = "✂"  # a cell its study's pruner stopped: neither done nor failed
+
+
+def phase_label(c: dict) -> str:
+    """A cell's phase as the tables show it: `queued`, `running 40%`, `✂ pruned 25%` (where its pruner
+    stopped it), else the phase."""
+    label = "queued" if is_queued(c) else c["phase"]
+    if c["phase"] == "pruned":
+        label = f"{PRUNED_MARK} pruned"
+    if c["phase"] in ("running", "stalled", "pruned") and c.get("env_step") is not None and c.get("total_steps"):
+        label += f" {100 * c['env_step'] / c['total_steps']:.0f}%"
+    return label
 
 
 def _headline_style(line: str) -> str:
@@ -120,10 +132,7 @@ def _matrix_table(cells: list[dict], evals: bool):
             if c is None:
                 row.append(Text("·", style="dim"))
                 continue
-            label = "queued" if is_queued(c) else c["phase"]
-            if c["phase"] in ("running", "stalled") and c.get("env_step") is not None and c.get("total_steps"):
-                label += f" {100 * c['env_step'] / c['total_steps']:.0f}%"
-            row.append(Text(label, style=PHASE_STYLE.get(c["phase"], "")))
+            row.append(Text(phase_label(c), style=PHASE_STYLE.get(c["phase"], "")))
         if evals:
             row.append(f"{sum(c['eval_id'] is not None for c in mine)}/{len(mine)}")
             row.append(f"{sum(c['eval_ood'] is not None for c in mine)}/{len(mine)}")
@@ -151,11 +160,12 @@ def _detail_table(cells: list[dict], evals: bool):
         cost = c.get("cost") or {}
         detail.add_row(
             f"{c['config']}" + ("" if c['seed'] is None else f" s{c['seed']}"),  # no seed: the label alone
-            Text("queued" if is_queued(c) else c["phase"], style=PHASE_STYLE.get(c["phase"], "")),
+            Text(phase_label(c), style=PHASE_STYLE.get(c["phase"], "")),
             _step_text(c),
             f"{sps:.0f}" if isinstance(sps, (int, float)) else "-",
             format_duration(c["eta_s"]) if c.get("eta_s") is not None and c["phase"] == "running" else "-",
-            format_duration(c["progress_age_s"]) if c.get("progress_age_s") is not None and c["phase"] != "done" else "-",
+            format_duration(c["progress_age_s"]) if c.get("progress_age_s") is not None
+            and c["phase"] not in ("done", "pruned") else "-",
             _where(c),
             str(c.get("attempts") or 0),
             *((_eval_text(c.get("eval_id")), _eval_text(c.get("eval_ood"))) if evals else ()),
@@ -172,20 +182,21 @@ def _cost_table(cost: dict):
 
     t = Table(title="device-hours", title_justify="left",
               caption="useful: led to a finished cell · wasted: failed, duplicated or redone work · "
-                      "pending: cell not finished yet", caption_justify="left")
-    for col in ("scope", "device", "useful", "wasted", "pending", "total"):
+                      "pending: cell not finished yet · pruned: spent on cells a study's pruner stopped",
+              caption_justify="left")
+    for col in ("scope", "device", "useful", "wasted", "pending", "pruned", "total"):
         t.add_column(col, justify="right" if col not in ("scope", "device") else "left")
-    hours = ("useful_h", "wasted_h", "pending_h", "total_h")
+    hours = ("useful_h", "wasted_h", "pending_h", "pruned_h", "total_h")
     for cfg, devs in cost["configs"].items():
         for dev, b in devs.items():
-            t.add_row(cfg, _dev(dev), *(format_hours(b[k]) for k in hours))
+            t.add_row(cfg, _dev(dev), *(format_hours(b.get(k, 0.0)) for k in hours))
     for dev, b in cost["total"].items():
-        t.add_row(Text("total", style="bold"), _dev(dev), *(format_hours(b[k]) for k in hours))
+        t.add_row(Text("total", style="bold"), _dev(dev), *(format_hours(b.get(k, 0.0)) for k in hours))
     money = cost.get("money")
     if money:
         cur = money.get("currency") or ""
         t.add_row(Text("money", style="bold"), f"@{money['per_gpu_hour']:g} {cur}/GPU-h",
-                  *(f"{money[k]:.2f} {cur}" for k in ("useful", "wasted", "pending", "total")))
+                  *(f"{money.get(k, 0.0):.2f} {cur}" for k in ("useful", "wasted", "pending", "pruned", "total")))
     return t
 
 

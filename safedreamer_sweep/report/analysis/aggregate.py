@@ -3,6 +3,8 @@ cells): one row per expected cell, per evaluation episode, per seed, and per cur
 
 The matrix is `Store.expected_cells()`: every (config, seed) any sweep manifest asked for plus
 every run directory on disk, so a cell that never started is still a row (a hole), not an absence.
+A cell its study's pruner stopped is a hole of its own kind: status `pruned` (train and evaluations),
+cause `pruned` with who and when as its evidence; never `failed`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.core.run_dir import EVAL_KINDS, RunDir
 from safedreamer_sweep.core.store import Store
+from safedreamer_sweep.sweep.observe import pruned_by_of, pruned_text
 
 # Per-seed metrics the tables report: name -> (label, higher is better).
 METRICS: dict[str, tuple[str, bool]] = {
@@ -31,7 +34,8 @@ METRICS: dict[str, tuple[str, bool]] = {
 }
 
 _CELL_COLUMNS = ["config", "seed", "hash", "run_dir", "phase", "train_status", "trained", "trained_steps",
-                "attempts", "last_cause", "last_evidence", "device", "useful_h", "wasted_h", "pending_h", "device_hours"]
+                "attempts", "last_cause", "last_evidence", "device", "useful_h", "wasted_h", "pending_h", "pruned_h",
+                "device_hours"]
 _EVAL_STATUS_COLUMNS = ["config", "seed", "hash", "kind", "status", "env_id", "checkpoint_step", "episodes",
                        "return_mean", "cost_mean", "violation_rate", "cost_limit", "path"]
 _EVAL_COLUMNS = ["config", "seed", "hash", "kind", "env_id", "checkpoint_step", "episode", "return", "cost",
@@ -100,6 +104,20 @@ def _choose_run_dir(store: Store, cell: dict) -> tuple[RunDir | None, list[RunDi
     return chosen, [rd for rd in found if rd is not chosen and rd != chosen]
 
 
+def is_pruned(state: dict) -> bool:
+    """Stopped by its study's pruner: phase `pruned`, or its newest attempt closed as pruned (as observe reads it)."""
+    attempts = state.get("attempts") or []
+    last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+    return state.get("phase") == "pruned" or last.get("outcome") == "pruned"
+
+
+def _pruned_cause(state: dict) -> tuple[str, str]:
+    """A pruned cell's hole: cause `pruned`, and who pruned it when as the evidence."""
+    a: dict = next((x for x in reversed(state.get("attempts") or []) if x.get("outcome") == "pruned"), {})
+    return "pruned", pruned_text(pruned_by_of(a.get("pruned_by")), a.get("pruned_at")) + \
+        "; stopped early on purpose (not failed), checkpoint kept"
+
+
 def _train_status(rd: RunDir | None, state: dict) -> str:
     if rd is None:
         return "missing"
@@ -107,6 +125,8 @@ def _train_status(rd: RunDir | None, state: dict) -> str:
         return "corrupt"
     if state.get("trained"):
         return "done"
+    if is_pruned(state):
+        return "pruned"
     phase = state.get("phase", "new")
     if phase in ("failed", "interrupted"):
         return phase
@@ -121,6 +141,8 @@ def _eval_status(rd: RunDir | None, state: dict, doc: dict | None, kind: str) ->
     if rd is None:
         return "missing"
     phase = state.get("phase", "new")
+    if is_pruned(state):
+        return "pruned"
     if phase == f"eval-{kind}":
         return "running"
     if phase in ("failed", "interrupted"):
@@ -165,7 +187,7 @@ def _spec_cost_limit(spec: dict) -> float:
 
 
 _NO_COST = {"device": None, "useful_h": math.nan, "wasted_h": math.nan, "pending_h": math.nan,
-            "device_hours": math.nan}
+            "pruned_h": math.nan, "device_hours": math.nan}
 _NO_SUMMARY = {"return_mean": math.nan, "cost_mean": math.nan, "violation_rate": math.nan, "episodes": 0}
 
 
@@ -220,11 +242,13 @@ class _StoreReader:
         self.states[(config, seed)] = state
         attempts = state.get("attempts") or []
         last: dict = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
+        train_status = _train_status(rd, state)
+        cause, evidence = _pruned_cause(state) if train_status == "pruned" else (last.get("cause"), last.get("evidence"))
         self.cells.append({
             "config": config, "seed": seed, "hash": h, "run_dir": str(rd.path) if rd else None,
-            "phase": state.get("phase", "new"), "train_status": _train_status(rd, state),
+            "phase": "pruned" if train_status == "pruned" else state.get("phase", "new"), "train_status": train_status,
             "trained": bool(state.get("trained", False)), "trained_steps": state.get("trained_steps"),
-            "attempts": len(attempts), "last_cause": last.get("cause"), "last_evidence": last.get("evidence"),
+            "attempts": len(attempts), "last_cause": cause, "last_evidence": evidence,
             **self._cost(rd, state),
         })
         spec_limit = _spec_cost_limit(spec)
@@ -244,7 +268,8 @@ class _StoreReader:
         try:
             c = self.cost_mod.cell_cost(state)
             return {"device": c.get("device"), "useful_h": float(c["useful_h"]), "wasted_h": float(c["wasted_h"]),
-                    "pending_h": float(c.get("pending_h", 0.0)), "device_hours": float(c["total_h"])}
+                    "pending_h": float(c.get("pending_h", 0.0)), "pruned_h": float(c.get("pruned_h", 0.0)),
+                    "device_hours": float(c["total_h"])}
         except (KeyError, TypeError, ValueError):
             self.priced = False
             return dict(_NO_COST)

@@ -19,8 +19,8 @@ from safedreamer_sweep.report.settings import ReportSettings
 
 @dataclass
 class Caveat:
-    kind: str   # holes | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit | resume |
-                # code | stale_eval | policy
+    kind: str   # holes | pruned | seeds | baseline | confound | bimodal | ood_proxy | identity | cost_limit |
+                # resume | code | stale_eval | policy
     text: str
 
 
@@ -55,9 +55,12 @@ def collect_caveats(frames: Frames, cov: pd.DataFrame, settings: ReportSettings,
 def _coverage_caveats(frames: Frames, cov: pd.DataFrame, settings: ReportSettings) -> list[Caveat]:
     """Holes, corrupt files, configs with too few complete seeds, and a baseline not in the matrix."""
     out: list[Caveat] = []
-    bad = cov[cov["status"] != "done"]
+    bad = cov[~cov["status"].isin(("done", "pruned"))]
     if not len(frames.cells):
         out.append(Caveat("holes", "the store has no expected cells and no run directories: nothing to report."))
+    pruned = _pruned_caveat(frames)
+    if pruned:
+        out.append(pruned)
     if len(bad):
         by_status = bad.groupby("status").size().to_dict()
         summary = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
@@ -77,6 +80,19 @@ def _coverage_caveats(frames: Frames, cov: pd.DataFrame, settings: ReportSetting
                                       f"matrix; no ablation comparison is possible. Fix: set report.baseline "
                                       f"to one of {sorted(frames.cells['config'].unique())}."))
     return out
+
+
+def _pruned_caveat(frames: Frames) -> Caveat | None:
+    """The cells a study's pruner stopped: holes in the matrix, not failures (stopped early on purpose)."""
+    cells = frames.cells
+    pruned = cells[cells["train_status"] == "pruned"] if len(cells) else cells
+    if not len(pruned):
+        return None
+    shown = [f"{r.config} seed {r.seed} ({r.last_evidence.split(';')[0] if isinstance(r.last_evidence, str) else 'pruned'})"
+             for r in pruned.itertuples()]
+    return Caveat("pruned", f"{len(pruned)} cell(s) were pruned by a study (stopped early on purpose, checkpoint "
+                            f"kept; not failed): {', '.join(shown[:8])}{' ...' if len(shown) > 8 else ''}. They are holes "
+                            f"here: their numbers are missing, not bad; a plan that asks for them again resumes them.")
 
 
 def _bimodal_caveats(frames: Frames, settings: ReportSettings) -> list[Caveat]:

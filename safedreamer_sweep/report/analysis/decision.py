@@ -154,7 +154,9 @@ def _headline(per_config: list[ConfigDecision], configs: list[str], cov: pd.Data
     if not configs:
         return INCONCLUSIVE, "the store holds no cells yet: nothing to decide."
     if holes:
-        return INCONCLUSIVE, (f"the matrix has {holes} hole(s); no config is recommended until every "
+        pruned = int((cov["status"] == "pruned").sum())
+        of_them = f" ({pruned} of them parts of cells a study pruned: not failed, but not measured)" if pruned else ""
+        return INCONCLUSIVE, (f"the matrix has {holes} hole(s){of_them}; no config is recommended until every "
                               f"expected cell is trained and evaluated.")
     if rec:
         best = max(rec, key=lambda d: d.return_diff)

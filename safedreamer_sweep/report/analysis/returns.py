@@ -50,6 +50,8 @@ def results_frame(store: Store, stall_after: float = 600.0) -> pd.DataFrame:
                                "phase": v.phase, "attempts": v.attempts,
                                "cause": v.cause if v.phase != "done" else None,
                                "evidence": (v.evidence or "")[:300] if v.phase != "done" else None}
+        if v.phase == "pruned":  # stopped by its study's pruner: cause pruned, who and when as its evidence
+            row.update(cause="pruned", evidence=(v.detail or "")[:300])
         if v.phase == "done":
             try:
                 row.update(_value_columns(rd.read_result()))

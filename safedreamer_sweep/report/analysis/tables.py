@@ -11,7 +11,8 @@ from safedreamer_sweep.report.analysis.aggregate import METRICS
 from safedreamer_sweep.report.settings import ReportSettings
 
 # Coverage symbols: one per part (train, ID eval, OOD eval) of a cell.
-SYMBOLS = {"done": "✓", "failed": "✗", "interrupted": "✗", "corrupt": "!", "running": "…", "pending": "–", "missing": "–"}
+SYMBOLS = {"done": "✓", "failed": "✗", "interrupted": "✗", "corrupt": "!", "running": "…", "pending": "–", "missing": "–",
+           "pruned": "✂"}  # pruned: stopped by its study's pruner, a hole but not a failure
 PARTS = ("train", "id", "ood")
 
 

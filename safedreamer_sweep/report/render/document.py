@@ -66,7 +66,8 @@ def _matrix_section(r: Report) -> list[str]:
     L = ["## 1. Experiment matrix and coverage", "",
          (f"{len(configs)} config(s) x {len(seeds)} seed(s) = {len(cells)} cells, each trained, "
           f"evaluated in-distribution (ID) and out-of-distribution (OOD). Each entry shows train / ID / OOD: "
-          f"✓ done, … running, – missing or pending, ✗ failed, ! corrupt file. (coverage.png; train_status.tsv and "
+          f"✓ done, … running, – missing or pending, ✗ failed, ✂ pruned by a study (not failed), ! corrupt file. "
+          f"(coverage.png; train_status.tsv and "
           f"eval_status.tsv list every cell and every evaluation.)"), "",
          text.to_markdown(tables.coverage_matrix(cov))]
     hole_rows = tables.holes(cov)
@@ -167,7 +168,9 @@ def cost_lines(r: Report) -> list[str]:
     unit = "GPU-hours" if c["device"] == "gpu" else "CPU-core-hours"
     lines = [(f"Total: {c['device_hours']:.3f} {unit}: {c['useful_h']:.3f} useful (the attempts a finished cell "
              f"used), {c['wasted_h']:.3f} wasted (failed, duplicated or redone work), {c['pending_h']:.3f} "
-             f"pending (cells not finished yet).")]
+             f"pending (cells not finished yet)"
+             + (f", {c['pruned_h']:.3f} pruned (cells a study's pruner stopped early)" if c.get("pruned_h") else "")
+             + ".")]
     for dev, h in sorted(c.get("by_device", {}).items()):
         if dev != c["device"]:
             lines.append(f"Also {h.get('total_h', 0.0):.3f} {dev.upper()}-hours (reported apart, never added).")

@@ -31,8 +31,9 @@ from safedreamer_sweep.report.analysis.tables import PARTS, SYMBOLS
 
 # "talk" context: fonts readable when the PNG fills a slide.
 _THEME = {"context": "talk", "style": "whitegrid", "font_scale": 0.8}
-_STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4, "corrupt": 4}
-_STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b"]
+_STATUS_CODES = {"done": 0, "running": 1, "pending": 2, "missing": 3, "failed": 4, "interrupted": 4, "corrupt": 4,
+                 "pruned": 5}
+_STATUS_COLORS = ["#4c9a2a", "#f2c14e", "#d9d9d9", "#bdbdbd", "#c0392b", "#5b8bd0"]  # pruned: blue, never red
 
 
 def _theme() -> None:
@@ -165,7 +166,7 @@ def per_seed(curves: pd.DataFrame, *, metric: str = "episode_return", gap_ratio:
 
 def coverage_heatmap(cov: pd.DataFrame) -> Figure:
     """Rows (config, part), columns seeds: green done, yellow running, grey missing/pending, red
-    failed; small matrices carry the status symbol in every square."""
+    failed, blue pruned by a study; small matrices carry the status symbol in every square."""
     _theme()
     if cov.empty:
         return _empty(plt.figure(figsize=(8, 3)), "the store has no expected cells")
@@ -190,7 +191,8 @@ def coverage_heatmap(cov: pd.DataFrame) -> Figure:
     ax.tick_params(axis="y", labelsize="x-small")
     n_done = int((cov["status"] == "done").sum())
     ax.set_title(f"coverage: {n_done} of {len(cov)} parts done\n"
-                 f"green done · yellow running · grey missing/pending · red failed", fontsize="small")
+                 f"green done · yellow running · grey missing/pending · red failed"
+                 + (" · blue pruned" if (cov["status"] == "pruned").any() else ""), fontsize="small")
     return fig
 
 

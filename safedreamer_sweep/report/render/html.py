@@ -47,7 +47,7 @@ FIGURES = (
 _LOG_TAIL_LINES = 40
 _LOG_TAIL_BYTES = 16 * 1024
 _STATUS_CLASS = {"done": "ok", "running": "run", "pending": "wait", "missing": "wait", "failed": "bad",
-                "interrupted": "bad", "corrupt": "bad"}
+                "interrupted": "bad", "corrupt": "bad", "pruned": "prn"}  # prn: stopped by a pruner, not failed
 
 
 def _env() -> jinja2.Environment:
@@ -114,7 +114,8 @@ def _coverage(r: Report) -> dict:
             title = ", ".join(f"{p}: {s}" for (p, _), s in zip(ps, statuses))
             if hole and (config, seed) in causes:
                 title += f" — {causes[(config, seed)]}"
-            entries.append({"anchor": anchor(config, seed), "hole": hole, "title": title,
+            prn = hole and all(st in ("done", "pruned") for st in statuses)  # a pruned cell: a hole, not a failure
+            entries.append({"anchor": anchor(config, seed), "hole": hole, "prn": prn, "title": title,
                             "parts": [{"part": p, "status": s, "cls": _STATUS_CLASS.get(s, "wait"),
                                        "symbol": tables.SYMBOLS.get(s, "?")} for (p, _), s in zip(ps, statuses)]})
         rows.append({"config": config, "entries": entries})
@@ -164,6 +165,7 @@ def _drilldown(r: Report) -> list[dict]:
         cell["train_status"] = c.train_status
         cell["cls"] = _STATUS_CLASS.get(c.train_status, "wait")
         cell["hole"] = c.train_status != "done" or any(e["status"] != "done" for e in cell["evals"])
+        cell["prn"] = c.train_status == "pruned"
         cell["attempts"], cell["traceback"] = _attempt_rows(state)
         cell["resumes"] = _resume_lines(state)
         cell["checkpoints"], cell["logs"] = _run_dir_files(cell["run_dir"])
@@ -335,7 +337,7 @@ def app_html(df: pd.DataFrame, store_root: Path, figure: bytes | None, studies: 
     results table (results.csv) and a figure of the returned values."""
     done = int((df["phase"] == "done").sum()) if len(df) else 0
     failed = [{"label": str(x.label), "seed": "" if pd.isna(x.seed) else str(x.seed), "phase": x.phase,
-               "cause": x.cause if isinstance(x.cause, str) else "",
+               "cls": _STATUS_CLASS.get(str(x.phase), "bad"), "cause": x.cause if isinstance(x.cause, str) else "",
                "evidence": x.evidence if isinstance(x.evidence, str) else ""}
               for x in df.itertuples() if x.phase != "done"]
     shown = df.map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
