@@ -6,7 +6,7 @@ switches with `override hydra/sweeper: sds_optuna`. The keys after them are ours
 by type and range in safedreamer_sweep/search/settings.py before anything is written."""
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class TPESamplerConfig:
     _target_: str = "optuna.samplers.TPESampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = False
@@ -25,23 +25,23 @@ class TPESamplerConfig:
 @dataclass
 class RandomSamplerConfig:
     _target_: str = "optuna.samplers.RandomSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
 class CmaEsSamplerConfig:
     _target_: str = "optuna.samplers.CmaEsSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 1
-    sigma0: Optional[float] = None
+    sigma0: float | None = None
 
 
 @dataclass
 class NSGAIISamplerConfig:
     _target_: str = "optuna.samplers.NSGAIISampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     population_size: int = 50
-    mutation_prob: Optional[float] = None
+    mutation_prob: float | None = None
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
 
@@ -49,7 +49,7 @@ class NSGAIISamplerConfig:
 @dataclass
 class QMCSamplerConfig:
     _target_: str = "optuna.samplers.QMCSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     qmc_type: str = "sobol"
     scramble: bool = False
 
@@ -57,7 +57,7 @@ class QMCSamplerConfig:
 @dataclass
 class GPSamplerConfig:
     _target_: str = "optuna.samplers.GPSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 10
 
 
@@ -69,14 +69,14 @@ class SdsOptunaConf:
     # --- hydra-optuna-sweeper's keys
     sampler: Any = None
     direction: Any = None          # minimize | maximize | a list; null: the task's (apps minimize, RL maximizes return)
-    study_name: Optional[str] = None  # null: the app's job name (`safedreamer_sweep` for the built-in)
-    storage: Optional[str] = None  # null: Optuna's journal file in <store>/studies/<study_name>/journal.log
+    study_name: str | None = None  # null: the app's job name (`safedreamer_sweep` for the built-in)
+    storage: str | None = None  # null: Optuna's journal file in <store>/studies/<study_name>/journal.log
     n_trials: int = 20             # the study's total: a re-run continues toward it
-    n_jobs: Optional[int] = None   # trials in flight at once (null: as many as the launcher has slots for)
+    n_jobs: int | None = None   # trials in flight at once (null: as many as the launcher has slots for)
     max_failure_rate: float = 0.0
-    params: Optional[dict[str, Any]] = None
+    params: dict[str, Any] | None = None
     # --- ours
-    seeds: Optional[list[int]] = None  # a trial is a point on these seeds, each seed an ordinary cell
+    seeds: list[int] | None = None  # a trial is a point on these seeds, each seed an ordinary cell
     aggregate: str = "mean"        # mean | iqm of the seeds' values (the spread is kept beside it)
     objective: Any = None          # metric path(s), e.g. id.return_mean; null: the task's (an app's return value)
     constraint: Any = None         # {metric, limit}; null: RL tasks use id.cost_mean <= the task's cost_limit

@@ -25,12 +25,11 @@ class SdsOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        from hydra_plugins.sds_launcher.launcher import SdsLauncher
         from safedreamer_sweep.search.launch import run_search
         from safedreamer_sweep.search.settings import SearchError
 
         assert self.config is not None and self.hydra_context is not None
-        if not isinstance(self.launcher, SdsLauncher):
+        if getattr(self.launcher, "_EXECUTOR", None) not in ("local", "slurm"):  # SdsLocalLauncher, SdsSlurmLauncher
             raise SearchError(f"hydra/sweeper=sds_optuna runs its trials' cells through the sds launchers, not "
                               f"{type(self.launcher).__name__}. Fix: hydra/launcher=sds_local (or sds_slurm)")
         run_search(self.conf, arguments, launcher=self.launcher, config=self.config,

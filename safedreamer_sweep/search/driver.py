@@ -62,6 +62,7 @@ class StudyDriver:
     overrides_of: Callable[[dict[str, Any]], list[str]]   # a trial's params -> its job overrides (without seed)
     say: _Say = print
     max_running: int | None = None           # hydra.sweeper.n_jobs: trials in flight at once
+    reseed: Callable[[int], None] = lambda n: None  # before each ask: the sampler's seed moved on by n trials
     runs: dict[int, TrialRun] = field(default_factory=dict)
     _cells: dict[str, Any] = field(default_factory=dict)  # cell key -> Tracked, shared by trials that repeat a point
 
@@ -89,6 +90,7 @@ class StudyDriver:
                 trials = self.study.get_trials(deepcopy=False)
                 if len(trials) >= self.n_trials:
                     return
+                self.reseed(len(trials))
                 trial = self.study.ask(self.distributions)
             self.runs[trial.number] = self._start(trial.number, trial._trial_id, trial.params, new=True)
             self._tell_finished()  # every cell of it may be done already (the store had them)
@@ -96,7 +98,7 @@ class StudyDriver:
     def _adopt(self) -> None:
         """Trials an earlier invocation left RUNNING (Ctrl-C, a SIGKILL, a lost node): their cells are
         planned again, so done ones are read, partial ones resume, live ones are watched."""
-        waiting = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))]
+        waiting = list(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
         for t in waiting:
             self.runs[t.number] = self._start(t.number, t._trial_id, t.params, new=False)
         if waiting:
@@ -137,22 +139,23 @@ class StudyDriver:
             self._report(run)
 
     def _report(self, run: TrialRun) -> None:
+        """Report each new rung and ask the pruner after each one, as a training loop would: a poll may
+        bring several rungs, and ASHA's rungs must be judged at their own steps, not at the newest."""
         o = self.objective
-        rungs = aligned(run.curves(o.prune_metric or ""), o.how)
         trial = optuna.trial.Trial(self.study, run.trial_id)
-        new = [(s, v) for s, v in rungs if s > run.reported_step]
-        for step, value in new:
+        for step, value in aligned(run.curves(o.prune_metric or ""), o.how):
+            if step <= run.reported_step:
+                continue
             trial.report(value, step)
             run.reported_step = step
-        if not new or run.reported_step < o.warmup_steps:
-            return
-        why = None
-        if trial.should_prune():
-            why = f"{o.prune_metric} {new[-1][1]:.4g} at env step {run.reported_step}: the pruner stopped it"
-        elif self._over_cost(run):
-            why = f"cost above {o.cost_limit} x (1 + {o.cost_slack}) after the cost warm-up"
-        if why:
-            self._prune(run, why)
+            if step < o.warmup_steps:
+                continue
+            if trial.should_prune():
+                self._prune(run, f"{o.prune_metric} {value:.4g} at env step {step}: the pruner stopped it")
+                return
+            if self._over_cost(run):
+                self._prune(run, f"cost above {o.cost_limit} x (1 + {o.cost_slack}) after the cost warm-up")
+                return
 
     def _over_cost(self, run: TrialRun) -> bool:
         o = self.objective
@@ -197,7 +200,7 @@ class StudyDriver:
         storage.set_trial_user_attr(tid, "sds_device_hours", run.device_hours())
         state, values = self._state_and_values(run, per_seed)
         if o.cost_path is not None and o.cost_limit is not None:
-            cost = [v for v in run.seed_values([o.cost_path])[0]]
+            cost = list(run.seed_values([o.cost_path])[0])
             mean_cost = aggregate(cost, "mean")
             storage.set_trial_user_attr(tid, "sds_cost", {"mean": mean_cost, "values": cost, "limit": o.cost_limit,
                                                           "metric": o.cost_path})

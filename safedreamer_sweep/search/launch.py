@@ -5,8 +5,8 @@ optimization_results.yaml, the report and the sweep's hooks."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from safedreamer_sweep.search.space import Space, parse_space
 from safedreamer_sweep.search.study import open_study
 from safedreamer_sweep.search.trials import EVAL_SUMMARY_KEYS
 from safedreamer_sweep.sweep.launch import Sweep, plan_sweep, say
-from safedreamer_sweep.sweep.settings import absolute_store_root
 
 
 def split_arguments(arguments: list[str], params: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -31,12 +30,12 @@ def split_arguments(arguments: list[str], params: dict[str, Any]) -> tuple[dict[
 
     space = {str(k): str(v) for k, v in (params or {}).items()}
     fixed: list[str] = []
-    for o in OverridesParser.create().parse_overrides(arguments):
+    for text, o in zip(arguments, OverridesParser.create().parse_overrides(arguments)):
         if o.is_sweep_override():
-            space[o.get_key_element()] = o.input_line.split("=", 1)[1]
+            space[o.get_key_element()] = text.split("=", 1)[1]
         else:
             space.pop(o.get_key_element().lstrip("+~"), None)
-            fixed.append(o.input_line)
+            fixed.append(text)
     return space, fixed
 
 
@@ -120,7 +119,6 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
                                       fixed={o.split("=", 1)[0]: o for o in fixed},
                                       default_name=_job_name(config))
-    _reseed_on_resume(study, s, space)
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     say(f"[sds] study {study.study_name} ({'new' if created else 'resumed'}; {sdir.journal}): {len(done)} of "
         f"{s.n_trials} trials finished, {len(seeds)} seed(s) per trial"
@@ -128,8 +126,8 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     sweep.record()
     sup = sweep.supervisor(sweep.make_backend(hydra_context, launcher.task_function, 0), [])
     driver = StudyDriver(sweep=sweep, sup=sup, study=study, lock=sdir.ask_lock(), n_trials=s.n_trials, seeds=seeds,
-                         objective=objective, distributions=dict(space.distributions), overrides_of=lambda p: [*fixed, *space.overrides(p)], say=say,
-                         max_running=s.n_jobs)
+                         objective=objective, distributions=dict(space.distributions), say=say, max_running=s.n_jobs,
+                         overrides_of=lambda p: [*fixed, *space.overrides(p)], reseed=_reseeder(study, s, space))
     _drive(driver, sweep)
     finish(study, sweep, config, s, report)
 
@@ -140,14 +138,18 @@ def _job_name(config: DictConfig) -> str:
     return "safedreamer_sweep" if name == "__main__" else name
 
 
-def _reseed_on_resume(study: optuna.Study, s: SearchSettings, space: Space) -> None:
-    """A seeded sampler made again in a new process starts its random stream over, so a resumed study
-    would ask the points of its first trials again (cells already done: no new evidence). Its seed is
-    moved on by the trials the study holds: the same history gives the same next points."""
-    n = len(study.get_trials(deepcopy=False))
+def _reseeder(study: optuna.Study, s: SearchSettings, space: Space) -> Callable[[int], None]:
+    """A seeded sampler is made again before each ask with its seed moved on by the trials the study
+    holds: a new process (a resumed study) or a second invocation would otherwise start the same random
+    stream over and ask the points of the first trials again (cells already done: no new evidence).
+    The same history gives the same next point. An unseeded sampler is left as it is."""
     seed = s.sampler.get("seed")
-    if n and isinstance(seed, int):
-        study.sampler = build_sampler(replace(s, sampler={**s.sampler, "seed": seed + 7919 * n}), space)
+
+    def reseed(n: int) -> None:
+        if n and isinstance(seed, int):
+            study.sampler = build_sampler(replace(s, sampler={**s.sampler, "seed": seed + 7919 * n}), space)
+
+    return reseed
 
 
 def _drive(driver: StudyDriver, sweep: Sweep) -> None:
