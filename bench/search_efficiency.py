@@ -1,0 +1,230 @@
+"""Search efficiency: hydra/sweeper=sds_optuna keeps its slots busy (no barrier between trials), and a
+pruner pays for itself on a half-bad space (issue 30).
+
+    .venv/bin/python bench/search_efficiency.py [--trials 8] [--prune-trials 12] [--step-sleep 0.1] [--json F]
+
+Every study runs the real command line (tests/search_app/app.py -m ... hydra/sweeper=sds_optuna on
+hydra/launcher=sds_local, max_parallel=2, seeds [0,1]), into a fresh store in a temp dir. A *cell* is
+one (point, seed) run of the toy app: `steps` steps, each one heartbeat, a checkpoint every 2 and a
+sleep of `step_sleep` seconds. The toy's steps/s is therefore set by that sleep, not by any env: it is
+no env rate. Figures are read from the store afterwards (each cell's state.json attempts).
+
+1. No barrier. A study of `--trials` trials x 2 seeds over `steps=int(interval(5,40))`, so slow and
+   fast cells mix. Slot busy fraction = sum over cells of attempt wall (ended_at - started_at) / (2 x
+   the study's wall from the first attempt's start to the last attempt's end): goal >= 0.9. Beside it,
+   what a batch-barrier scheduler would give for the same cells (batches of 2 trials = 4 cells, run
+   two at a time, the batch waiting for its slowest cell; each cell's duration as measured).
+2. Pruning pays. The same study twice (same sampler seed, `--prune-trials` trials, 2 seeds) on a space
+   half of which diverges (`x=interval(0.05,0.95)`, `diverge_above=0.5`, constraint {metric: cost,
+   limit: 15}): once without a pruner, once with `hydra.sweeper.pruner=asha` (SuccessiveHalving on the
+   `ret` curve). Side by side: best feasible value (optimization_results.yaml), the seeds' noise
+   (the toy's gauss sd 0.2 / sqrt(2)), device-hours (sum of attempt wall over all cells) and the
+   ratio pruned / unpruned: goal <= 0.6, with the best within the noise of the unpruned one.
+Prints MET / NOT MET against each goal; never asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+APP = ROOT / "tests" / "search_app" / "app.py"
+BASE = ["hydra/launcher=sds_local", "hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none",
+        "hydra.launcher.max_parallel=2", "hydra/sweeper=sds_optuna", "hydra.sweeper.study_name=toy",
+        "hydra.sweeper.objective=ret", "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.constraint={metric:cost,limit:15}", "hydra.sweeper.seeds=[0,1]"]
+GOALS = {"busy": 0.9, "device_ratio": 0.6}
+NOISE = 0.2 / math.sqrt(2)  # the toy's per-seed gauss sd over the mean of 2 seeds
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def ts(s: float | str) -> float:
+    """An attempt's timestamp (epoch seconds; an ISO string in older stores)."""
+    return float(s) if isinstance(s, (int, float)) else datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def run_study(work: Path, name: str, args: list[str]) -> dict[str, Any]:
+    store = work / name
+    store.mkdir(parents=True)
+    argv = [sys.executable, str(APP), "-m", f"hydra.sweep.dir={store}/multirun/${{now:%H-%M-%S-%f}}", *BASE, *args]
+    env = {**os.environ, "SDS_STORE": str(store), "SDS_HEARTBEAT_EVERY_S": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.time()
+    p = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, check=False)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"study `{name}` failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    cells = []
+    for state in sorted(store.glob("runs/**/state.json")):
+        st = json.loads(state.read_text())
+        atts = st.get("attempts") or []
+        spans = [(ts(a["started_at"]), ts(a["ended_at"])) for a in atts if a.get("started_at") is not None and a.get("ended_at") is not None]
+        cells.append({"dir": str(state.parent.relative_to(store)), "phase": st.get("phase"), "attempts": len(atts),
+                      "spans": spans, "wall": sum(b - a for a, b in spans),
+                      "outcome": atts[-1].get("outcome") if atts else None})
+    results = yaml.safe_load(next(store.glob("multirun/*/optimization_results.yaml")).read_text())
+    summary = next((line.strip() for line in p.stdout.splitlines() if "trials (" in line), "")
+    return {"name": name, "store": str(store), "launcher_wall": wall, "cells": cells, "results": results,
+            "summary": summary, "trials": trial_rows(store)}
+
+
+def trial_rows(store: Path) -> list[dict[str, Any]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = store / "studies" / "toy" / "journal.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    s = optuna.load_study(study_name="toy", storage=storage)
+    return [{"number": t.number, "params": t.params, "state": t.state.name, "value": t.value,
+             "pruned_at": t.user_attrs.get("sds_pruned_at")} for t in s.get_trials()]
+
+
+def no_barrier(study: dict[str, Any], slots: int = 2) -> dict[str, Any]:
+    spans = [sp for c in study["cells"] for sp in c["spans"]]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    busy = sum(b - a for a, b in spans)
+    wall = last - first
+    # A batch-barrier scheduler on the same cells: batches of 2 trials (4 cells, in trial order), each run
+    # on the slots (longest first onto the freer slot), the next batch starting when the slowest ends.
+    by_trial: dict[int, list[float]] = {}
+    for t in study["trials"]:
+        by_trial.setdefault(t["number"], [])
+    durations = {c["dir"]: c["wall"] for c in study["cells"]}
+    cells_of = cell_trials(Path(study["store"]))
+    for d, n in cells_of.items():
+        by_trial.setdefault(n, []).append(durations[d])
+    order = sorted(by_trial)
+    barrier_wall = 0.0
+    for i in range(0, len(order), 2):
+        batch = sorted((x for n in order[i:i + 2] for x in by_trial[n]), reverse=True)
+        free = [0.0] * slots
+        for x in batch:
+            j = free.index(min(free))
+            free[j] += x
+        barrier_wall += max(free)
+    return {"busy": busy / (slots * wall), "wall": wall, "busy_s": busy, "cells": len(spans),
+            "durations": sorted(x for c in study["cells"] for x in [c["wall"]]),
+            "barrier_wall": barrier_wall, "barrier_busy": busy / (slots * barrier_wall)}
+
+
+def cell_trials(store: Path) -> dict[str, int]:
+    """Each cell's run dir (relative to the store) -> its trial number, from the journal's sds_cells."""
+    import optuna
+
+    journal = store / "studies" / "toy" / "journal.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    out = {}
+    for t in optuna.load_study(study_name="toy", storage=storage).get_trials():
+        for c in t.user_attrs.get("sds_cells") or []:
+            out[str(Path(c["run_dir"]))] = t.number
+    return out
+
+
+def device(study: dict[str, Any]) -> float:
+    return sum(c["wall"] for c in study["cells"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=8, help="trials of the no-barrier study (x 2 seeds)")
+    ap.add_argument("--prune-trials", type=int, default=12, help="trials of each pruning study (x 2 seeds)")
+    ap.add_argument("--step-sleep", type=float, default=0.1, help="the toy's sleep per step, s")
+    ap.add_argument("--prune-steps", type=int, default=20, help="steps of a cell in the pruning studies")
+    ap.add_argument("--sampler-seed", type=int, default=0)
+    ap.add_argument("--parts", default="barrier,prune", help="comma list of barrier, prune")
+    ap.add_argument("--json", default=None, help="write every figure here")
+    ap.add_argument("--keep", action="store_true", help="keep the stores (printed)")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} search efficiency on {os.cpu_count()} cores, {load()}")
+    print(f"a cell = one (point, seed) run of tests/search_app/app.py: `steps` steps of {args.step_sleep} s sleep "
+          f"each (raw rate {1 / args.step_sleep:.0f} toy steps/s a cell, set by the sleep: not an env rate)")
+    work = Path(tempfile.mkdtemp(prefix="sds_search_eff_"))
+    out: dict[str, Any] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": os.cpu_count(), "args": vars(args)}
+    seed = f"hydra.sweeper.sampler.seed={args.sampler_seed}"
+    try:
+        if "barrier" in parts:
+            s = run_study(work, "barrier", [f"hydra.sweeper.n_trials={args.trials}", seed, "x=interval(0.05,0.95)",
+                                            "steps=int(interval(5,40))", f"step_sleep={args.step_sleep}"])
+            nb = no_barrier(s)
+            out["barrier"] = nb
+            d = nb["durations"]
+            print(f"\n== 1. no barrier: {args.trials} trials x 2 seeds, steps=int(interval(5,40)), 2 slots "
+                  f"(launcher {s['launcher_wall']:.1f} s, {load()})")
+            print(f"   {s['summary']}")
+            print(f"   cells {nb['cells']}, attempt wall min {d[0]:.2f} s, median {d[len(d) // 2]:.2f} s, max {d[-1]:.2f} s")
+            print(f"   {'scheduler':<28}{'study wall':>12}{'slot busy':>12}")
+            print(f"   {'sds_optuna (measured)':<28}{nb['wall']:>10.1f} s{nb['busy']:>12.3f}")
+            print(f"   {'batch barrier (simulated)':<28}{nb['barrier_wall']:>10.1f} s{nb['barrier_busy']:>12.3f}")
+            print(f"   slot busy fraction {nb['busy']:.3f} (goal >= {GOALS['busy']}): {verdict(nb['busy'] >= GOALS['busy'])}")
+        if "prune" in parts:
+            common = [f"hydra.sweeper.n_trials={args.prune_trials}", seed, "x=interval(0.05,0.95)", "diverge_above=0.5",
+                      f"steps={args.prune_steps}", f"step_sleep={args.step_sleep}", "hydra.sweeper.prune.metric=ret"]
+            runs = {}
+            for name, extra in (("unpruned", []), ("asha", ["hydra.sweeper.pruner=asha"])):
+                runs[name] = run_study(work, name, common + extra)
+                print(f"{time.strftime('%H:%M:%S')} study `{name}` took {runs[name]['launcher_wall']:.1f} s ({load()}): "
+                      f"{runs[name]['summary']}")
+            rows = {}
+            for name, s in runs.items():
+                dev = device(s)
+                best = s["results"].get("best_value")
+                rows[name] = {"best": best, "best_params": s["results"].get("best_params"), "device_s": dev,
+                              "cells": len(s["cells"]), "pruned_cells": sum(c["phase"] == "pruned" for c in s["cells"]),
+                              "trials": s["trials"], "wall": s["launcher_wall"]}
+            u, a = rows["unpruned"], rows["asha"]
+            ratio = a["device_s"] / u["device_s"]
+            within = (a["best"] is not None and u["best"] is not None and abs(a["best"] - u["best"]) <= NOISE)
+            out["prune"] = {**rows, "ratio": ratio, "noise": NOISE, "within_noise": within}
+            print(f"\n== 2. pruning pays: {args.prune_trials} trials x 2 seeds, x=interval(0.05,0.95), diverge_above=0.5, "
+                  f"{args.prune_steps} steps a cell ({load()})")
+            print(f"   {'':<34}{'no pruner':>14}{'asha':>14}")
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"   {'best feasible value':<34}{fmt(u['best']):>14}{fmt(a['best']):>14}")
+            bx = lambda r: "-" if not r["best_params"] else f"{r['best_params'].get('x', float('nan')):.3f}"  # noqa: E731
+            print(f"   {'  at x':<34}{bx(u):>14}{bx(a):>14}")
+            print(f"   {'seeds noise (0.2/sqrt 2)':<34}{NOISE:>14.3f}{NOISE:>14.3f}")
+            print(f"   {'device-seconds (sum attempt wall)':<34}{u['device_s']:>14.1f}{a['device_s']:>14.1f}")
+            print(f"   {'device-hours':<34}{u['device_s'] / 3600:>14.4f}{a['device_s'] / 3600:>14.4f}")
+            print(f"   {'cells (pruned)':<34}{u['cells']:>9} ({u['pruned_cells']:>2}){a['cells']:>9} ({a['pruned_cells']:>2})")
+            print(f"   {'launcher wall':<34}{u['wall']:>12.1f} s{a['wall']:>12.1f} s")
+            for name in ("unpruned", "asha"):
+                tr = " ".join(f"{t['params'].get('x', 0):.2f}{'P' if t['state'] == 'PRUNED' else ''}"
+                              for t in rows[name]["trials"])
+                print(f"   [{name}] trials' x (P: pruned): {tr}")
+            print(f"   device-hours ratio asha / unpruned {ratio:.2f} (goal <= {GOALS['device_ratio']}): "
+                  f"{verdict(ratio <= GOALS['device_ratio'])}")
+            print(f"   best within the seeds' noise ({NOISE:.3f}) of the unpruned best: "
+                  f"{verdict(within)} (difference {fmt(None if a['best'] is None or u['best'] is None else a['best'] - u['best'])})")
+    finally:
+        if args.keep:
+            print(f"stores kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
