@@ -1,7 +1,7 @@
 """Search efficiency: hydra/sweeper=sds_optuna keeps its slots busy (no barrier between trials), and a
 pruner pays for itself on a half-bad space (issue 30).
 
-    .venv/bin/python bench/search_efficiency.py [--trials 8] [--prune-trials 12] [--step-sleep 0.1] [--json F]
+    .venv/bin/python bench/search_efficiency.py [--trials 8] [--barrier-sleeps 0.05,0.2] [--prune-trials 12] [--step-sleep 0.1] [--json F]
 
 Every study runs the real command line (tests/search_app/app.py -m ... hydra/sweeper=sds_optuna on
 hydra/launcher=sds_local, max_parallel=2, seeds [0,1]), into a fresh store in a temp dir. A *cell* is
@@ -79,9 +79,10 @@ def run_study(work: Path, name: str, args: list[str]) -> dict[str, Any]:
     for state in sorted(store.glob("runs/**/state.json")):
         st = json.loads(state.read_text())
         atts = st.get("attempts") or []
-        spans = [(ts(a["started_at"]), ts(a["ended_at"])) for a in atts if a.get("started_at") is not None and a.get("ended_at") is not None]
+        spans = [(ts(a.get("submitted_at", a["started_at"])), ts(a["started_at"]), ts(a["ended_at"])) for a in atts
+                 if a.get("started_at") is not None and a.get("ended_at") is not None]
         cells.append({"dir": str(state.parent.relative_to(store)), "phase": st.get("phase"), "attempts": len(atts),
-                      "spans": spans, "wall": sum(b - a for a, b in spans),
+                      "spans": spans, "wall": sum(b - a for _, a, b in spans),
                       "outcome": atts[-1].get("outcome") if atts else None})
     results = yaml.safe_load(next(store.glob("multirun/*/optimization_results.yaml")).read_text())
     summary = next((line.strip() for line in p.stdout.splitlines() if "trials (" in line), "")
@@ -100,32 +101,57 @@ def trial_rows(store: Path) -> list[dict[str, Any]]:
              "pruned_at": t.user_attrs.get("sds_pruned_at")} for t in s.get_trials()]
 
 
+def slots_of(spans: list[tuple[float, float, float]], slots: int) -> list[float]:
+    """Refill gaps: for each cell (submitted, started, ended) in submission order after the first
+    `slots`, its submission minus the end of the cell whose slot it took (the latest end before it)."""
+    ends: list[float] = []
+    gaps = []
+    for sub, _, end in sorted(spans):
+        if len(ends) < slots:
+            ends.append(end)
+            continue
+        done = [e for e in ends if e <= sub + 1e-6]
+        j = ends.index(max(done) if done else min(ends))
+        gaps.append(max(0.0, sub - ends[j]))
+        ends[j] = end
+    return gaps
+
+
 def no_barrier(study: dict[str, Any], slots: int = 2) -> dict[str, Any]:
     spans = [sp for c in study["cells"] for sp in c["spans"]]
-    first, last = min(a for a, _ in spans), max(b for _, b in spans)
-    busy = sum(b - a for a, b in spans)
+    first, last = min(a for _, a, _ in spans), max(b for _, _, b in spans)
+    busy = sum(b - a for _, a, b in spans)
+    # submitted -> ended: the slot holds the cell (its process start included), over first submitted -> last end
+    held = sum(b - s for s, _, b in spans) / (slots * (last - min(s for s, _, _ in spans)))
     wall = last - first
-    # A batch-barrier scheduler on the same cells: batches of 2 trials (4 cells, in trial order), each run
-    # on the slots (longest first onto the freer slot), the next batch starting when the slowest ends.
+    gaps = slots_of(spans, slots)
+    start_cost = [a - s for s, a, _ in spans]
+    # Batch-barrier schedulers on the same cells, each cell costing its slot what it cost here (its
+    # attempt wall + its submitted -> started + the median refill gap), batches of 2 trials in trial order,
+    # each batch waiting for its slowest cell before the next 2 trials are asked:
+    #   "job": a trial's seeds run one after the other in one job (hydra-optuna-sweeper, n_jobs=2): a batch
+    #          lasts max over its 2 trials of (seed 0 + seed 1);
+    #   "refill": the batch's 4 cells on the 2 slots, a freed slot taking the batch's next cell.
+    gap = sorted(gaps)[len(gaps) // 2] if gaps else 0.0
+    cost = {c["dir"]: sum(b - s for s, _, b in c["spans"]) + gap for c in study["cells"]}
     by_trial: dict[int, list[float]] = {}
-    for t in study["trials"]:
-        by_trial.setdefault(t["number"], [])
-    durations = {c["dir"]: c["wall"] for c in study["cells"]}
-    cells_of = cell_trials(Path(study["store"]))
-    for d, n in cells_of.items():
-        by_trial.setdefault(n, []).append(durations[d])
+    for d, n in cell_trials(Path(study["store"])).items():
+        by_trial.setdefault(n, []).append(cost[d])
     order = sorted(by_trial)
-    barrier_wall = 0.0
+    job_wall = refill_wall = 0.0
     for i in range(0, len(order), 2):
-        batch = sorted((x for n in order[i:i + 2] for x in by_trial[n]), reverse=True)
+        batch = order[i:i + 2]
+        job_wall += max(sum(by_trial[n]) for n in batch)
         free = [0.0] * slots
-        for x in batch:
+        for x in (x for n in batch for x in by_trial[n]):
             j = free.index(min(free))
             free[j] += x
-        barrier_wall += max(free)
-    return {"busy": busy / (slots * wall), "wall": wall, "busy_s": busy, "cells": len(spans),
-            "durations": sorted(x for c in study["cells"] for x in [c["wall"]]),
-            "barrier_wall": barrier_wall, "barrier_busy": busy / (slots * barrier_wall)}
+        refill_wall += max(free)
+    return {"busy": busy / (slots * wall), "held": held, "wall": wall, "busy_s": busy,
+            "cells": len(spans), "durations": sorted(c["wall"] for c in study["cells"]),
+            "refill_gaps": gaps, "start_cost": start_cost,
+            "job_wall": job_wall, "job_busy": busy / (slots * job_wall),
+            "refill_wall": refill_wall, "refill_busy": busy / (slots * refill_wall)}
 
 
 def cell_trials(store: Path) -> dict[str, int]:
@@ -149,7 +175,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8, help="trials of the no-barrier study (x 2 seeds)")
     ap.add_argument("--prune-trials", type=int, default=12, help="trials of each pruning study (x 2 seeds)")
-    ap.add_argument("--step-sleep", type=float, default=0.1, help="the toy's sleep per step, s")
+    ap.add_argument("--step-sleep", type=float, default=0.1, help="the toy's sleep per step in the pruning studies, s")
+    ap.add_argument("--barrier-sleeps", default="0.05,0.2", help="the toy's sleep per step in the no-barrier "
+                    "studies, s: one study each (0.05 is the toy's default)")
     ap.add_argument("--prune-steps", type=int, default=20, help="steps of a cell in the pruning studies")
     ap.add_argument("--sampler-seed", type=int, default=0)
     ap.add_argument("--parts", default="barrier,prune", help="comma list of barrier, prune")
@@ -158,26 +186,36 @@ def main() -> None:
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} search efficiency on {os.cpu_count()} cores, {load()}")
-    print(f"a cell = one (point, seed) run of tests/search_app/app.py: `steps` steps of {args.step_sleep} s sleep "
-          f"each (raw rate {1 / args.step_sleep:.0f} toy steps/s a cell, set by the sleep: not an env rate)")
+    print("a cell = one (point, seed) run of tests/search_app/app.py: `steps` steps, each a heartbeat and a "
+          "`step_sleep` s sleep; its raw rate (1 / step_sleep toy steps/s) is set by the sleep: not an env rate")
     work = Path(tempfile.mkdtemp(prefix="sds_search_eff_"))
     out: dict[str, Any] = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cores": os.cpu_count(), "args": vars(args)}
     seed = f"hydra.sweeper.sampler.seed={args.sampler_seed}"
     try:
         if "barrier" in parts:
-            s = run_study(work, "barrier", [f"hydra.sweeper.n_trials={args.trials}", seed, "x=interval(0.05,0.95)",
-                                            "steps=int(interval(5,40))", f"step_sleep={args.step_sleep}"])
-            nb = no_barrier(s)
-            out["barrier"] = nb
-            d = nb["durations"]
-            print(f"\n== 1. no barrier: {args.trials} trials x 2 seeds, steps=int(interval(5,40)), 2 slots "
-                  f"(launcher {s['launcher_wall']:.1f} s, {load()})")
-            print(f"   {s['summary']}")
-            print(f"   cells {nb['cells']}, attempt wall min {d[0]:.2f} s, median {d[len(d) // 2]:.2f} s, max {d[-1]:.2f} s")
-            print(f"   {'scheduler':<28}{'study wall':>12}{'slot busy':>12}")
-            print(f"   {'sds_optuna (measured)':<28}{nb['wall']:>10.1f} s{nb['busy']:>12.3f}")
-            print(f"   {'batch barrier (simulated)':<28}{nb['barrier_wall']:>10.1f} s{nb['barrier_busy']:>12.3f}")
-            print(f"   slot busy fraction {nb['busy']:.3f} (goal >= {GOALS['busy']}): {verdict(nb['busy'] >= GOALS['busy'])}")
+            out["barrier"] = {}
+            for sleep in [float(x) for x in args.barrier_sleeps.split(",") if x]:
+                s = run_study(work, f"barrier_{sleep}", [f"hydra.sweeper.n_trials={args.trials}", seed,
+                                                         "x=interval(0.05,0.95)", "steps=int(interval(5,40))",
+                                                         f"step_sleep={sleep}"])
+                nb = no_barrier(s)
+                out["barrier"][str(sleep)] = nb
+                d, g, sc = nb["durations"], sorted(nb["refill_gaps"]), sorted(nb["start_cost"])
+                med = lambda v: v[len(v) // 2] if v else float("nan")  # noqa: E731
+                print(f"\n== 1. no barrier: {args.trials} trials x 2 seeds, steps=int(interval(5,40)), step_sleep={sleep} "
+                      f"({1 / sleep:.0f} toy steps/s), 2 slots (launcher {s['launcher_wall']:.1f} s, {load()})")
+                print(f"   {s['summary']}")
+                print(f"   cells {nb['cells']}: attempt wall min {d[0]:.2f} s, median {med(d):.2f} s, max {d[-1]:.2f} s; "
+                      f"per cell: submitted -> attempt started median {med(sc):.2f} s (max {sc[-1]:.2f}), "
+                      f"a cell ended -> the next submitted on its slot median {med(g):.2f} s (max {max(g, default=0):.2f})")
+                print(f"   {'scheduler':<58}{'study wall':>12}{'slot busy':>11}")
+                print(f"   {'sds_optuna, measured':<58}{nb['wall']:>10.1f} s{nb['busy']:>11.3f}")
+                print(f"   {'  same, slot held = submitted -> ended':<58}{'':>12}{nb['held']:>11.3f}")
+                print(f"   {'batch barrier, 4 cells refilled within a batch (sim.)':<58}{nb['refill_wall']:>10.1f} s"
+                      f"{nb['refill_busy']:>11.3f}")
+                print(f"   {'batch barrier, a trial = 1 job running its seeds (sim.)':<58}{nb['job_wall']:>10.1f} s"
+                      f"{nb['job_busy']:>11.3f}")
+                print(f"   slot busy fraction {nb['busy']:.3f} (goal >= {GOALS['busy']}): {verdict(nb['busy'] >= GOALS['busy'])}")
         if "prune" in parts:
             common = [f"hydra.sweeper.n_trials={args.prune_trials}", seed, "x=interval(0.05,0.95)", "diverge_above=0.5",
                       f"steps={args.prune_steps}", f"step_sleep={args.step_sleep}", "hydra.sweeper.prune.metric=ret"]
