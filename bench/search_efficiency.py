@@ -97,8 +97,14 @@ def trial_rows(store: Path) -> list[dict[str, Any]]:
     journal = store / "studies" / "toy" / "journal.log"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     s = optuna.load_study(study_name="toy", storage=storage)
-    return [{"number": t.number, "params": t.params, "state": t.state.name, "value": t.value,
-             "pruned_at": t.user_attrs.get("sds_pruned_at")} for t in s.get_trials()]
+    rows = []
+    for t in s.get_trials():
+        # the env step at which SuccessiveHalving took the trial's rung-0 value (the reported step it equals)
+        r0 = t.system_attrs.get("completed_rung_0")
+        r0_step = next((k for k, v in sorted(t.intermediate_values.items()) if r0 is not None and v == r0), None)
+        rows.append({"number": t.number, "params": t.params, "state": t.state.name, "value": t.value,
+                     "pruned_at": t.user_attrs.get("sds_pruned_at"), "rung0": r0, "rung0_step": r0_step})
+    return rows
 
 
 def slots_of(spans: list[tuple[float, float, float]], slots: int) -> list[float]:
@@ -251,6 +257,10 @@ def main() -> None:
                 tr = " ".join(f"{t['params'].get('x', 0):.2f}{'P' if t['state'] == 'PRUNED' else ''}"
                               for t in rows[name]["trials"])
                 print(f"   [{name}] trials' x (P: pruned): {tr}")
+            r0 = [t for t in rows["asha"]["trials"] if t["rung0"] is not None]
+            if r0:
+                print("   [asha] rung 0 value (ret, mean of 2 seeds) @ the env step it was taken at: " + " ".join(
+                    f"{t['number']}:{t['rung0']:.2f}@{t['rung0_step']}" for t in r0))
             print(f"   device-hours ratio asha / unpruned {ratio:.2f} (goal <= {GOALS['device_ratio']}): "
                   f"{verdict(ratio <= GOALS['device_ratio'])}")
             print(f"   best within the seeds' noise ({NOISE:.3f}) of the unpruned best: "
