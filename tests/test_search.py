@@ -205,3 +205,48 @@ def test_the_journal_opens_in_optuna_dashboard(tmp_path):
     assert [s["study_name"] for s in studies] == ["toy"]
     detail = get(f"/api/studies/{studies[0]['study_id']}")
     assert [t["number"] for t in detail["trials"]] == [t.number for t in study(store).get_trials()] == [0, 1]
+
+
+def test_best_points_rerun_on_test_seeds_and_the_report_shows_the_front(tmp_path):
+    """The best feasible point re-run on fresh test seeds, reported apart from its tuning seeds; the
+    report's front holds feasible and infeasible trials with the limit, its best is feasible."""
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=5", "x=interval(0.05,0.95)", "hydra.sweeper.test={seeds:[100,101],top_k:1}")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    s = study(store)
+    tests = s.user_attrs["sds_test"]
+    assert list(tests) == [str(s.best_trial.number)]
+    rerun = tests[str(s.best_trial.number)]
+    assert rerun["seeds"] == [100, 101] and rerun["spread"][0]["n"] == 2
+    assert {c["seed"] for c in rerun["cells"]} == {100, 101}
+    assert len(attempts(store)) == 10 + 2
+    again = run(store, "hydra.sweeper.n_trials=5", "x=interval(0.05,0.95)", "hydra.sweeper.test={seeds:[100,101],top_k:1}")
+    assert again.returncode == 0 and "submitted" not in again.stdout  # the test cells are done cells too
+    report = json.loads((store / "report" / "report.json").read_text())
+    (view,) = report["studies"]
+    assert view["best"] == [s.best_trial.number] and s.best_trial.constraints["cost"] <= 0
+    feasible = {t["number"]: t["feasible"] for t in view["trials"]}
+    assert feasible[s.best_trial.number] is True
+    assert set(feasible.values()) == {True, False}, feasible  # both sides of the limit are on the front
+    html = (store / "report" / "report.html").read_text()
+    assert "Study" in html and "toy" in html and "test seeds" in html.lower()
+
+
+def test_a_two_objective_study_keeps_its_pareto_front(tmp_path):
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=4", "x=interval(0.05,0.95)", "hydra.sweeper.objective=[ret,cost]",
+            "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.constraint=null")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    s = study(store)
+    assert [d.name for d in s.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert all(len(t.values) == 2 for t in s.get_trials())
+    solutions = yaml.safe_load(next(store.glob("multirun/*/optimization_results.yaml")).read_text())["solutions"]
+    assert len(solutions) == len(s.best_trials) >= 1
+
+
+def test_an_objective_the_app_never_returns_stops_the_study_by_name(tmp_path):
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=2", "x=interval(0.05,0.95)", "hydra.sweeper.objective=reward")
+    assert p.returncode == 1
+    out = p.stdout + p.stderr
+    assert "hydra.sweeper.objective=['reward']: the task never produces it" in out and "ret" in out, out[-3000:]

@@ -218,7 +218,9 @@ def read_study(path: str | Path, *, importances: bool = True) -> StudyView:
     directions = [d.name.lower() for d in study.directions]
     view = _empty_view(path, {**meta, "name": meta.get("name") or study.study_name}, meta_error)
     view.directions, view.objectives = directions, _objective_names(meta, len(directions))
-    view.trials = pd.DataFrame([_trial_row(t, view) for t in frozen], columns=list(TRIAL_COLUMNS))
+    tests = dict(study.user_attrs.get("sds_test") or {})  # the best points re-run on test seeds, by trial number
+    view.trials = pd.DataFrame([{**_trial_row(t, view), **({"test": tests[str(t.number)]} if str(t.number) in tests else {})}
+                                for t in frozen], columns=list(TRIAL_COLUMNS))
     view.best = _best(study, view)
     view.history = _history(view)
     view.savings = _savings(view.trials)

@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from safedreamer_sweep.search.settings import SearchError
 from safedreamer_sweep.search.trials import TrialCell, TrialRun
 from safedreamer_sweep.search.values import aggregate, aligned, spread
 from safedreamer_sweep.sweep.launch import Sweep
@@ -63,21 +64,57 @@ class StudyDriver:
     say: _Say = print
     max_running: int | None = None           # hydra.sweeper.n_jobs: trials in flight at once
     reseed: Callable[[int], None] = lambda n: None  # before each ask: the sampler's seed moved on by n trials
+    test_seeds: list[int] = field(default_factory=list)  # the best points re-run on these (apart from tuning)
+    test_top_k: int = 0
     runs: dict[int, TrialRun] = field(default_factory=dict)
     _cells: dict[str, Any] = field(default_factory=dict)  # cell key -> Tracked, shared by trials that repeat a point
 
     # --- the loop
     def run(self) -> dict[int, TrialRun]:
         self._adopt()
+        self._loop(ask=True)
+        if self.test_seeds and self.test_top_k:
+            self._test_best()
+        return self.runs
+
+    def _loop(self, *, ask: bool) -> None:
         while True:
-            self._top_up()
+            if ask:
+                self._top_up()
             if not (self.sup.queue or self.sup.active) and not self._open():
-                break
+                return
             if self.sup.queue or self.sup.active:
                 self.sup.poll()
             self._judge_running()
             self._tell_finished()
-        return self.runs
+
+    # --- the best points on fresh test seeds
+    def _test_best(self) -> None:
+        """Re-run the best `test_top_k` feasible points on the test seeds (ordinary cells again: done
+        ones are read, so a re-invocation re-runs nothing), reported apart from the tuning seeds in the
+        study's user attribute `sds_test` (a finished trial's own attributes are frozen)."""
+        best = _ranked_feasible(self.study)[: self.test_top_k]
+        k, base = len(self.test_seeds), self.n_trials * len(self.seeds)
+        runs = []
+        for rank, t in enumerate(best):
+            base_ov = [o for o in self.overrides_of(t.params) if not o.lstrip("+~").startswith("seed=")]
+            jobs = [base_ov + [f"seed={s}"] for s in self.test_seeds]
+            planned = self.sweep.plan_more(jobs, [base + rank * k + j for j in range(k)])
+            run = TrialRun(number=t.number, trial_id=t._trial_id, params=dict(t.params), test=True,
+                           cells=[TrialCell(seed=s, cell=c) for s, c in zip(self.test_seeds, planned)])
+            self._track(run)
+            runs.append(run)
+        self.say(f"[sds] re-running the best {len(runs)} point(s) on test seeds {self.test_seeds}: trials "
+                 + ", ".join(str(r.number) for r in runs))
+        while not all(r.terminal for r in runs):
+            self.sup.poll()
+        record = dict(self.study.user_attrs.get("sds_test") or {})
+        for r in runs:
+            per_seed = r.seed_values(self.objective.paths)
+            record[str(r.number)] = {"seeds": list(self.test_seeds), "values": per_seed,
+                                     "spread": [spread(v) for v in per_seed],
+                                     "cells": [_cell_doc(tc, self.sweep) for tc in r.cells]}
+        self.study.set_user_attr("sds_test", record)
 
     def _open(self) -> list[TrialRun]:
         return [r for r in self.runs.values() if r.told is None]
@@ -115,17 +152,21 @@ class StudyDriver:
                        cells=[TrialCell(seed=s, cell=c) for s, c in zip(self.seeds, planned)])
         for tc in run.cells:  # stopped by this study's pruner before an earlier invocation could tell it
             tc.pruned = _pruned_by(tc, self.study.study_name, number)
+        self._track(run)
+        if new:
+            self.study._storage.set_trial_user_attr(trial_id, "sds_cells", [_cell_doc(tc, self.sweep) for tc in run.cells])
+        verdicts = ", ".join(f"seed {tc.seed}: {tc.cell.verdict}" for tc in run.cells)
+        self.say(f"[sds] trial {number} {_fmt_params(params)} ({verdicts})")
+        return run
+
+    def _track(self, run: TrialRun) -> None:
+        """Claim and track the run's cells; a cell another trial of this invocation tracks is shared."""
         fresh = [tc.cell for tc in run.cells if tc.cell.spec.key not in self._cells and not tc.pruned]
         for t in self.sweep.claim(fresh):
             self._cells[t.key] = t
             self.sup.add(t)
         for tc in run.cells:
             tc.tracked = self._cells.get(tc.cell.spec.key)
-        if new:
-            self.study._storage.set_trial_user_attr(trial_id, "sds_cells", [_cell_doc(tc, self.sweep) for tc in run.cells])
-        verdicts = ", ".join(f"seed {tc.seed}: {tc.cell.verdict}" for tc in run.cells)
-        self.say(f"[sds] trial {number} {_fmt_params(params)} ({verdicts})")
-        return run
 
     # --- pruning
     def _judge_running(self) -> None:
@@ -213,14 +254,34 @@ class StudyDriver:
         self.say(f"[sds] trial {run.number}: {state.name.lower()}"
                  + (f", value {_fmt_values(values)} over {spreads[0]['n']} seed(s)" if values is not None else ""))
 
+    def _missing_objective(self, run: TrialRun) -> None:
+        """A done cell whose result lacks the objective: an app's return value is known only once it
+        ran, so this is where a misnamed objective is caught. The study stops here, loudly (its cells
+        in flight run on; the same command, with the objective fixed, continues the study)."""
+        res = next((c.result() for c in run.cells if c.outcome == "done"), None)
+        wanted = [p for p in self.objective.paths if p is not None] or ["<the return value, as a number>"]
+        raise SearchError(f"hydra.sweeper.objective={wanted}: the task never produces it: trial {run.number}'s cell "
+                          f"{run.cells[0].cell.label} returned {str(res)[:200]} (values: {_result_keys(res)[:20]}). "
+                          f"Fix: hydra.sweeper.objective=<one of those> with hydra.sweeper.new_study=true (the objective is part "
+                          f"of the study), or return it from the task function")
+
     def _state_and_values(self, run: TrialRun, per_seed: list[list[float | None]]) -> tuple[TrialState, Any]:
         outcomes = [c.outcome for c in run.cells]
         if "pruned" in outcomes:
             return TrialState.PRUNED, None
         values = [aggregate(vs, self.objective.how) for vs in per_seed]
-        if "failed" in outcomes or any(v is None for v in values):
+        if "failed" in outcomes:
+            return TrialState.FAIL, None
+        if any(v is None for v in values):
+            self._missing_objective(run)
             return TrialState.FAIL, None
         return TrialState.COMPLETE, values if len(values) > 1 else values[0]
+
+
+def _result_keys(result: Any, prefix: str = "") -> list[str]:
+    if not isinstance(result, dict):
+        return [prefix or "<the value itself>"] if isinstance(result, (int, float)) else []
+    return [k for key, v in result.items() for k in _result_keys(v, f"{prefix}{key}.")] or [prefix.rstrip(".")]
 
 
 def _cell_doc(tc: TrialCell, sweep: Sweep) -> dict[str, Any]:
@@ -231,6 +292,18 @@ def _cell_doc(tc: TrialCell, sweep: Sweep) -> dict[str, Any]:
         rel = str(rd)
     return {"seed": tc.seed, "label": tc.cell.spec.label, "hash": tc.cell.spec.hash, "run_dir": rel,
             "overrides": list(tc.cell.overrides)}
+
+
+def _ranked_feasible(study: optuna.Study) -> list[Any]:
+    """Complete feasible trials, best first (the first direction; a multi-objective study's Pareto
+    front first)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if all(v <= 0 for v in (t.constraints or {}).values())]
+    if len(study.directions) > 1:
+        front = {t.number for t in study.best_trials}
+        return sorted(done, key=lambda t: (t.number not in front, t.number))
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    return sorted(done, key=lambda t: sign * float(t.value))
 
 
 def _pruned_by(tc: TrialCell, study: str, number: int) -> bool:

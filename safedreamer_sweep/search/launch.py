@@ -127,7 +127,8 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     sup = sweep.supervisor(sweep.make_backend(hydra_context, launcher.task_function, 0), [])
     driver = StudyDriver(sweep=sweep, sup=sup, study=study, lock=sdir.ask_lock(), n_trials=s.n_trials, seeds=seeds,
                          objective=objective, distributions=dict(space.distributions), say=say, max_running=s.n_jobs,
-                         overrides_of=lambda p: [*fixed, *space.overrides(p)], reseed=_reseeder(study, s, space))
+                         overrides_of=lambda p: [*fixed, *space.overrides(p)], reseed=_reseeder(study, s, space),
+                         test_seeds=list((s.test or {}).get("seeds") or []), test_top_k=int((s.test or {}).get("top_k") or 0))
     _drive(driver, sweep)
     finish(study, sweep, config, s, report)
 
