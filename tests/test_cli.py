@@ -36,7 +36,7 @@ def test_status_exits_1_while_cells_are_missing(store_copy, capsys):
     assert capsys.readouterr().out.splitlines()[0] == "INCOMPLETE: 1 cell never run: v2_full seed 0"
     assert main(["status", str(store_copy), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["counts"] == {
-        "cells": 2, "pending": 1, "running": 0, "stalled": 0, "done": 1, "failed": 0, "lost": 0}
+        "cells": 2, "pending": 1, "running": 0, "stalled": 0, "done": 1, "failed": 0, "lost": 0, "pruned": 0}
 
 
 def test_status_prices_gpu_hours_only(store_copy, capsys):
