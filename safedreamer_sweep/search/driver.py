@@ -98,7 +98,7 @@ class StudyDriver:
         runs = []
         for rank, t in enumerate(best):
             base_ov = [o for o in self.overrides_of(t.params) if not o.lstrip("+~").startswith("seed=")]
-            jobs = [base_ov + [f"seed={s}"] for s in self.test_seeds]
+            jobs = [[*base_ov, f"seed={s}"] for s in self.test_seeds]
             planned = self.sweep.plan_more(jobs, [base + rank * k + j for j in range(k)])
             run = TrialRun(number=t.number, trial_id=t._trial_id, params=dict(t.params), test=True,
                            cells=[TrialCell(seed=s, cell=c) for s, c in zip(self.test_seeds, planned)])

@@ -14,6 +14,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from safedreamer_sweep.core.identity import app_of
+from safedreamer_sweep.core.store_format import record_if_new
 from safedreamer_sweep.search.driver import Objective, StudyDriver
 from safedreamer_sweep.search.settings import SearchError, SearchSettings, build_pruner, build_sampler, search_settings
 from safedreamer_sweep.search.space import Space, parse_space
@@ -119,6 +120,7 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
                                       fixed={o.split("=", 1)[0]: o for o in fixed},
                                       default_name=_job_name(config))
+    record_if_new(sweep.store.root, sdir.json_path)  # a new store's first document may be a study
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     say(f"[sds] study {study.study_name} ({'new' if created else 'resumed'}; {sdir.journal}): {len(done)} of "
         f"{s.n_trials} trials finished, {len(seeds)} seed(s) per trial"

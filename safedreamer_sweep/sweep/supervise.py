@@ -260,9 +260,9 @@ class Supervisor:
         claim = read_json(t.rd.claim_path) or {}
         holder, why = holder_alive(claim, t.rd, stall_after=self.stall_after, job_state=self.backend.state_lookup(),
                                    lease_s=self.lease_s)
-        if view.phase in ("done", "failed"):
+        if view.phase in ("done", "failed", "pruned"):
             self.active.remove(t)
-            t.result = "done" if view.phase == "done" else "failed"
+            t.result = view.phase
             t.reason = f"ran elsewhere: {view.phase}" + (f" ({view.cause}: {view.evidence})" if view.cause else "")
             self.finished.append(t)
         elif not holder:
@@ -321,6 +321,9 @@ class Supervisor:
         if t.pruned is not None:  # we stopped it: its end is the pruner's, not a failure
             mark_pruned(t.rd, t.pruned)
             self._close(t, "pruned", reason=f"pruned at env step {t.pruned.get('pruned_at')}")
+            return
+        if view.phase == "pruned":  # a study's pruner stopped it (another invocation of the study)
+            self._close(t, "pruned", reason=view.detail or "pruned")
             return
         attempts = state.get("attempts") or []
         last = attempts[-1] if attempts else {}
