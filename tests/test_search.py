@@ -257,3 +257,31 @@ def test_an_objective_the_app_never_returns_stops_the_study_by_name(tmp_path):
     assert p.returncode == 1
     out = p.stdout + p.stderr
     assert "hydra.sweeper.objective=['reward']: the task never produces it" in out and "ret" in out, out[-3000:]
+
+
+def test_a_pruned_cell_asked_again_resumes_from_its_checkpoint(tmp_path):
+    """Optuna's pruners never pause a trial, so a promoted trial simply runs on; a pruned cell that is
+    asked again later (a grid, or a study that repeats its point) resumes from its checkpoint: its
+    first step is past 1, and it ends done."""
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=8", "x=interval(0.05,0.95)", "diverge_above=0.5", "steps=30",
+            "step_sleep=0.1", "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:2}",
+            "hydra.sweeper.prune.metric=ret", "hydra.sweeper.prune.warmup_steps=500",
+            "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    cells = [c for t in study(store).get_trials() if t.state.name == "PRUNED" for c in t.user_attrs["sds_cells"]
+             if '"phase": "pruned"' in (store / c["run_dir"] / "state.json").read_text()]
+    assert cells, [(t.number, t.params, t.state.name) for t in study(store).get_trials()]
+    cell = cells[0]
+    x = next(o.split("=", 1)[1] for o in cell["overrides"] if o.startswith("x="))
+    grid = subprocess.run([sys.executable, str(APP), "-m", f"hydra.sweep.dir={store}/multirun/grid",
+                           "hydra/launcher=sds_local", "hydra.launcher.poll_s=0.2", "hydra.launcher.progress=none",
+                           f"x={x}", f"seed={cell['seed']}", "diverge_above=0.5", "steps=30", "step_sleep=0"],
+                          cwd=tmp_path, env=env(store), capture_output=True, text=True, timeout=300, check=False)
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    assert "pruned by study toy" in grid.stdout, grid.stdout[-2000:]  # the plan says why it runs again
+    state = json.loads((store / cell["run_dir"] / "state.json").read_text())
+    assert state["phase"] == "done" and [a["outcome"] for a in state["attempts"]] == ["pruned", "done"]
+    logs = sorted((store / cell["run_dir"] / "logs").glob("attempt_*.out"))
+    first = int(logs[-1].read_text().split("first step ", 1)[1].split()[0])
+    assert first > 1, logs[-1].read_text()[-500:]
