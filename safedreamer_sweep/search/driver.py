@@ -155,7 +155,8 @@ class StudyDriver:
         self._track(run)
         if new:
             self.study._storage.set_trial_user_attr(trial_id, "sds_cells", [_cell_doc(tc, self.sweep) for tc in run.cells])
-        verdicts = ", ".join(f"seed {tc.seed}: {tc.cell.verdict}" for tc in run.cells)
+        verdicts = ", ".join(f"seed {tc.seed}: {tc.cell.verdict}" if tc.seed is not None else tc.cell.verdict
+                             for tc in run.cells)
         self.say(f"[sds] trial {number} {_fmt_params(params)} ({verdicts})")
         return run
 

@@ -77,10 +77,23 @@ def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
     metric = s.prune.metric or ("episode_return" if kind != "app" else paths[0])
     if s.pruner is None:  # no pruner: nothing is stopped early, on its curve or on its cost
         metric = None
+    elif kind == "external":
+        _check_external_curve(config, metric)
     return Objective(paths=paths, directions=list(s.directions), how=s.aggregate, cost_path=cost_path,
                      cost_limit=(s.constraint or {}).get("limit"), prune_metric=metric,
                      warmup_steps=s.prune.warmup_steps, cost_warmup_steps=s.prune.cost_warmup_steps,
                      cost_slack=s.prune.cost_slack)
+
+
+def _check_external_curve(config: DictConfig, metric: str | None) -> None:
+    """The pruner reads an external task's curve rows (task.curves.keys, mirrored into metrics.jsonl):
+    a metric it never mirrors would never be reported, and nothing would ever be pruned."""
+    keys = OmegaConf.select(config, "task.curves.keys", default=None)
+    known = sorted(OmegaConf.to_container(keys).keys()) if keys is not None else []  # type: ignore[union-attr]
+    if metric not in known:
+        raise SearchError(f"hydra.sweeper.prune.metric={metric!r}: the external task never produces it: its curve rows "
+                          f"carry {known or 'nothing (task.curves is null)'}. Fix: declare it under task.curves.keys, "
+                          f"or hydra.sweeper.prune.metric=<one of those>, or no pruner")
 
 
 def _check_eval_metrics(paths: list[str | None], key: str) -> None:
@@ -131,7 +144,13 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
                          objective=objective, distributions=dict(space.distributions), say=say, max_running=s.n_jobs,
                          overrides_of=lambda p: [*fixed, *space.overrides(p)], reseed=_reseeder(study, s, space),
                          test_seeds=list((s.test or {}).get("seeds") or []), test_top_k=int((s.test or {}).get("top_k") or 0))
-    _drive(driver, sweep)
+    from safedreamer_sweep.sweep.progress import Progress
+
+    # the live view over the study's cells: n_trials x seeds, those of trials finished before counted done
+    with Progress(sweep.progress, s.n_trials * len(seeds), len(done) * len(seeds)) as progress:
+        if sweep.progress != "none":
+            sup.on_tick = progress.tick
+        _drive(driver, sweep)
     finish(study, sweep, config, s, report)
 
 
@@ -188,7 +207,8 @@ def finish(study: optuna.Study, sweep: Sweep, config: DictConfig, s: SearchSetti
     failed = states[optuna.trial.TrialState.FAIL]
     say(f"[sds] study {study.study_name}: {len(trials)}/{s.n_trials} trials "
         f"({states[optuna.trial.TrialState.COMPLETE]} complete, {states[optuna.trial.TrialState.PRUNED]} pruned, "
-        f"{failed} failed)" + (f"; best feasible: trial {best[0].number} value {best[0].values}" if best else
+        f"{failed} failed)" + (f"; best feasible: trial {best[0].number} value "
+                               f"{', '.join(f'{v:.4g}' for v in best[0].values or [])}" if best else
                                "; no feasible trial yet"))
     if trials and failed / len(trials) > s.max_failure_rate:
         from safedreamer_sweep.sweep.launch import SweepIncomplete
