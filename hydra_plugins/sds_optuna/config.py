@@ -74,7 +74,7 @@ class SdsOptunaConf:
     n_trials: int = 20             # the study's total: a re-run continues toward it
     n_jobs: int | None = None   # trials in flight at once (null: as many as the launcher has slots for)
     max_failure_rate: float = 0.0
-    params: dict[str, Any] | None = None
+    params: Any = None             # the search space, key -> interval(...) | int(interval(...)) | range | choice | tag(log, ...)
     # --- ours
     seeds: list[int] | None = None  # a trial is a point on these seeds, each seed an ordinary cell
     aggregate: str = "mean"        # mean | iqm of the seeds' values (the spread is kept beside it)
