@@ -79,3 +79,14 @@ def test_a_killed_builtin_study_resumes_to_exactly_12_trials_and_24_cells(tmp_pa
     out = changed.stdout + changed.stderr
     assert "space: agent.lr" in out and "hydra.sweeper.new_study=true" in out, out[-3000:]
     assert len(trials(store)) == 12
+
+
+def test_a_space_reaching_outside_a_keys_range_is_refused_before_anything_is_written(tmp_path):
+    """agent.lr's schema range is (0, 1]: a space whose upper end is 2 is refused at its end point,
+    by the key and its range, before the study or any cell exists."""
+    store = tmp_path / "store"
+    p = sds(*study_args(store, "local", ["agent.lr=interval(0.0001,2.0)", SPACE[1]]), timeout=300)
+    assert p.returncode == 1
+    out = p.stdout + p.stderr
+    assert "agent.lr" in out and "2.0" in out, out[-3000:]
+    assert not (store / "studies").exists() and not (store / "runs").exists()

@@ -118,6 +118,19 @@ def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int |
     return [None]
 
 
+def corner_jobs(space: Space, fixed: list[str], seeds: list[int | None]) -> list[list[str]]:
+    """The jobs that check the whole search space against the schema before anything is written: each
+    dimension at both ends of its interval (or at each of its choices), the others at their low end.
+    A key's range is an interval, so a point inside passes when both ends do."""
+    def ends(d: Any) -> list[Any]:
+        return list(d.choices) if isinstance(d, optuna.distributions.CategoricalDistribution) else [d.low, d.high]
+
+    low = {k: ends(d)[0] for k, d in space.distributions.items()}
+    seed = [f"seed={seeds[0]}"] if seeds and seeds[0] is not None else []
+    jobs = [[*fixed, *space.overrides({**low, k: v}), *seed] for k, d in space.distributions.items() for v in ends(d)]
+    return jobs or [[*fixed, *space.overrides({}), *seed]]
+
+
 def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, config: DictConfig,
                hydra_context: Any, backend: str, report: Callable[[Sweep], None]) -> None:
     """The whole study, from the sweeper's config and the command line's overrides; `report(sweep)`
@@ -129,6 +142,7 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     objective = objective_of(s, config)
     build_sampler(s, space), build_pruner(s)  # an unknown or unfit one refused before anything is written
     sweep = plan_sweep(backend, launcher.params, config, hydra_context, [], 0)  # checks the launcher, migrates
+    sweep.plan_jobs(corner_jobs(space, fixed, seeds))  # every value the space can take is in its key's range
     app = app_of(config) if task_kind(config) == "app" else None
     study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
                                       fixed={o.split("=", 1)[0]: o for o in fixed},

@@ -289,14 +289,19 @@ class Sweep:
         return {"config": c.spec.config, "seed": c.spec.seed, "hash": c.spec.hash, "overrides": c.overrides,
                 "done_when": c.spec.done_when, "verdict": c.verdict, **({"code_change": c.code_note} if c.code_note else {})}
 
+    def plan_jobs(self, job_overrides: Sequence[Sequence[str]]) -> list[PlannedCell]:
+        """Plan jobs against the store as it is now, keeping nothing (reads only; PlanError on a job
+        the schema, the trainer or the store refuses)."""
+        return plan_cells(job_overrides, config_loader=self.hydra_context.config_loader, config=self.config,
+                          store=self.store, stall_after=self.stall_after, policy=self.policy, job_state=self.job_state,
+                          sweep_id=self.id, log=say, fast=bool(self.params.get("plan_fast", True)), launcher=self.params)
+
     def plan_more(self, job_overrides: Sequence[Sequence[str]], indices: Sequence[int]) -> list[PlannedCell]:
         """Plan more jobs into this sweep while it runs (a study's next trial: one job per seed), each
         with its job number (`indices`: Hydra's job numbers and output dirs continue from the study's
         trial number), against the store as it is now; recorded in the manifest. Reads only, like the
         first plan, until the manifest is written."""
-        cells = plan_cells(job_overrides, config_loader=self.hydra_context.config_loader, config=self.config,
-                           store=self.store, stall_after=self.stall_after, policy=self.policy, job_state=self.job_state,
-                           sweep_id=self.id, log=say, fast=bool(self.params.get("plan_fast", True)), launcher=self.params)
+        cells = self.plan_jobs(job_overrides)
         for c, i in zip(cells, indices):
             c.index = i
         self.cells.extend(cells)
