@@ -147,3 +147,34 @@ def test_a_frozen_holder_loses_its_lease_and_none_of_its_later_writes_land(tmp_p
     newest = max(s for s, _ in rd.checkpoints())
     assert newest == 8192 and max(frozen_at) < 8192
     assert [a_["outcome"] for a_ in state["attempts"] if a_["host"] == "host-b"] == ["done"]
+
+
+def test_one_study_from_two_hosts_at_once_ends_with_exactly_its_total(tmp_path):
+    """hydra/sweeper=sds_optuna launched on the same study from two hosts at once (tests/search_app):
+    count-then-ask under the study's lock and the cells' claims leave exactly n_trials trials, every
+    cell run once, by one host."""
+    import optuna
+
+    store = tmp_path / "store"
+    app = ROOT / "tests" / "search_app" / "app.py"
+    args = ["-m", f"hydra.sweep.dir={store}/multirun/${{now:%H-%M-%S-%f}}", "hydra/launcher=sds_local",
+            "hydra.launcher.poll_s=0.3", "hydra.launcher.progress=none", "hydra.launcher.max_parallel=1",
+            "hydra.launcher.lease_s=30", "hydra/sweeper=sds_optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.seeds=[0,1]",
+            "hydra.sweeper.study_name=toy", "hydra.sweeper.objective=ret", "hydra.sweeper.direction=maximize",
+            "x=interval(0.05,0.95)", "hydra.sweeper.sampler.seed=0"]
+    procs = []
+    for name in ("host-a", "host-b"):
+        cmd = " ".join(["hostname", name, "&&", "exec", sys.executable, str(app), *(f"'{a}'" for a in args)])
+        procs.append(subprocess.Popen(["unshare", "--uts", "sh", "-c", cmd], cwd=tmp_path, text=True,
+                                      env={**os.environ, "SDS_STORE": str(store), "SDS_HEARTBEAT_EVERY_S": "0"},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(store / "studies" / "toy" / "journal.log")))
+    trials = optuna.load_study(study_name="toy", storage=storage).get_trials()
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    runs = list(Store(store).iter_runs())
+    assert len(runs) == 12 and all(len(rd.read_state()["attempts"]) == 1 for rd in runs)
+    hosts = {rd.read_state()["attempts"][0]["host"] for rd in runs}
+    assert hosts <= {"host-a", "host-b"}, hosts
