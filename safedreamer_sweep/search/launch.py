@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from safedreamer_sweep.core.identity import app_of
+from safedreamer_sweep.core.identity import IDENTITY_EXCLUDE, app_of, identity_excluded
 from safedreamer_sweep.core.store_format import record_if_new
 from safedreamer_sweep.search.driver import Objective, StudyDriver
 from safedreamer_sweep.search.settings import SearchError, SearchSettings, build_pruner, build_sampler, search_settings
@@ -118,6 +118,20 @@ def check_seeds(s: SearchSettings, space: Space, fixed: list[str]) -> list[int |
     return [None]
 
 
+def identity_overrides(fixed: list[str], config: DictConfig) -> dict[str, str]:
+    """The fixed overrides that enter the study's identity: those of keys in a cell's identity. A key
+    no cell's hash holds (`store.root`, the trainer's cadences, an app's `sds.identity_exclude`)
+    changes no trial's meaning, so changing it resumes the study instead of refusing it."""
+    declared = OmegaConf.select(config, "sds.identity_exclude", default=None) or []
+    excluded = (*IDENTITY_EXCLUDE, *(str(k) for k in declared))
+    out = {}
+    for o in fixed:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if not identity_excluded(key, excluded):
+            out[key] = o
+    return out
+
+
 def corner_jobs(space: Space, fixed: list[str], seeds: list[int | None]) -> list[list[str]]:
     """The jobs that check the whole search space against the schema before anything is written: each
     dimension at both ends of its interval (or at each of its choices), the others at their low end.
@@ -145,7 +159,7 @@ def run_search(conf: dict[str, Any], arguments: list[str], *, launcher: Any, con
     sweep.plan_jobs(corner_jobs(space, fixed, seeds))  # every value the space can take is in its key's range
     app = app_of(config) if task_kind(config) == "app" else None
     study, sdir, created = open_study(sweep.store.root, s, space, app=app, sweep_id=sweep.id,
-                                      fixed={o.split("=", 1)[0]: o for o in fixed},
+                                      fixed=identity_overrides(fixed, config),
                                       default_name=_job_name(config))
     record_if_new(sweep.store.root, sdir.json_path)  # a new store's first document may be a study
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
