@@ -31,7 +31,6 @@ from safedreamer_sweep.sweep.launch import Sweep
 from safedreamer_sweep.sweep.supervise import Supervisor
 
 _Say = Callable[[str], None]
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
@@ -72,15 +71,14 @@ class StudyDriver:
     # --- the loop
     def run(self) -> dict[int, TrialRun]:
         self._adopt()
-        self._loop(ask=True)
+        self._loop()
         if self.test_seeds and self.test_top_k:
             self._test_best()
         return self.runs
 
-    def _loop(self, *, ask: bool) -> None:
+    def _loop(self) -> None:
         while True:
-            if ask:
-                self._top_up()
+            self._top_up()
             if not (self.sup.queue or self.sup.active) and not self._open():
                 return
             if self.sup.queue or self.sup.active:

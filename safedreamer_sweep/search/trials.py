@@ -12,7 +12,9 @@ from typing import Any
 
 from safedreamer_sweep.core.files import StoreError
 from safedreamer_sweep.sweep.backends import Tracked
+from safedreamer_sweep.sweep.launch import result_at
 from safedreamer_sweep.sweep.plan import PlannedCell
+from safedreamer_sweep.tasks.run import cell_result
 
 # the built-in trainer's and an external task's evaluation summary: `<id|ood>.<key>` is a metric
 EVAL_SUMMARY_KEYS = ("return_mean", "return_std", "cost_mean", "cost_std", "violation_rate", "length_mean", "episodes")
@@ -21,9 +23,7 @@ EVAL_SUMMARY_KEYS = ("return_mean", "return_std", "cost_mean", "cost_std", "viol
 def pick(result: Any, path: str | None) -> float | None:
     """`id.return_mean` picked out of a cell's result (a dict, or for an app its return value); None
     when the result has no such value. `path` None: the result itself, which must be a number."""
-    cur = result
-    for part in (str(path).split(".") if path else []):
-        cur = cur.get(part) if isinstance(cur, dict) else None
+    cur = result_at(result, path)
     try:
         v = float(cur)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -54,13 +54,7 @@ class TrialCell:
         """The cell's result as the sweep hands it back: an app's stored return value, else the
         built-in's or an external task's evaluations (`{"id": summary, "ood": summary}`)."""
         rd = self.cell.run_dir
-        if self.cell.spec.done_when == "return":
-            return rd.read_result()
-        out: dict[str, Any] = {}
-        for kind in ("id", "ood"):
-            doc = rd.read_eval(kind)
-            out[kind] = doc.get("summary") if doc else None
-        return out
+        return rd.read_result() if self.cell.spec.done_when == "return" else cell_result(self.cell.spec, rd)
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
         """(env step, value) of `metric` in the cell's metrics.jsonl (the built-in's log rows, an

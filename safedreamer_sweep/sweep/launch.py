@@ -115,13 +115,20 @@ def app_command() -> list[str]:
     return [sys.executable, "-m", "safedreamer_sweep"]
 
 
+def result_at(result: Any, path: str | None) -> Any:
+    """The value at a dotted `path` ("ood.return_mean") of a cell result; None when it has none;
+    the result itself when `path` is empty."""
+    cur = result
+    for part in (str(path).split(".") if path else []):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
 def _objective(result: dict, path: str | None) -> Any:
     """`sweep.objective` ("ood.return_mean") picked out of a cell result as a float (for sweepers)."""
     if not path:
         return result
-    cur: Any = result
-    for part in str(path).split("."):
-        cur = cur.get(part) if isinstance(cur, dict) else None
+    cur = result_at(result, path)
     if cur is None:
         raise SweepIncomplete(f"sweep.objective={path!r} is missing from the result of {result.get('config')} "
                               f"seed {result.get('seed')} (keys: {sorted(result)})")

@@ -112,9 +112,8 @@ class Supervisor:
         self.backend.kill(t, view)
 
     def _close_pruned(self, t: Tracked) -> None:
+        """Record the pruner's end of the cell (its slot, if it held one, is already released)."""
         mark_pruned(t.rd, t.pruned or {})
-        if t in self.active:
-            self.backend.release(t, t.subs[-1] if t.subs else None)
         self._close(t, "pruned", reason=f"pruned at env step {(t.pruned or {}).get('pruned_at')}")
 
     def _guarded(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
@@ -319,8 +318,7 @@ class Supervisor:
             self._close(t, "done")
             return
         if t.pruned is not None:  # we stopped it: its end is the pruner's, not a failure
-            mark_pruned(t.rd, t.pruned)
-            self._close(t, "pruned", reason=f"pruned at env step {t.pruned.get('pruned_at')}")
+            self._close_pruned(t)
             return
         if view.phase == "pruned":  # a study's pruner stopped it (another invocation of the study)
             self._close(t, "pruned", reason=view.detail or "pruned")
