@@ -183,6 +183,7 @@ class StudyDriver:
         bring several rungs, and ASHA's rungs must be judged at their own steps, not at the newest."""
         o = self.objective
         trial = optuna.trial.Trial(self.study, run.trial_id)
+        cost: tuple[int | None, bool] | None = None  # (cost warm-up, newest cost far above): read once a call
         for step, value in aligned(run.curves(o.prune_metric or ""), o.how):
             if step <= run.reported_step:
                 continue
@@ -193,17 +194,21 @@ class StudyDriver:
             if trial.should_prune():
                 self._prune(run, f"{o.prune_metric} {value:.4g} at env step {step}: the pruner stopped it")
                 return
-            if self._over_cost(run):
+            cost = cost if cost is not None else self._cost_far_above(run)
+            warmup, far_above = cost
+            if far_above and warmup is not None and step >= warmup:
                 self._prune(run, f"cost above {o.cost_limit} x (1 + {o.cost_slack}) after the cost warm-up")
                 return
 
-    def _over_cost(self, run: TrialRun) -> bool:
+    def _cost_far_above(self, run: TrialRun) -> tuple[int | None, bool]:
+        """(the env step cost pruning waits for, whether the seeds' newest training cost is above
+        limit x (1 + cost_slack)); (None, False) without a limit or a known warm-up."""
         o = self.objective
         warmup = o.cost_warmup_steps if o.cost_warmup_steps is not None else run.half_budget()
-        if o.cost_limit is None or warmup is None or run.reported_step < warmup:
-            return False
-        cost = aligned(run.curves(_curve_cost_metric(o.prune_metric)), o.how)
-        return bool(cost) and cost[-1][1] > o.cost_limit * (1 + o.cost_slack)
+        if o.cost_limit is None or warmup is None:
+            return None, False
+        curve = aligned(run.curves(_curve_cost_metric(o.prune_metric)), o.how)
+        return warmup, bool(curve) and curve[-1][1] > o.cost_limit * (1 + o.cost_slack)
 
     def _prune(self, run: TrialRun, why: str) -> None:
         note = {"pruned_at": run.reported_step, "why": why,
