@@ -287,3 +287,21 @@ def test_a_pruned_cell_asked_again_resumes_from_its_checkpoint(tmp_path):
     logs = sorted((store / cell["run_dir"] / "logs").glob("attempt_*.out"))
     first = int(logs[-1].read_text().split("first step ", 1)[1].split()[0])
     assert first > 1, logs[-1].read_text()[-500:]
+
+
+def test_a_cost_far_above_the_limit_prunes_after_the_cost_warmup(tmp_path):
+    """The toy beats its cost as `cost` (30 x at the end): with the limit 15, no slack and a cost
+    warm-up of 3000 env steps (of 4000), a trial is pruned for its cost only past the warm-up and only
+    when its cost can exceed the limit (x > 0.5); the pruner itself never prunes (its start-up)."""
+    store = tmp_path / "store"
+    p = run(store, "hydra.sweeper.n_trials=6", "x=interval(0.05,0.95)", "steps=40", "step_sleep=0.1",
+            "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:100}",
+            "hydra.sweeper.prune.metric=ret", "hydra.sweeper.prune.cost_warmup_steps=3000",
+            "hydra.sweeper.prune.cost_slack=0.0", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    trials = study(store).get_trials()
+    states = [(round(t.params["x"], 2), t.state.name, t.user_attrs.get("sds_pruned_at")) for t in trials]
+    assert all(t.state.name == "PRUNED" for t in trials if t.params["x"] > 0.75), states
+    assert all(t.params["x"] > 0.5 and t.user_attrs["sds_pruned_at"] >= 3000
+               for t in trials if t.state.name == "PRUNED"), states
+    assert any(t.state.name == "PRUNED" for t in trials) and "cost above 15" in p.stdout, states

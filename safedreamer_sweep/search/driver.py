@@ -47,6 +47,7 @@ class Objective:
     warmup_steps: int = 0
     cost_warmup_steps: int | None = None    # after this env step (None: half the budget) a cost far above the limit prunes
     cost_slack: float = 1.0                 # "far above": cost > limit x (1 + cost_slack)
+    cost_curve: str | None = None           # the curve key of the cost (the built-in's episode_cost)
 
 
 @dataclass
@@ -205,9 +206,9 @@ class StudyDriver:
         limit x (1 + cost_slack)); (None, False) without a limit or a known warm-up."""
         o = self.objective
         warmup = o.cost_warmup_steps if o.cost_warmup_steps is not None else run.half_budget()
-        if o.cost_limit is None or warmup is None:
+        if o.cost_limit is None or warmup is None or not o.cost_curve:
             return None, False
-        curve = aligned(run.curves(_curve_cost_metric(o.prune_metric)), o.how)
+        curve = aligned(run.curves(o.cost_curve), o.how)
         return warmup, bool(curve) and curve[-1][1] > o.cost_limit * (1 + o.cost_slack)
 
     def _prune(self, run: TrialRun, why: str) -> None:
@@ -316,11 +317,6 @@ def _pruned_by(tc: TrialCell, study: str, number: int) -> bool:
     attempts = tc.cell.run_dir.read_state().get("attempts") or []
     note = (attempts[-1].get("pruned_by") if attempts and attempts[-1].get("outcome") == "pruned" else None) or {}
     return note.get("study") == study and note.get("trial") == number
-
-
-def _curve_cost_metric(metric: str | None) -> str:
-    """The cost beside a return curve: the built-in logs episode_return and episode_cost."""
-    return "episode_cost" if not metric or metric == "episode_return" else metric.replace("return", "cost")
 
 
 def _fmt_params(params: dict[str, Any]) -> str:

@@ -82,7 +82,10 @@ def objective_of(s: SearchSettings, config: DictConfig) -> Objective:
     return Objective(paths=paths, directions=list(s.directions), how=s.aggregate, cost_path=cost_path,
                      cost_limit=(s.constraint or {}).get("limit"), prune_metric=metric,
                      warmup_steps=s.prune.warmup_steps, cost_warmup_steps=s.prune.cost_warmup_steps,
-                     cost_slack=s.prune.cost_slack)
+                     cost_slack=s.prune.cost_slack,
+                     # the cost's curve: the built-in's and an external task's episode_cost; an app's
+                     # heartbeat metric named as its constraint's metric
+                     cost_curve="episode_cost" if kind != "app" else cost_path)
 
 
 def _check_external_curve(config: DictConfig, metric: str | None) -> None:
